@@ -1,0 +1,32 @@
+# The README's two commands: `make run` and `make test`. Every step is idempotent.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.normlab-installed
+
+export MPLBACKEND := Agg
+
+.PHONY: run test install data lint clean
+
+run: install data
+	$(VENV)/bin/normlab tutorial
+
+test: install data
+	$(VENV)/bin/ruff check src tests
+	$(PY) -m pytest -q
+
+# torch is pinned and installed first so that pip takes the CPU build from local disk.
+install: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+data: install
+	bash tools/provision-data.sh
+
+lint: install
+	$(VENV)/bin/ruff check src tests
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""One module per ``normlab`` subcommand; see :mod:`normlab.cli` for the contract."""

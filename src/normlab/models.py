@@ -1,0 +1,96 @@
+"""LeNet with a pluggable normalization layer: the tutorial's network and its variations.
+
+The default, ``LeNet()``, is the tutorial's ``BNLeNetScratch`` (normlab's batch norm
+before each sigmoid); ``LeNet(norm="torch-batch")`` is its ``BNLeNet``. The layers live
+in ``self.layers`` (an ``nn.Sequential``) at the tutorial's indices, so ``state_dict``
+keys match the tutorial's models; a missing norm is an ``nn.Identity`` at the same index.
+
+Shapes for a ``(N, 1, 28, 28)`` input::
+
+    conv 5x5 1->6   (N, 6, 24, 24)  norm  act  pool/2 (N, 6, 12, 12)
+    conv 5x5 6->16  (N, 16, 8, 8)   norm  act  pool/2 (N, 16, 4, 4)
+    flatten         (N, 256)
+    linear 256->120 (N, 120)        norm  act
+    linear 120->84  (N, 84)         norm  act
+    linear 84->C    (N, num_classes)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from normlab.nn.registry import create_norm_layer
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "sigmoid": nn.Sigmoid,  # the tutorial's choice
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+}
+POOLS: dict[str, type[nn.Module]] = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
+PLACEMENTS = ("before", "after")  # the norm before or after the activation
+
+
+def _choose(kind: str, value: str, valid: dict[str, object] | tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}")
+
+
+class LeNet(nn.Module):
+    """The tutorial's LeNet-5 for 28x28 grey images, with a normalization of your choice.
+
+    Args:
+        num_classes: outputs of the last linear layer. Default: 10.
+        norm: a :func:`normlab.nn.create_norm_layer` name. Default: ``"batch"``.
+        activation: ``sigmoid`` (default), ``relu``, ``tanh`` or ``gelu``.
+        pool: ``avg`` (default) or ``max``, 2x2 with stride 2.
+        placement: ``before`` (default, as the tutorial) or ``after`` the activation.
+
+    Shape:
+        input ``(N, 1, 28, 28)``, output ``(N, num_classes)``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        norm: str = "batch",
+        activation: str = "sigmoid",
+        pool: str = "avg",
+        placement: str = "before",
+    ) -> None:
+        super().__init__()
+        _choose("activation", activation, ACTIVATIONS)
+        _choose("pool", pool, POOLS)
+        _choose("placement", placement, PLACEMENTS)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        create_norm_layer(norm, 1)  # validates the name before anything is built
+        self.norm, self.activation, self.pool, self.placement = norm, activation, pool, placement
+
+        def block(features: int, dims: int) -> list[nn.Module]:
+            pair = [create_norm_layer(norm, features, dims=dims), ACTIVATIONS[activation]()]
+            return pair if placement == "before" else pair[::-1]
+
+        self.layers = nn.Sequential(
+            nn.Conv2d(1, 6, kernel_size=5),
+            *block(6, dims=2),
+            POOLS[pool](kernel_size=2, stride=2),
+            nn.Conv2d(6, 16, kernel_size=5),
+            *block(16, dims=2),
+            POOLS[pool](kernel_size=2, stride=2),
+            nn.Flatten(),
+            nn.Linear(256, 120),
+            *block(120, dims=0),
+            nn.Linear(120, 84),
+            *block(84, dims=0),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+    def norm_layers(self) -> list[tuple[str, nn.Module]]:
+        """``(name, module)`` of each normalization layer, in order (none for ``norm="none"``)."""
+        skip = (nn.Conv2d, nn.Linear, nn.Flatten, nn.Identity, *ACTIVATIONS.values(), *POOLS.values())
+        return [(f"layers.{i}", m) for i, m in enumerate(self.layers) if not isinstance(m, skip)]

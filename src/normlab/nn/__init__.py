@@ -1,0 +1,26 @@
+"""Drop-in replacements for ``torch.nn``'s normalization layers, written from scratch.
+
+Same class names, constructor signatures, parameter and buffer names, ``state_dict``
+keys, ``extra_repr`` and errors as ``torch.nn``; the maths lives in
+:mod:`normlab.functional`.
+"""
+
+from normlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from normlab.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from normlab.nn.normalization import GroupNorm, LayerNorm, LocalResponseNorm, RMSNorm
+from normlab.nn.registry import create_norm_layer, norm_names  # last: it reads the above
+
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LayerNorm",
+    "LocalResponseNorm",
+    "RMSNorm",
+    "create_norm_layer",
+    "norm_names",
+]
