@@ -18,9 +18,13 @@ Shapes for a ``(N, 1, 28, 28)`` input::
 from __future__ import annotations
 
 import torch
+from collections.abc import Callable
+
 from torch import nn
 
 from normlab.nn.registry import create_norm_layer
+
+NormFactory = Callable[[int, int], nn.Module]  # (num_features, dims) -> layer
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,  # the tutorial's choice
@@ -42,7 +46,8 @@ class LeNet(nn.Module):
 
     Args:
         num_classes: outputs of the last linear layer. Default: 10.
-        norm: a :func:`normlab.nn.create_norm_layer` name. Default: ``"batch"``.
+        norm: a :func:`normlab.nn.create_norm_layer` name (default ``"batch"``), or a
+            callable ``norm(num_features, dims) -> nn.Module`` (dims: 2 conv, 0 linear).
         activation: ``sigmoid`` (default), ``relu``, ``tanh`` or ``gelu``.
         pool: ``avg`` (default) or ``max``, 2x2 with stride 2.
         placement: ``before`` (default, as the tutorial) or ``after`` the activation.
@@ -54,7 +59,7 @@ class LeNet(nn.Module):
     def __init__(
         self,
         num_classes: int = 10,
-        norm: str = "batch",
+        norm: str | NormFactory = "batch",
         activation: str = "sigmoid",
         pool: str = "avg",
         placement: str = "before",
@@ -65,11 +70,20 @@ class LeNet(nn.Module):
         _choose("placement", placement, PLACEMENTS)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        create_norm_layer(norm, 1)  # validates the name before anything is built
-        self.norm, self.activation, self.pool, self.placement = norm, activation, pool, placement
+        if isinstance(norm, str):
+            create_norm_layer(norm, 1)  # validates the name before anything is built
+            name = norm
+
+            def norm_factory(features: int, dims: int) -> nn.Module:
+                return create_norm_layer(name, features, dims=dims)
+        elif callable(norm):
+            norm_factory = norm
+        else:
+            raise TypeError(f"norm must be a registry name or a callable, got {type(norm).__name__}")
+        self.activation, self.pool, self.placement = activation, pool, placement
 
         def block(features: int, dims: int) -> list[nn.Module]:
-            pair = [create_norm_layer(norm, features, dims=dims), ACTIVATIONS[activation]()]
+            pair = [norm_factory(features, dims), ACTIVATIONS[activation]()]
             return pair if placement == "before" else pair[::-1]
 
         self.layers = nn.Sequential(
