@@ -17,9 +17,9 @@ Shapes for a ``(N, 1, 28, 28)`` input::
 
 from __future__ import annotations
 
-import torch
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from normlab.nn.registry import create_norm_layer
@@ -79,7 +79,9 @@ class LeNet(nn.Module):
         elif callable(norm):
             norm_factory = norm
         else:
-            raise TypeError(f"norm must be a registry name or a callable, got {type(norm).__name__}")
+            raise TypeError(
+                f"norm must be a registry name or a callable, got {type(norm).__name__}"
+            )
         self.activation, self.pool, self.placement = activation, pool, placement
 
         def block(features: int, dims: int) -> list[nn.Module]:
@@ -106,5 +108,12 @@ class LeNet(nn.Module):
 
     def norm_layers(self) -> list[tuple[str, nn.Module]]:
         """``(name, module)`` of each normalization layer, in order (none for ``norm="none"``)."""
-        skip = (nn.Conv2d, nn.Linear, nn.Flatten, nn.Identity, *ACTIVATIONS.values(), *POOLS.values())
+        skip = (
+            nn.Conv2d,
+            nn.Linear,
+            nn.Flatten,
+            nn.Identity,
+            *ACTIVATIONS.values(),
+            *POOLS.values(),
+        )
         return [(f"layers.{i}", m) for i, m in enumerate(self.layers) if not isinstance(m, skip)]

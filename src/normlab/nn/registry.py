@@ -47,7 +47,9 @@ MAX_GROUPS = 32  # Wu & He (2018) use 32 groups by default
 
 def default_num_groups(num_channels: int) -> int:
     """The largest divisor G of C with G <= 32 and at least two channels per group (1 if none)."""
-    candidates = [g for g in range(1, MAX_GROUPS + 1) if num_channels % g == 0 and num_channels // g >= 2]
+    candidates = [
+        g for g in range(1, MAX_GROUPS + 1) if num_channels % g == 0 and num_channels // g >= 2
+    ]
     return max(candidates, default=1)
 
 
@@ -88,8 +90,14 @@ def _builders(lib: ModuleType) -> dict[str, NormBuilder]:
     def none(c: int, dims: int, **kw: Any) -> nn.Module:
         return nn.Identity()
 
-    return {"batch": batch, "layer": layer, "group": group, "instance": instance, "rms": rms,
-            "none": none}
+    return {
+        "batch": batch,
+        "layer": layer,
+        "group": group,
+        "instance": instance,
+        "rms": rms,
+        "none": none,
+    }
 
 
 NORM_LAYERS: dict[str, NormBuilder] = {
