@@ -1,0 +1,445 @@
+"""Batch and instance normalization from tensor arithmetic, with a closed-form backward.
+
+Batch norm (Ioffe & Szegedy, 2015) normalises each channel ``c`` of an input ``(N, C, *)``
+over the batch and all spatial positions, ``n = N * prod(*)`` values per channel::
+
+    mean_c = sum(x) / n                    var_c = sum((x - mean_c)^2) / n   (biased)
+    y      = (x - mean_c) * rsqrt(var_c + eps) * weight_c + bias_c
+
+In training the running statistics move towards the batch statistics, with the *unbiased*
+variance ``sum((x - mean_c)^2) / (n - 1)`` (what ``torch.nn`` stores)::
+
+    running_mean <- (1 - momentum) * running_mean + momentum * mean_c
+    running_var  <- (1 - momentum) * running_var  + momentum * var_c * n / (n - 1)
+
+In evaluation the running statistics fold into one scale and shift per channel::
+
+    a_c = weight_c * rsqrt(running_var_c + eps)      b_c = bias_c - running_mean_c * a_c
+    y   = x * a_c + b_c
+
+The training backward is closed-form (``_BatchNormTrain``): with ``xhat = (x - mean) * invstd``
+and ``dy`` the incoming gradient, per channel::
+
+    dbias   = sum(dy)                     dweight = sum(dy * xhat)
+    dx      = weight * invstd * (dy - dbias / n - xhat * dweight / n)
+
+How it is computed, and why:
+
+- Two passes for the variance (the mean first, then squared deviations): ``E[x^2] - E[x]^2``
+  cancels catastrophically for inputs far from zero (mean 1e4, std 1e-2 in float32). The
+  second pass also sums the centred values, which corrects the rounding error of the first
+  mean (the "corrected two-pass" algorithm), so the output is centred on the exact mean.
+- The centred input ``x - mean`` is computed once and becomes the output in place, so the
+  forward allocates one activation-sized tensor; the backward likewise turns its centred
+  copy into ``dx``. Per-channel dot products use batched matrix products on views
+  (``_channel_dot``), which allocate nothing activation-sized.
+- float16 / bfloat16 inputs: statistics and arithmetic in float32, output in input dtype.
+- The autograd ``Function`` saves only ``input, mean, invstd, weight``. When a graph of the
+  backward is requested (double backward, ``create_graph=True``), the same closed form is
+  evaluated with differentiable out-of-place operations, recomputing the statistics from
+  the saved input so that their dependence on ``x`` is differentiated too.
+
+Instance norm is batch norm of the input viewed as ``(1, N * C, *)``: every (sample, channel)
+pair is its own channel; the running statistics are updated per pair and averaged over the
+batch, as ``torch.nn.functional.instance_norm`` does.
+
+None of torch's normalization kernels is called.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers: shapes, dtypes, per-channel reductions
+# ---------------------------------------------------------------------------------------------
+
+
+def _reduce_dims(input: Tensor) -> list[int]:
+    """The dimensions batch norm reduces over: batch and spatial, ``[0, 2, 3, ...]``."""
+    return [0, *range(2, input.dim())]
+
+
+def _per_channel(v: Tensor, ndim: int) -> Tensor:
+    """View a ``(C,)`` vector as ``(C, 1, ..., 1)`` so that it broadcasts over ``(N, C, *)``."""
+    return v.reshape(-1, *([1] * (ndim - 2)))
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics are kept in float32 for half-precision inputs, else in the input dtype."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def _channel_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-channel ``sum(a * b)`` over batch and spatial dims of two ``(N, C, *)`` tensors.
+
+    For contiguous inputs of one dtype with spatial dims this is a batched matrix product of
+    views, ``(N*C, 1, L) @ (N*C, L, 1)``, which allocates nothing activation-sized; else it
+    falls back to ``(a * b).sum(dims)``.
+    """
+    if (
+        a.dim() > 2
+        and a.dtype == b.dtype
+        and a.is_contiguous()
+        and b.is_contiguous()
+        and a.numel() > 0
+    ):
+        n, c = a.shape[0], a.shape[1]
+        dots = torch.bmm(a.view(n * c, 1, -1), b.view(n * c, -1, 1))
+        return dots.view(n, c).sum(0)
+    return (a * b).sum(_reduce_dims(a))
+
+
+# ---------------------------------------------------------------------------------------------
+# The training forward and its closed-form backward
+# ---------------------------------------------------------------------------------------------
+
+
+def _normalize_train(
+    input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Batch-statistics forward: ``(out, mean, invstd, sq_sum)``; stats in ``_stat_dtype``.
+
+    ``sq_sum = sum((x - mean)^2)`` per channel, so the biased variance is ``sq_sum / n`` and
+    the unbiased one ``sq_sum / (n - 1)``.
+    """
+    dims, ndim = _reduce_dims(input), input.dim()
+    n = input.numel() // input.shape[1]
+    mean = input.mean(dims, dtype=_stat_dtype(input.dtype))  # first estimate
+    out = input - _per_channel(mean, ndim)  # centred input, becomes the output in place
+    # Corrected two-pass (Chan, Golub & LeVeque 1983): the centred values are exact for x
+    # near the mean, and their mean is the rounding error of the first estimate.
+    residual = out.sum(dims) / n
+    sq_sum = (_channel_dot(out, out) - n * residual * residual).clamp_(min=0)
+    invstd = torch.rsqrt(sq_sum / n + eps)
+    scale = invstd if weight is None else invstd * weight
+    shift = -residual * scale if bias is None else bias - residual * scale
+    out.mul_(_per_channel(scale, ndim)).add_(_per_channel(shift, ndim))
+    return out.to(input.dtype), mean + residual, invstd, sq_sum
+
+
+def _grads_fast(
+    grad_out: Tensor, input: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Closed-form ``(dx, dweight, dbias)`` with in-place arithmetic (not differentiable)."""
+    dims, ndim = _reduce_dims(input), input.dim()
+    n = input.numel() // input.shape[1]
+    sum_dy = grad_out.sum(dims, dtype=mean.dtype)
+    centred = input - _per_channel(mean, ndim)  # becomes dx in place
+    dot = _channel_dot(centred, grad_out.to(centred.dtype))  # sum(dy * (x - mean))
+    scale = invstd if weight is None else invstd * weight
+    # dx = scale * (dy - sum_dy / n - (x - mean) * invstd^2 * dot / n)
+    dx = centred.mul_(_per_channel(-scale * invstd * invstd * dot / n, ndim))
+    dx.addcmul_(grad_out, _per_channel(scale, ndim))
+    dx.sub_(_per_channel(scale * sum_dy / n, ndim))
+    return dx.to(input.dtype), dot * invstd, sum_dy
+
+
+def _grads_differentiable(
+    grad_out: Tensor, input: Tensor, weight: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The same closed form with out-of-place ops, statistics recomputed from ``input``.
+
+    Used when the backward itself is differentiated (``create_graph=True``): the saved
+    ``mean``/``invstd`` are constants, but they depend on ``x``, so they are rebuilt here
+    with autograd watching.
+    """
+    dims, ndim = _reduce_dims(input), input.dim()
+    n = input.numel() // input.shape[1]
+    x = input.to(_stat_dtype(input.dtype))
+    dy = grad_out.to(x.dtype)
+    mean = x.mean(dims)
+    centred = x - _per_channel(mean, ndim)
+    invstd = torch.rsqrt((centred * centred).sum(dims) / n + eps)
+    xhat = centred * _per_channel(invstd, ndim)
+    sum_dy = dy.sum(dims)
+    sum_dy_xhat = (dy * xhat).sum(dims)
+    scale = invstd if weight is None else invstd * weight
+    dx = _per_channel(scale, ndim) * (
+        dy - _per_channel(sum_dy / n, ndim) - xhat * _per_channel(sum_dy_xhat / n, ndim)
+    )
+    return dx.to(input.dtype), sum_dy_xhat, sum_dy
+
+
+class _BatchNormTrain(torch.autograd.Function):
+    """Batch norm with batch statistics; the backward is the closed form above.
+
+    ``forward(input, weight, bias, eps) -> (out, mean, sq_sum)``; ``mean`` and ``sq_sum`` are
+    non-differentiable by-products for the running-statistics update.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        out, mean, invstd, sq_sum = _normalize_train(input, weight, bias, eps)
+        ctx.save_for_backward(input, mean, invstd, weight)
+        ctx.eps = eps
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.mark_non_differentiable(mean, sq_sum)
+        return out, mean, sq_sum
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_out: Tensor, _grad_mean: Tensor | None, _grad_sq_sum: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        input, mean, invstd, weight = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a graph of the backward is wanted: stay differentiable
+            dx, dweight, dbias = _grads_differentiable(grad_out, input, weight, ctx.eps)
+        else:
+            dx, dweight, dbias = _grads_fast(grad_out, input, mean, invstd, weight)
+        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        return (
+            dx if need_x else None,
+            dweight.to(weight.dtype) if need_w else None,
+            dbias.to(ctx.bias_dtype) if need_b else None,
+            None,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The other paths: evaluation, empty input
+# ---------------------------------------------------------------------------------------------
+
+
+def _normalize_eval(
+    input: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """``y = x * a + b`` with ``a = weight * rsqrt(running_var + eps)``, ``b = bias - mean * a``."""
+    ndim, dtype = input.dim(), _stat_dtype(input.dtype)
+    scale = torch.rsqrt(running_var.to(dtype) + eps)
+    if weight is not None:
+        scale = scale * weight.to(dtype)
+    shift = -running_mean.to(dtype) * scale
+    if bias is not None:
+        shift = shift + bias.to(dtype)
+    return torch.addcmul(_per_channel(shift, ndim), input, _per_channel(scale, ndim)).to(
+        input.dtype
+    )
+
+
+def _empty(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """An input without elements: a fresh empty output still connected to the parameters."""
+    out = input.clone()
+    if weight is not None and weight.numel() > 0:
+        out = out * weight[0]
+    if bias is not None and bias.numel() > 0:
+        out = out + bias[0]
+    return out
+
+
+def _update_running_stats(
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    mean: Tensor,
+    sq_sum: Tensor,
+    n: int,
+    momentum: float,
+) -> None:
+    """Move the running statistics towards the batch's (unbiased variance), in place."""
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            unbiased = (sq_sum / (n - 1)).to(running_var.dtype)
+            running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+
+
+def _check_input(input: Any, fn: str) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{fn}: input must be a torch.Tensor, got {type(input).__name__}")
+    if input.dim() < 2:
+        raise ValueError(
+            f"{fn}: expected input of shape (N, C, *) with at least 2 dimensions "
+            f"(got {input.dim()}D input); add a batch dimension with input.unsqueeze(0)"
+        )
+    if not input.is_floating_point():
+        raise TypeError(
+            f"{fn}: expected a floating-point input, got {input.dtype}; "
+            "convert it with input.float()"
+        )
+
+
+def _check_num_features(name: str, tensor: Tensor | None, num_features: int) -> None:
+    if tensor is not None and tensor.numel() != num_features:
+        raise ValueError(f"{name} should contain {num_features} elements not {tensor.numel()}")
+
+
+def _batch_norm_impl(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """Batch norm after the user-facing checks (the core shared with instance norm)."""
+    if input.numel() == 0:
+        return _empty(input, weight, bias)
+    num_features = input.shape[1]
+    for name, tensor in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
+        _check_num_features(name, tensor, num_features)
+    weight = None if weight is None else weight.reshape(-1)
+    bias = None if bias is None else bias.reshape(-1)
+    if not training:
+        if running_mean is None:
+            raise ValueError("running_mean must be defined in evaluation mode")
+        if running_var is None:
+            raise ValueError("running_var must be defined in evaluation mode")
+        return _normalize_eval(input, running_mean, running_var, weight, bias, eps)
+    out, mean, sq_sum = _BatchNormTrain.apply(input, weight, bias, eps)
+    if running_mean is not None or running_var is not None:
+        n = input.numel() // num_features
+        _update_running_stats(running_mean, running_var, mean, sq_sum, n, momentum)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API: torch.nn.functional's signatures
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Batch normalization of each channel over the batch and spatial dimensions.
+
+    .. math::
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    With ``training=True`` the statistics are the batch's (biased variance) and the running
+    statistics, if given, are updated in place (unbiased variance); with ``training=False``
+    the running statistics are used: ``y = x * a + b`` per channel.
+
+    Args:
+        input: ``(N, C, *)`` floating-point tensor.
+        running_mean, running_var: ``(C,)`` buffers or ``None``; required when not training.
+        weight, bias: ``(C,)`` affine parameters gamma and beta, or ``None``.
+        training: use batch statistics (and update running ones). Default: ``False``.
+        momentum: weight of the new batch in the running statistics. Default: 0.1.
+        eps: added to the variance; positive in training, non-negative in eval. Default: 1e-5.
+
+    Shape:
+        input ``(N, C, *)``, output the same shape and dtype.
+
+    Raises:
+        ValueError: one value per channel in training, bad ``eps``, a buffer or parameter with
+            the wrong number of elements, running statistics missing in evaluation.
+
+    Example:
+        >>> x = torch.randn(8, 3, 5, 5)
+        >>> y = batch_norm(x, None, None, training=True)
+        >>> y.mean((0, 2, 3)).abs().max() < 1e-6
+        tensor(True)
+    """
+    _check_input(input, "batch_norm")
+    if training:
+        values_per_channel = input.shape[0] * math.prod(input.shape[2:])
+        if values_per_channel == 1:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, "
+                f"got input size {input.size()}"
+            )
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    return _batch_norm_impl(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def instance_norm(
+    input: Tensor,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Instance normalization: each channel of each sample over its spatial positions.
+
+    .. math::
+        y_{n,c} = \frac{x_{n,c} - \mathrm{E}[x_{n,c}]}{\sqrt{\mathrm{Var}[x_{n,c}] + \epsilon}}
+        \gamma_c + \beta_c
+
+    Computed as batch norm of the input viewed as ``(1, N * C, *)``. With running statistics
+    and ``use_input_stats=True``, each (sample, channel) moves its own copy of the channel's
+    running statistics, and the buffers become the average over the batch.
+
+    Args:
+        input: ``(N, C, *)`` with at least one spatial dimension.
+        running_mean, running_var: ``(C,)`` buffers or ``None``; required when
+            ``use_input_stats=False``.
+        weight, bias: ``(C,)`` affine parameters or ``None``.
+        use_input_stats: normalise with each instance's statistics. Default: ``True``.
+        momentum: weight of the new batch in the running statistics. Default: 0.1.
+        eps: added to the variance. Default: 1e-5.
+
+    Shape:
+        input ``(N, C, *)``, output the same.
+
+    Raises:
+        ValueError: a single spatial element with ``use_input_stats``, missing running
+            statistics without it, a buffer or parameter of the wrong size.
+
+    Example:
+        >>> y = instance_norm(torch.randn(2, 3, 10))
+        >>> y.mean(-1).abs().max() < 1e-6
+        tensor(True)
+    """
+    _check_input(input, "instance_norm")
+    if use_input_stats:
+        if math.prod(input.shape[2:]) == 1:
+            raise ValueError(
+                f"Expected more than 1 spatial element when training, got input size {input.size()}"
+            )
+    elif running_mean is None or running_var is None:
+        raise ValueError(
+            "Expected running_mean and running_var to be defined when use_input_stats is false"
+        )
+    n, c = input.shape[0], input.shape[1]
+    folded = input.reshape(1, n * c, *input.shape[2:])
+    running = [None if t is None else t.repeat(n) for t in (running_mean, running_var)]
+    out = _batch_norm_impl(
+        folded,
+        running[0],
+        running[1],
+        None if weight is None else weight.repeat(n),
+        None if bias is None else bias.repeat(n),
+        use_input_stats,
+        momentum,
+        eps,
+    )
+    if use_input_stats and n > 0:
+        with torch.no_grad():
+            for buffer, per_instance in zip((running_mean, running_var), running, strict=True):
+                if buffer is not None and per_instance is not None:
+                    buffer.copy_(per_instance.view(n, c).mean(0))
+    return out.view(input.shape)

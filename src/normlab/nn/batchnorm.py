@@ -1,0 +1,166 @@
+"""``BatchNorm1d/2d/3d``: drop-ins for ``torch.nn``'s, on :func:`normlab.functional.batch_norm`.
+
+``_BatchNorm`` holds the bookkeeping of one training step, split into small methods so that
+other batch norms (a synchronised one, in its own module) can reuse it:
+
+- :meth:`_BatchNorm._exponential_average_factor` counts the batch and returns the momentum
+  of this step (``1 / num_batches_tracked`` for ``momentum=None``, a cumulative average);
+- :meth:`_BatchNorm._uses_batch_stats`: batch statistics in training, and in evaluation when
+  there are no running statistics; decided by ``self.training`` only, never by grad mode;
+- :meth:`_BatchNorm._running_stats`: the buffers to read or update for this call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from normlab.functional.batch import batch_norm
+from normlab.nn._base import _NormBase, document
+
+_BATCH_NORM_BODY = r"""
+    .. math::
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} * \gamma + \beta
+
+    Mean and variance are computed per channel over the batch and {over}
+    (``{stats}`` values per channel); :math:`\gamma` (``weight``) and :math:`\beta` (``bias``) are
+    learnable vectors of size :math:`C`, initialised to 1 and 0. In training the variance
+    is the biased one (``correction=0``) and the running variance stores the unbiased one
+    (``correction=1``), as ``torch.nn`` does. In evaluation (``model.eval()``) the running
+    statistics are used if tracked; grad mode (``torch.no_grad()``) does not change the mode.
+
+    {momentum_note}
+
+    Args:
+        {args}
+
+    Shape:
+        - Input: {shape}
+        - Output: same shape as the input.
+
+    Example:
+        >>> m = {name}(16)
+        >>> y = m(torch.randn({example}))
+        >>> m.running_mean.shape
+        torch.Size([16])
+"""
+
+
+class _BatchNorm(_NormBase):
+    """Batch norm over ``(N, C, *)``: statistics over N and the spatial dimensions."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device,
+            dtype,
+            bias=bias,
+        )
+
+    def _exponential_average_factor(self) -> float:
+        """This step's momentum; in training with tracking, counts the batch first."""
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        return factor
+
+    def _uses_batch_stats(self) -> bool:
+        """Batch statistics in training, and in evaluation without running statistics."""
+        if self.training:
+            return True
+        return self.running_mean is None and self.running_var is None
+
+    def _running_stats(self) -> tuple[Tensor | None, Tensor | None]:
+        """The buffers for this call: none in training unless they are tracked."""
+        if self.training and not self.track_running_stats:
+            return None, None
+        return self.running_mean, self.running_var
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        factor = self._exponential_average_factor()
+        running_mean, running_var = self._running_stats()
+        return batch_norm(
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            self._uses_batch_stats(),
+            factor,
+            self.eps,
+        )
+
+
+def _check_dim(input: Tensor, valid: tuple[int, ...]) -> None:
+    if input.dim() not in valid:
+        expected = " or ".join(f"{d}D" for d in valid)
+        raise ValueError(f"expected {expected} input (got {input.dim()}D input)")
+
+
+_DEFAULTS = {"affine": "``True``", "track": "``True``"}
+
+
+@document(
+    name="BatchNorm1d",
+    over="the length",
+    stats="N * L",
+    shape=":math:`(N, C)` or :math:`(N, C, L)`",
+    example="8, 16, 20",
+    **_DEFAULTS,
+)
+class BatchNorm1d(_BatchNorm):
+    __doc__ = "Batch normalization over a 2D ``(N, C)`` or 3D ``(N, C, L)`` input.\n"
+    __doc__ += _BATCH_NORM_BODY
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        _check_dim(input, (2, 3))
+
+
+@document(
+    name="BatchNorm2d",
+    over="the height and width",
+    stats="N * H * W",
+    shape=":math:`(N, C, H, W)`",
+    example="8, 16, 5, 5",
+    **_DEFAULTS,
+)
+class BatchNorm2d(_BatchNorm):
+    __doc__ = "Batch normalization over a 4D input ``(N, C, H, W)`` (spatial batch norm).\n"
+    __doc__ += _BATCH_NORM_BODY
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        _check_dim(input, (4,))
+
+
+@document(
+    name="BatchNorm3d",
+    over="depth, height and width",
+    stats="N * D * H * W",
+    shape=":math:`(N, C, D, H, W)`",
+    example="8, 16, 3, 5, 5",
+    **_DEFAULTS,
+)
+class BatchNorm3d(_BatchNorm):
+    __doc__ = "Batch normalization over a 5D input ``(N, C, D, H, W)`` (volumetric batch norm).\n"
+    __doc__ += _BATCH_NORM_BODY
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        _check_dim(input, (5,))
