@@ -16,7 +16,7 @@ Modules: :mod:`~normlab.data.idx` (IDX reader/writer and checks),
 """
 
 from normlab.data.batches import batches, epoch_order, normalize_images, num_batches
-from normlab.data.dataset import Dataset, load_dataset, synthetic_dataset
+from normlab.data.dataset import Dataset, load_dataset, synthetic_dataset, write_dataset
 from normlab.data.discovery import (
     DataNotFoundError,
     cache_dir,
@@ -52,5 +52,6 @@ __all__ = [
     "search",
     "synthetic_dataset",
     "verify_dataset",
+    "write_dataset",
     "write_idx",
 ]

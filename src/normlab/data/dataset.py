@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from normlab.data.discovery import DataNotFoundError, require_dataset
-from normlab.data.sources import DatasetSpec, get_spec
-from normlab.data.verify import inspect_file, pair_problem
+from normlab.data.idx import idx_bytes, write_idx
+from normlab.data.sources import DatasetSpec, FileSpec, get_spec
+from normlab.data.verify import inspect_file, pair_problem, sha256_hex
 from normlab.errors import UsageError
 
 
@@ -186,4 +187,39 @@ def synthetic_dataset(
         test_labels=test_labels,
         classes=tuple(f"blob {c}" for c in range(num_classes)),
         source=Path("<synthetic>"),
+    )
+
+
+def write_dataset(dataset: Dataset, folder: str | Path, *, gz: bool = True) -> DatasetSpec:
+    """Save ``dataset`` as the four MNIST-named IDX files in ``folder`` and return the
+    :class:`DatasetSpec` that loads and verifies them (sizes, sha256, counts).
+
+    For tests and exports: ``load_dataset(write_dataset(data, tmp), tmp)`` gives back
+    the same tensors (labels must be in ``0..len(classes)-1``).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "train_images": dataset.train_images,
+        "train_labels": dataset.train_labels,
+        "test_images": dataset.test_images,
+        "test_labels": dataset.test_labels,
+    }
+    template = get_spec("fashion-mnist").files
+    files = []
+    for file in template:
+        values = tensors[file.role].detach().cpu()
+        if values.numel() and (int(values.min()) < 0 or int(values.max()) > 255):
+            raise ValueError(f"{file.role} has values outside 0..255; IDX uint8 cannot hold them")
+        array = values.numpy().astype(np.uint8)
+        data = idx_bytes(array)
+        write_idx(folder / (file.stem + (".gz" if gz else "")), array)
+        files.append(FileSpec(file.role, file.stem, len(data), sha256_hex(data)))
+    return DatasetSpec(
+        name=dataset.name,
+        classes=dataset.classes,
+        files=tuple(files),
+        image_size=tuple(dataset.train_images.shape[1:3]),
+        num_train=len(dataset.train_images),
+        num_test=len(dataset.test_images),
     )

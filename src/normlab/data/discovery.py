@@ -112,8 +112,9 @@ def find_dataset(name: str | DatasetSpec, data_dir: str | Path | None = None) ->
 
 def how_to_get(spec: DatasetSpec) -> str:
     """The ways out, for error messages."""
+    make = "`make data` or " if spec.name == "fashion-mnist" else ""  # make data: Debian's
     return (
-        f"get it with `make data` or `normlab data download --dataset {spec.name}`, "
+        f"get it with {make}`normlab data download --dataset {spec.name}`, "
         "or point --data-dir or NORMLAB_DATA to a folder holding its four IDX files"
     )
 

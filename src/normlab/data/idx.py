@@ -146,16 +146,6 @@ def check_labels(array: np.ndarray, name: str | Path, num_classes: int) -> None:
         )
 
 
-def check_pair(
-    images: np.ndarray, labels: np.ndarray, images_name: str | Path, labels_name: str | Path
-) -> None:
-    """Raise ValueError unless there are as many images as labels."""
-    if len(images) != len(labels):
-        raise ValueError(
-            f"{images_name}: {len(images)} images but {labels_name} has {len(labels)} labels"
-        )
-
-
 def idx_bytes(array: np.ndarray) -> bytes:
     """Encode ``array`` as IDX bytes (header + big-endian values)."""
     array = np.asarray(array)
