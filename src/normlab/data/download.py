@@ -183,6 +183,8 @@ def download_dataset(
         ``dest``, a folder :func:`load_dataset` accepts as ``data_dir``.
     """
     spec = get_spec(name)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
+        raise ValueError(f"retries must be >= 1, got {retries!r}")
     folder = Path(dest).expanduser() if dest is not None else cache_dir(spec)
     base = base_url or spec.base_url
     if not base:
