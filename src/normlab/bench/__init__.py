@@ -1,0 +1,22 @@
+"""Benchmarks with ratios measured side by side in one process.
+
+- :mod:`~normlab.bench.timing`: the harness - candidates timed interleaved (round robin,
+  rotating order), min/median/max over repeats, ratio of medians and per-repeat ratios.
+- :mod:`~normlab.bench.memory`: bytes a forward pass saves for its backward.
+- :mod:`~normlab.bench.layers`: ``normlab bench layers`` (each layer vs its torch.nn twin).
+- :mod:`~normlab.bench.train`: ``normlab bench train`` (training images/second).
+- :mod:`~normlab.bench.original`: the seed tutorial's original pipeline, the baseline.
+- :mod:`~normlab.bench.report`, :mod:`~normlab.bench.table`: tables and JSON.
+
+Example::
+
+    >>> from normlab.bench import compare, measure
+    >>> m = measure({"slow": lambda: sum(range(20_000)), "fast": lambda: sum(range(2_000))})
+    >>> compare(m, "slow", "fast").of_medians > 1
+    True
+"""
+
+from normlab.bench.memory import saved_bytes
+from normlab.bench.timing import Measurement, Ratio, Summary, Timing, compare, measure
+
+__all__ = ["Measurement", "Ratio", "Summary", "Timing", "compare", "measure", "saved_bytes"]

@@ -1,0 +1,193 @@
+"""Benchmark results as terminal tables and as JSON-ready dicts (no measuring here)."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from normlab.bench.layers import LayerResult, geometric_mean
+from normlab.bench.table import format_table
+from normlab.bench.timing import Ratio, Summary
+from normlab.bench.train import TrainResult
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
+def _ratio(ratio: Ratio | None) -> str:
+    """``median [min-max]`` of the per-repeat ratios, headed by the ratio of medians."""
+    if ratio is None:
+        return "-"
+    r = ratio.per_repeat
+    return f"{ratio.of_medians:.2f} [{r.min:.2f}-{r.max:.2f}]"
+
+
+def _ms(summary: Summary | None) -> str:
+    return "-" if summary is None else f"{summary.median * 1e3:.3f}"
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:,.0f}"
+
+
+def _verdict(result: LayerResult) -> str:
+    met = result.targets_met()
+    missed = [name for name, ok in met.items() if not ok]
+    return "ok" if not missed else "MISSED " + ",".join(missed)
+
+
+def layers_table(results: Sequence[LayerResult]) -> str:
+    """One row per (layer, shape): times, ratios ``median [min-max]``, saved KiB, targets."""
+    compiled = any(r.compiled is not None for r in results)
+    headers = ["layer", "shape", "ours ms", "torch ms", "eager ratio"]
+    if compiled:
+        headers += ["ours-c ms", "torch-c ms", "compiled ratio", "ours-c/torch"]
+    headers += ["saved KiB ours", "torch", "targets"]
+    rows = []
+    for r in results:
+        row = [r.module, _shape(r.shape), _ms(r.ours_eager), _ms(r.torch_eager), _ratio(r.eager)]
+        if compiled:
+            row += [
+                _ms(r.ours_compiled),
+                _ms(r.torch_compiled),
+                _ratio(r.compiled),
+                _ratio(r.compiled_vs_eager),
+            ]
+        row += [_kib(r.saved_ours), _kib(r.saved_torch), _verdict(r)]
+        rows.append(row)
+    return format_table(headers, rows)
+
+
+def layers_summary(results: Sequence[LayerResult]) -> str:
+    """Per layer: geometric mean and worst of the eager (and compiled) median ratios."""
+    lines = []
+    for layer in dict.fromkeys(r.layer for r in results):
+        mine = [r for r in results if r.layer == layer]
+        eager = [r.eager.of_medians for r in mine]
+        text = (
+            f"{layer}: eager ratio geo-mean {geometric_mean(eager):.2f}, worst {max(eager):.2f}"
+            f" (target <= {mine[0].eager_target})"
+        )
+        compiled = [r.compiled.of_medians for r in mine if r.compiled is not None]
+        if compiled:
+            target = mine[0].compiled_target
+            text += f"; compiled geo-mean {geometric_mean(compiled):.2f}, worst {max(compiled):.2f}"
+            text += f" (target <= {target})" if target is not None else ""
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def _ratio_dict(ratio: Ratio | None) -> dict[str, Any] | None:
+    if ratio is None:
+        return None
+    return {
+        "numerator": ratio.numerator,
+        "denominator": ratio.denominator,
+        "of_medians": ratio.of_medians,
+        "per_repeat": asdict(ratio.per_repeat),
+    }
+
+
+def _seconds(summary: Summary | None) -> dict[str, float] | None:
+    return None if summary is None else asdict(summary)
+
+
+def layers_json(results: Sequence[LayerResult], settings: dict[str, Any]) -> dict[str, Any]:
+    """Everything measured, in seconds per forward+backward and bytes."""
+    return {
+        "benchmark": "layers",
+        "machine": machine(),
+        "settings": settings,
+        "results": [
+            {
+                "layer": r.layer,
+                "module": r.module,
+                "shape": list(r.shape),
+                "seconds": {
+                    "ours": _seconds(r.ours_eager),
+                    "torch": _seconds(r.torch_eager),
+                    "ours_compiled": _seconds(r.ours_compiled),
+                    "torch_compiled": _seconds(r.torch_compiled),
+                },
+                "ratio": {
+                    "eager": _ratio_dict(r.eager),
+                    "compiled": _ratio_dict(r.compiled),
+                    "compiled_vs_eager": _ratio_dict(r.compiled_vs_eager),
+                },
+                "saved_bytes": {"ours": r.saved_ours, "torch": r.saved_torch},
+                "targets": {
+                    "eager": r.eager_target,
+                    "compiled": r.compiled_target,
+                    "met": r.targets_met(),
+                },
+            }
+            for r in results
+        ],
+    }
+
+
+def train_table(result: TrainResult) -> str:
+    """Images per second (median [min-max] over chunks) and speed ratios."""
+    rows = [
+        [
+            name,
+            f"{s.median:,.0f}",
+            f"{s.min:,.0f}-{s.max:,.0f}",
+        ]
+        for name, s in result.images_per_second.items()
+    ]
+    table = format_table(["candidate", "images/s", "range"], rows)
+    ratios = format_table(
+        ["speed ratio", "of medians", "per chunk [min-max]", "target"],
+        [
+            [
+                name,
+                f"{r.of_medians:.2f}x",
+                f"{r.per_repeat.median:.2f} [{r.per_repeat.min:.2f}-{r.per_repeat.max:.2f}]",
+                _train_target(name, result),
+            ]
+            for name, r in result.speedup.items()
+        ],
+    )
+    return f"{table}\n\n{ratios}"
+
+
+def _train_target(name: str, result: TrainResult) -> str:
+    for label, ok in result.targets_met.items():
+        if label.startswith(name + " "):
+            return f"{label.split(' ', 1)[1]}: {'ok' if ok else 'MISSED'}"
+    return "-"
+
+
+def train_json(result: TrainResult, settings: dict[str, Any]) -> dict[str, Any]:
+    """Images per second per candidate and the speed ratios (above 1: the first is faster)."""
+    return {
+        "benchmark": "train",
+        "machine": machine(),
+        "settings": settings,
+        "data": result.data,
+        "steps": result.steps,
+        "chunk": result.chunk,
+        "images_per_second": {k: asdict(v) for k, v in result.images_per_second.items()},
+        "speed_ratio": {
+            name: {"of_medians": r.of_medians, "per_chunk": asdict(r.per_repeat)}
+            for name, r in result.speedup.items()
+        },
+        "targets_met": result.targets_met,
+    }

@@ -1,0 +1,175 @@
+"""Interleaved timing of several candidates in one process, reported as ratios.
+
+A benchmark that times candidate A for a while and then candidate B lets machine noise
+(another job, a frequency change, a warm cache) land on one of them only. Here every
+repeat runs *each* candidate once, in a round-robin order that rotates from one repeat
+to the next, so noise hits all of them alike, and the ratio of two candidates is also
+taken *per repeat* (their two timings were measured seconds apart)::
+
+    repeat 0:  A B C
+    repeat 1:  B C A
+    repeat 2:  C A B ...
+
+One *repeat* of a candidate calls it ``number`` times and records the mean seconds per
+call (``time.perf_counter``); ``number`` is calibrated per candidate after the warm-up so
+that one repeat lasts about ``target_seconds``. ``torch.set_num_threads`` is left as is.
+
+Example::
+
+    >>> result = measure({"a": lambda: sum(range(10_000)), "b": lambda: sum(range(1000))},
+    ...                  repeats=5)
+    >>> compare(result, "a", "b").median > 1
+    True
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from normlab.errors import UsageError
+
+Fn = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """min / median / max of a sample of numbers."""
+
+    min: float
+    median: float
+    max: float
+
+    @classmethod
+    def of(cls, values: tuple[float, ...] | list[float]) -> Summary:
+        if not values:
+            raise ValueError("cannot summarise an empty sample")
+        return cls(min(values), statistics.median(values), max(values))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call of one candidate, one value per repeat, and how it was measured."""
+
+    name: str
+    seconds: tuple[float, ...]  # mean seconds per call, one per repeat
+    number: int  # calls per repeat
+
+    @property
+    def summary(self) -> Summary:
+        return Summary.of(self.seconds)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The timings of every candidate, and the order in which the repeats ran."""
+
+    timings: dict[str, Timing]
+    order: tuple[tuple[int, str], ...]  # (repeat, candidate) in the order they ran
+
+    def __getitem__(self, name: str) -> Timing:
+        return self.timings[name]
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``numerator / denominator`` in time: above 1 means the numerator is slower.
+
+    ``of_medians`` is median(numerator) / median(denominator); ``per_repeat`` summarises
+    the ratios of the two timings taken in the same repeat.
+    """
+
+    numerator: str
+    denominator: str
+    of_medians: float
+    per_repeat: Summary
+
+    @property
+    def median(self) -> float:
+        return self.of_medians
+
+
+def _calibrate(fn: Fn, target_seconds: float, sync: Callable[[], None]) -> int:
+    """Calls per repeat so that one repeat lasts about ``target_seconds`` (at least 1)."""
+    number = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= target_seconds / 4 or number >= 1 << 20:
+            per_call = elapsed / number
+            return max(1, round(target_seconds / per_call)) if per_call > 0 else number
+        number *= 4
+
+
+def measure(
+    candidates: Mapping[str, Fn],
+    repeats: int = 11,
+    warmup: int = 2,
+    target_seconds: float = 0.05,
+    number: int | None = None,
+    sync: Callable[[], None] | None = None,
+) -> Measurement:
+    """Time every candidate, interleaved, and return seconds per call for each repeat.
+
+    Args:
+        candidates: name -> a function of no arguments; one call is the unit measured.
+        repeats: how many timings to take of each candidate (rounds of the round robin).
+        warmup: calls of each candidate before anything is timed (lazy init, compile,
+            allocator caches).
+        target_seconds: about how long one repeat of one candidate should last; sets
+            the calls per repeat of each candidate. Ignored when ``number`` is given.
+        number: calls per repeat for every candidate, instead of calibrating.
+        sync: called after each repeat's calls and before the clock stops (e.g.
+            ``torch.cuda.synchronize`` for asynchronous devices).
+
+    Raises:
+        UsageError: no candidates, or ``repeats``/``number`` below 1, or ``warmup`` below 0.
+    """
+    if not candidates:
+        raise UsageError("measure needs at least one candidate")
+    if repeats < 1:
+        raise UsageError(f"repeats must be at least 1, got {repeats}")
+    if warmup < 0:
+        raise UsageError(f"warmup must be at least 0, got {warmup}")
+    if number is not None and number < 1:
+        raise UsageError(f"number must be at least 1, got {number}")
+    wait = sync or (lambda: None)
+    names = list(candidates)
+    for name in names:
+        for _ in range(warmup):
+            candidates[name]()
+    if warmup:
+        wait()
+    calls = {name: number or _calibrate(candidates[name], target_seconds, wait) for name in names}
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    order: list[tuple[int, str]] = []
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn, n = candidates[name], calls[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            wait()
+            seconds[name].append((time.perf_counter() - start) / n)
+            order.append((repeat, name))
+    timings = {name: Timing(name, tuple(seconds[name]), calls[name]) for name in names}
+    return Measurement(timings, tuple(order))
+
+
+def compare(measurement: Measurement, numerator: str, denominator: str) -> Ratio:
+    """The time ratio ``numerator / denominator`` of two measured candidates."""
+    for name in (numerator, denominator):
+        if name not in measurement.timings:
+            raise UsageError(
+                f"no candidate {name!r} was measured; measured: {', '.join(measurement.timings)}"
+            )
+    top, bottom = measurement[numerator].seconds, measurement[denominator].seconds
+    per_repeat = [a / b for a, b in zip(top, bottom, strict=True)]
+    of_medians = statistics.median(top) / statistics.median(bottom)
+    return Ratio(numerator, denominator, of_medians, Summary.of(per_repeat))

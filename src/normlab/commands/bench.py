@@ -1,0 +1,177 @@
+"""``normlab bench``: normlab against torch.nn, timed interleaved in one process.
+
+``normlab bench layers`` times forward+backward of every normlab layer against its
+``torch.nn`` twin (eager, and with ``--compile`` also compiled) and the bytes each saves
+for backward; ``normlab bench train`` measures training images/second of the tutorial's
+LeNet with normlab's batch norm, with torch's, and with the tutorial's original pipeline.
+Ratios are normlab over torch in time for ``layers`` (below 1: normlab is faster) and in
+speed for ``train`` (above 1: the first named is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+LAYER_NAMES = ("batch", "instance", "layer", "group", "rms", "lrn")  # bench.layers.LAYERS
+SHAPE_SET_NAMES = ("lenet", "resnet", "all")  # bench.layers.SHAPE_SETS
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark normlab against torch.nn (layers, training)",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    which = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+
+    layers = which.add_parser(
+        "layers",
+        help="forward+backward time and saved memory of each layer vs torch.nn",
+        description="Forward+backward time of each normlab layer against its torch.nn twin, "
+        "interleaved in one process, as time ratios normlab/torch (min/median/max over "
+        "repeats), plus the bytes each saves for backward.",
+    )
+    layers.add_argument(
+        "--shapes", choices=SHAPE_SET_NAMES, default="all",
+        help="input shapes: the tutorial's LeNet features, ResNet-like ones, or both "
+        "(default: all)",
+    )  # fmt: skip
+    layers.add_argument(
+        "--layers", nargs="+", choices=LAYER_NAMES, metavar="LAYER",
+        help=f"layers to measure (default: all): {', '.join(LAYER_NAMES)}",
+    )  # fmt: skip
+    layers.add_argument(
+        "--compile", action="store_true",
+        help="also measure both layers under torch.compile (slow the first time: compiling)",
+    )  # fmt: skip
+    layers.add_argument(
+        "--repeats", type=int, default=None, help="timings per candidate (default: 9; quick: 3)"
+    )
+    _common(layers)
+    layers.set_defaults(func=run)
+
+    train = which.add_parser(
+        "train",
+        help="training images/second: normlab's BN, torch's BN, the tutorial's pipeline",
+        description="Training throughput of the tutorial's LeNet with normlab's batch norm, "
+        "with torch's (same lean loop) and with the tutorial's original pipeline, in chunks "
+        "of steps that take turns.",
+    )
+    train.add_argument(
+        "--steps", type=int, default=None,
+        help="timed steps per candidate (default: 600; quick: 40)",
+    )  # fmt: skip
+    train.add_argument(
+        "--chunk", type=int, default=None,
+        help="steps per timed chunk; candidates alternate every chunk (default: 25; quick: 10)",
+    )  # fmt: skip
+    train.add_argument("--data-dir", default=None, help="look for Fashion-MNIST here first")
+    train.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    _common(train)
+    train.set_defaults(func=run)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick", action="store_true", help="a few short repeats (smoke test, noisy numbers)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+
+
+def _positive(name: str, value: int | None) -> None:
+    from normlab.errors import UsageError
+
+    if value is not None and value < 1:
+        raise UsageError(f"--{name} must be at least 1, got {value}")
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    from normlab.errors import UsageError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} asked for, but CUDA is not available; use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"unsupported device {name!r}; use cpu, cuda or cuda:N")
+    return device
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.benchmark == "layers":
+        return _run_layers(args)
+    return _run_train(args)
+
+
+def _run_layers(args: argparse.Namespace) -> int:
+    _positive("repeats", args.repeats)
+    device = _device(args.device)
+    from normlab.bench import layers, report
+
+    shapes = layers.select_shapes(args.shapes)
+    names = layers.select_layers(args.layers)
+    timing: dict[str, Any] = {
+        "repeats": args.repeats or (3 if args.quick else 9),
+        "warmup": 1 if args.quick else 3,
+        "target_seconds": 0.002 if args.quick else 0.04,
+    }
+    results = layers.bench_layers(
+        names,
+        shapes,
+        compiled=args.compile,
+        progress=not args.json,
+        device=device,
+        **timing,
+    )
+    if args.json:
+        settings = {"shapes": args.shapes, "layers": names, "compile": args.compile,
+                    "device": str(device), **timing}  # fmt: skip
+        json.dump(report.layers_json(results, settings), sys.stdout, indent=1)
+        print()
+        return 0
+    print(
+        f"normlab / torch.nn, forward+backward, time ratio median [min-max] over "
+        f"{timing['repeats']} interleaved repeats (below 1: normlab is faster)"
+    )
+    print(report.layers_table(results))
+    print()
+    print(report.layers_summary(results))
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    _positive("steps", args.steps)
+    _positive("chunk", args.chunk)
+    device = _device(args.device)
+    from normlab.bench import report, train
+
+    steps = args.steps or (40 if args.quick else 600)
+    chunk = args.chunk or (10 if args.quick else 25)
+    result = train.bench_train(
+        steps=steps,
+        chunk=chunk,
+        device=str(device),
+        data_dir=args.data_dir,
+        seed=args.seed,
+        progress=not args.json,
+    )
+    if args.json:
+        settings = {"steps": steps, "chunk": chunk, "device": str(device), "seed": args.seed}
+        json.dump(report.train_json(result, settings), sys.stdout, indent=1)
+        print()
+        return 0
+    print(
+        f"training the tutorial's LeNet, batch {train.BATCH_SIZE}, on {result.data}: "
+        f"{result.steps} steps each, in chunks of {result.chunk} that take turns"
+    )
+    print(report.train_table(result))
+    return 0
