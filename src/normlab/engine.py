@@ -282,6 +282,7 @@ def fit(
         history.resumed_at_step = start_epoch * steps_per_epoch + start_step
         logger.info("resuming %s at epoch %d, step %d", run.path, start_epoch + 1, start_step)
         if writer is not None:  # the checkpoint is the truth: drop lines written after it
+            writer.remove_stale_temp_files()
             writer.write_metrics([e.to_dict() for e in history.epochs])
     else:
         torch.manual_seed(config.seed)

@@ -184,6 +184,14 @@ class Run:
         _fsync_dir(self.path)
         return self.checkpoint_path
 
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete temporary files a killed writer left behind (``.*.tmp``); returns them."""
+        stale = sorted(self.path.glob(".*.tmp"))
+        for path in stale:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return stale
+
     def load_checkpoint(self) -> dict[str, Any]:
         """Read checkpoint.pt with ``weights_only=True`` onto the CPU."""
         import torch
