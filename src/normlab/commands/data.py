@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from normlab.data import FileReport
 
 # The same names as normlab.data.DATASETS (a test checks); repeated here because
 # importing normlab.data imports torch, and `normlab --help` must stay instant.
@@ -56,13 +61,13 @@ def _mb(size: int | None) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
 
 
-def _check_word(report) -> str:
+def _check_word(report: FileReport) -> str:
     if not report.ok:
         return "FAILED"
     return "sha256 ok" if report.expected_sha256 else "size+structure ok (no sha256 on record)"
 
 
-def _print_reports(reports) -> None:
+def _print_reports(reports: Sequence[FileReport]) -> None:
     for report in reports:
         on_disk = report.path.stat().st_size if report.path.exists() else None
         print(

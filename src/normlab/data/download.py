@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 from normlab import __version__
 from normlab.data.discovery import cache_dir, locate_files
@@ -56,7 +57,7 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _fetch(url: str, out, *, desc: str, progress: bool, timeout: float) -> None:
+def _fetch(url: str, out: BinaryIO, *, desc: str, progress: bool, timeout: float) -> None:
     """Stream ``url`` into the open binary file ``out``; raises _Transient or DownloadError."""
     from tqdm.auto import tqdm
 
