@@ -29,10 +29,9 @@ How it is computed, and why:
   cancels catastrophically for inputs far from zero (mean 1e4, std 1e-2 in float32). The
   second pass also sums the centred values, which corrects the rounding error of the first
   mean (the "corrected two-pass" algorithm), so the output is centred on the exact mean.
-- The centred input ``x - mean`` is computed once and becomes the output in place, so the
-  forward allocates one activation-sized tensor; the backward likewise turns its centred
-  copy into ``dx``. Per-channel dot products use batched matrix products on views
-  (``_channel_dot``), which allocate nothing activation-sized.
+- Speed: on CPU a fresh activation-sized tensor costs more than several in-place passes
+  over one (page faults), so the forward allocates only its output and the backward only
+  ``dx``; both buffers serve as scratch for the reductions first.
 - float16 / bfloat16 inputs: statistics and arithmetic in float32, output in input dtype.
 - The autograd ``Function`` saves only ``input, mean, invstd, weight``. When a graph of the
   backward is requested (double backward, ``create_graph=True``), the same closed form is
@@ -77,26 +76,6 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
-def _channel_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-channel ``sum(a * b)`` over batch and spatial dims of two ``(N, C, *)`` tensors.
-
-    For contiguous inputs of one dtype with spatial dims this is a batched matrix product of
-    views, ``(N*C, 1, L) @ (N*C, L, 1)``, which allocates nothing activation-sized; else it
-    falls back to ``(a * b).sum(dims)``.
-    """
-    if (
-        a.dim() > 2
-        and a.dtype == b.dtype
-        and a.is_contiguous()
-        and b.is_contiguous()
-        and a.numel() > 0
-    ):
-        n, c = a.shape[0], a.shape[1]
-        dots = torch.bmm(a.view(n * c, 1, -1), b.view(n * c, -1, 1))
-        return dots.view(n, c).sum(0)
-    return (a * b).sum(_reduce_dims(a))
-
-
 # ---------------------------------------------------------------------------------------------
 # The training forward and its closed-form backward
 # ---------------------------------------------------------------------------------------------
@@ -108,37 +87,45 @@ def _normalize_train(
     """Batch-statistics forward: ``(out, mean, invstd, sq_sum)``; stats in ``_stat_dtype``.
 
     ``sq_sum = sum((x - mean)^2)`` per channel, so the biased variance is ``sq_sum / n`` and
-    the unbiased one ``sq_sum / (n - 1)``.
+    the unbiased one ``sq_sum / (n - 1)``. One activation-sized tensor is allocated: the
+    output, which first holds the centred input (and its square, for the variance).
     """
     dims, ndim = _reduce_dims(input), input.dim()
     n = input.numel() // input.shape[1]
-    mean = input.mean(dims, dtype=_stat_dtype(input.dtype))  # first estimate
-    out = input - _per_channel(mean, ndim)  # centred input, becomes the output in place
-    # Corrected two-pass (Chan, Golub & LeVeque 1983): the centred values are exact for x
-    # near the mean, and their mean is the rounding error of the first estimate.
+    first_mean = _per_channel(input.mean(dims, dtype=_stat_dtype(input.dtype)), ndim)
+    out = input - first_mean  # centred input: exact for x near the mean
+    # Corrected two-pass (Chan, Golub & LeVeque 1983): the mean of the centred values is
+    # the rounding error of the first mean; subtracting it keeps y centred on the exact mean.
     residual = out.sum(dims) / n
-    sq_sum = (_channel_dot(out, out) - n * residual * residual).clamp_(min=0)
+    sq_sum = (out.mul_(out).sum(dims) - n * residual * residual).clamp_(min=0)
     invstd = torch.rsqrt(sq_sum / n + eps)
     scale = invstd if weight is None else invstd * weight
     shift = -residual * scale if bias is None else bias - residual * scale
+    torch.sub(input, first_mean, out=out)  # centred again, in the same memory
     out.mul_(_per_channel(scale, ndim)).add_(_per_channel(shift, ndim))
-    return out.to(input.dtype), mean + residual, invstd, sq_sum
+    return out.to(input.dtype), first_mean.view(-1) + residual, invstd, sq_sum
 
 
 def _grads_fast(
     grad_out: Tensor, input: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Closed-form ``(dx, dweight, dbias)`` with in-place arithmetic (not differentiable)."""
+    """Closed-form ``(dx, dweight, dbias)`` with in-place arithmetic (not differentiable).
+
+    One activation-sized tensor is allocated: ``dx``, which first holds
+    ``(x - mean) * dy`` for the per-channel dot product ``sum(dy * (x - mean))``.
+    """
     dims, ndim = _reduce_dims(input), input.dim()
     n = input.numel() // input.shape[1]
+    mean_b = _per_channel(mean, ndim)
     sum_dy = grad_out.sum(dims, dtype=mean.dtype)
-    centred = input - _per_channel(mean, ndim)  # becomes dx in place
-    dot = _channel_dot(centred, grad_out.to(centred.dtype))  # sum(dy * (x - mean))
+    dx = input - mean_b
+    dot = dx.mul_(grad_out).sum(dims)  # sum(dy * (x - mean)), stable far from zero
+    torch.sub(input, mean_b, out=dx)
     scale = invstd if weight is None else invstd * weight
     # dx = scale * (dy - sum_dy / n - (x - mean) * invstd^2 * dot / n)
-    dx = centred.mul_(_per_channel(-scale * invstd * invstd * dot / n, ndim))
+    dx.mul_(_per_channel(-scale * invstd * invstd * dot / n, ndim))
+    dx.add_(_per_channel(-scale * sum_dy / n, ndim))
     dx.addcmul_(grad_out, _per_channel(scale, ndim))
-    dx.sub_(_per_channel(scale * sum_dy / n, ndim))
     return dx.to(input.dtype), dot * invstd, sum_dy
 
 
