@@ -9,6 +9,7 @@ from normlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from normlab.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from normlab.nn.normalization import GroupNorm, LayerNorm, LocalResponseNorm, RMSNorm
 from normlab.nn.registry import create_norm_layer, norm_names  # last: it reads the above
+from normlab.nn.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
     "BatchNorm1d",
@@ -21,6 +22,8 @@ __all__ = [
     "LayerNorm",
     "LocalResponseNorm",
     "RMSNorm",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
     "create_norm_layer",
     "norm_names",
 ]
