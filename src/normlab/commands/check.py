@@ -1,0 +1,139 @@
+"""``normlab check``: every normlab layer against ``torch.nn`` on this machine.
+
+Runs the grid of :mod:`normlab.parity` (three training steps, an eval step and a
+``state_dict`` round trip per configuration) and prints one row per layer and dtype with
+the largest differences. Exit codes: 0 all equal within tolerance, 1 any failure,
+2 a bad argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from normlab.parity import Result, Summary
+
+_DTYPES = {"float32": ("float32",), "float64": ("float64",), "both": ("float32", "float64")}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "check",
+        help="check every layer against torch.nn (forward, gradients, buffers, state_dict)",
+        description=(
+            "Run every normlab layer and its torch.nn twin over a grid of configurations: "
+            "three training steps, an eval step and a state_dict round trip each; print the "
+            "largest differences. Exit code 1 if any configuration differs."
+        ),
+    )
+    parser.add_argument(
+        "--dtype", choices=tuple(_DTYPES), default="both", help="dtypes to check (default both)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--layers",
+        metavar="NAME,...",
+        help="comma-separated class names, e.g. LayerNorm,GroupNorm (default: all)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _device(name: str) -> object:
+    import torch
+
+    from normlab.errors import UsageError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {name!r}; use e.g. --device cpu") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} is not available on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda") and not getattr(torch, device.type).is_available():
+        raise UsageError(f"device {name!r} is not available on this machine; use --device cpu")
+    return device
+
+
+def _format_diff(value: float) -> str:
+    return "inf" if value == float("inf") else f"{value:.1e}"
+
+
+def _table(rows: Sequence[Summary]) -> list[str]:
+    header = ("layer", "dtype", "configs", "forward", "grad", "buffers", "result")
+    body = [
+        (
+            row.layer,
+            str(row.dtype).removeprefix("torch."),
+            str(row.configurations),
+            _format_diff(row.forward_diff),
+            _format_diff(row.grad_diff),
+            _format_diff(row.buffer_diff),
+            "pass" if row.failed == 0 else f"FAIL ({row.failed})",
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+    lines = []
+    for line in (header, *body):
+        cells = [
+            cell.ljust(width) if i in (0, 1, 6) else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+def _failures(results: Sequence[Result]) -> list[str]:
+    lines = []
+    for result in results:
+        if result.passed:
+            continue
+        dtype = str(result.dtype).removeprefix("torch.")
+        reasons = [result.error] if result.error else list(result.details)
+        lines.append(f"FAIL {result.config.name} [{dtype}]: {'; '.join(reasons[:3])}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from normlab import parity
+
+    layers = None
+    if args.layers is not None:
+        layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    parity.configurations(layers)  # unknown names: a one-line error before any work
+    device = _device(args.device)
+    dtypes = [getattr(torch, name) for name in _DTYPES[args.dtype]]
+
+    def progress(work: Sequence[object]) -> object:
+        return tqdm(work, desc="normlab check", unit="config", leave=False, disable=None)
+
+    results = parity.run_grid(layers, dtypes, device, progress=progress)
+    print(f"normlab layers against torch {torch.__version__} on {device}")
+    print("differences: max|normlab - torch| / max(1, max|torch|) over all steps")
+    print()
+    for line in _table(parity.summarize(results)):
+        print(line)
+    print()
+    tolerances = ", ".join(
+        f"{str(d).removeprefix('torch.')} {parity.TOLERANCES[d]:g}" for d in dtypes
+    )
+    failures = _failures(results)
+    if failures:
+        for line in failures:
+            print(line)
+        print(f"{len(failures)} of {len(results)} checks FAILED (tolerance {tolerances})")
+        return 1
+    print(
+        f"all {len(results)} checks pass (tolerance {tolerances}): outputs, input and "
+        "parameter gradients, buffers over 3 training steps and eval; state_dict both ways"
+    )
+    sys.stdout.flush()
+    return 0
