@@ -50,7 +50,7 @@ def _device(name: str) -> object:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise UsageError(f"unknown device {name!r}; use e.g. --device cpu") from None
+        raise UsageError(f"unknown device {name!r}; use --device cpu (or cuda)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {name!r} is not available on this machine; use --device cpu")
     if device.type not in ("cpu", "cuda") and not getattr(torch, device.type).is_available():
