@@ -14,6 +14,7 @@ nothing here communicates.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -219,6 +220,8 @@ def translate_failures(what: str, rank: int | None = None, world_size: int | Non
             rank, world_size = dist.get_rank(), dist.get_world_size()
         who = f"rank {rank} of {world_size}" if rank is not None else "this rank"
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[.../pair.cc:537] " prefix
+        first = first.split(" GLHF")[0].rstrip()
         raise RankFailure(
             f"{who}: {what} failed: {first}; another rank probably crashed or stopped "
             f"answering (timeout {_timeout_s:g} s): look at its output"
