@@ -13,10 +13,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     Example::
 
         >>> print(format_table(["a", "n"], [["x", 1.5], ["yy", 10]]))
-        a      n
-        --  ----
-        x    1.5
-        yy    10
+        a     n
+        --  ---
+        x   1.5
+        yy   10
     """
     cells = [[str(c) for c in row] for row in rows]
     for row in cells:

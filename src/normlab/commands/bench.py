@@ -68,6 +68,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--chunk", type=int, default=None,
         help="steps per timed chunk; candidates alternate every chunk (default: 25; quick: 10)",
     )  # fmt: skip
+    train.add_argument(
+        "--data", choices=("auto", "fashion-mnist", "synthetic"), default="auto",
+        help="training images: Fashion-MNIST, generated ones, or auto (Fashion-MNIST when "
+        "found, else synthetic; the default)",
+    )  # fmt: skip
     train.add_argument("--data-dir", default=None, help="look for Fashion-MNIST here first")
     train.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     _common(train)
@@ -160,12 +165,14 @@ def _run_train(args: argparse.Namespace) -> int:
         steps=steps,
         chunk=chunk,
         device=str(device),
+        data=args.data,
         data_dir=args.data_dir,
         seed=args.seed,
         progress=not args.json,
     )
     if args.json:
-        settings = {"steps": steps, "chunk": chunk, "device": str(device), "seed": args.seed}
+        settings = {"steps": steps, "chunk": chunk, "device": str(device), "seed": args.seed,
+                    "data": args.data}  # fmt: skip
         json.dump(report.train_json(result, settings), sys.stdout, indent=1)
         print()
         return 0
