@@ -17,7 +17,13 @@ from torch.nn import init
 from torch.nn.parameter import Parameter
 
 from normlab.errors import UsageError
-from normlab.functional.feature import group_norm, layer_norm, local_response_norm, rms_norm
+from normlab.functional.feature import (
+    ShapeError,
+    group_norm,
+    layer_norm,
+    local_response_norm,
+    rms_norm,
+)
 
 __all__ = ["GroupNorm", "LayerNorm", "LocalResponseNorm", "RMSNorm"]
 
@@ -25,9 +31,16 @@ _shape_t = int | list[int] | Size
 
 
 def _as_shape(normalized_shape: _shape_t) -> tuple[int, ...]:
+    """An int means ``(int,)``; negative sizes are rejected with torch's message."""
     if isinstance(normalized_shape, numbers.Integral):
-        return (int(normalized_shape),)
-    return tuple(normalized_shape)
+        normalized_shape = (int(normalized_shape),)
+    shape = tuple(normalized_shape)
+    for size in shape:
+        if isinstance(size, numbers.Integral) and size < 0:
+            raise ShapeError(
+                f"Trying to create tensor with negative dimension {size}: {list(shape)}"
+            )
+    return shape
 
 
 class LayerNorm(nn.Module):
