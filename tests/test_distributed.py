@@ -1,23 +1,35 @@
-"""Process groups, bounded waits and launchers: a dead or silent rank never hangs the others.
+"""Process groups, bounded waits, launchers, and ``normlab train`` on 2 processes.
 
 The failure tests start 2 ranks of this file as a script (``python test_distributed.py
 MODE``) with ``normlab.launch.spawn_ranks``; rank 1 dies (``os._exit``) or stops answering,
 rank 0 runs SyncBatchNorm and must fail with RankFailure's one-line message, quickly.
+
+The training test starts ``normlab train --sync-bn`` as 2 ranks, SIGKILLs them after the
+first checkpoint, resumes with ``normlab train --resume`` (relaunched through torchrun),
+and compares every step with one process fed the concatenation of the two ranks' batches.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from normlab import distributed, launch
+from normlab import distributed, engine, launch
+from normlab.cli import main
+from normlab.config import TrainConfig
+from normlab.data import batches
 from normlab.distributed import RankFailure
 from normlab.errors import UsageError
+from normlab.runs import Run
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -30,7 +42,7 @@ def worker(mode: str) -> int:
     if context.rank == 1:
         if mode == "die":
             os._exit(17)  # no clean-up, no goodbye: as a crash or an OOM kill
-        time.sleep(5)  # "hang": alive but silent, longer than rank 0's 2 s timeout
+        time.sleep(3)  # "hang": alive but silent, longer than rank 0's 1 s timeout
         os._exit(0)
     layer = SyncBatchNorm(4)
     started = time.monotonic()
@@ -66,12 +78,12 @@ def test_a_rank_that_dies_makes_the_other_fail_at_once_with_a_clear_message() ->
 
 
 def test_a_silent_rank_makes_the_other_fail_after_the_timeout() -> None:
-    rank0, waited = _rank0("hang", timeout="2")
+    rank0, waited = _rank0("hang", timeout="1")
     assert rank0.returncode == 2
     message = next(line for line in rank0.output.splitlines() if line.startswith("error: "))
     assert "rank 0 of 2: SyncBatchNorm statistics failed" in message
-    assert "Timed out" in message and "(timeout 2 s)" in message
-    assert 1.5 < waited < 30
+    assert "Timed out" in message and "(timeout 1 s)" in message
+    assert 0.8 < waited < 30
 
 
 def test_a_rank_that_never_joins_makes_setup_fail_after_the_timeout(
@@ -161,6 +173,125 @@ def test_torchrun_command_runs_normlab_as_a_module() -> None:
     assert command[-5:] == ["-m", "normlab", "train", "--epochs", "1"]
     with pytest.raises(UsageError, match="--nproc-per-node must be a positive integer, got 0"):
         launch.torchrun_command(0, [])
+
+
+# ------------------------------------------------------------------ normlab train, 2 ranks
+DDP = TrainConfig(dataset="synthetic", train_subset=384, test_subset=64, batch_size=16,
+                  epochs=2, lr=0.05, activation="relu", world_size=2, sync_bn=True)  # fmt: skip
+DDP_ARGS = ["train", "--dataset", "synthetic", "--train-subset", "384", "--test-subset", "64"]
+DDP_ARGS += ["--batch-size", "16", "--epochs", "2", "--lr", "0.05", "--activation", "relu"]
+DDP_ARGS += ["--sync-bn", "--checkpoint-every", "5", "--no-progress"]
+
+
+def _one_process_on_concatenated_batches(config: TrainConfig) -> dict[str, object]:
+    """The oracle: one process, plain batch norm, each step on rank 0's batch + rank 1's.
+
+    With SyncBatchNorm the statistics are the global batch's; DDP averages the two ranks'
+    gradients of their mean losses, which for equal halves is the gradient of the mean
+    loss over the concatenation. So both runs take the same steps, up to rounding.
+    """
+    single = config.replace(world_size=1, sync_bn=False)
+    data = engine.load_data(single)
+    model = engine.build_model(single)
+    optimizer = engine.make_optimizer(model, single)
+    losses, epochs = [], []
+    for epoch in range(config.epochs):
+        shards = [
+            batches(data.train_images, data.train_labels, config.batch_size, shuffle=True,
+                    seed=config.seed, epoch=epoch, rank=r, world_size=2)
+            for r in range(2)
+        ]  # fmt: skip
+        total_loss, correct, seen = 0.0, 0, 0
+        for (x0, y0), (x1, y1) in zip(*shards, strict=True):
+            x, y = torch.cat([x0, x1]), torch.cat([y0, y1])
+            optimizer.zero_grad()
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            total_loss += losses[-1] * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+        test_loss, test_accuracy = engine.evaluate(
+            model, data.test_images, data.test_labels, batch_size=config.eval_batch_size
+        )
+        epochs.append({"train_loss": total_loss / seen, "train_accuracy": correct / seen,
+                       "test_loss": test_loss, "test_accuracy": test_accuracy,
+                       "examples": seen})  # fmt: skip
+    return {"model": model.state_dict(), "losses": losses, "epochs": epochs}
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
+def test_two_rank_sync_bn_training_killed_and_resumed_equals_one_process(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "runs"
+    port = distributed.free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NORMLAB_DIST_TIMEOUT": "60"}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-m", "normlab", *DDP_ARGS, "--out", str(out), "--name", "ddp"],
+            env={**env, **launch.rank_environment(r, 2, port)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    deadline = time.monotonic() + 120
+    checkpoints: list[Path] = []
+    while not checkpoints and ranks[0].poll() is None and time.monotonic() < deadline:
+        checkpoints = list(out.glob("*/checkpoint.pt"))
+        time.sleep(0.002)
+    for rank in ranks:
+        rank.send_signal(signal.SIGKILL)
+    outputs = [rank.communicate()[0] for rank in ranks]
+    assert ranks[0].returncode == -signal.SIGKILL, f"ended before the kill:\n{outputs[0]}"
+    run_dirs = list(out.iterdir())
+    assert len(run_dirs) == 1, run_dirs  # only rank 0 creates a run directory
+    run_dir = run_dirs[0]
+    killed_at = Run.open(run_dir).load_checkpoint()
+    assert (killed_at["epoch"], killed_at["step_in_epoch"]) < (DDP.epochs, 0)
+    assert json.loads((run_dir / "config.json").read_text())["config"]["world_size"] == 2
+
+    capfd.readouterr()
+    code = main(["train", "--resume", str(run_dir), "--no-progress"])  # relaunches 2 ranks
+    printed = capfd.readouterr().out
+    assert code == 0, printed
+    assert printed.strip().splitlines()[-1] == f"run directory: {run_dir}"
+    assert "on 2 processes sync-bn" in printed
+
+    oracle = _one_process_on_concatenated_batches(DDP)
+    final = Run.open(run_dir).load_checkpoint()
+    assert final["history"]["step_losses"].tolist() == pytest.approx(oracle["losses"], abs=1e-4)
+    assert list(final["model"]) == list(oracle["model"])
+    for key, value in oracle["model"].items():
+        torch.testing.assert_close(final["model"][key], value, rtol=1e-3, atol=1e-4)
+    metrics = Run.open(run_dir).read_metrics()
+    assert len(metrics) == DDP.epochs
+    for ours, expected in zip(metrics, oracle["epochs"], strict=True):
+        assert ours["examples"] == expected["examples"] == 384  # the global epoch
+        for key in ("train_loss", "test_loss"):
+            assert ours[key] == pytest.approx(expected[key], abs=1e-4), key
+        for key in ("train_accuracy", "test_accuracy"):
+            assert ours[key] == pytest.approx(expected[key], abs=2 / 384), key
+
+
+def test_train_flags_for_several_processes_are_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = ["train", "--dataset", "synthetic", "--out", str(tmp_path), "--no-progress"]
+    assert main([*tiny, "--sync-bn", "--norm", "group"]) == 2
+    assert "norm 'group' has none; use --norm batch or drop --sync-bn" in capsys.readouterr().err
+    assert main([*tiny, "--nproc-per-node", "0"]) == 2
+    assert "world_size must be a positive integer, got 0" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "3")  # as if torchrun had started 3 ranks
+    monkeypatch.setenv("RANK", "0")
+    assert main([*tiny, "--nproc-per-node", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "this run needs 2 processes but torchrun started 3; use --nproc-per-node 2" in err
+    assert not any(tmp_path.iterdir())
 
 
 if __name__ == "__main__":

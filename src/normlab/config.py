@@ -49,6 +49,8 @@ class TrainConfig:
     test_subset: int | None = None  # use only the first N test images (None: all)
     compile: bool = False  # torch.compile the model (needs a C++ compiler on CPU)
     eval_batch_size: int = 1000  # batch size for evaluation (changes results only by rounding)
+    world_size: int = 1  # processes training together (DDP); batch_size is per process
+    sync_bn: bool = False  # batch statistics over all processes (normlab.nn.SyncBatchNorm)
 
     def validate(self) -> None:
         """Raise a one-line :class:`~normlab.errors.UsageError` for the first bad value."""
@@ -77,6 +79,14 @@ class TrainConfig:
                 _positive_int(name, value)
         if not isinstance(self.compile, bool):
             raise UsageError(f"compile must be true or false, got {self.compile!r}")
+        _positive_int("world_size", self.world_size)
+        if not isinstance(self.sync_bn, bool):
+            raise UsageError(f"sync_bn must be true or false, got {self.sync_bn!r}")
+        if self.sync_bn and self.norm not in ("batch", "torch-batch"):
+            raise UsageError(
+                f"sync_bn synchronises batch norm, and norm {self.norm!r} has none; "
+                "use --norm batch or drop --sync-bn"
+            )
         _check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:

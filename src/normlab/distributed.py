@@ -301,6 +301,50 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
     return box[0]
 
 
+class DataParallel:
+    """What :func:`normlab.engine.fit` needs to train on several processes.
+
+    ``wrap(model)`` puts the model in ``DistributedDataParallel`` (gradients averaged over
+    the ranks in backward; with NCCL on this rank's GPU). ``reduce_step(loss, correct,
+    size)`` all-reduces ``[loss * size, correct, size]`` (float64, one small collective per
+    step) and returns the global batch's mean loss, correct count and size: every rank
+    then records the same numbers, decides divergence at the same step, and rank 0's
+    checkpoint is every rank's.
+
+    With equal per-rank batches, DDP's averaged gradient is the gradient of the mean loss
+    over the global batch, so a step on P ranks x B examples equals one process's step on
+    the P x B examples (exactly, with ``sync_bn``; without it each rank's batch norm uses
+    its own B examples' statistics).
+
+    Args:
+        context: this process's :class:`DistContext` (from :func:`setup`).
+    """
+
+    def __init__(self, context: DistContext) -> None:
+        if not context.distributed:
+            raise UsageError("DataParallel needs several processes; launch with torchrun")
+        self.context = context
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``DistributedDataParallel(model)``: parameters and buffers broadcast from rank 0."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = self.context.device
+        ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
+        rank, world_size = self.context.rank, self.context.world_size
+        with translate_failures("wrapping the model in DDP", rank, world_size):
+            return DistributedDataParallel(model, device_ids=ids)
+
+    def reduce_step(self, loss: Tensor, correct: Tensor, size: int) -> tuple[Tensor, Tensor, int]:
+        """The global batch's ``(mean loss, correct count, size)`` from this rank's."""
+        packed = torch.stack(
+            [loss.detach().double() * size, correct.double(), loss.new_tensor(size).double()]
+        )
+        total = all_reduce_sum(packed, None, "reducing the step's loss")
+        count = int(total[2])
+        return (total[0] / count).to(loss.dtype), total[1].round().to(correct.dtype), count
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (bind port 0, read it back, close)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -150,6 +150,10 @@ def build_model(config: TrainConfig) -> LeNet:
             pool=config.pool,
             placement=config.placement,
         )
+    if config.sync_bn:  # batch statistics over every process (plain batch norm when alone)
+        from normlab.nn import convert_sync_batchnorm
+
+        convert_sync_batchnorm(model)
     return model.to(config.device)
 
 
@@ -231,6 +235,7 @@ def fit(
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     rank: int = 0,
     world_size: int = 1,
+    parallel: Any | None = None,
 ) -> History:
     """Train ``model`` on ``data`` as ``config`` says; resume from ``run``'s checkpoint if any.
 
@@ -245,6 +250,10 @@ def fit(
         on_epoch: called with each finished epoch's :class:`EpochMetrics`.
         rank, world_size: this process's shard of each epoch's batches (DistributedSampler
             semantics); gradient averaging across processes is the caller's (DDP).
+        parallel: with several processes, a :class:`normlab.distributed.DataParallel`:
+            ``parallel.wrap(model)`` (DDP) runs the training steps, and
+            ``parallel.reduce_step(loss, correct, size)`` turns each step's numbers into the
+            global batch's, so losses, accuracies and checkpoints are the same on every rank.
 
     Returns:
         The :class:`History`. If a loss is not finite, training stops there with
@@ -256,7 +265,8 @@ def fit(
     config.validate()
     device = torch.device(config.device)
     model.to(device)
-    net = torch.compile(model) if config.compile else model
+    net = parallel.wrap(model) if parallel is not None else model
+    net = torch.compile(net) if config.compile else net
     optimizer = make_optimizer(model, config)
     train_count = len(data.train_labels)
     if train_count == 0:
@@ -348,9 +358,12 @@ def fit(
             loss.backward()
             optimizer.step()
             loss = loss.detach()
+            size, hits = int(y.shape[0]), (out.detach().argmax(dim=1) == y).sum()
+            if parallel is not None:  # the global batch's mean loss, hits and size
+                loss, hits, size = parallel.reduce_step(loss, hits, size)
             pending.append(loss)
-            partial.sizes.append(int(y.shape[0]))
-            correct += (out.detach().argmax(dim=1) == y).sum()
+            partial.sizes.append(size)
+            correct += hits
             if on_step is not None:
                 on_step(
                     StepInfo(
@@ -374,7 +387,7 @@ def fit(
                     step, value = first_step + done - bad[0], bad[1]
                     return diverge(step, f"the loss is {value}")
                 bar.set_postfix(loss=f"{history.step_losses[-1]:.4f}", refresh=False)
-            if checkpoint_due and writer is not None:
+            if checkpoint_due:  # on every rank (same decisions); only rank 0 writes
                 partial.correct += int(correct)
                 correct.zero_()
                 partial.train_seconds += time.perf_counter() - started

@@ -111,7 +111,7 @@ def spawn_ranks(
                         ended[r] = time.monotonic() - start
                 time.sleep(0.05)
         finally:
-            for r, proc in enumerate(procs):
+            for proc in procs:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
@@ -125,14 +125,13 @@ def spawn_ranks(
     return results
 
 
-def torchrun_command(nproc_per_node: int, module_args: Sequence[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc-per-node N -m normlab ...``."""
-    if not isinstance(nproc_per_node, int) or nproc_per_node < 1:
+def torchrun_args(nproc_per_node: int, module_args: Sequence[str]) -> list[str]:
+    """torchrun's arguments to run ``normlab <module_args>`` as N ranks on this machine."""
+    if isinstance(nproc_per_node, bool) or not isinstance(nproc_per_node, int):
+        raise UsageError(f"--nproc-per-node must be a positive integer, got {nproc_per_node!r}")
+    if nproc_per_node < 1:
         raise UsageError(f"--nproc-per-node must be a positive integer, got {nproc_per_node!r}")
     return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
         "--standalone",
         f"--nproc-per-node={nproc_per_node}",
         "--max-restarts=0",
@@ -142,6 +141,12 @@ def torchrun_command(nproc_per_node: int, module_args: Sequence[str]) -> list[st
     ]
 
 
+def torchrun_command(nproc_per_node: int, module_args: Sequence[str]) -> list[str]:
+    """The shell equivalent: ``python -m torch.distributed.run --standalone ... -m normlab``."""
+    args = torchrun_args(nproc_per_node, module_args)
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
 def launch_torchrun(
     nproc_per_node: int,
     module_args: Sequence[str],
@@ -149,10 +154,44 @@ def launch_torchrun(
 ) -> int:
     """Run ``normlab <module_args>`` as ``nproc_per_node`` ranks through torchrun's engine.
 
-    The ranks' output goes to this process's stdout/stderr. Returns torchrun's exit code
-    (0 when every rank succeeded).
+    torchrun's agent runs in a child process (``python -m normlab.launch``, see
+    :func:`main`), so its signal handlers never touch the caller. The ranks' output goes to
+    this process's stdout/stderr.
+
+    Returns:
+        0 when every rank succeeded, else the exit code of the rank that failed first
+        (1 when it was killed by a signal).
     """
-    command = torchrun_command(nproc_per_node, module_args)
+    command = [sys.executable, "-m", "normlab.launch", *torchrun_args(nproc_per_node, module_args)]
     full_env = {**os.environ, **(env or {})}
-    full_env.setdefault("OMP_NUM_THREADS", "1")
+    full_env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: N ranks share the cores
     return subprocess.call(command, env=full_env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m normlab.launch <torchrun args>``: torchrun, with a one-line failure summary.
+
+    torchrun's own entry point prints a traceback when a rank fails; this prints which rank
+    failed first and returns its exit code (2 for a usage error, 1 for divergence).
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        run(args)
+    except ChildFailedError as error:
+        rank, failure = error.get_first_failure()
+        code = failure.exitcode
+        how = f"exit code {code}" if code > 0 else f"signal {-code}"
+        print(
+            f"normlab: rank {rank} of {args.nproc_per_node} failed first ({how}); "
+            "its message is above",
+            file=sys.stderr,
+        )
+        return code if 0 < code < 128 else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

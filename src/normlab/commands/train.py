@@ -6,6 +6,8 @@ Examples::
     normlab train --norm group --lr 0.1 --epochs 10
     normlab train --dataset synthetic --epochs 2   # a few seconds, no data files needed
     normlab train --resume runs/lenet-batch-20250101-120000   # continue a killed run
+    normlab train --nproc-per-node 2 --sync-bn    # 2 processes (DDP), synchronised BN
+    torchrun --nproc-per-node 2 -m normlab train --sync-bn   # the same, launched by hand
 
 Exit codes: 0 trained, 1 diverged (the last good checkpoint is kept), 2 bad input.
 """
@@ -13,6 +15,7 @@ Exit codes: 0 trained, 1 diverged (the last good checkpoint is kept), 2 bad inpu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 from typing import Any
@@ -38,6 +41,8 @@ CONFIG_FLAGS = {
     "--test-subset": "test_subset",
     "--eval-batch-size": "eval_batch_size",
     "--compile": "compile",
+    "--nproc-per-node": "world_size",
+    "--sync-bn": "sync_bn",
 }
 
 
@@ -86,6 +91,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=int,
         help=f"examples per evaluation step (default {DEFAULTS.eval_batch_size})",
     )
+    parallel = parser.add_argument_group("several processes (torch.distributed)")
+    parallel.add_argument(
+        "--nproc-per-node",
+        dest="world_size",
+        type=int,
+        metavar="N",
+        help="train on N processes of this machine with DistributedDataParallel, launched "
+        "through torchrun's engine; --batch-size is per process (default 1)",
+    )
+    parallel.add_argument(
+        "--sync-bn",
+        dest="sync_bn",
+        action="store_const",
+        const=True,
+        help="batch norm statistics over all processes (normlab.nn.SyncBatchNorm)",
+    )
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset",
@@ -124,7 +145,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from normlab import engine
+    from normlab import distributed, engine
     from normlab.runs import DEFAULT_CHECKPOINT_EVERY, Run
 
     if args.resume is not None:
@@ -150,21 +171,64 @@ def run(args: argparse.Namespace) -> int:
         data_dir = args.data_dir
         the_run = None
 
+    ranks = distributed.env_ranks()  # None unless started by torchrun
+    if ranks is None and config.world_size > 1:
+        engine.load_data(config, data_dir=data_dir)  # bad data: one message, not N
+        return _relaunch(args, config.world_size)
+    if ranks is not None:
+        if args.resume is None and args.world_size is None:
+            config = dataclasses.replace(config, world_size=ranks[1])
+        if config.world_size != ranks[1]:
+            raise UsageError(
+                f"this run needs {config.world_size} processes but torchrun started "
+                f"{ranks[1]}; use --nproc-per-node {config.world_size}"
+            )
     data = engine.load_data(config, data_dir=data_dir)
-    if the_run is None:
-        the_run = Run.create(
-            args.out,
-            args.name or f"lenet-{config.norm}",
-            config,
-            data_dir=data_dir,
-            checkpoint_every=every,
-        )
+    with distributed.process_group(device=config.device) as context:
+        return _train(args, config, data, data_dir, the_run, context)
+
+
+def _train(
+    args: argparse.Namespace,
+    config: TrainConfig,
+    data: Any,
+    data_dir: str | None,
+    the_run: Any,
+    context: Any,
+) -> int:
+    """Train on this process: alone, or as one rank of ``context`` (only rank 0 writes)."""
+    from normlab import distributed, engine
+    from normlab.runs import DEFAULT_CHECKPOINT_EVERY, Run
+
+    if the_run is None:  # rank 0 creates the run directory, the others open it
+        every = DEFAULT_CHECKPOINT_EVERY if args.checkpoint_every is None else args.checkpoint_every
+        name = args.name or f"lenet-{config.norm}"
+        created = None
+        if context.is_main:
+            created = Run.create(args.out, name, config, data_dir=data_dir, checkpoint_every=every)
+        path = distributed.broadcast_object(str(created.path) if created is not None else None)
+        the_run = created if created is not None else Run.open(path)
+    parallel = distributed.DataParallel(context) if context.distributed else None
     model = engine.build_model(config)
+    if not context.is_main:  # the other ranks train in silence; rank 0 prints and writes
+        with distributed.translate_failures("training", context.rank, context.world_size):
+            history = engine.fit(
+                model,
+                data,
+                config,
+                run=the_run,
+                progress=False,
+                rank=context.rank,
+                world_size=context.world_size,
+                parallel=parallel,
+            )
+        return 1 if history.diverged else 0
+    ranks_note = f" on {context.world_size} processes" if context.distributed else ""
     print(
         f"{'resuming' if args.resume else 'training'} LeNet norm={config.norm} "
         f"on {config.dataset} ({len(data.train_labels)} train, {len(data.test_labels)} test) "
-        f"lr={config.lr} batch={config.batch_size} epochs={config.epochs} seed={config.seed} "
-        f"-> {the_run.path}",
+        f"lr={config.lr} batch={config.batch_size} epochs={config.epochs} seed={config.seed}"
+        f"{ranks_note}{' sync-bn' if config.sync_bn else ''} -> {the_run.path}",
         flush=True,
     )
     for done in the_run.read_metrics() if args.resume else []:
@@ -173,9 +237,22 @@ def run(args: argparse.Namespace) -> int:
     def show(metrics: engine.EpochMetrics) -> None:
         print(engine.format_epoch(metrics, config.epochs), flush=True)
 
-    with the_run.logging_to_file():
+    with (
+        the_run.logging_to_file(),
+        distributed.translate_failures("training", context.rank, context.world_size)
+        if context.distributed
+        else contextlib.nullcontext(),
+    ):
         history = engine.fit(
-            model, data, config, run=the_run, progress=not args.no_progress, on_epoch=show
+            model,
+            data,
+            config,
+            run=the_run,
+            progress=not args.no_progress,
+            on_epoch=show,
+            rank=context.rank,
+            world_size=context.world_size,
+            parallel=parallel,
         )
     if history.diverged:
         print(
@@ -188,6 +265,30 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"run directory: {the_run.path}")
     return 0
+
+
+def _relaunch(args: argparse.Namespace, world_size: int) -> int:
+    """Run this same command as ``world_size`` ranks through torchrun's engine."""
+    from normlab.launch import launch_torchrun
+
+    argv = ["train"]
+    if args.resume is not None:
+        argv += ["--resume", args.resume]
+    else:
+        for flag, field in CONFIG_FLAGS.items():
+            value = getattr(args, field)
+            if field == "world_size" or value is None:
+                continue
+            argv += [flag] if value is True else [flag, str(value)]
+        argv += ["--out", args.out]
+        for flag, value in (("--name", args.name), ("--checkpoint-every", args.checkpoint_every)):
+            if value is not None:
+                argv += [flag, str(value)]
+    if args.data_dir is not None:
+        argv += ["--data-dir", args.data_dir]
+    if args.no_progress:
+        argv.append("--no-progress")
+    return launch_torchrun(world_size, argv)
 
 
 def _already_finished(the_run: Any, config: TrainConfig) -> bool:
