@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if not any(p.gamma is not None or p.beta is not None for p in layers):
         raise UsageError(f"the normalization layers of {the_run.path} have no gamma/beta")
     epoch, step = int(checkpoint["epoch"]), int(checkpoint["step_in_epoch"])
-    where = f"after epoch {epoch}" + (f" and {step} steps" if step else "")
+    where = f"at epoch {epoch + 1}, step {step}" if step else f"after epoch {epoch}"
     print(f"{the_run.path}: norm={config.norm}, checkpoint {where} of {config.epochs}")
     print()
     print(params_table(layers, "gamma"))
