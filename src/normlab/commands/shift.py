@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     _validate(args)
     from normlab.experiments.shift import conclusion, covariate_shift, summary_rows
     from normlab.report.plots import save_png, shift_figure
-    from normlab.report.tables import Column, format_table
+    from normlab.report.columns import SHIFT_COLUMNS
+    from normlab.report.tables import format_table
 
     result = covariate_shift(
         num_samples=args.samples,
@@ -76,22 +77,13 @@ def run(args: argparse.Namespace) -> int:
         test_shape=args.test_shape,
     )
     path = save_png(shift_figure(result), args.out / "shift.png")
-    columns = [
-        Column("stage"),
-        Column("train_mean", "train mean", ".3f"),
-        Column("train_std", "train std", ".3f"),
-        Column("test_mean", "test mean", ".3f"),
-        Column("test_std", "test std", ".3f"),
-        Column("ks", "KS D", ".3f"),
-        Column("p", "p-value", "pvalue"),
-    ]
     test = "N" if args.test_shape == "normal" else "skewed"
     title = (
         f"Covariate shift: {args.samples} train values from N({args.train_mean:g}, "
         f"{args.train_std:g}²), {args.samples} test values from {test}({args.test_mean:g}, "
         f"{args.test_std:g}²), seed {args.seed}"
     )
-    print(format_table(summary_rows(result), columns, title=title))
+    print(format_table(summary_rows(result), SHIFT_COLUMNS, title=title))
     print()
     print(conclusion(result))
     print(path)
