@@ -276,6 +276,9 @@ def fit(
     )
     writer = run if run is not None and rank == 0 else None
     every = run.checkpoint_every if run is not None else 0
+    # The data moves to the device once (47 MB of uint8 for Fashion-MNIST); a no-op on CPU.
+    train_images, train_labels = data.train_images.to(device), data.train_labels.to(device)
+    test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
 
     history = History(steps_per_epoch=steps_per_epoch)
     start_epoch, start_step = 0, 0
@@ -340,8 +343,8 @@ def fit(
         bar = _progress_bar(epoch, config.epochs, steps_per_epoch, start_step, progress, rank)
         first_step = epoch * steps_per_epoch
         stream = nd.batches(
-            data.train_images,
-            data.train_labels,
+            train_images,
+            train_labels,
             config.batch_size,
             shuffle=True,
             seed=config.seed,
@@ -407,8 +410,8 @@ def fit(
         eval_started = time.perf_counter()
         test_loss, test_accuracy = evaluate(
             model,
-            data.test_images,
-            data.test_labels,
+            test_images,
+            test_labels,
             batch_size=config.eval_batch_size,
             device=device,
         )
