@@ -203,8 +203,13 @@ def test_resume_with_another_config_is_refused(tmp_path: Path, data: Dataset) ->
     run = Run.create(tmp_path, "r", config)
     fit(build_model(config), data, config, run=run, progress=False)
     changed = config.replace(lr=0.5)
-    with pytest.raises(UsageError, match=r"different config \(changed: lr\)"):
+    with pytest.raises(UsageError, match=r"differs from .*config.json; pass the run's own"):
         fit(build_model(changed), data, changed, run=run, progress=False)
+    # a run made for an experiment (a custom config) is checked against its checkpoint
+    cell = Run.create(tmp_path, "cell", {"experiment": "sweep", "lr": 0.1})
+    fit(build_model(config), data, config, run=cell, progress=False)
+    with pytest.raises(UsageError, match=r"different config \(changed: lr\)"):
+        fit(build_model(changed), data, changed, run=cell, progress=False)
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path,

@@ -280,6 +280,11 @@ def fit(
     train_images, train_labels = data.train_images.to(device), data.train_labels.to(device)
     test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
 
+    if run is not None and run.meta.get("kind", "train") == "train" and run.config != config:
+        raise UsageError(
+            f"the config given to fit differs from {run.path}/config.json; "
+            "pass the run's own config (run.config)"
+        )
     history = History(steps_per_epoch=steps_per_epoch)
     start_epoch, start_step = 0, 0
     partial = _Partial()
