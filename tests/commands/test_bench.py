@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -36,6 +37,11 @@ def test_layers_json_has_every_case_with_ratios_and_saved_bytes(
         n, c = r["shape"][:2]
         assert r["saved_bytes"]["torch"] >= n * c * 4  # at least its input, float32
         assert set(r["targets"]["met"]) == {"eager", "memory"}
+    batch = [r["ratio"]["eager"]["of_medians"] for r in report["results"][:4]]
+    summary = report["summary"]["batch"]
+    assert summary["eager"]["median"] == pytest.approx(statistics.median(batch))
+    assert summary["eager"]["worst"] == max(batch) and summary["eager_target"] == 1.25
+    assert summary["shapes"] == 4 and set(report["summary"]) == {"batch", "lrn"}
 
 
 def test_layers_table_shows_ratios_and_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
@@ -44,7 +50,7 @@ def test_layers_table_shows_ratios_and_a_summary(capsys: pytest.CaptureFixture[s
     assert "time ratio median [min-max]" in out
     rows = [line for line in out.splitlines() if line.startswith("RMSNorm")]
     assert [row.split()[1] for row in rows] == ["64x6x24x24", "64x16x8x8", "64x120", "64x84"]
-    assert "rms: eager ratio geo-mean" in out
+    assert "rms: eager ratio median " in out and "of 4 shapes" in out
 
 
 def test_train_json_reports_the_three_candidates_and_speed_ratios(

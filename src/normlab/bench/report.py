@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -74,21 +75,51 @@ def layers_table(results: Sequence[LayerResult]) -> str:
     return format_table(headers, rows)
 
 
-def layers_summary(results: Sequence[LayerResult]) -> str:
-    """Per layer: geometric mean and worst of the eager (and compiled) median ratios."""
-    lines = []
+def summarize(results: Sequence[LayerResult]) -> dict[str, dict[str, Any]]:
+    """Per layer, over its shapes: median, geometric mean and worst of the median ratios,
+    the targets, and on how many shapes it saves more bytes for backward than torch."""
+    summary: dict[str, dict[str, Any]] = {}
     for layer in dict.fromkeys(r.layer for r in results):
         mine = [r for r in results if r.layer == layer]
-        eager = [r.eager.of_medians for r in mine]
-        text = (
-            f"{layer}: eager ratio geo-mean {geometric_mean(eager):.2f}, worst {max(eager):.2f}"
-            f" (target <= {mine[0].eager_target})"
-        )
+        entry: dict[str, Any] = {
+            "shapes": len(mine),
+            "eager": _over_shapes([r.eager.of_medians for r in mine]),
+            "eager_target": mine[0].eager_target,
+            "saves_more_than_torch": sum(r.saved_ours > r.saved_torch for r in mine),
+        }
         compiled = [r.compiled.of_medians for r in mine if r.compiled is not None]
         if compiled:
-            target = mine[0].compiled_target
-            text += f"; compiled geo-mean {geometric_mean(compiled):.2f}, worst {max(compiled):.2f}"
-            text += f" (target <= {target})" if target is not None else ""
+            entry["compiled"] = _over_shapes(compiled)
+            entry["compiled_target"] = mine[0].compiled_target
+        summary[layer] = entry
+    return summary
+
+
+def _over_shapes(ratios: Sequence[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(ratios),
+        "geo_mean": geometric_mean(ratios),
+        "worst": max(ratios),
+    }
+
+
+def layers_summary(results: Sequence[LayerResult]) -> str:
+    """One line per layer: :func:`summarize` in words."""
+
+    def words(stats: dict[str, float]) -> str:
+        return ", ".join(f"{k.replace('_', '-')} {v:.2f}" for k, v in stats.items())
+
+    lines = []
+    for layer, entry in summarize(results).items():
+        text = f"{layer}: eager ratio {words(entry['eager'])} (target <= {entry['eager_target']})"
+        if "compiled" in entry:
+            text += f"; compiled {words(entry['compiled'])}"
+            if entry["compiled_target"] is not None:
+                text += f" (target <= {entry['compiled_target']})"
+        text += (
+            f"; saves more than torch on {entry['saves_more_than_torch']} of "
+            f"{entry['shapes']} shapes"
+        )
         lines.append(text)
     return "\n".join(lines)
 
@@ -114,6 +145,7 @@ def layers_json(results: Sequence[LayerResult], settings: dict[str, Any]) -> dic
         "benchmark": "layers",
         "machine": machine(),
         "settings": settings,
+        "summary": summarize(results),
         "results": [
             {
                 "layer": r.layer,
