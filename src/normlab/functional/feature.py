@@ -72,7 +72,7 @@ class ShapeError(UsageError, RuntimeError):
 
 
 class DtypeError(TypeError, NotImplementedError):
-    """An input dtype torch rejects (``NotImplementedError`` / ``RuntimeError``); a TypeError."""
+    """A dtype torch rejects (``NotImplementedError``, a ``RuntimeError``); also a TypeError."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def _check_param_dtypes(input: Tensor, params: Sequence[Tensor | None], fn: str)
     dtypes = {p.dtype for p in present}
     if len(dtypes) > 1 or not dtypes <= allowed:
         names = ", ".join(str(d) for d in sorted(dtypes, key=str))
-        raise ShapeError(
+        raise DtypeError(
             f"mixed dtype: {fn} got a {input.dtype} input with parameters of dtype {names}; "
             f"cast the parameters to {input.dtype}"
             + (" or float32" if input.dtype in _LOW_PRECISION else "")
