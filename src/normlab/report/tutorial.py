@@ -91,8 +91,11 @@ def step_loss_figure(result: TutorialResult) -> Figure | None:
         curve_ax.set_ylabel(f"training loss ({SMOOTHING}-step mean)")
         curve_ax.legend()
         gap = np.abs(np.asarray(a[:count]) - np.asarray(b[:count]))
-        gap_ax.plot(np.arange(count), np.maximum(gap, 1e-12), color=PALETTE[2], lw=0.6)
+        nonzero = gap > 0
+        steps = np.arange(count)
+        gap_ax.plot(steps[nonzero], gap[nonzero], ".", color=PALETTE[2], ms=2)
         gap_ax.set_yscale("log")
+        gap_ax.set_title(f"bit-identical at {count - int(nonzero.sum())} of {count} steps")
         gap_ax.set_xlabel("training step")
         gap_ax.set_ylabel("|loss(normlab) - loss(torch.nn)|")
     return fig
