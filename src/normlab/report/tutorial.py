@@ -93,8 +93,9 @@ def step_loss_figure(result: TutorialResult) -> Figure | None:
         gap = np.abs(np.asarray(a[:count]) - np.asarray(b[:count]))
         nonzero = gap > 0
         steps = np.arange(count)
-        gap_ax.plot(steps[nonzero], gap[nonzero], ".", color=PALETTE[2], ms=2)
-        gap_ax.set_yscale("log")
+        if nonzero.any():
+            gap_ax.plot(steps[nonzero], gap[nonzero], ".", color=PALETTE[2], ms=2)
+            gap_ax.set_yscale("log")
         gap_ax.set_title(f"bit-identical at {count - int(nonzero.sum())} of {count} steps")
         gap_ax.set_xlabel("training step")
         gap_ax.set_ylabel("|loss(normlab) - loss(torch.nn)|")
