@@ -438,12 +438,14 @@ def probe_findings(summary: Mapping[str, Any]) -> list[Finding]:
             numbers[f"{key}_none"] = float(fmt_num(b))
         if compared:
             verdict = AGREES if smaller == compared else DISAGREES if smaller == 0 else INCONCLUSIVE
+            plateau = _plateau_note(norms["none"])
             findings.append(
                 Finding(
                     "probe",
                     "Along the training trajectory (mean over the probes after step 0): "
                     + "; ".join(parts)
-                    + ".",
+                    + "."
+                    + plateau,
                     claim=(
                         "Santurkar et al. (2018) find all three much smaller with batch norm: "
                         "a smoother loss landscape, not less internal covariate shift, is what "
@@ -500,6 +502,27 @@ def probe_findings(summary: Mapping[str, Any]) -> list[Finding]:
             )
         )
     return findings
+
+
+PLATEAU_TOLERANCE = 0.05  # nats from ln(classes): the loss of a uniform guess
+
+
+def _plateau_note(plain: Mapping[str, Any]) -> str:
+    """A sentence when the plain network's test loss never left the uniform-guess plateau
+    (a flat landscape is smooth for the wrong reason), else ""."""
+    losses = [v for v in plain.get("final_test_loss", []) if v is not None and math.isfinite(v)]
+    classes = plain.get("num_classes")
+    if not losses or not classes:
+        return ""
+    loss = math.fsum(losses) / len(losses)
+    uniform = math.log(classes)
+    if abs(loss - uniform) > PLATEAU_TOLERANCE:
+        return ""
+    return (
+        f" Without normalization the test loss ended at {loss:.3f}, within "
+        f"{PLATEAU_TOLERANCE} of ln {classes} = {uniform:.3f} (a uniform guess): that "
+        "landscape is flat because training has not left the initial plateau."
+    )
 
 
 # =============================================================================== placement

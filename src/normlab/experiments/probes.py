@@ -106,7 +106,7 @@ def _saturated(output: torch.Tensor, module: nn.Module, eps: float) -> torch.Ten
 
 @torch.no_grad()
 def layer_statistics(
-    model: nn.Module, inputs: torch.Tensor, saturation_eps: float = 0.02
+    model: nn.Module, inputs: torch.Tensor, saturation_eps: float = 0.05
 ) -> list[LayerStats]:
     """Pre-activation statistics of every activation layer on ``inputs``.
 
@@ -225,7 +225,7 @@ class ProbeConfig:
     probes: int = 9  # probe points over training, the first before any update
     probe_batch: int = 256  # the fixed training images every probe uses
     step_sizes: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  # multiples of lr (Santurkar: 4)
-    saturation_eps: float = 0.02  # sigmoid within 0.02 of 0 or 1: derivative < 0.02
+    saturation_eps: float = 0.05  # sigmoid within 0.05 of 0 or 1: slope below 0.05
     dataset: str = "fashion-mnist"
     train_subset: int | None = 10_000
     test_subset: int | None = 2_000
@@ -307,6 +307,7 @@ def run_probe_cell(config: ProbeConfig, data: Any, cell: Cell) -> dict[str, Any]
     history = fit(model, data, train, progress=False, on_step=on_step)
     record = history_record(history)
     record["probes"] = records
+    record["num_classes"] = len(data.classes)
     return record
 
 
@@ -361,6 +362,10 @@ def summarize_probe(
             "final_test_accuracy": [
                 None if r["final"] is None else r["final"]["test_accuracy"] for r in runs
             ],
+            "final_test_loss": [
+                None if r["final"] is None else r["final"]["test_loss"] for r in runs
+            ],
+            "num_classes": runs[0]["num_classes"],
         }
     return {"norms": norms, "step_sizes": [eta * config.lr for eta in config.step_sizes]}
 

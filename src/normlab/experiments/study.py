@@ -62,6 +62,13 @@ EXPERIMENTS: dict[str, Experiment] = {
     e.name: e for e in (COMPARE, LR_SWEEP, BATCH_SIZE_SWEEP, PROBE, PLACEMENT, MOMENTUM)
 }
 RESULTS_FILE = "results.json"
+
+
+def default_workers() -> int:
+    """Processes for the cells: one per core, at most 2 (each runs one torch thread)."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
 FIGURES_DIR = "figures"
 
 
@@ -301,16 +308,15 @@ def compute_cell(task: CellTask) -> dict[str, Any]:
     return dict(EXPERIMENTS[task.cell.experiment].run_cell(config, data, task.cell))
 
 
-def _init_worker(threads: int | None, arm_modules: tuple[str, ...]) -> None:
-    """A worker's set-up: its torch threads, and the modules that register extra arms."""
-    import importlib
-
+def _init_worker(threads: int | None, arms: Mapping[str, Any]) -> None:
+    """A worker's set-up: its torch threads and the batch-size sweep's registered arms."""
     import torch
+
+    from normlab.experiments.sweeps import BATCH_SIZE_ARMS
 
     if threads is not None:
         torch.set_num_threads(threads)
-    for module in arm_modules:
-        importlib.import_module(module)
+    BATCH_SIZE_ARMS.update(arms)
 
 
 def run_plan_cells(
@@ -338,7 +344,7 @@ def run_plan_cells(
         cells = EXPERIMENTS[experiment_name].cells(config)
         cells_of[experiment_name] = cells
         tasks.extend(CellTask(cell, config, data, data_dir) for cell in cells)
-    arm_modules = tuple(sorted({arm.__module__ for arm in BATCH_SIZE_ARMS.values()}))
+
     with torch_threads(threads):
         results = run_cells(
             tasks,
@@ -349,7 +355,7 @@ def run_plan_cells(
             on_cell=on_cell,
             workers=workers,
             worker_init=_init_worker,
-            worker_args=(threads, arm_modules),
+            worker_args=(threads, dict(BATCH_SIZE_ARMS)),
         )
     summaries = {}
     for experiment_name, config in plan.items():

@@ -61,7 +61,7 @@ __all__ = [
 def log_grid(low: float, high: float, points: int) -> tuple[float, ...]:
     """``points`` learning rates spaced evenly in log scale from ``low`` to ``high``,
     each rounded to 2 significant digits: ``log_grid(0.01, 3, 6)`` =
-    ``(0.01, 0.031, 0.098, 0.3, 0.96, 3.0)``."""
+    ``(0.01, 0.031, 0.098, 0.31, 0.96, 3.0)``."""
     if not (low > 0 and high > low):
         raise UsageError(f"need 0 < low < high for a log grid, got {low!r} and {high!r}")
     check_positive_int("points", points, 2)
@@ -220,8 +220,8 @@ class BatchSizeSweepConfig:
     dataset: str = "fashion-mnist"
     train_subset: int | None = 8_192  # a multiple of every batch size: no ragged batch
     test_subset: int | None = 2_000
-    lr: float = 0.03  # at base_batch_size; scaled with the batch size (lr_scaling)
-    base_batch_size: int = 64  # the batch size at which lr applies
+    lr: float = 0.1  # at base_batch_size (Wu & He: 0.1 per 32 images); scaled (lr_scaling)
+    base_batch_size: int = 32  # the batch size at which lr applies
     lr_scaling: str = "linear"  # lr * B / base (Goyal et al. 2017), or "constant"
     momentum: float = 0.9
     activation: str = "sigmoid"
@@ -236,7 +236,10 @@ class BatchSizeSweepConfig:
             check_positive_int("every batch size", size, 2)
         if len(set(self.batch_sizes)) != len(self.batch_sizes):
             raise UsageError(f"batch_sizes has repeats: {self.batch_sizes}")
-        check_choices("arms", self.arms, [*norm_names(), *BATCH_SIZE_ARMS])
+        for arm in self.arms:
+            if arm not in norm_names():
+                load_arm(arm)
+        check_choices("arms", self.arms, [*norm_names(), *BATCH_SIZE_ARMS, *ARM_PLUGINS])
         check_positive_int("base_batch_size", self.base_batch_size)
         if self.lr_scaling not in LR_SCALINGS:
             raise UsageError(
@@ -270,11 +273,33 @@ with at least ``final`` (``None`` or ``{"test_accuracy", ...}`` in eval mode),
 
 BATCH_SIZE_ARMS: dict[str, BatchSizeArm] = {}
 
+# Arms that register themselves on first use: name -> "module:function" to call.
+ARM_PLUGINS: dict[str, str] = {
+    "syncbn": "normlab.syncbn_arm:register_syncbn_arms",  # P processes, synchronised BN
+    "localbn": "normlab.syncbn_arm:register_syncbn_arms",  # P processes, per-process BN
+}
+
+
+def load_arm(name: str) -> bool:
+    """Register ``name`` from :data:`ARM_PLUGINS` if it is not registered yet; whether
+    it is registered now."""
+    import importlib
+
+    if name in BATCH_SIZE_ARMS:
+        return True
+    if name not in ARM_PLUGINS:
+        return False
+    module, function = ARM_PLUGINS[name].split(":")
+    getattr(importlib.import_module(module), function)()
+    return name in BATCH_SIZE_ARMS
+
 
 def register_batch_size_arm(name: str, arm: BatchSizeArm) -> None:
     """Add an arm to the batch-size sweep (e.g. ``"syncbn"`` from normlab.distributed).
 
-    Its name may then appear in :attr:`BatchSizeSweepConfig.arms`.
+    Its name may then appear in :attr:`BatchSizeSweepConfig.arms`. Worker processes
+    receive the registered arms by pickling, so ``arm`` must be a module-level function
+    (or a ``functools.partial`` of one).
     """
     from normlab.nn.registry import norm_names
 
