@@ -113,9 +113,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"{', '.join(DATASETS)} (default {DEFAULTS.dataset}); synthetic is tiny fake "
         "data for a smoke test",
     )
-    data.add_argument("--data-dir", help="folder with the IDX files (default: search)")
-    data.add_argument("--train-subset", type=int, help="use only the first N training images")
-    data.add_argument("--test-subset", type=int, help="use only the first N test images")
+    data.add_argument(
+        "--data-dir", metavar="DIR", help="folder with the IDX files (default: search)"
+    )
+    data.add_argument(
+        "--train-subset", type=int, metavar="N", help="use only the first N training images"
+    )
+    data.add_argument(
+        "--test-subset", type=int, metavar="N", help="use only the first N test images"
+    )
     out = parser.add_argument_group("run directory")
     out.add_argument("--out", default="runs", help="parent folder of run directories (runs)")
     out.add_argument("--name", help="run name (default lenet-<norm>)")
