@@ -20,7 +20,10 @@ CASES = [  # (class name, input shape); the unbatched shapes have no N
     ("InstanceNorm3d", (2, 3, 2, 3, 2)),
     ("InstanceNorm3d", (3, 2, 3, 2)),
 ]
-CONFIGS = list(itertools.product([True, False], [True, False], [0.1, None]))
+CONFIGS = [  # (affine, track_running_stats, momentum); momentum=None means 0 here
+    *itertools.product([True, False], [True, False], [0.1]),
+    (True, True, None),
+]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
 
