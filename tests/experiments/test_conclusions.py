@@ -97,8 +97,19 @@ def test_lr_verdict_follows_the_data() -> None:
     assert same.verdict == INCONCLUSIVE
 
 
+def test_lr_plain_network_that_never_learned_is_no_evidence() -> None:
+    summary = lr_summary(batch_ok_up_to=3.0, none_ok_up_to=3.0)
+    for point in summary["norms"]["none"]:
+        point.update(test_accuracy=stat([0.11, 0.1]), learned=0)
+    findings = lr_findings(summary)
+    assert not [f for f in findings if f.text.startswith("Batch norm trained at lr")]
+    nowhere = next(f for f in findings if f.text.startswith("Without normalization"))
+    assert "best 10.5 % at lr 0.1" in nowhere.text and "3 of 3 rates" in nowhere.text
+    assert next(f for f in findings if f.claim).verdict == INCONCLUSIVE
+
+
 # ---------------------------------------------------------------------------- batch size
-def bs_summary(bn_small: float, gn_small: float) -> dict:
+def bs_summary(bn_small: float, gn_small: float, large: float = 0.8) -> dict:
     def points(small: float, large: float) -> list[dict]:
         return [
             {"batch_size": b, "lr": 0.1, "steps": [1], "eval_accuracy": stat([a, a]),
@@ -106,7 +117,7 @@ def bs_summary(bn_small: float, gn_small: float) -> dict:
             for b, a in ((2, small), (32, (small + large) / 2), (128, large))
         ]  # fmt: skip
 
-    return {"arms": {"batch": points(bn_small, 0.8), "group": points(gn_small, 0.8)},
+    return {"arms": {"batch": points(bn_small, large), "group": points(gn_small, large)},
             "examples_seen": 1000, "chance": 0.1}  # fmt: skip
 
 
@@ -116,13 +127,17 @@ def test_batch_size_findings_cite_their_numbers_and_compare_with_wu_and_he() -> 
     for f in findings:
         assert_numbers_cited(f)
     batch = next(f for f in findings if f.text.startswith("Batch norm:"))
-    assert batch.numbers["large_accuracy"] == 80.0 and batch.numbers["small_accuracy"] == 55.0
-    assert batch.numbers["drop"] == 25.0
+    # the reference is the batch closest to Wu & He's 32, here 32 itself: (0.55 + 0.8) / 2
+    assert batch.numbers["ref_batch"] == 32 and batch.numbers["ref_accuracy"] == 67.5
+    assert batch.numbers["small_accuracy"] == 55.0 and batch.numbers["change"] == 12.5
+    assert "12.5 points lost" in batch.text and "best 80.0 % at 128" in batch.text
     verdict = next(f for f in findings if f.claim)
     assert verdict.verdict == AGREES and "34.7 %" in verdict.claim
-    assert verdict.numbers == {"batch_drop": 25.0, "group_drop": 1.0}
+    assert verdict.numbers == {"batch_change": -12.5, "group_change": -0.5}
     reverse = next(f for f in batch_size_findings(bs_summary(0.79, 0.5)) if f.claim)
     assert reverse.verdict == DISAGREES
+    flat = next(f for f in batch_size_findings(bs_summary(0.1, 0.1, large=0.1)) if f.claim)
+    assert flat.verdict == INCONCLUSIVE  # nothing learned at the reference batch
 
 
 # ------------------------------------------------------------------------------- compare

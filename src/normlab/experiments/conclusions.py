@@ -103,6 +103,11 @@ def fmt_num(value: float) -> str:
     return f"{value:.2g}"
 
 
+def fmt3(value: float) -> str:
+    """Three significant digits: ``0.301``, ``1.05``, ``12.3``."""
+    return f"{value:.3g}"
+
+
 def fmt_lr(lr: float) -> str:
     return f"{lr:g}"
 
@@ -256,6 +261,29 @@ def lr_findings(summary: Mapping[str, Any]) -> list[Finding]:
     if "batch" in norms and "none" in norms:
         plain = {p["lr"]: p for p in norms["none"]}
         wins = [p for p in norms["batch"] if _all_learned(p) and not _all_learned(plain[p["lr"]])]
+        if not any(_all_learned(p) for p in norms["none"]):
+            wins = []  # the plain network learned nowhere: its usable rates are unknown
+            best = max(
+                (p for p in norms["none"] if p["test_accuracy"]["mean"] is not None),
+                key=lambda p: p["test_accuracy"]["mean"],
+                default=None,
+            )
+            learned = [p["lr"] for p in norms["batch"] if _all_learned(p)]
+            if best is not None:
+                findings.append(
+                    Finding(
+                        "sweep-lr",
+                        "Without normalization LeNet learned at no rate in this budget (best "
+                        f"{fmt_pct(best['test_accuracy']['mean'])} at lr {fmt_lr(best['lr'])})"
+                        + (
+                            f"; batch norm learned at {len(learned)} of {len(norms['batch'])} "
+                            "rates."
+                            if learned
+                            else "."
+                        ),
+                        numbers={"none_accuracy": pct(best["test_accuracy"]["mean"])},
+                    )
+                )
         for point in wins[-2:]:  # the two highest rates where it matters
             other = plain[point["lr"]]
             acc = other["test_accuracy"]
@@ -279,7 +307,9 @@ def lr_findings(summary: Mapping[str, Any]) -> list[Finding]:
             "Ioffe & Szegedy (2015) report that batch norm allows much higher learning rates "
             "(BN-Inception trained at 5x and 30x the base rate, 14x fewer steps)."
         )
-        if hb is not None and (hn is None or hb > hn):
+        if hn is None:
+            verdict = INCONCLUSIVE  # no usable rate without normalization to compare with
+        elif hb is not None and hb > hn:
             verdict = AGREES
         elif hn is not None and (hb is None or hn > hb):
             verdict = DISAGREES
@@ -318,9 +348,15 @@ WU_HE_BN = (32, 23.6, 2, 34.7)  # batch, error %, batch, error %
 WU_HE_GN_SPREAD = 0.2  # 24.1 ± 0.1 % over batch sizes 32 ... 2
 
 
+def reference_batch(sizes: Sequence[int], target: int = WU_HE_BN[0]) -> int:
+    """The batch size closest to ``target`` (Wu & He's 32) on a log scale; ties: larger."""
+    return min(sizes, key=lambda b: (abs(math.log2(b / target)), -b))
+
+
 def batch_size_findings(summary: Mapping[str, Any]) -> list[Finding]:
-    """How much each arm loses from the largest to the smallest batch (eval mode), and
-    batch statistics against running statistics at the smallest batch."""
+    """How much each arm loses from the reference batch (closest to Wu & He's 32) to the
+    smallest (eval mode), compared across arms; batch against running statistics at the
+    smallest batch."""
     arms = summary["arms"]
     findings: list[Finding] = []
     drops: dict[str, float] = {}
@@ -329,65 +365,65 @@ def batch_size_findings(summary: Mapping[str, Any]) -> list[Finding]:
         done = [p for p in points if p["eval_accuracy"]["mean"] is not None]
         if len(done) < 2:
             continue
-        small, large = done[0], done[-1]
-        drop = round(pct(large["eval_accuracy"]["mean"]) - pct(small["eval_accuracy"]["mean"]), 1)
-        spread = round(
-            pct(max(p["eval_accuracy"]["mean"] for p in done))
-            - pct(min(p["eval_accuracy"]["mean"] for p in done)),
-            1,
-        )
+        small = done[0]
+        ref_size = reference_batch([p["batch_size"] for p in done[1:]])
+        ref = next(p for p in done if p["batch_size"] == ref_size)
+        drop = round(pct(ref["eval_accuracy"]["mean"]) - pct(small["eval_accuracy"]["mean"]), 1)
+        best = max(done, key=lambda p: p["eval_accuracy"]["mean"])
         drops[arm] = drop
-        if large["eval_accuracy"]["mean"] > summary["chance"] + CHANCE_MARGIN:
+        if ref["eval_accuracy"]["mean"] > summary["chance"] + CHANCE_MARGIN:
             learned_any = True
+        change = f"{drop:.1f} points lost" if drop >= 0 else f"{-drop:.1f} points gained"
         findings.append(
             Finding(
                 "sweep-batch-size",
-                f"{label(arm).capitalize()}: {fmt_pm(large['eval_accuracy'])} with "
-                f"{large['batch_size']} images per batch, {fmt_pm(small['eval_accuracy'])} with "
-                f"{small['batch_size']} (a loss of {drop:.1f} points; range over all batch "
-                f"sizes {spread:.1f} points).",
+                f"{label(arm).capitalize()}: {fmt_pm(ref['eval_accuracy'])} with "
+                f"{ref['batch_size']} images per batch, {fmt_pm(small['eval_accuracy'])} with "
+                f"{small['batch_size']} ({change}); best {fmt_pct(best['eval_accuracy']['mean'])}"
+                f" at {best['batch_size']}.",
                 numbers={
-                    "large_batch": large["batch_size"],
-                    "large_accuracy": pct(large["eval_accuracy"]["mean"]),
+                    "ref_batch": ref["batch_size"],
+                    "ref_accuracy": pct(ref["eval_accuracy"]["mean"]),
                     "small_batch": small["batch_size"],
                     "small_accuracy": pct(small["eval_accuracy"]["mean"]),
-                    "drop": round(drop, 1),
-                    "spread": round(spread, 1),
+                    "change": abs(drop),
+                    "best_accuracy": pct(best["eval_accuracy"]["mean"]),
+                    "best_batch": best["batch_size"],
                 },
             )
         )
-    if "batch" in drops:
-        others = {a: d for a, d in drops.items() if a in ("group", "layer")}
+    others = {a: d for a, d in drops.items() if a in ("group", "layer")}
+    if "batch" in drops and others:
         claim = (
             f"Wu & He (2018) report batch norm's ImageNet error rising from {WU_HE_BN[1]} % "
-            f"at {WU_HE_BN[0]} images per batch to {WU_HE_BN[3]} % at {WU_HE_BN[2]}, while "
-            "group norm stays at 24.1 ± 0.1 %."
+            f"at {WU_HE_BN[0]} images per batch to {WU_HE_BN[3]} % at {WU_HE_BN[2]} "
+            f"(+{WU_HE_BN[3] - WU_HE_BN[1]:.1f} points), while group norm stays at "
+            "24.1 ± 0.1 %."
         )
-        if others:
-            worst_other = max(others.values())
-            if not learned_any:
-                verdict = INCONCLUSIVE  # nothing learned at the largest batch: all noise
-            elif drops["batch"] > worst_other + 1.0:
-                verdict = AGREES
-            elif drops["batch"] < worst_other - 1.0:
-                verdict = DISAGREES
-            else:
-                verdict = INCONCLUSIVE
-            text = (
-                "From the largest to the smallest batch, batch norm loses "
-                f"{drops['batch']:.1f} points and "
-                + ", ".join(f"{label(a)} {d:.1f}" for a, d in others.items())
-                + "."
+        worst_other = max(others.values())
+        if not learned_any:
+            verdict = INCONCLUSIVE  # nothing learned at the reference batch: all noise
+        elif drops["batch"] > max(worst_other, 0.0) + 1.0:
+            verdict = AGREES
+        elif drops["batch"] < worst_other + 1.0:
+            verdict = DISAGREES
+        else:
+            verdict = INCONCLUSIVE
+        text = (
+            "Going down to the smallest batch, batch norm's accuracy changes by "
+            f"{-drops['batch']:+.1f} points, "
+            + ", ".join(f"{label(a)}'s by {-d:+.1f}" for a, d in others.items())
+            + "."
+        )
+        findings.append(
+            Finding(
+                "sweep-batch-size",
+                text,
+                claim=claim,
+                verdict=verdict,
+                numbers={f"{a}_change": -d for a, d in drops.items()},
             )
-            findings.append(
-                Finding(
-                    "sweep-batch-size",
-                    text,
-                    claim=claim,
-                    verdict=verdict,
-                    numbers={f"{a}_drop": round(d, 1) for a, d in drops.items()},
-                )
-            )
+        )
     if "batch" in arms:
         small = arms["batch"][0]
         eval_acc, batch_acc = small["eval_accuracy"], small["batch_stats_accuracy"]
@@ -478,30 +514,36 @@ def probe_findings(summary: Mapping[str, Any]) -> list[Finding]:
         for norm in ("batch", "none"):
             stds = {name: s["std"]["mean"] for name, s in norms[norm]["layers"].items()}
             drift[norm] = {name: (v[0], v[-1]) for name, v in stds.items()}
-        layer = max(drift["none"], key=lambda n: abs(math.log(drift["none"][n][1] /
-                                                              drift["none"][n][0])))  # fmt: skip
+        layer = max(drift["none"], key=lambda n: _log_ratio(*drift["none"][n]))
         a0, a1 = drift["none"][layer]
         b0, b1 = drift["batch"][layer]
         findings.append(
             Finding(
                 "probe",
                 f"The spread of the {layer} pre-activations moves most without normalization: "
-                f"its std goes from {fmt_num(a0)} to {fmt_num(a1)}; with batch norm from "
-                f"{fmt_num(b0)} to {fmt_num(b1)}.",
+                f"its std goes from {fmt3(a0)} to {fmt3(a1)}; with batch norm from "
+                f"{fmt3(b0)} to {fmt3(b1)}.",
                 claim=(
                     "Ioffe & Szegedy (2015, Figure 1) show the input distribution of a sigmoid "
                     "drifting during training without batch norm and staying stable with it."
                 ),
-                verdict=AGREES if abs(math.log(a1 / a0)) > abs(math.log(b1 / b0)) else DISAGREES,
+                verdict=AGREES if _log_ratio(a0, a1) > _log_ratio(b0, b1) else DISAGREES,
                 numbers={
-                    "none_start": float(fmt_num(a0)),
-                    "none_end": float(fmt_num(a1)),
-                    "batch_start": float(fmt_num(b0)),
-                    "batch_end": float(fmt_num(b1)),
+                    "none_start": float(fmt3(a0)),
+                    "none_end": float(fmt3(a1)),
+                    "batch_start": float(fmt3(b0)),
+                    "batch_end": float(fmt3(b1)),
                 },
             )
         )
     return findings
+
+
+def _log_ratio(start: float, end: float) -> float:
+    """``|ln(end / start)|``: how far a positive quantity moved, up or down (0 if unknown)."""
+    if not (start > 0 and end > 0 and math.isfinite(start) and math.isfinite(end)):
+        return 0.0
+    return abs(math.log(end / start))
 
 
 PLATEAU_TOLERANCE = 0.05  # nats from ln(classes): the loss of a uniform guess
