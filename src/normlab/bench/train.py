@@ -12,6 +12,8 @@ real files are not found) with the tutorial's settings (batch 64, SGD lr 0.03, m
 - ``original``: the seed tutorial's own pipeline (:mod:`normlab.bench.original`): its
   per-sample transform dataset, ``DataLoader(batch_size=64, shuffle=True)``, its
   ``BNLeNetScratch`` with its ``batch_norm`` function and its loop.
+- ``normlab-compiled`` (with ``compiled=True``): ``normlab`` under ``torch.compile``, as
+  ``normlab train --compile`` runs it.
 
 One call of a candidate trains ``chunk`` steps; the candidates take turns, chunk after
 chunk (:func:`normlab.bench.timing.measure`, round robin), so machine noise hits all of
@@ -38,7 +40,6 @@ from normlab.bench.timing import Ratio, Summary, compare, measure
 from normlab.errors import UsageError
 
 BATCH_SIZE = 64  # the tutorial's
-CANDIDATES = ("normlab", "torch", "original")
 
 
 @dataclass(frozen=True)
@@ -89,16 +90,23 @@ def training_images(
 
 
 def _lean_chunk(
-    norm: str, images: torch.Tensor, labels: torch.Tensor, device: str, seed: int
+    norm: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: str,
+    seed: int,
+    compiled: bool = False,
 ) -> Callable[[int], None]:
-    """``run(steps)``: normlab's training loop (the body of ``engine.fit``) for ``steps``."""
+    """``run(steps)``: normlab's training loop (the body of ``engine.fit``) for ``steps``;
+    with ``compiled``, the model is ``torch.compile``-d as ``fit`` does for ``--compile``."""
     from normlab import data as nd
     from normlab.config import TrainConfig
     from normlab.engine import READ_EVERY, build_model, make_optimizer
 
-    config = TrainConfig(norm=norm, device=device, seed=seed)
+    config = TrainConfig(norm=norm, device=device, seed=seed, compile=compiled)
     model = build_model(config)
     optimizer = make_optimizer(model, config)
+    net = torch.compile(model) if compiled else model
     images, labels = images.to(device), labels.to(device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
 
@@ -119,7 +127,7 @@ def _lean_chunk(
         for _ in range(steps):
             x, y = next(source)
             optimizer.zero_grad(set_to_none=True)
-            out = model(x)
+            out = net(x)
             loss = F.cross_entropy(out, y)
             loss.backward()
             optimizer.step()
@@ -167,6 +175,7 @@ def bench_train(
     seed: int = 0,
     images: tuple[str, torch.Tensor, torch.Tensor] | None = None,
     progress: bool = False,
+    compiled: bool = False,
 ) -> TrainResult:
     """Measure training throughput of the three candidates, interleaved by chunks.
 
@@ -179,6 +188,8 @@ def bench_train(
         seed: model initialisation and batch order.
         images: ``(name, images, labels)`` to use instead of loading (tests).
         progress: a tqdm bar (in steps) on stderr.
+        compiled: also measure ``normlab-compiled``: normlab's LeNet under ``torch.compile``
+            (compiling takes a minute or more the first time; the warm-up chunk does it).
     """
     if steps < 1 or chunk < 1:
         raise UsageError(f"steps and chunk must be at least 1, got steps={steps}, chunk={chunk}")
@@ -190,6 +201,12 @@ def bench_train(
         "torch": _lean_chunk("torch-batch", train_images, train_labels, device, seed),
         "original": _original_chunk(train_images, train_labels, device, seed),
     }
+    pairs = [("normlab", "torch"), ("normlab", "original"), ("torch", "original")]
+    if compiled:
+        runs["normlab-compiled"] = _lean_chunk(
+            "batch", train_images, train_labels, device, seed, compiled=True
+        )
+        pairs += [("normlab-compiled", "torch"), ("normlab-compiled", "original")]
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
     rounds = -(-steps // chunk)
     bar = None
@@ -220,8 +237,5 @@ def bench_train(
             bar.close()
     per_second = {key: _speed(chunk * BATCH_SIZE, measurement[key].summary) for key in runs}
     # Time ratio b/a is the speed ratio a/b.
-    speedup = {
-        f"{a}/{b}": compare(measurement, b, a)
-        for a, b in (("normlab", "torch"), ("normlab", "original"), ("torch", "original"))
-    }
+    speedup = {f"{a}/{b}": compare(measurement, b, a) for a, b in pairs}
     return TrainResult(name, rounds * chunk, chunk, per_second, speedup)

@@ -75,6 +75,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )  # fmt: skip
     train.add_argument("--data-dir", default=None, help="look for Fashion-MNIST here first")
     train.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    train.add_argument(
+        "--compile", action="store_true",
+        help="also measure normlab's LeNet under torch.compile (slow the first time: compiling)",
+    )  # fmt: skip
     _common(train)
     train.set_defaults(func=run)
     return parser
@@ -169,10 +173,11 @@ def _run_train(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         seed=args.seed,
         progress=not args.json,
+        compiled=args.compile,
     )
     if args.json:
         settings = {"steps": steps, "chunk": chunk, "device": str(device), "seed": args.seed,
-                    "data": args.data}  # fmt: skip
+                    "data": args.data, "compile": args.compile}  # fmt: skip
         json.dump(report.train_json(result, settings), sys.stdout, indent=1)
         print()
         return 0
