@@ -71,6 +71,11 @@ def _per_channel(v: Tensor, ndim: int) -> Tensor:
     return v.reshape(-1, *([1] * (ndim - 2)))
 
 
+def _as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``, without a call when it already is."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     """Statistics are kept in float32 for half-precision inputs, else in the input dtype."""
     return torch.float32 if dtype in _LOW_PRECISION else dtype
@@ -92,18 +97,20 @@ def _normalize_train(
     """
     dims, ndim = _reduce_dims(input), input.dim()
     n = input.numel() // input.shape[1]
-    first_mean = _per_channel(input.mean(dims, dtype=_stat_dtype(input.dtype)), ndim)
-    out = input - first_mean  # centred input: exact for x near the mean
+    first_mean = input.mean(dims, dtype=_stat_dtype(input.dtype))
+    first_mean_b = _per_channel(first_mean, ndim)
+    out = input - first_mean_b  # centred input: exact for x near the mean
     # Corrected two-pass (Chan, Golub & LeVeque 1983): the mean of the centred values is
     # the rounding error of the first mean; subtracting it keeps y centred on the exact mean.
-    residual = out.sum(dims) / n
-    sq_sum = (out.mul_(out).sum(dims) - n * residual * residual).clamp_(min=0)
-    invstd = torch.rsqrt(sq_sum / n + eps)
+    residual = out.sum(dims)
+    sq_sum = out.mul_(out).sum(dims).addcmul_(residual, residual, value=-1 / n).clamp_(min=0)
+    residual.div_(n)
+    invstd = sq_sum.div(n).add_(eps).rsqrt_()
     scale = invstd if weight is None else invstd * weight
-    shift = -residual * scale if bias is None else bias - residual * scale
-    torch.sub(input, first_mean, out=out)  # centred again, in the same memory
+    shift = -residual * scale if bias is None else torch.addcmul(bias, residual, scale, value=-1)
+    torch.sub(input, first_mean_b, out=out)  # centred again, in the same memory
     out.mul_(_per_channel(scale, ndim)).add_(_per_channel(shift, ndim))
-    return out.to(input.dtype), first_mean.view(-1) + residual, invstd, sq_sum
+    return _as_dtype(out, input.dtype), first_mean.add_(residual), invstd, sq_sum
 
 
 def _grads_fast(
@@ -122,11 +129,12 @@ def _grads_fast(
     dot = dx.mul_(grad_out).sum(dims)  # sum(dy * (x - mean)), stable far from zero
     torch.sub(input, mean_b, out=dx)
     scale = invstd if weight is None else invstd * weight
-    # dx = scale * (dy - sum_dy / n - (x - mean) * invstd^2 * dot / n)
-    dx.mul_(_per_channel(-scale * invstd * invstd * dot / n, ndim))
-    dx.add_(_per_channel(-scale * sum_dy / n, ndim))
+    dweight = dot.mul_(invstd)  # sum(dy * xhat)
+    # dx = scale * dy - scale * sum_dy / n - (x - mean) * scale * invstd * dweight / n
+    dx.mul_(_per_channel((scale * invstd).mul_(dweight).mul_(-1 / n), ndim))
+    dx.add_(_per_channel(scale * sum_dy.mul(-1 / n), ndim))
     dx.addcmul_(grad_out, _per_channel(scale, ndim))
-    return dx.to(input.dtype), dot * invstd, sum_dy
+    return _as_dtype(dx, input.dtype), dweight, sum_dy
 
 
 def _grads_differentiable(
@@ -171,12 +179,18 @@ class _BatchNormTrain(torch.autograd.Function):
         ctx.eps = eps
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(mean, sq_sum)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for mean and sq_sum
         return out, mean, sq_sum
 
     @staticmethod
     def backward(
-        ctx: Any, grad_out: Tensor, _grad_mean: Tensor | None, _grad_sq_sum: Tensor | None
+        ctx: Any,
+        grad_out: Tensor | None,
+        _grad_mean: Tensor | None,
+        _grad_sq_sum: Tensor | None,
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        if grad_out is None:  # the output did not reach the loss
+            return None, None, None, None
         input, mean, invstd, weight = ctx.saved_tensors
         if torch.is_grad_enabled():  # a graph of the backward is wanted: stay differentiable
             dx, dweight, dbias = _grads_differentiable(grad_out, input, weight, ctx.eps)
@@ -238,9 +252,10 @@ def _update_running_stats(
     """Move the running statistics towards the batch's (unbiased variance), in place."""
     with torch.no_grad():
         if running_mean is not None:
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            mean = _as_dtype(mean, running_mean.dtype)
+            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
         if running_var is not None:
-            unbiased = (sq_sum / (n - 1)).to(running_var.dtype)
+            unbiased = _as_dtype(sq_sum / (n - 1), running_var.dtype)
             running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
 
 
