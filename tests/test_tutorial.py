@@ -341,3 +341,40 @@ def test_print_bn_parameters_works_for_any_norm_layer() -> None:
     out = io.StringIO()
     T.print_bn_parameters(nn.Linear(2, 2), file=out)
     assert "no normalization layers" in out.getvalue()
+
+
+def test_train_and_evaluate_prints_the_epoch_mean_loss_and_returns_accuracy() -> None:
+    import copy
+
+    from normlab.data import batches, synthetic_dataset
+
+    data = synthetic_dataset(num_train=96, num_test=40, seed=1)
+    train = list(batches(data.train_images, data.train_labels, 32, shuffle=True, seed=3))
+    test = list(batches(data.test_images, data.test_labels, 16, shuffle=False))
+    torch.manual_seed(0)
+    model = T.BNLeNetScratch()
+    twin = copy.deepcopy(model)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
+    out = io.StringIO()
+    accuracy = T.train_and_evaluate(model, train, test, criterion, optimizer, 1, file=out)
+
+    # the same step by step, by hand: the printed loss is the mean over examples
+    twin_optimizer = torch.optim.SGD(twin.parameters(), lr=0.03, momentum=0.9)
+    twin.train()
+    losses = []
+    for x, y in train:
+        twin_optimizer.zero_grad()
+        loss = criterion(twin(x), y)
+        loss.backward()
+        twin_optimizer.step()
+        losses.append(loss.item())
+    assert f"Loss: {sum(losses) / len(losses):.4f}" in out.getvalue()
+    twin.eval()
+    with torch.no_grad():
+        correct = sum(int((twin(x).argmax(1) == y).sum()) for x, y in test)
+    assert accuracy == pytest.approx(100 * correct / 40)
+    assert f"Accuracy: {accuracy:.2f}%" in out.getvalue()
+    assert not model.training
+    with pytest.raises(ValueError, match="num_epochs"):
+        T.train_and_evaluate(model, train, test, criterion, optimizer, 0)
