@@ -180,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     ranks = distributed.env_ranks()  # None unless started by torchrun
     if ranks is None and config.world_size > 1:
         engine.load_data(config, data_dir=data_dir)  # bad data: one message, not N
+        distributed.timeout_seconds()  # and a bad $NORMLAB_DIST_TIMEOUT
         return _relaunch(args, config.world_size)
     if ranks is not None:
         if args.resume is None and args.world_size is None:
