@@ -32,8 +32,11 @@ def test_combine_moments_matches_numpy_on_random_splits(seed: int) -> None:
     parts_count = int(rng.integers(1, 8))
     sizes = rng.integers(0, 9, size=parts_count)
     sizes[rng.integers(0, parts_count)] += 2  # at least two values overall
-    data = rng.normal(loc=rng.normal(0, 50, channels), scale=rng.uniform(0.1, 5, channels),
-                      size=(int(sizes.sum()), channels))
+    data = rng.normal(
+        loc=rng.normal(0, 50, channels),
+        scale=rng.uniform(0.1, 5, channels),
+        size=(int(sizes.sum()), channels),
+    )
     parts = np.split(data, np.cumsum(sizes)[:-1])
     moments = [_np_moments(p) for p in parts]
     n, mean, m2 = combine_moments(
@@ -81,7 +84,7 @@ def test_local_moments_reduce_over_batch_and_space() -> None:
 
 def test_local_moments_of_half_inputs_are_float32() -> None:
     x = torch.randn(8, 3).half()
-    n, mean, m2 = local_moments(x)
+    _, mean, m2 = local_moments(x)
     assert mean.dtype == m2.dtype == torch.float32
     torch.testing.assert_close(mean, x.float().mean(0))
 
@@ -95,7 +98,9 @@ def test_combine_moments_rejects_bad_shapes() -> None:
 
 @pytest.mark.parametrize("shape", [(7, 3), (5, 3, 4), (4, 3, 2, 5), (2, 3, 2, 2, 3)])
 @pytest.mark.parametrize("affine", [True, False])
-def test_sync_batch_norm_alone_equals_torch_batch_norm(shape: tuple[int, ...], affine: bool) -> None:
+def test_sync_batch_norm_alone_equals_torch_batch_norm(
+    shape: tuple[int, ...], affine: bool
+) -> None:
     torch.manual_seed(0)
     x = torch.randn(shape, dtype=torch.float64) * 3 + 2
     grad = torch.randn(shape, dtype=torch.float64)
