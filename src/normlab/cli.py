@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"normlab {__version__}")
     parser.add_argument(
         "--threads",
+        dest="global_threads",
         type=int,
         default=int(os.environ.get("NORMLAB_THREADS", DEFAULT_THREADS)),
         metavar="N",
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        set_threads(args.threads)
+        set_threads(args.global_threads)
     except UsageError as error:
         parser.error(str(error))
     try:
