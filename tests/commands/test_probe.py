@@ -17,7 +17,7 @@ def test_probe_runs(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert code == 0
     report = Path(out.strip().splitlines()[-1])
-    for figure in ("probe-smoothness.png", "probe-layers.png"):
+    for figure in ("probe-smoothness.png", "probe-layers-sigmoid.png", "probe-layers-relu.png"):
         assert (report.parent / "figures" / figure).is_file()
     assert "loss variation" in out and "Santurkar" in out
 

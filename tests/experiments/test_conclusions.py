@@ -184,7 +184,8 @@ def probe_summary(bn: float, plain: float, plain_loss: float) -> dict:
             "num_classes": 10,
         }  # fmt: skip
 
-    return {"norms": {"batch": norm(bn, 0.5, 1.1), "none": norm(plain, plain_loss, 3.0)}}
+    norms = {"batch": norm(bn, 0.5, 1.1), "none": norm(plain, plain_loss, 3.0)}
+    return {"activations": {"sigmoid": {"norms": norms}}}
 
 
 def test_probe_smoothness_verdict_and_plateau_note() -> None:
@@ -196,9 +197,11 @@ def test_probe_smoothness_verdict_and_plateau_note() -> None:
     assert "(20x)" in smooth.text and "plateau" not in smooth.text
     for f in findings:
         assert_numbers_cited(f)
+    worse = probe_findings(probe_summary(bn=0.2, plain=0.01, plain_loss=0.6))[0]
+    assert worse.verdict == DISAGREES
     flat = probe_findings(probe_summary(bn=0.2, plain=0.01, plain_loss=math.log(10) + 0.01))[0]
-    assert flat.verdict == DISAGREES
-    assert "within 0.05 of ln 10 = 2.303" in flat.text  # says why the plain net looks smooth
+    assert flat.verdict == INCONCLUSIVE  # a plain net stuck on its plateau proves nothing
+    assert "within 0.05 of ln 10 = 2.303" in flat.text  # and the sentence says why
     drift = next(f for f in findings if "spread" in f.text)
     assert drift.verdict == AGREES and drift.numbers["none_end"] == 3.0
 

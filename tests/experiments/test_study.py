@@ -44,7 +44,7 @@ def tiny_plan() -> dict:
     }
 
 
-TOTAL_CELLS = 4 + 2 + 2 + 2 + 2 + 1
+TOTAL_CELLS = 4 + 2 + 2 + 4 + 2 + 1  # probe: 2 activations x 2 norms
 
 
 class Stop(Exception):
@@ -92,8 +92,8 @@ def test_report_embeds_every_figure(resumed: dict) -> None:
     result = resumed["result"]
     figures = sorted((result.run_dir / "figures").glob("*.png"))
     assert [f.stem for f in figures] == sorted(
-        ["compare", "sweep-lr", "sweep-batch-size", "probe-smoothness", "probe-layers",
-         "placement", "momentum"]
+        ["compare", "sweep-lr", "sweep-batch-size", "probe-smoothness", "probe-layers-sigmoid",
+         "probe-layers-relu", "placement", "momentum"]
     )  # fmt: skip
     html = result.report_html.read_text(encoding="utf-8")
     embedded = [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([^\"')]+)", html)]

@@ -52,18 +52,19 @@ CELL_FORMAT = 1  # bump when a cell file's layout changes
 STEP_OVERHEAD_S = 2.0e-3  # Python, optimizer and kernel launches per step
 EXAMPLE_S = 6.0e-5  # forward + backward per 28x28 example
 EVAL_EXAMPLE_S = 1.5e-5  # forward only, large batches
-NORM_COST = {"group": 1.6, "instance": 1.5, "layer": 1.4, "rms": 1.3}  # vs batch/none
+NORM_COST = {"group": 1.6, "instance": 1.5, "layer": 1.4, "rms": 1.7}  # vs batch/none
+CELL_OVERHEAD_S = 0.3  # building the model and optimizer, bookkeeping
 
 
 def estimate_seconds(examples: int, batch_size: int, norm: str = "batch") -> float:
     """Estimated seconds to train on ``examples`` examples in batches of ``batch_size``.
 
-    Formula: ``steps * STEP_OVERHEAD_S + examples * EXAMPLE_S * factor(norm)`` with
-    ``steps = ceil(examples / batch_size)``.
+    Formula: ``CELL_OVERHEAD_S + factor(norm) * (steps * STEP_OVERHEAD_S + examples *
+    EXAMPLE_S)`` with ``steps = ceil(examples / batch_size)``.
     """
     factor = NORM_COST.get(norm.removeprefix("torch-"), 1.0)
     steps = math.ceil(examples / max(batch_size, 1))
-    return steps * STEP_OVERHEAD_S + examples * EXAMPLE_S * factor
+    return CELL_OVERHEAD_S + factor * (steps * STEP_OVERHEAD_S + examples * EXAMPLE_S)
 
 
 def eval_seconds(examples: int) -> float:

@@ -453,9 +453,15 @@ SMOOTHNESS_NAMES = {
 
 
 def probe_findings(summary: Mapping[str, Any]) -> list[Finding]:
-    """Santurkar et al.'s smoothness with and without batch norm; saturation and the
-    drift of the pre-activations."""
-    norms = summary["norms"]
+    """Per activation: Santurkar et al.'s smoothness with and without batch norm,
+    saturation (sigmoid) or inactive units (ReLU), and the drift of the pre-activations."""
+    findings: list[Finding] = []
+    for activation, group in summary["activations"].items():
+        findings.extend(_probe_activation_findings(activation, group["norms"]))
+    return findings
+
+
+def _probe_activation_findings(activation: str, norms: Mapping[str, Any]) -> list[Finding]:
     findings: list[Finding] = []
     if "batch" in norms and "none" in norms:
         with_bn, without = norms["batch"]["trajectory_mean"], norms["none"]["trajectory_mean"]
@@ -473,15 +479,20 @@ def probe_findings(summary: Mapping[str, Any]) -> list[Finding]:
             numbers[f"{key}_batch"] = float(fmt_num(a))
             numbers[f"{key}_none"] = float(fmt_num(b))
         if compared:
-            verdict = AGREES if smaller == compared else DISAGREES if smaller == 0 else INCONCLUSIVE
             plateau = _plateau_note(norms["none"])
+            if plateau:
+                verdict = INCONCLUSIVE  # a network that does not learn is no comparison
+            elif smaller == compared:
+                verdict = AGREES
+            elif smaller == 0:
+                verdict = DISAGREES
+            else:
+                verdict = INCONCLUSIVE
             findings.append(
                 Finding(
                     "probe",
-                    "Along the training trajectory (mean over the probes after step 0): "
-                    + "; ".join(parts)
-                    + "."
-                    + plateau,
+                    f"With {activation}, along the training trajectory (mean over the probes "
+                    "after step 0): " + "; ".join(parts) + "." + plateau,
                     claim=(
                         "Santurkar et al. (2018) find all three much smaller with batch norm: "
                         "a smoother loss landscape, not less internal covariate shift, is what "
@@ -491,6 +502,7 @@ def probe_findings(summary: Mapping[str, Any]) -> list[Finding]:
                     numbers=numbers,
                 )
             )
+    flat_units = "saturated" if activation in ("sigmoid", "tanh") else "inactive (zero)"
     for norm in ("none", "batch"):
         if norm not in norms or not norms[norm]["layers"]:
             continue
@@ -501,12 +513,10 @@ def probe_findings(summary: Mapping[str, Any]) -> list[Finding]:
         findings.append(
             Finding(
                 "probe",
-                f"With {label(norm)}, the most saturated sigmoid layer at the end is {worst}: "
-                f"{fmt_pct(final[worst])} of its units (at the start: {fmt_pct(start[worst])}).",
-                numbers={
-                    "final_saturation": pct(final[worst]),
-                    "start_saturation": pct(start[worst]),
-                },
+                f"With {activation} and {label(norm)}, the layer with the most {flat_units} "
+                f"units at the end is {worst}: {fmt_pct(final[worst])} (at the start: "
+                f"{fmt_pct(start[worst])}).",
+                numbers={"final_fraction": pct(final[worst]), "start_fraction": pct(start[worst])},
             )
         )
     if "batch" in norms and "none" in norms and norms["none"]["layers"]:
@@ -520,9 +530,9 @@ def probe_findings(summary: Mapping[str, Any]) -> list[Finding]:
         findings.append(
             Finding(
                 "probe",
-                f"The spread of the {layer} pre-activations moves most without normalization: "
-                f"its std goes from {fmt3(a0)} to {fmt3(a1)}; with batch norm from "
-                f"{fmt3(b0)} to {fmt3(b1)}.",
+                f"With {activation}, the spread of the {layer} pre-activations moves most without "
+                f"normalization: its std goes from {fmt3(a0)} to {fmt3(a1)}; with batch norm "
+                f"from {fmt3(b0)} to {fmt3(b1)}.",
                 claim=(
                     "Ioffe & Szegedy (2015, Figure 1) show the input distribution of a sigmoid "
                     "drifting during training without batch norm and staying stable with it."

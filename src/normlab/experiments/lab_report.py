@@ -9,14 +9,13 @@ report.html (self-contained) and report.md into a run directory.
 from __future__ import annotations
 
 import json
-import math
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from normlab.experiments.cells import to_jsonable
-from normlab.experiments.conclusions import Finding, all_findings, findings_for, label
+from normlab.experiments.conclusions import Finding, all_findings, findings_for
 from normlab.report import Column, Report
 from normlab.stats import MeanStd, format_duration, format_mean_std
 
@@ -30,24 +29,29 @@ INTRODUCTIONS = {
         "network."
     ),
     "sweep-lr": (
-        "With and without batch norm over a log grid of learning rates. A run *diverged* "
-        "when its loss became infinite or NaN; it *learned* when it finished more than 5 "
-        "points above chance. Ioffe & Szegedy (2015) claim that batch norm allows much "
-        "higher learning rates."
+        "With and without batch norm over a log grid of learning rates, with ReLU (as "
+        "Inception): the plain sigmoid LeNet does not leave its initial plateau at any rate "
+        "in this budget (see the comparison), which would say nothing about rates. A run "
+        "*diverged* when its loss became infinite or NaN; it *learned* when it finished more "
+        "than 5 points above chance. Ioffe & Szegedy (2015) claim that batch norm allows "
+        "much higher learning rates."
     ),
     "sweep-batch-size": (
         "Every arm trained on the same number of examples at each batch size (smaller "
         "batches take more steps), with the learning rate scaled linearly with the batch "
-        "size. Accuracy in eval mode uses the running statistics, as a deployed model "
+        "size, with ReLU (as Wu & He's ResNet). Accuracy in eval mode uses the running "
+        "statistics, as a deployed model "
         "does; the batch-statistics accuracy normalises test batches of the training "
         "batch size by their own statistics. Wu & He (2018) report batch norm degrading "
         "at small batches while group norm does not."
     ),
     "probe": (
-        "What batch norm changes inside the network: the pre-activations of each sigmoid "
-        "layer on a fixed batch of training images (Ioffe & Szegedy's 'internal covariate "
-        "shift' picture), and Santurkar et al. (2018)'s loss-landscape measures: stepping "
-        "along the gradient by several step sizes, the range of the loss (loss "
+        "What batch norm changes inside the network, with the tutorial's sigmoid and with "
+        "ReLU (Santurkar et al.'s VGG): the pre-activations of each layer on a fixed batch "
+        "of training images (Ioffe & Szegedy's 'internal covariate shift' picture: "
+        "percentiles, spread, and the fraction of flat units: a sigmoid within 0.05 of 0 "
+        "or 1, a ReLU at 0), and Santurkar et al. (2018)'s loss-landscape measures: "
+        "stepping along the gradient by several step sizes, the range of the loss (loss "
         "variation), the largest change of the gradient (ℓ2) and that change per unit "
         "step (effective β-smoothness)."
     ),
@@ -72,6 +76,12 @@ def _pm(stat: Mapping[str, Any], scale: float = 100.0, unit: str = "%") -> str |
     return format_mean_std(
         MeanStd(scale * stat["mean"], scale * stat["std"], stat["n"]), digits=3, unit=unit
     )
+
+
+def _stat(values: Sequence[float | None]) -> dict[str, Any]:
+    from normlab.experiments.common import mean_std_dict
+
+    return mean_std_dict(values)
 
 
 def experiment_rows(name: str, summary: Mapping[str, Any]) -> tuple[list[dict], list[Column]]:
@@ -147,27 +157,30 @@ def experiment_rows(name: str, summary: Mapping[str, Any]) -> tuple[list[dict], 
         return rows, columns
     if name == "probe":
         rows = []
-        for norm, s in summary["norms"].items():
-            t = s["trajectory_mean"]
-            layers = s["layers"]
-            final_sat = (
-                max(v["saturation"]["mean"][-1] for v in layers.values()) if layers else None
-            )
-            rows.append(
-                {
-                    "norm": norm,
-                    "loss_variation": t.get("loss_variation"),
-                    "gradient_change": t.get("gradient_change"),
-                    "beta": t.get("beta_smoothness"),
-                    "saturation": final_sat,
-                }
-            )
+        for activation, group in summary["activations"].items():
+            for norm, s in group["norms"].items():
+                t = s["trajectory_mean"]
+                layers = s["layers"]
+                flat = max(v["saturation"]["mean"][-1] for v in layers.values()) if layers else None
+                rows.append(
+                    {
+                        "activation": activation,
+                        "norm": norm,
+                        "loss_variation": t.get("loss_variation"),
+                        "gradient_change": t.get("gradient_change"),
+                        "beta": t.get("beta_smoothness"),
+                        "flat": flat,
+                        "accuracy": _pm(_stat(s["final_test_accuracy"])),
+                    }
+                )
         columns = [
+            Column("activation"),
             Column("norm"),
             Column("loss_variation", "loss variation"),
             Column("gradient_change", "gradient change"),
             Column("beta", "β-smoothness"),
-            Column("saturation", "max saturated (end)", fmt="percent"),
+            Column("flat", "max saturated/inactive (end)", fmt="percent"),
+            Column("accuracy", "test accuracy", align="right"),
         ]
         return rows, columns
     if name == "placement":
@@ -274,29 +287,32 @@ def build_report(
             report.bullets(_finding_items(mine))
     if timing:
         report.section("How this was run")
-        cell_seconds = {n: s.get("cell_seconds") for n, s in summaries.items()}
         report.paragraph(
             f"{timing['cells']} cells (one experiment x one setting x one seed); this "
             f"invocation computed {timing['cells_computed']} and found "
             f"{timing['cells_loaded']} already finished. Wall time "
             f"{format_duration(timing['wall_seconds'])} with {timing.get('threads')} torch "
-            f"thread(s) on {platform.machine()} ({_cpu_count()} CPUs)."
+            f"thread(s) per worker, {timing.get('workers', 1)} worker process(es), on "
+            f"{platform.machine()} with {_cpu_count()} CPUs"
+            + (
+                f" (load average over the last 15 minutes: {timing['load_average'][2]:.1f})."
+                if timing.get("load_average")
+                else "."
+            )
         )
         report.table(
             [
-                {"experiment": n, "seconds": s, "cells": len(EXPERIMENTS[n].cells(
-                    EXPERIMENTS[n].config_type(**_tuples(summaries[n]["config"]))))}
-                for n, s in cell_seconds.items()
+                {"experiment": n, "seconds": s.get("cell_seconds"), "cells": s.get("cells")}
+                for n, s in summaries.items()
             ],
-            [Column("experiment"), Column("seconds", "compute time (s)", fmt=".1f"),
-             Column("cells")],
+            [
+                Column("experiment"),
+                Column("seconds", "compute time (s)", fmt=".1f"),
+                Column("cells"),
+            ],
             caption="Compute time per experiment, summed over its cells (across resumes).",
-        )  # fmt: skip
+        )
     return report, findings
-
-
-def _tuples(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def _cpu_count() -> int:
@@ -339,17 +355,13 @@ def write_study_outputs(
         ],
         "timing": dict(timing or {}),
     }  # fmt: skip
-    text = json.dumps(to_jsonable(results), indent=1, allow_nan=True, default=_nan_safe)
+    text = json.dumps(to_jsonable(results), indent=1, allow_nan=True, default=_as_text)
     (run_dir / "results.json").write_text(text + "\n", encoding="utf-8")
     html = report.write_html(run_dir / "report.html")
     md = report.write_markdown(run_dir / "report.md")
     return findings, html, md
 
 
-def _nan_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+def _as_text(value: Any) -> str:
+    """What JSON cannot hold otherwise (e.g. a Path a plug-in arm returned), as text."""
     return str(value)
-
-
-_ = label

@@ -91,7 +91,8 @@ class MomentumConfig:
     evaluations: int = 9  # points where both accuracies are measured
     dataset: str = "fashion-mnist"
     train_subset: int | None = 10_000
-    test_subset: int | None = 1_000  # each point evaluates it twice
+    test_subset: int | None = 2_000  # each point evaluates it twice
+    gap_tolerance: float = 0.02  # a gap within 2 points is closed (~2 std errors at 2 000)
     lr: float = 0.03  # the tutorial's
     momentum: float = 0.9  # SGD's momentum (not batch norm's)
     batch_size: int = 64  # also the size of the test batches for batch statistics
@@ -113,6 +114,8 @@ class MomentumConfig:
         if not self.norm.removeprefix("torch-").startswith("batch"):
             raise UsageError(f"norm {self.norm!r} keeps no running statistics; use batch")
         check_positive_int("evaluations", self.evaluations, 2)
+        if not isinstance(self.gap_tolerance, int | float) or not 0 <= self.gap_tolerance < 1:
+            raise UsageError(f"gap_tolerance must be in [0, 1), got {self.gap_tolerance!r}")
         check_positive_int("batch_size", self.batch_size, 2)
         check_common(self)
 
@@ -213,8 +216,8 @@ def summarize_momentum(
 
 
 def config_tolerance(config: MomentumConfig) -> float:
-    """A gap this small counts as closed: 1 point, or 2 test examples if fewer."""
-    return max(0.01, 2.0 / (config.test_subset or 10_000))
+    """A gap this small counts as closed: ``gap_tolerance``, or 2 test examples if more."""
+    return max(float(config.gap_tolerance), 2.0 / (config.test_subset or 10_000))
 
 
 def closed_at(steps: Sequence[int], gaps: Sequence[float], tolerance: float) -> int | None:

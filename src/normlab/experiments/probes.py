@@ -220,6 +220,7 @@ class ProbeConfig:
     """Settings of the probes (defaults: the study's budget)."""
 
     norms: tuple[str, ...] = ("batch", "none")  # with and without batch norm
+    activations: tuple[str, ...] = ("sigmoid", "relu")  # the tutorial's; Santurkar's VGG's
     seeds: int = 2
     epochs: int = 2
     probes: int = 9  # probe points over training, the first before any update
@@ -232,13 +233,14 @@ class ProbeConfig:
     lr: float = 0.03  # the tutorial's
     momentum: float = 0.9
     batch_size: int = 64
-    activation: str = "sigmoid"  # saturation is the sigmoid's problem
     device: str = "cpu"
 
     def validate(self) -> None:
+        from normlab.models import ACTIVATIONS
         from normlab.nn.registry import norm_names
 
         check_choices("norms", self.norms, norm_names())
+        check_choices("activations", self.activations, list(ACTIVATIONS))
         check_positive_int("probes", self.probes, 2)
         check_positive_int("probe_batch", self.probe_batch, 2)
         if isinstance(self.step_sizes, str) or not self.step_sizes:
@@ -256,17 +258,18 @@ class ProbeConfig:
 
 
 def probe_cells(config: ProbeConfig) -> list[Cell]:
-    """One cell per norm x seed."""
+    """One cell per activation x norm x seed."""
     examples = config.epochs * (config.train_subset or 60_000)
     probe_cost = config.probes * (1 + len(config.step_sizes)) * 3 * config.probe_batch
     return [
         Cell(
             "probe",
-            (("norm", norm),),
+            (("activation", activation), ("norm", norm)),
             seed,
             estimate_seconds(examples, config.batch_size, norm)
             + estimate_seconds(probe_cost, config.probe_batch, norm),
         )
+        for activation in config.activations
         for norm in config.norms
         for seed in seed_list(config.seeds)
     ]
@@ -277,7 +280,10 @@ def run_probe_cell(config: ProbeConfig, data: Any, cell: Cell) -> dict[str, Any]
     from normlab.data import normalize_images, num_batches
     from normlab.engine import StepInfo, build_model, fit
 
-    train = train_config(config, norm=cell.params["norm"], seed=cell.seed)
+    params = cell.params
+    train = train_config(
+        config, norm=params["norm"], activation=params["activation"], seed=cell.seed
+    )
     model = build_model(train)
     batch = min(config.probe_batch, len(data.train_labels))
     x = normalize_images(data.train_images[:batch]).to(train.device)
@@ -328,46 +334,54 @@ LAYER_KEYS = ("mean", "std", "saturation")
 def summarize_probe(
     config: ProbeConfig, cells: list[Cell], results: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, Any]:
-    """Per norm: each measure along the probe steps, mean ± std across seeds, and its
-    mean over the steps after the first (the trajectory, not the initialisation)."""
-    norms: dict[str, Any] = {}
-    for norm in config.norms:
-        runs = [results[c.key] for c in cells if c.params["norm"] == norm]
-        common = min(len(r["probes"]) for r in runs)
-        steps = [p["step"] for p in runs[0]["probes"][:common]]
-        smooth = {
-            key: curve_mean_std(
-                [[p["smoothness"][key] for p in r["probes"][:common]] for r in runs]
-            )
-            for key in SMOOTHNESS_KEYS
+    """Per activation and norm: each measure along the probe steps, mean ± std across
+    seeds, and its mean over the steps after the first (the trajectory, not the
+    initialisation)."""
+    activations: dict[str, Any] = {}
+    for activation in config.activations:
+        norms: dict[str, Any] = {}
+        for norm in config.norms:
+            runs = [
+                results[c.key]
+                for c in cells
+                if c.params == {"activation": activation, "norm": norm}
+            ]
+            norms[norm] = _summarize_runs(runs)
+        activations[activation] = {"norms": norms}
+    return {
+        "activations": activations,
+        "step_sizes": [eta * config.lr for eta in config.step_sizes],
+    }
+
+
+def _summarize_runs(runs: list[Mapping[str, Any]]) -> dict[str, Any]:
+    common = min(len(r["probes"]) for r in runs)
+    steps = [p["step"] for p in runs[0]["probes"][:common]]
+    smooth = {
+        key: curve_mean_std([[p["smoothness"][key] for p in r["probes"][:common]] for r in runs])
+        for key in SMOOTHNESS_KEYS
+    }
+    layer_names = [s["layer"] for s in runs[0]["probes"][0]["layers"]] if common else []
+    layers = {
+        name: {
+            key: curve_mean_std([[p["layers"][i][key] for p in r["probes"][:common]] for r in runs])
+            for key in LAYER_KEYS
         }
-        trajectory = {key: _mean_after_start(smooth[key]["mean"]) for key in SMOOTHNESS_KEYS}
-        layer_names = [s["layer"] for s in runs[0]["probes"][0]["layers"]] if common else []
-        layers = {
-            name: {
-                key: curve_mean_std(
-                    [[p["layers"][i][key] for p in r["probes"][:common]] for r in runs]
-                )
-                for key in LAYER_KEYS
-            }
-            | {"percentiles_seed0": [p["layers"][i]["percentiles"] for p in runs[0]["probes"]]}
-            for i, name in enumerate(layer_names)
-        }
-        norms[norm] = {
-            "steps": steps,
-            "smoothness": smooth,
-            "trajectory_mean": trajectory,
-            "layers": layers,
-            "diverged": sum(bool(r["diverged"]) for r in runs),
-            "final_test_accuracy": [
-                None if r["final"] is None else r["final"]["test_accuracy"] for r in runs
-            ],
-            "final_test_loss": [
-                None if r["final"] is None else r["final"]["test_loss"] for r in runs
-            ],
-            "num_classes": runs[0]["num_classes"],
-        }
-    return {"norms": norms, "step_sizes": [eta * config.lr for eta in config.step_sizes]}
+        | {"percentiles_seed0": [p["layers"][i]["percentiles"] for p in runs[0]["probes"]]}
+        for i, name in enumerate(layer_names)
+    }
+    return {
+        "steps": steps,
+        "smoothness": smooth,
+        "trajectory_mean": {key: _mean_after_start(smooth[key]["mean"]) for key in SMOOTHNESS_KEYS},
+        "layers": layers,
+        "diverged": sum(bool(r["diverged"]) for r in runs),
+        "final_test_accuracy": [
+            None if r["final"] is None else r["final"]["test_accuracy"] for r in runs
+        ],
+        "final_test_loss": [None if r["final"] is None else r["final"]["test_loss"] for r in runs],
+        "num_classes": runs[0]["num_classes"],
+    }
 
 
 def _mean_after_start(values: Sequence[float]) -> float | None:
@@ -394,12 +408,13 @@ def run_probe(
     progress: bool = True,
     data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Train every norm for every seed and probe it along the way; the summary.
+    """Train every activation x norm for every seed, probing along the way; the summary.
 
     Returns:
-        ``{"norms": {name: {"steps": [...], "smoothness": {measure: {mean, std}},
-        "trajectory_mean": {measure: value}, "layers": {layer: {mean|std|saturation:
-        {mean, std}, "percentiles_seed0": [...]}}}}, "step_sizes": [...]}``.
+        ``{"activations": {act: {"norms": {name: {"steps": [...], "smoothness":
+        {measure: {mean, std, values}}, "trajectory_mean": {measure: value}, "layers":
+        {layer: {mean|std|saturation: {mean, std, values}, "percentiles_seed0": [...]}},
+        "final_test_loss": [...]}}}}, "step_sizes": [...]}``.
     """
     return run_experiment(
         PROBE, config or ProbeConfig(), data, store=store, progress=progress, data_dir=data_dir

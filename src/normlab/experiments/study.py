@@ -284,6 +284,7 @@ def run_study(
             "wall_seconds": seconds,
             "cells": counts["computed"] + counts["loaded"],
             "workers": workers,
+            "load_average": _load_average(),
             "cells_computed": counts["computed"],
             "cells_loaded": counts["loaded"],
             "threads": threads,
@@ -365,10 +366,19 @@ def run_plan_cells(
         )
         summary["experiment"] = experiment_name
         summary["config"] = config_dict(config)
+        summary["cells"] = len(cells)
         if store is not None:
             summary["cell_seconds"] = _cell_seconds(store, cells)
         summaries[experiment_name] = summary
     return summaries
+
+
+def _load_average() -> list[float] | None:
+    """The machine's 1/5/15-minute load averages (None where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _cell_seconds(store: CellStore, cells: list[Cell]) -> float:

@@ -60,46 +60,68 @@ def _nan_mean_std(runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ================================================================================= compare
 def compare_figure(summary: Mapping[str, Any]) -> Figure:
-    """Test accuracy per epoch, the training loss along the steps, and seconds per epoch,
-    one colour per norm."""
+    """Four panels, one colour per norm: the final test accuracy (bars: mean, error bars:
+    ±1 std, dots: seeds), test accuracy per epoch, the training loss along the steps
+    (mean over seeds), and the seconds per epoch."""
     norms = summary["norms"]
+    names = list(norms)
+    colors = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
     with style():
-        fig, axes = new_figure(ncols=3, width=15.0, height=4.3)
-        acc_series, loss_axis = {}, axes[1]
-        for index, (norm, s) in enumerate(norms.items()):
-            values = s["per_epoch"]["test_accuracy"]["values"]
+        fig, axes = new_figure(nrows=2, ncols=2, width=13.0, height=8.5)
+        final_ax, epoch_ax, loss_ax, time_ax = axes
+        low = 100.0
+        for i, norm in enumerate(names):
+            values = [100 * v for v in norms[norm]["final_test_accuracy"]["values"]
+                      if v is not None]  # fmt: skip
+            if not values:
+                continue
+            low = min(low, *values)
+            mean = float(np.mean(values))
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            final_ax.bar(i, mean, color=colors[i], alpha=0.85, width=0.7)
+            if len(values) > 1:
+                final_ax.errorbar(i, mean, yerr=std, color="black", capsize=4, lw=1.2)
+            final_ax.scatter([i] * len(values), values, s=12, color="black", zorder=3)
+        final_ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        final_ax.set_ylim(max(0.0, low - 10.0), 100)
+        final_ax.set_ylabel("final test accuracy (%)")
+        final_ax.set_title("Final test accuracy (dots: seeds)")
+        final_ax.grid(axis="x", visible=False)
+
+        acc_series = {}
+        for norm in names:
+            values = norms[norm]["per_epoch"]["test_accuracy"]["values"]
             if values:
                 acc_series[_label(norm)] = _percent(values)
-            curves = [c for c in s["loss_curves"] if c]
+        if acc_series:
+            length = min(v.shape[1] for v in acc_series.values())
+            cut = {k: v[:, :length] for k, v in acc_series.items()}
+            plot_lines(epoch_ax, np.arange(1, length + 1), cut, colors=colors)
+            epoch_ax.legend(fontsize=8)
+        epoch_ax.set_xlabel("epoch")
+        epoch_ax.set_ylabel("test accuracy (%)")
+        epoch_ax.set_title("Test accuracy per epoch (mean ± std)")
+
+        for i, norm in enumerate(names):
+            curves = [c for c in norms[norm]["loss_curves"] if c]
             if curves:
                 length = min(len(c) for c in curves)
                 xs = [p[0] for p in curves[0][:length]]
                 ys = np.asarray([[p[1] for p in c[:length]] for c in curves])
-                color = PALETTE[index % len(PALETTE)]
-                loss_axis.plot(xs, ys.mean(axis=0), color=color, lw=1.5, label=_label(norm))
-        if acc_series:
-            length = min(v.shape[1] for v in acc_series.values())
-            plot_lines(
-                axes[0], np.arange(1, length + 1), {k: v[:, :length] for k, v in acc_series.items()}
-            )
-        axes[0].set_xlabel("epoch")
-        axes[0].set_ylabel("test accuracy (%)")
-        axes[0].set_title("Test accuracy (mean ± std over seeds)")
-        axes[0].legend(fontsize=8)
-        loss_axis.set_xlabel("training step")
-        loss_axis.set_ylabel("training loss (nats)")
-        loss_axis.set_title("Training loss (mean over seeds)")
-        loss_axis.legend(fontsize=8)
-        names = list(norms)
+                loss_ax.plot(xs, ys.mean(axis=0), color=colors[i], lw=1.5, label=_label(norm))
+        loss_ax.set_xlabel("training step")
+        loss_ax.set_ylabel("training loss (nats)")
+        loss_ax.set_title("Training loss (mean over seeds)")
+        loss_ax.legend(fontsize=8)
+
         seconds = [norms[n]["seconds_per_epoch"] for n in names]
         means = [s["mean"] if s["mean"] is not None else 0.0 for s in seconds]
         stds = [s["std"] or 0.0 for s in seconds]
-        colors = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
-        axes[2].bar(range(len(names)), means, yerr=stds, color=colors, capsize=4, alpha=0.85)
-        axes[2].set_xticks(range(len(names)), names, rotation=30, ha="right")
-        axes[2].set_ylabel("seconds per epoch")
-        axes[2].set_title("Training time per epoch")
-        axes[2].grid(axis="x", visible=False)
+        time_ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=4, alpha=0.85)
+        time_ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        time_ax.set_ylabel("seconds per epoch")
+        time_ax.set_title("Training time per epoch (this machine)")
+        time_ax.grid(axis="x", visible=False)
     return fig
 
 
@@ -161,36 +183,44 @@ def batch_size_figure(summary: Mapping[str, Any]) -> Figure:
 # ================================================================================== probes
 def probe_smoothness_figure(summary: Mapping[str, Any]) -> Figure:
     """Santurkar et al.'s three measures along the training steps, with and without
-    batch norm (log scale)."""
+    batch norm (log scale); one row per activation."""
     keys = (
         ("loss_variation", "loss variation"),
         ("gradient_change", "gradient change (ℓ2)"),
         ("beta_smoothness", "effective β-smoothness"),
     )
+    activations = summary["activations"]
+    rows = max(len(activations), 1)
     with style():
-        fig, axes = new_figure(ncols=3, width=15.0, height=4.3)
-        for ax, (key, title) in zip(axes, keys, strict=True):
-            series, steps = {}, None
-            for norm, s in summary["norms"].items():
-                values = np.asarray(s["smoothness"][key]["values"], dtype=np.float64)
-                if values.size:
-                    steps = s["steps"][: values.shape[1]]
-                    series[_label(norm)] = np.where(values > 0, values, np.nan)
-            if series and steps is not None:
-                plot_lines(ax, steps, series)
-            ax.set_yscale("log")
-            ax.set_xlabel("training step")
-            ax.set_title(title)
-            ax.legend(fontsize=9)
+        fig, axes = new_figure(nrows=rows, ncols=3, width=15.0, height=3.9 * rows)
+        grid = axes.reshape(rows, 3)
+        for r, (activation, group) in enumerate(activations.items()):
+            for c, (key, title) in enumerate(keys):
+                ax = grid[r, c]
+                series, steps = {}, None
+                for norm, s in group["norms"].items():
+                    values = np.asarray(s["smoothness"][key]["values"], dtype=np.float64)
+                    if values.size:
+                        steps = s["steps"][: values.shape[1]]
+                        series[_label(norm)] = np.where(values > 0, values, np.nan)
+                if series and steps is not None:
+                    plot_lines(ax, steps, series)
+                    ax.legend(fontsize=8)
+                ax.set_yscale("log")
+                ax.set_title(f"{title} ({activation})")
+                if r == rows - 1:
+                    ax.set_xlabel("training step")
     return fig
 
 
-def probe_layers_figure(summary: Mapping[str, Any]) -> Figure:
-    """Per layer (columns): the pre-activations' median with the 15-85th percentile band
-    (seed 0), their std, and the fraction of saturated sigmoid units, along the steps."""
-    norms = summary["norms"]
+def probe_layers_figure(summary: Mapping[str, Any], activation: str) -> Figure:
+    """Per layer (columns), for one activation: the pre-activations' median with the
+    15-85th percentile band (seed 0), their std, and the fraction of flat units
+    (saturated sigmoid, zero ReLU), along the steps, with and without batch norm."""
+    norms = summary["activations"][activation]["norms"]
     layer_names = next((list(s["layers"]) for s in norms.values() if s["layers"]), [])
     cols = max(len(layer_names), 1)
+    flat = "saturated" if activation in ("sigmoid", "tanh") else "inactive"
     with style():
         fig, axes = new_figure(nrows=3, ncols=cols, width=3.6 * cols + 1, height=8.5)
         grid = axes.reshape(3, cols)
@@ -207,18 +237,18 @@ def probe_layers_figure(summary: Mapping[str, Any]) -> Figure:
                 grid[0, c].fill_between(steps[:n], pcts[:n, 0], pcts[:n, 2], color=color,
                                         alpha=0.2, lw=0)  # fmt: skip
                 std_values = np.asarray(stats["std"]["values"])
-                sat_values = _percent(stats["saturation"]["values"])
+                flat_values = _percent(stats["saturation"]["values"])
                 if std_values.size:
                     plot_lines(grid[1, c], steps[: std_values.shape[1]],
                                {_label(norm): std_values}, colors=[color])  # fmt: skip
-                    plot_lines(grid[2, c], steps[: sat_values.shape[1]],
-                               {_label(norm): sat_values}, colors=[color])  # fmt: skip
-            grid[0, c].set_title(layer)
+                    plot_lines(grid[2, c], steps[: flat_values.shape[1]],
+                               {_label(norm): flat_values}, colors=[color])  # fmt: skip
+            grid[0, c].set_title(f"{layer} ({activation})")
             grid[2, c].set_xlabel("training step")
         if layer_names:
             grid[0, 0].set_ylabel("pre-activation\n15/50/85th pct")
             grid[1, 0].set_ylabel("pre-activation std")
-            grid[2, 0].set_ylabel("saturated units (%)")
+            grid[2, 0].set_ylabel(f"{flat} units (%)")
             grid[0, 0].legend(fontsize=8)
     return fig
 
@@ -312,14 +342,20 @@ def experiment_figures(name: str, summary: Mapping[str, Any]) -> list[tuple[str,
         )
         return [("sweep-batch-size", batch_size_figure(summary), caption)]
     if name == "probe":
-        return [
+        figures = [
             ("probe-smoothness", probe_smoothness_figure(summary),
              "Loss-landscape smoothness along the trajectory (Santurkar et al. 2018): "
              "lower is smoother."),
-            ("probe-layers", probe_layers_figure(summary),
-             "Pre-activations of each sigmoid layer during training: percentiles (seed 0), "
-             "standard deviation and saturated fraction."),
         ]  # fmt: skip
+        for activation in summary["activations"]:
+            caption = (
+                f"Pre-activations of each layer during training ({activation}): percentiles "
+                "(seed 0), standard deviation and the fraction of flat units."
+            )
+            figures.append(
+                (f"probe-layers-{activation}", probe_layers_figure(summary, activation), caption)
+            )
+        return figures
     if name == "placement":
         return [("placement", placement_figure(summary),
                  "Final test accuracy with the norm before or after the activation.")]  # fmt: skip
