@@ -74,6 +74,21 @@ def test_sync_runs_after_every_repeat_of_every_candidate() -> None:
     assert len(m.order) == 4
 
 
+def test_before_runs_outside_the_clock_before_each_repeat_of_its_candidate() -> None:
+    events: list[str] = []
+    m = measure(
+        {"a": lambda: events.append("a"), "b": lambda: events.append("b")},
+        repeats=2,
+        warmup=1,
+        number=1,
+        before={"b": lambda: (events.append("prep"), time.sleep(0.05))},
+    )
+    assert events == ["a", "b", "a", "prep", "b", "prep", "b", "a"]
+    assert m["b"].summary.max < 0.05  # the sleep in before() is not timed
+    with pytest.raises(UsageError, match="before names no candidate: c"):
+        measure({"a": lambda: None}, repeats=1, before={"c": lambda: None})
+
+
 def test_compare_pairs_the_timings_of_the_same_repeat() -> None:
     m = Measurement(
         {

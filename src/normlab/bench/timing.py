@@ -113,6 +113,7 @@ def measure(
     target_seconds: float = 0.05,
     number: int | None = None,
     sync: Callable[[], None] | None = None,
+    before: Mapping[str, Callable[[], None]] | None = None,
 ) -> Measurement:
     """Time every candidate, interleaved, and return seconds per call for each repeat.
 
@@ -126,6 +127,8 @@ def measure(
         number: calls per repeat for every candidate, instead of calibrating.
         sync: called after each repeat's calls and before the clock stops (e.g.
             ``torch.cuda.synchronize`` for asynchronous devices).
+        before: name -> a function called before each timed repeat of that candidate,
+            outside the clock (housekeeping that is no part of what is measured).
 
     Raises:
         UsageError: no candidates, or ``repeats``/``number`` below 1, or ``warmup`` below 0.
@@ -140,6 +143,10 @@ def measure(
         raise UsageError(f"number must be at least 1, got {number}")
     wait = sync or (lambda: None)
     names = list(candidates)
+    unknown = set(before or {}) - set(names)
+    if unknown:
+        raise UsageError(f"before names no candidate: {', '.join(sorted(unknown))}")
+    prepare = {name: (before or {}).get(name, lambda: None) for name in names}
     for name in names:
         for _ in range(warmup):
             candidates[name]()
@@ -152,6 +159,7 @@ def measure(
         shift = repeat % len(names)
         for name in names[shift:] + names[:shift]:
             fn, n = candidates[name], calls[name]
+            prepare[name]()
             start = time.perf_counter()
             for _ in range(n):
                 fn()
