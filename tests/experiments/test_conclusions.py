@@ -140,6 +140,15 @@ def test_batch_size_findings_cite_their_numbers_and_compare_with_wu_and_he() -> 
     assert flat.verdict == INCONCLUSIVE  # nothing learned at the reference batch
 
 
+def test_syncbn_arms_are_compared_when_present() -> None:
+    summary = bs_summary(0.55, 0.79)
+    summary["arms"]["syncbn"] = bs_summary(0.7, 0.7)["arms"]["batch"]
+    summary["arms"]["localbn"] = bs_summary(0.3, 0.3)["arms"]["batch"]
+    finding = next(f for f in batch_size_findings(summary) if "synchronised" in f.text)
+    assert finding.numbers == {"syncbn_accuracy": 70.0, "localbn_accuracy": 30.0}
+    assert_numbers_cited(finding)
+
+
 # ------------------------------------------------------------------------------- compare
 def compare_summary(accs: dict[str, list[float]]) -> dict:
     return {

@@ -37,6 +37,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="a subset of: compare, sweep-lr, sweep-batch-size, probe, placement, momentum",
     )
     parser.add_argument(
+        "--syncbn",
+        action="store_true",
+        help="add SyncBN arms (2 processes, with and without sync) to the batch-size sweep",
+    )
+    parser.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted study in RUN_DIR"
     )
     parser.add_argument("--dataset", help="fashion-mnist (default) or mnist")
@@ -68,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 ("--quick", args.quick or None),
                 ("--seeds", seeds),
                 ("--only", only),
+                ("--syncbn", args.syncbn or None),
                 ("--dataset", args.dataset),
                 ("--device", args.device),
             )
@@ -86,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             dataset=args.dataset or "fashion-mnist",
             device=args.device or "cpu",
             experiments=only,
+            syncbn=args.syncbn,
         )
         cells = estimate_plan_seconds(plan)
         print(

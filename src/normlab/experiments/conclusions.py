@@ -42,6 +42,8 @@ NORM_LABELS = {
     "instance": "instance norm",
     "rms": "RMS norm",
     "none": "no normalization",
+    "syncbn": "synchronised batch norm",
+    "localbn": "per-process batch norm",
 }
 
 
@@ -424,6 +426,26 @@ def batch_size_findings(summary: Mapping[str, Any]) -> list[Finding]:
                 numbers={f"{a}_change": -d for a, d in drops.items()},
             )
         )
+    if "syncbn" in arms and "localbn" in arms:
+        pairs = [
+            (a, b)
+            for a, b in zip(arms["syncbn"], arms["localbn"], strict=True)
+            if a["eval_accuracy"]["mean"] is not None and b["eval_accuracy"]["mean"] is not None
+        ]
+        if pairs:
+            sync, local = pairs[0]
+            findings.append(
+                Finding(
+                    "sweep-batch-size",
+                    f"With {sync['batch_size']} images per step shared by several processes, "
+                    f"synchronised batch norm scores {fmt_pm(sync['eval_accuracy'])} and "
+                    f"per-process batch norm {fmt_pm(local['eval_accuracy'])}.",
+                    numbers={
+                        "syncbn_accuracy": pct(sync["eval_accuracy"]["mean"]),
+                        "localbn_accuracy": pct(local["eval_accuracy"]["mean"]),
+                    },
+                )
+            )
     if "batch" in arms:
         small = arms["batch"][0]
         eval_acc, batch_acc = small["eval_accuracy"], small["batch_stats_accuracy"]

@@ -79,6 +79,7 @@ def default_plan(
     dataset: str = "fashion-mnist",
     device: str = "cpu",
     experiments: tuple[str, ...] | None = None,
+    syncbn: bool = False,
 ) -> dict[str, Any]:
     """The study's config for each experiment.
 
@@ -89,6 +90,8 @@ def default_plan(
         seeds: override the number of seeds of every experiment.
         dataset: ``fashion-mnist`` (default) or ``mnist``.
         experiments: a subset of :data:`EXPERIMENTS` (default: all, in order).
+        syncbn: add the ``syncbn`` and ``localbn`` arms (2 processes each, from
+            :mod:`normlab.syncbn_arm`) to the batch-size sweep.
     """
     common: dict[str, Any] = {"dataset": dataset, "device": device}
     if quick:
@@ -117,6 +120,11 @@ def default_plan(
         }
     if seeds is not None:
         plan = {name: dataclasses.replace(c, seeds=seeds) for name, c in plan.items()}
+    if syncbn:
+        sweep = plan["sweep-batch-size"]
+        plan["sweep-batch-size"] = dataclasses.replace(
+            sweep, arms=(*sweep.arms, "syncbn", "localbn")
+        )
     if experiments is not None:
         unknown = [e for e in experiments if e not in EXPERIMENTS]
         if unknown:
