@@ -90,6 +90,13 @@ def test_lr_sentence_cites_the_rate_and_accuracy_where_only_batch_norm_trained()
     assert "lr 3 with batch norm, lr 0.1 without (30x higher)" in highest.text
 
 
+def test_lr_failure_wording_counts_seeds() -> None:
+    summary = lr_summary(batch_ok_up_to=3.0, none_ok_up_to=1.0)
+    summary["norms"]["none"][2] = lr_point(3.0, [0.5, 0.1])  # one seed learned, one did not
+    text = next(f.text for f in lr_findings(summary) if f.text.startswith("Batch norm trained"))
+    assert "the plain network learned in only 1 of 2 seeds, stayed near chance otherwise" in text
+
+
 def test_lr_verdict_follows_the_data() -> None:
     flipped = next(f for f in lr_findings(lr_summary(0.1, 3.0)) if f.claim)
     assert flipped.verdict == DISAGREES

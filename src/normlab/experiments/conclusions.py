@@ -244,11 +244,18 @@ def _all_learned(point: Mapping[str, Any]) -> bool:
 
 
 def _failure(point: Mapping[str, Any]) -> str:
-    if point["diverged"] == point["seeds"]:
+    """What the plain network did at a rate where not every seed learned."""
+    seeds, diverged, learned = point["seeds"], point["diverged"], point["learned"]
+    if diverged == seeds:
         return "diverged"
-    if point["diverged"]:
-        return f"diverged in {point['diverged']} of {point['seeds']} seeds"
-    return "stayed near chance"
+    parts = []
+    if learned:
+        parts.append(f"learned in only {learned} of {seeds} seeds")
+    if diverged:
+        parts.append(f"diverged in {diverged} of {seeds}")
+    if not parts or seeds - learned - diverged > 0:
+        parts.append("stayed near chance" if not parts else "stayed near chance otherwise")
+    return ", ".join(parts)
 
 
 def lr_findings(summary: Mapping[str, Any]) -> list[Finding]:
@@ -556,8 +563,9 @@ def _probe_activation_findings(activation: str, norms: Mapping[str, Any]) -> lis
                 f"normalization: its std goes from {fmt3(a0)} to {fmt3(a1)}; with batch norm "
                 f"from {fmt3(b0)} to {fmt3(b1)}.",
                 claim=(
-                    "Ioffe & Szegedy (2015, Figure 1) show the input distribution of a sigmoid "
-                    "drifting during training without batch norm and staying stable with it."
+                    "Ioffe & Szegedy (2015) motivate batch norm by this drift of each layer's "
+                    "input distribution during training (their Figure 1: a sigmoid's input, "
+                    "drifting without batch norm, stable with it)."
                 ),
                 verdict=AGREES if _log_ratio(a0, a1) > _log_ratio(b0, b1) else DISAGREES,
                 numbers={
