@@ -60,8 +60,8 @@ def test_accuracy_with_batch_stats_keeps_the_model_and_differs_from_eval_mode() 
 def test_eval_steps_and_closed_at() -> None:
     assert eval_steps(64, 4) == [0, 1, 8, 64]  # 0, then 64 ** (0, 1/2, 1)
     assert eval_steps(3, 9) == [0, 1, 2, 3]
-    assert closed_at([0, 1, 8, 64], [0.5, 0.0, 0.2, 0.005], 0.01) == 64  # reopened at 8
-    assert closed_at([0, 1, 8], [0.5, 0.0, 0.0], 0.01) == 1
+    assert closed_at([0, 1, 8, 64], [0.5, 0.3, 0.005, 0.2], 0.01) == 8  # the first time
+    assert closed_at([0, 1, 8], [0.5, -0.005, 0.0], 0.01) == 1  # either sign
     assert closed_at([0, 1], [0.5, 0.3], 0.01) is None
 
 

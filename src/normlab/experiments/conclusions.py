@@ -669,10 +669,10 @@ def momentum_findings(summary: Mapping[str, Any]) -> list[Finding]:
         closing.append((m, closed))
         end = item["gap"]["mean"][-1] if item["gap"]["mean"] else None
         when = (
-            f"stayed within {pct(summary['tolerance']):.1f} points from step {closed} on"
+            f"first came within {pct(summary['tolerance']):.1f} points at step {closed}"
             if closed is not None
-            else f"had not closed by step {item['steps'][-1]} (last gap {100 * end:.1f} points)"
-        )
+            else f"had not closed by step {item['steps'][-1]}"
+        ) + f" (last gap {100 * end:.1f} points)"
         findings.append(
             Finding(
                 "momentum",

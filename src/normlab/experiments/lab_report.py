@@ -221,7 +221,7 @@ def experiment_rows(name: str, summary: Mapping[str, Any]) -> tuple[list[dict], 
         columns = [
             Column("momentum", "BN momentum", fmt="g"),
             Column("max_gap", "largest gap", fmt="percent"),
-            Column("closed", "gap closed at step"),
+            Column("closed", "gap first closed at step"),
             Column("forget", "closed form t95", fmt=".0f"),
             Column("end_eval", "eval acc (end)", fmt="percent"),
             Column("end_batch", "batch-stats acc (end)", fmt="percent"),
@@ -337,13 +337,13 @@ def write_study_outputs(
     timing: Mapping[str, Any] | None = None,
 ) -> tuple[list[Finding], Path, Path]:
     """Write figures/*.png, results.json, report.html and report.md into ``run_dir``."""
-    from normlab.report.lab_plots import experiment_figures
-    from normlab.report.plots import save_png
+    from normlab.report.document import write_atomic
+    from normlab.report.lab_plots import compact_png, experiment_figures
 
     figures: dict[str, list[tuple[Path, str]]] = {}
     for name, summary in summaries.items():
         for stem, fig, caption in experiment_figures(name, summary):
-            path = save_png(fig, run_dir / "figures" / f"{stem}.png", dpi=90)
+            path = write_atomic(run_dir / "figures" / f"{stem}.png", compact_png(fig))
             figures.setdefault(name, []).append((path, caption))
     report, findings = build_report(summaries, figures, title=title, timing=timing)
     results = {

@@ -221,15 +221,12 @@ def config_tolerance(config: MomentumConfig) -> float:
 
 
 def closed_at(steps: Sequence[int], gaps: Sequence[float], tolerance: float) -> int | None:
-    """The first step from which the gap stays within ``tolerance`` (None: never)."""
-    found = None
+    """The first step at which the gap is within ``tolerance`` (None: never). Later
+    points can move out again by sampling noise; the last gap is reported beside it."""
     for step, gap in zip(steps, gaps, strict=True):
         if abs(gap) <= tolerance:
-            if found is None:
-                found = step
-        else:
-            found = None
-    return found
+            return step
+    return None
 
 
 MOMENTUM = Experiment(
