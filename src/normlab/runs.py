@@ -31,12 +31,12 @@ import logging
 import os
 import platform
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from normlab import __version__
+from normlab.atomic import write_atomic, write_text_atomic
 from normlab.config import TrainConfig
 from normlab.errors import UsageError
 
@@ -118,7 +118,7 @@ class Run:
             "command": list(sys.argv if command is None else command),
             "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         }
-        _write_text_atomic(path / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
+        write_text_atomic(path / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
         return cls(path, meta)
 
     @classmethod
@@ -170,18 +170,7 @@ class Run:
         """Write ``state`` (tensors and plain containers only) atomically to checkpoint.pt."""
         import torch
 
-        fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=self.path)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(dict(state), handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.checkpoint_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.path)
+        write_atomic(self.checkpoint_path, lambda handle: torch.save(dict(state), handle))
         return self.checkpoint_path
 
     def remove_stale_temp_files(self) -> list[Path]:
@@ -218,7 +207,7 @@ class Run:
     def write_metrics(self, records: list[Mapping[str, Any]]) -> None:
         """Replace metrics.jsonl with ``records`` (atomically); used when a run resumes."""
         text = "".join(json.dumps(dict(r), allow_nan=True) + "\n" for r in records)
-        _write_text_atomic(self.path / METRICS_FILE, text)
+        write_text_atomic(self.path / METRICS_FILE, text)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The records of metrics.jsonl, in order ([] if none yet)."""
@@ -238,7 +227,7 @@ class Run:
     # ----------------------------------------------------------------- summary
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Write summary.json (status and final numbers) atomically."""
-        _write_text_atomic(
+        write_text_atomic(
             self.path / SUMMARY_FILE, json.dumps(dict(summary), indent=2, allow_nan=True) + "\n"
         )
 
@@ -282,31 +271,3 @@ def _make_unique_dir(root: Path, base: str) -> Path:
             continue
         return path
     raise UsageError(f"cannot make a new run directory {root / base}: too many with that name")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -17,12 +17,12 @@ from __future__ import annotations
 import io
 import os
 import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from normlab.atomic import write_bytes_atomic
 from normlab.errors import UsageError
 from normlab.report.tables import ColumnSpec, TableData, normalize_table
 
@@ -125,18 +125,8 @@ def _png_from(figure: SavesFigures | str | os.PathLike[str] | bytes) -> tuple[by
 
 
 def write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename: a reader never sees
-    a half-written file. Creates the parent directories; permissions follow the umask."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` atomically (:func:`normlab.atomic.write_bytes_atomic`)."""
+    return write_bytes_atomic(path, data)
 
 
 class Report:
