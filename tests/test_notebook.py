@@ -56,9 +56,7 @@ def test_notebook_runs_small(kernel: str, tmp_path: Path) -> None:
     )
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    images = [
-        o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
-    ]
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 1 + 3  # the covariate-shift figure and one per lab experiment
     ks = dict(re.findall(r"KS distance (before|after) standardising:\s+([\d.]+)", text))
     assert float(ks["after"]) < float(ks["before"])
