@@ -96,6 +96,8 @@ def _check_floating(input: Tensor, fn: str) -> None:
 
 def _check_param_dtypes(input: Tensor, params: Sequence[Tensor | None], fn: str) -> None:
     """torch (CPU) wants parameters in the input dtype, or float32 for half-precision inputs."""
+    if all(p is None or p.dtype == input.dtype for p in params):
+        return
     present = [p for p in params if p is not None]
     allowed = {input.dtype, torch.float32} if input.dtype in _LOW_PRECISION else {input.dtype}
     dtypes = {p.dtype for p in present}
@@ -110,6 +112,10 @@ def _check_param_dtypes(input: Tensor, params: Sequence[Tensor | None], fn: str)
 
 def _as_shape(normalized_shape: Any, fn: str) -> tuple[int, ...]:
     """``normalized_shape`` as a tuple of ints, rejecting what torch's argument parser rejects."""
+    if type(normalized_shape) in (tuple, torch.Size) and all(
+        type(size) is int for size in normalized_shape
+    ):
+        return normalized_shape  # the common case (a module's shape), checked cheaply
     if isinstance(normalized_shape, int):
         raise TypeError(
             f"{fn}(): argument 'normalized_shape' (position 2) must be tuple of ints, not int"
@@ -143,61 +149,76 @@ def _check_normalized_shape(
             f"least one element, but got normalized_shape = {list(shape)}"
         )
     for name, param in params.items():
-        if param is not None and tuple(param.shape) != shape:
+        if param is not None and param.shape != shape:
             raise ShapeError(
                 f"Expected {name} to be of same shape as normalized_shape, but got {name} of "
                 f"shape {list(param.shape)} and normalized_shape = {list(shape)}"
             )
-    if input.dim() < len(shape) or tuple(input.shape[input.dim() - len(shape) :]) != shape:
+    if input.dim() < len(shape) or input.shape[input.dim() - len(shape) :] != shape:
         raise ShapeError(
             f"Given normalized_shape={list(shape)}, expected input with shape "
             f"[*, {', '.join(str(s) for s in shape)}], but got input of size{list(input.shape)}"
         )
-    return shape
+    return tuple(shape)
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared arithmetic
+# Shared arithmetic: standardised rows and their gradient
 # ---------------------------------------------------------------------------------------------
 
 
-def _centre(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``x - mean(x)`` over the last dim, accurate far from zero, and the shift it used.
+def _standardize(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``xhat = (x - mean) * rstd`` over the last dim of rows ``(R, S)``, and ``rstd (R, 1)``.
 
-    Shifted-data algorithm: subtract each row's first value (exact for values close to each
-    other), then the mean of what is left, which is small and so is computed accurately.
-    Subtracting the rounded mean directly would be off by half an ulp of the mean (5e-4 for
-    a mean of 1e4 in float32, 0.05 standard deviations when the std is 1e-2). Returns the
-    centred rows (a new tensor) and ``mean(x - x[..., :1])``.
+    ``rstd = rsqrt(sum((x - mean)^2) / S + eps)``: two passes, shifted. Each row's first value
+    is subtracted (exact for values close to each other), then the mean of what is left, which
+    is small and so accurate; subtracting the rounded mean directly would be off by half an
+    ulp of the mean (5e-4 for a mean of 1e4 in float32, 0.05 standard deviations when the std
+    is 1e-2). ``xhat`` is a new tensor computed in place: one activation-sized allocation.
     """
-    centred = x - x[..., :1]
-    shift = centred.mean(dim=-1, keepdim=True)
-    return centred.sub_(shift), shift
-
-
-def _normalised(x: Tensor, shift: Tensor, rstd: Tensor) -> Tensor:
-    """``xhat = (x - mean) * rstd`` from the saved statistics, in two passes (a new tensor).
-
-    ``(x - x0) * rstd - shift * rstd``: both terms are of the order of the deviations, so
-    folding the shift into one fused multiply-add loses nothing.
-    """
-    deviations = x - x[..., :1]
-    return torch.addcmul(-shift * rstd, deviations, rstd, out=deviations)
-
-
-def _channel_scale(rstd: Tensor, weight: Tensor | None, channels: int) -> Tensor:
-    """``(N, C, 1)``: each channel's group ``rstd`` (N, G, 1), times its weight if any."""
-    n, groups = rstd.shape[:2]
-    per_channel = rstd.expand(n, groups, channels // groups)
-    if weight is not None:
-        per_channel = per_channel * weight.reshape(groups, -1).to(rstd.dtype)
-    return per_channel.reshape(n, channels, 1)
+    xhat = x - x.narrow(-1, 0, 1)
+    xhat.sub_(xhat.mean(dim=-1, keepdim=True))
+    rstd = _rstd_from_centred(xhat, x.shape[-1], eps)
+    return xhat.mul_(rstd), rstd
 
 
 def _rstd_from_centred(centred: Tensor, count: int, eps: float) -> Tensor:
     """``rsqrt(sum(centred^2) / count + eps)`` over the last dim, keepdim; no temporaries."""
     ss = torch.linalg.vector_norm(centred, dim=-1, keepdim=True).square_()
-    return ss.div_(count).add_(eps).rsqrt_()
+    return ss.mul_(1.0 / count).add_(eps).rsqrt_()
+
+
+def _standardize_grad(
+    g: Tensor | None,
+    xhat: Tensor,
+    rstd: Tensor,
+    grad_xhat: Tensor | None,
+    grad_rstd: Tensor | None,
+) -> Tensor:
+    """Gradient through ``xhat = (x - mean) * rstd`` with differentiable out-of-place ops.
+
+    With ``G`` the gradient reaching ``xhat`` (``dy * weight``, plus ``grad_xhat`` when a
+    higher derivative flows back into the saved ``xhat``), per row of ``S`` values::
+
+        dx = rstd * (G - mean(G) - xhat * (mean(G * xhat) + grad_rstd * rstd / S))
+
+    since ``d rstd / dx = -rstd^2 * xhat / S``. For double backward: ``xhat`` and ``rstd`` are
+    outputs of the autograd ``Function``, so a graph of this expression leads back to it.
+    """
+    if grad_xhat is not None:
+        g = grad_xhat if g is None else g + grad_xhat
+    if g is None:
+        g = torch.zeros_like(xhat)
+    inner = (g * xhat).mean(dim=-1, keepdim=True)
+    if grad_rstd is not None:
+        inner = inner + grad_rstd * rstd / xhat.shape[-1]
+    return rstd * (g - g.mean(dim=-1, keepdim=True) - xhat * inner)
+
+
+def _in_place_backward(grad_xhat: Tensor | None, grad_rstd: Tensor | None) -> bool:
+    """The in-place closed form, unless a graph of the backward or a higher derivative is
+    wanted (``create_graph=True``, or gradients flowing into the saved ``xhat``/``rstd``)."""
+    return grad_xhat is None and grad_rstd is None and not torch.is_grad_enabled()
 
 
 def _use_plain_formula(grad_wanted: bool = False) -> bool:
@@ -205,8 +226,42 @@ def _use_plain_formula(grad_wanted: bool = False) -> bool:
     return grad_wanted or torch.compiler.is_compiling()
 
 
-def _cast(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
-    return None if t is None or dtype is None else t.to(dtype)
+def _records_graph(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> bool:
+    """Whether autograd records this call: grad mode on and some tensor requires grad."""
+    return torch.is_grad_enabled() and (
+        input.requires_grad
+        or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad)
+    )
+
+
+def _as(t: Tensor, shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """``t`` viewed as ``shape`` in ``dtype``, calling torch only for what differs."""
+    if t.shape != shape:
+        t = t.reshape(shape)
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+class _Saved:
+    """Shapes and dtypes of ``input``, ``weight`` and ``bias``, for the gradients."""
+
+    __slots__ = ("bias", "input", "weight")
+
+    def __init__(self, input: Tensor, weight: Tensor | None, bias: Tensor | None) -> None:
+        self.input = (input.shape, input.dtype)
+        self.weight = None if weight is None else (weight.shape, weight.dtype)
+        self.bias = None if bias is None else (bias.shape, bias.dtype)
+
+    def grads(
+        self, dx: Tensor | None, dw: Tensor | None, db: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        return (
+            None if dx is None else _as(dx, *self.input),
+            None if dw is None or self.weight is None else _as(dw, *self.weight),
+            None if db is None or self.bias is None else _as(db, *self.bias),
+            None,
+            None,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +276,7 @@ def _layer_norm_plain(
     bias: Tensor | None,
     eps: float,
 ) -> Tensor:
-    """Layer norm as differentiable tensor operations (double backward, compile, empty input)."""
+    """Layer norm as differentiable tensor operations (``torch.compile``, empty input)."""
     batch = input.shape[: input.dim() - len(shape)]
     x = input.to(_compute_dtype(input.dtype)).reshape(*batch, math.prod(shape))
     centred = x - x[..., :1]
@@ -235,8 +290,64 @@ def _layer_norm_plain(
     return out.to(input.dtype)
 
 
+def _layer_norm_forward(
+    input: Tensor, width: int, weight: Tensor | None, bias: Tensor | None, eps: float, keep: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, xhat, rstd)`` over rows of ``width`` values: ``y = xhat * weight + bias``.
+
+    ``keep=False`` (nothing saved for a backward) computes ``y`` in ``xhat``'s memory: one
+    activation-sized allocation instead of two.
+    """
+    rows = input.numel() // width
+    xhat, rstd = _standardize(_as(input, (rows, width), _compute_dtype(input.dtype)), eps)
+    out = None if keep else xhat
+    w = None if weight is None else _as(weight, (width,), weight.dtype)
+    b = None if bias is None else _as(bias, (width,), bias.dtype)
+    if w is not None and b is not None:
+        y = torch.addcmul(b, xhat, w, out=out)
+    elif w is not None:
+        y = torch.mul(xhat, w, out=out)
+    elif b is not None:
+        y = torch.add(xhat, b, out=out)
+    else:
+        y = xhat if out is not None else xhat.clone()
+    return _as(y, input.shape, input.dtype), xhat, rstd
+
+
+def _layer_norm_grads(
+    g: Tensor, xhat: Tensor, rstd: Tensor, w: Tensor | None, need_x: bool, need_w: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(dx, dweight)`` for rows ``(R, D)``, in place: one activation-sized allocation.
+
+    With the row means ``a = mean(g * w)`` and ``b = mean(g * w * xhat)`` (matrix-vector
+    products with ``w / D``)::
+
+        dx = rstd * (g * w - a - b * xhat)                dweight = sum over rows of g * xhat
+    """
+    gx = g * xhat
+    dw = gx.sum(0) if need_w else None
+    if not need_x:
+        return None, dw
+    if w is None:
+        a, b = g.mean(-1, keepdim=True), gx.mean(-1, keepdim=True)
+    else:
+        column = w.view(-1, 1) * (-1.0 / w.shape[0])  # -w / D: a and b come out negated
+        a, b = torch.mm(g, column), torch.mm(gx, column)
+    dx = torch.mul(xhat, b, out=gx)  # gx is summed: its memory becomes dx
+    if w is None:
+        dx = torch.sub(g, dx, out=dx).sub_(a)
+    else:
+        dx.add_(a).addcmul_(g, w)
+    return dx.mul_(rstd), dw
+
+
 class _LayerNorm(torch.autograd.Function):
-    """Layer norm over rows of ``D`` values with the closed-form backward above."""
+    """Layer norm over rows of ``D`` values; closed-form backward from the saved ``xhat``.
+
+    ``forward -> (y, xhat, rstd)``: :func:`layer_norm` keeps ``y`` only. ``xhat`` and
+    ``rstd`` are outputs so that they are saved as outputs: a graph built from them in a
+    double backward leads back to this node, and through it to the input.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -244,59 +355,34 @@ class _LayerNorm(torch.autograd.Function):
         input: Tensor,
         weight: Tensor | None,
         bias: Tensor | None,
-        shape: tuple[int, ...],
+        width: int,
         eps: float,
-    ) -> Tensor:
-        width = math.prod(shape)
-        x = input.reshape(-1, width).to(_compute_dtype(input.dtype))
-        out, shift = _centre(x)
-        rstd = _rstd_from_centred(out, width, eps)
-        if weight is None and bias is not None:
-            torch.addcmul(bias.reshape(width), out, rstd, out=out)
-        else:
-            out.mul_(rstd)
-            if weight is not None and bias is not None:
-                torch.addcmul(bias.reshape(width), out, weight.reshape(width), out=out)
-            elif weight is not None:
-                out.mul_(weight.reshape(width))
-        ctx.save_for_backward(input, weight, shift, rstd)
-        ctx.shape, ctx.eps = shape, eps
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return out.view(input.shape).to(input.dtype)
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        y, xhat, rstd = _layer_norm_forward(input, width, weight, bias, eps, keep=True)
+        xhat = _as(xhat, xhat.shape, input.dtype)  # half inputs: saved in their precision
+        ctx.save_for_backward(xhat, rstd, weight)
+        ctx.set_materialize_grads(False)
+        ctx.meta = _Saved(input, weight, bias)
+        return y, xhat, rstd
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        input, weight, shift, rstd = ctx.saved_tensors
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_y: Tensor | None, grad_xhat: Tensor | None, grad_rstd: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        xhat, rstd, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        width = math.prod(ctx.shape)
-        cdtype = rstd.dtype
-        g = grad_output.reshape(-1, width).to(cdtype)
-        db = g.sum(0).view(ctx.shape).to(ctx.bias_dtype) if need_b else None
-        if _use_plain_formula(torch.is_grad_enabled()):
-            dx, dw = _grads_of_plain(
-                lambda x, w: _layer_norm_plain(x, ctx.shape, w, None, ctx.eps),
-                (input, weight),
-                (need_x, need_w),
-                grad_output,
-            )
-            return dx, dw, db, None, None
-        dx = dw = None
-        if need_x or need_w:
-            xhat = _normalised(input.reshape(-1, width).to(cdtype), shift, rstd)
-            gx = g * xhat
-            if need_w:
-                dw = gx.sum(0).view(ctx.shape).to(weight.dtype)
-            if need_x:  # dx = rstd * (g * w - c1 - c2 * xhat), c1, c2 per row
-                w = None if weight is None else weight.reshape(width).to(cdtype)
-                c1 = g.mean(-1, keepdim=True) if w is None else (g @ w).unsqueeze(-1) / width
-                c2 = gx.mean(-1, keepdim=True) if w is None else (gx @ w).unsqueeze(-1) / width
-                torch.addcmul(-c1 * rstd, xhat, -c2 * rstd, out=xhat)
-                if w is None:
-                    dx = torch.addcmul(xhat, g, rstd, out=gx)
-                else:
-                    dx = torch.addcmul(xhat, torch.mul(g, w, out=gx), rstd, out=gx)
-                dx = dx.view(input.shape).to(input.dtype)
-        return dx, dw, db, None, None
+        xhat = _as(xhat, xhat.shape, rstd.dtype)
+        w = None if weight is None else _as(weight, xhat.shape[-1:], rstd.dtype)
+        g = None if grad_y is None else _as(grad_y, xhat.shape, rstd.dtype)
+        db = g.sum(0) if need_b and g is not None else None
+        if g is None and grad_xhat is None and grad_rstd is None:
+            return ctx.meta.grads(None, None, None)
+        if _in_place_backward(grad_xhat, grad_rstd) and g is not None:
+            return ctx.meta.grads(*_layer_norm_grads(g, xhat, rstd, w, need_x, need_w), db)
+        gw = g if g is None or w is None else g * w
+        dx = _standardize_grad(gw, xhat, rstd, grad_xhat, grad_rstd) if need_x else None
+        dw = (g * xhat).sum(0) if need_w and g is not None else None
+        return ctx.meta.grads(dx, dw, db)
 
 
 def layer_norm(
@@ -330,7 +416,10 @@ def layer_norm(
     _check_param_dtypes(input, (weight, bias), "layer_norm")
     if input.numel() == 0 or _use_plain_formula():
         return _layer_norm_plain(input, shape, weight, bias, eps)
-    return _LayerNorm.apply(input, weight, bias, shape, eps)
+    width = math.prod(shape)
+    if not _records_graph(input, weight, bias):
+        return _layer_norm_forward(input, width, weight, bias, eps, keep=False)[0]
+    return _LayerNorm.apply(input, weight, bias, width, eps)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,7 +434,7 @@ def _group_norm_plain(
     bias: Tensor | None,
     eps: float,
 ) -> Tensor:
-    """Group norm as differentiable tensor operations (double backward, compile, empty input)."""
+    """Group norm as differentiable tensor operations (``torch.compile``, empty input)."""
     n, c = input.shape[:2]
     group_size = c // num_groups * math.prod(input.shape[2:])
     x = input.to(_compute_dtype(input.dtype)).reshape(n, num_groups, group_size)
@@ -361,8 +450,96 @@ def _group_norm_plain(
     return out.to(input.dtype)
 
 
+def _channel_affine(
+    xhat: Tensor, weight: Tensor | None, bias: Tensor | None, out: Tensor | None
+) -> Tensor:
+    """``xhat * weight_c + bias_c`` for ``xhat`` of shape ``(N, C, positions)``.
+
+    One fused multiply-add when there is one position per channel; otherwise a multiply and
+    an add (ATen vectorises a loop with one per-row scalar operand, not with two).
+    """
+    n, c, positions = xhat.shape
+    if positions == 1:
+        xhat = xhat.view(n, c)
+        out = None if out is None else out.view(n, c)
+    shape = (c,) if positions == 1 else (c, 1)
+    w = None if weight is None else weight.view(shape)
+    b = None if bias is None else bias.view(shape)
+    if w is not None and b is not None and positions == 1:
+        return torch.addcmul(b, xhat, w, out=out)
+    if w is not None:
+        y = torch.mul(xhat, w, out=out)
+        return y if b is None else y.add_(b)
+    if b is not None:
+        return torch.add(xhat, b, out=out)
+    return xhat if out is not None else xhat.clone()
+
+
+def _group_norm_forward(
+    input: Tensor,
+    groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    keep: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, xhat, rstd)``: rows ``(N * G, C / G * positions)``, ``y = xhat * w_c + b_c``.
+
+    ``keep=False`` (nothing saved for a backward) computes ``y`` in ``xhat``'s memory.
+    """
+    n, c = input.shape[:2]
+    x = _as(input, (n * groups, input.numel() // (n * groups)), _compute_dtype(input.dtype))
+    xhat, rstd = _standardize(x, eps)
+    per_channel = xhat.view(n, c, -1)
+    y = _channel_affine(per_channel, weight, bias, None if keep else per_channel)
+    return _as(y, input.shape, input.dtype), xhat, rstd
+
+
+def _group_norm_grads(
+    g: Tensor,
+    xhat: Tensor,
+    rstd: Tensor,
+    w: Tensor | None,
+    groups: int,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(dx, dweight, dbias)`` for ``g`` of shape ``(N, C, positions)``, in place.
+
+    Sums per (sample, channel) over positions, ``sg = sum(g)`` and ``sgx = sum(g * xhat)``,
+    give ``dbias = sum_n sg``, ``dweight = sum_n sgx``, and per (sample, group) of ``S``
+    values ``a = sum_c w_c sg`` and ``b = sum_c w_c sgx``; then one pass of multiply-adds::
+
+        dx = (rstd * w_c) * g - rstd * (a + b * xhat) / S
+    """
+    need_x, need_w, need_b = needs
+    n, c, positions = g.shape
+    gx = g * xhat.view(n, c, positions)
+    if positions == 1:
+        sg, sgx = g.view(n, c), gx.view(n, c)
+    else:
+        sg, sgx = g.sum(-1), gx.sum(-1)
+    db = sg.sum(0) if need_b else None
+    dw = sgx.sum(0) if need_w else None
+    if not need_x:
+        return None, dw, db
+    if w is not None:
+        sg, sgx = sg * w, sgx * w
+    a = sg.view(n, groups, -1).sum(-1, keepdim=True)
+    b = sgx.view(n, groups, -1).sum(-1, keepdim=True)
+    k = rstd.view(n, groups, 1) * (-1.0 / xhat.shape[-1])
+    dx = torch.mul(xhat.view(n, groups, -1), b.mul_(k), out=gx.view(n, groups, -1))
+    dx.add_(a.mul_(k))  # gx is summed: its memory becomes dx
+    scale = rstd.view(n, groups, 1)
+    scale = scale.expand(n, groups, c // groups) if w is None else scale * w.view(groups, -1)
+    return gx.addcmul_(g, scale.reshape(n, c, 1)), dw, db
+
+
 class _GroupNorm(torch.autograd.Function):
-    """Group norm of ``(N, C, *)`` with the closed-form backward; statistics per (N, group)."""
+    """Group norm of ``(N, C, *)``; statistics per (sample, group); closed-form backward.
+
+    ``forward -> (y, xhat, rstd)`` with ``xhat`` of shape ``(N * G, S)``; see
+    :class:`_LayerNorm` for why ``xhat`` and ``rstd`` are outputs.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -372,59 +549,37 @@ class _GroupNorm(torch.autograd.Function):
         bias: Tensor | None,
         num_groups: int,
         eps: float,
-    ) -> Tensor:
-        n, c = input.shape[:2]
-        x = input.reshape(n, num_groups, -1).to(_compute_dtype(input.dtype))
-        out, shift = _centre(x)
-        rstd = _rstd_from_centred(out, x.shape[-1], eps)
-        scale = _channel_scale(rstd, weight, c)  # (N, C, 1): rstd of the group * weight
-        per_channel = out.view(n, c, -1)
-        if bias is None:
-            per_channel.mul_(scale)
-        else:
-            torch.addcmul(bias.reshape(c, 1), per_channel, scale, out=per_channel)
-        ctx.save_for_backward(input, weight, shift, rstd)
-        ctx.num_groups, ctx.eps = num_groups, eps
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return out.view(input.shape).to(input.dtype)
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        y, xhat, rstd = _group_norm_forward(input, num_groups, weight, bias, eps, keep=True)
+        xhat = _as(xhat, xhat.shape, input.dtype)  # half inputs: saved in their precision
+        ctx.save_for_backward(xhat, rstd, weight)
+        ctx.set_materialize_grads(False)
+        ctx.num_groups, ctx.meta = num_groups, _Saved(input, weight, bias)
+        return y, xhat, rstd
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        input, weight, shift, rstd = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        groups = ctx.num_groups
-        n, c = input.shape[:2]
-        cdtype = rstd.dtype
-        g = grad_output.reshape(n, c, -1).to(cdtype)
-        g_c = g.sum(-1)  # (N, C): sum of dy per sample and channel
-        db = g_c.sum(0).to(ctx.bias_dtype) if need_b else None
-        if _use_plain_formula(torch.is_grad_enabled()):
-            dx, dw = _grads_of_plain(
-                lambda x, w: _group_norm_plain(x, groups, w, None, ctx.eps),
-                (input, weight),
-                (need_x, need_w),
-                grad_output,
-            )
-            return dx, dw, db, None, None
-        dx = dw = None
-        if need_x or need_w:
-            xhat = _normalised(input.reshape(n, groups, -1).to(cdtype), shift, rstd)
-            group_size = xhat.shape[-1]
-            gx = g * xhat.view(n, c, -1)
-            gx_c = gx.sum(-1)  # (N, C): sum of dy * xhat per sample and channel
-            if need_w:
-                dw = gx_c.sum(0).to(weight.dtype)
-            if need_x:  # dx = rstd * (dy * w - c1 - c2 * xhat), c1, c2 per (sample, group)
-                if weight is not None:
-                    w = weight.to(cdtype)
-                    gx_c, g_c = gx_c * w, g_c * w
-                c1 = g_c.view(n, groups, -1).sum(-1, keepdim=True) / group_size
-                c2 = gx_c.view(n, groups, -1).sum(-1, keepdim=True) / group_size
-                torch.addcmul(-c1 * rstd, xhat, -c2 * rstd, out=xhat)
-                scale = _channel_scale(rstd, weight, c)
-                dx = torch.addcmul(xhat.view(n, c, -1), g, scale, out=gx)
-                dx = dx.view(input.shape).to(input.dtype)
-        return dx, dw, db, None, None
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_y: Tensor | None, grad_xhat: Tensor | None, grad_rstd: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        xhat, rstd, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        n, c = ctx.meta.input[0][:2]
+        xhat = _as(xhat, xhat.shape, rstd.dtype)
+        w = None if weight is None else _as(weight, weight.shape, rstd.dtype)
+        g = None if grad_y is None else _as(grad_y, (n, c, xhat.numel() // (n * c)), rstd.dtype)
+        if g is None and grad_xhat is None and grad_rstd is None:
+            return ctx.meta.grads(None, None, None)
+        if _in_place_backward(grad_xhat, grad_rstd) and g is not None:
+            return ctx.meta.grads(*_group_norm_grads(g, xhat, rstd, w, ctx.num_groups, needs))
+        dx = dw = db = None
+        if needs[0]:
+            gw = g if g is None or w is None else g * w.view(c, 1)
+            gw = None if gw is None else gw.reshape(xhat.shape)
+            dx = _standardize_grad(gw, xhat, rstd, grad_xhat, grad_rstd)
+        if g is not None:
+            dw = (g * xhat.view(g.shape)).sum((0, 2)) if needs[1] else None
+            db = g.sum((0, 2)) if needs[2] else None
+        return ctx.meta.grads(dx, dw, db)
 
 
 def _check_group_norm(
@@ -493,7 +648,9 @@ def group_norm(
     _check_param_dtypes(input, (weight, bias), "group_norm")
     if input.numel() == 0 or _use_plain_formula():
         return _group_norm_plain(input, num_groups, weight, bias, eps)
-    return _GroupNorm.apply(input, weight, bias, num_groups, eps)
+    if not _records_graph(input, weight, bias):
+        return _group_norm_forward(input, num_groups, weight, bias, eps, keep=False)[0]
+    return _GroupNorm.apply(input, weight, bias, num_groups, eps)[0]
 
 
 # ---------------------------------------------------------------------------------------------
