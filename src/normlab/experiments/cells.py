@@ -17,12 +17,10 @@ itself with the measured rate as cells finish.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -185,8 +183,9 @@ class CellStore:
         self, cell: Cell, config: Mapping[str, Any], result: Mapping[str, Any], seconds: float
     ) -> Path:
         """Write the cell's result atomically; returns its path."""
+        from normlab.atomic import write_text_atomic
+
         path = self.path(cell)
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "format": CELL_FORMAT,
             "key": cell.key,
@@ -197,19 +196,7 @@ class CellStore:
             "config": to_jsonable(config),
             "result": to_jsonable(result),
         }
-        text = json.dumps(record, indent=1, allow_nan=True) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return path
+        return write_text_atomic(path, json.dumps(record, indent=1, allow_nan=True) + "\n")
 
     def finished(self) -> list[Path]:
         """Every finished cell file, sorted."""

@@ -21,6 +21,8 @@ from normlab.stats import MeanStd, format_duration, format_mean_std
 
 __all__ = ["build_report", "experiment_rows", "write_study_outputs"]
 
+RESULTS_FILE = "results.json"
+
 INTRODUCTIONS = {
     "compare": (
         "The same LeNet (sigmoid, average pooling, SGD with momentum) with each "
@@ -337,13 +339,13 @@ def write_study_outputs(
     timing: Mapping[str, Any] | None = None,
 ) -> tuple[list[Finding], Path, Path]:
     """Write figures/*.png, results.json, report.html and report.md into ``run_dir``."""
-    from normlab.report.document import write_atomic
+    from normlab.atomic import write_bytes_atomic, write_text_atomic
     from normlab.report.lab_plots import compact_png, experiment_figures
 
     figures: dict[str, list[tuple[Path, str]]] = {}
     for name, summary in summaries.items():
         for stem, fig, caption in experiment_figures(name, summary):
-            path = write_atomic(run_dir / "figures" / f"{stem}.png", compact_png(fig))
+            path = write_bytes_atomic(run_dir / "figures" / f"{stem}.png", compact_png(fig))
             figures.setdefault(name, []).append((path, caption))
     report, findings = build_report(summaries, figures, title=title, timing=timing)
     results = {
@@ -356,7 +358,7 @@ def write_study_outputs(
         "timing": dict(timing or {}),
     }  # fmt: skip
     text = json.dumps(to_jsonable(results), indent=1, allow_nan=True, default=_as_text)
-    (run_dir / "results.json").write_text(text + "\n", encoding="utf-8")
+    write_text_atomic(run_dir / RESULTS_FILE, text + "\n")
     html = report.write_html(run_dir / "report.html")
     md = report.write_markdown(run_dir / "report.md")
     return findings, html, md
