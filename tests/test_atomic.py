@@ -27,3 +27,14 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path) -> 
         write_atomic(path, dies_half_way)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_new_files_follow_the_umask(tmp_path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "report.html", "<html>")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
