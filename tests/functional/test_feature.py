@@ -488,6 +488,98 @@ def test_far_from_zero_as_accurate_as_torch(name: str, call: Callable) -> None:
     assert (naive.reshape(truth.shape).double() - truth).abs().max().item() > 0.5
 
 
+def test_an_outlying_first_value_keeps_the_variance_accurate() -> None:
+    """The shift is each row's first value; when that value is an outlier the centring must
+    still be exact (two passes). The one-pass formula ``E[d^2] - E[d]^2`` on the shifted
+    ``d = x - x[0]`` loses ~D float32 ulps of the variance and is 0.05 off here."""
+    torch.manual_seed(8)
+    x = torch.randn(2, 4096, dtype=torch.float64)
+    x[:, 0] = 300.0
+    x = x.float()
+    truth = F.layer_norm(x.double(), [4096])  # the same float32 values, in float64
+    ours = [N.layer_norm(x, [4096]), N.group_norm(x.view(2, 2, 2048), 1).view(2, 4096)]
+    for got in ours:
+        assert (got.double() - truth).abs().max().item() < 1e-4
+    d = x - x[:, :1]  # the test has teeth: the one-pass shifted formula fails it
+    var = d.square().mean(-1, keepdim=True) - d.mean(-1, keepdim=True).square()
+    one_pass = (d - d.mean(-1, keepdim=True)) * torch.rsqrt(var + 1e-5)
+    assert (one_pass.double() - truth).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("fn", ["layer", "group"])
+def test_backward_twice_through_a_retained_graph(fn: str) -> None:
+    """The backward writes into its own buffer, never into the saved ``xhat``."""
+    torch.manual_seed(9)
+    x = _rand(3, 4, 5).requires_grad_(True)
+    w, b = (1 + _rand(4, 5)).requires_grad_(True), _rand(4, 5).requires_grad_(True)
+    y = {
+        "layer": lambda: N.layer_norm(x, [4, 5], w, b),
+        "group": lambda: N.group_norm(x, 2, w[:, 0], b[:, 0]),
+    }[fn]()
+    upstream = torch.randn_like(y)
+    first = torch.autograd.grad(y, (x, w, b), upstream, retain_graph=True, allow_unused=True)
+    second = torch.autograd.grad(y, (x, w, b), upstream, allow_unused=True)
+    for a, c in zip(first, second, strict=True):
+        assert (a is None) == (c is None)
+        if a is not None:
+            assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x, w, b: m.layer_norm(x, [8], w, b),
+        lambda m, x, w, b: m.layer_norm(x, [8], w),
+        lambda m, x, w, b: m.group_norm(x.transpose(1, 2), 4, w, b),
+        lambda m, x, w, b: m.group_norm(x.reshape(6, 8), 2, None, b),
+    ],
+    ids=["layer", "layer weight only", "group", "group 2-d bias only"],
+)
+def test_without_autograd_the_same_values(call: Call) -> None:
+    """No grad needed: no autograd Function, the output in ``xhat``'s memory; same numbers."""
+    torch.manual_seed(10)
+    x, w, b = (_rand(*shape, dtype=torch.float32) for shape in ((2, 3, 8), (8,), (8,)))
+    with torch.no_grad():
+        plain = call(N, x, w, b)
+    recorded = call(N, x.clone().requires_grad_(True), w, b)
+    assert not plain.requires_grad and recorded.requires_grad
+    assert torch.equal(plain, recorded.detach())
+
+
+def _saved_bytes(forward: Callable[[], torch.Tensor]) -> int:
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "param_shape,call",
+    [
+        ((6, 10), lambda m, x, w, b: m.layer_norm(x, [6, 10], w, b)),
+        ((6,), lambda m, x, w, b: m.group_norm(x, 3, w, b)),
+    ],
+    ids=["layer", "group"],
+)
+def test_saves_no_more_for_backward_than_torch(
+    param_shape: tuple[int, ...], call: Call, dtype: torch.dtype
+) -> None:
+    """``xhat`` (in the input's dtype), ``rstd`` and ``weight``: no more than torch's
+    ``input``, ``mean``, ``rstd`` and ``weight``."""
+    x = torch.randn(16, 6, 10, dtype=dtype, requires_grad=True)
+    w = torch.ones(param_shape, dtype=dtype, requires_grad=True)
+    b = torch.zeros(param_shape, dtype=dtype, requires_grad=True)
+    ours = _saved_bytes(lambda: call(N, x, w, b))
+    theirs = _saved_bytes(lambda: call(F, x, w, b))
+    assert x.numel() * x.element_size() <= ours <= theirs
+
+
 def test_constant_rows_give_finite_output_and_gradients() -> None:
     x = torch.full((3, 4, 5), 7.0, dtype=torch.float64, requires_grad=True)
     w, b = torch.full((5,), 2.0, dtype=torch.float64), torch.arange(5.0, dtype=torch.float64)
