@@ -115,6 +115,12 @@ def _device(name: str) -> Any:
     return device
 
 
+def _threads() -> str:
+    import torch
+
+    return f"{torch.get_num_threads()} torch thread(s) (normlab --threads N bench ...)"
+
+
 def run(args: argparse.Namespace) -> int:
     if args.benchmark == "layers":
         return _run_layers(args)
@@ -149,7 +155,8 @@ def _run_layers(args: argparse.Namespace) -> int:
         return 0
     print(
         f"normlab / torch.nn, forward+backward, time ratio median [min-max] over "
-        f"{timing['repeats']} interleaved repeats (below 1: normlab is faster)"
+        f"{timing['repeats']} interleaved repeats (below 1: normlab is faster); "
+        f"{_threads()}"
     )
     print(report.layers_table(results))
     print()
@@ -183,7 +190,7 @@ def _run_train(args: argparse.Namespace) -> int:
         return 0
     print(
         f"training the tutorial's LeNet, batch {train.BATCH_SIZE}, on {result.data}: "
-        f"{result.steps} steps each, in chunks of {result.chunk} that take turns"
+        f"{result.steps} steps each, in chunks of {result.chunk} that take turns; {_threads()}"
     )
     print(report.train_table(result))
     return 0
