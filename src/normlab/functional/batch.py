@@ -68,7 +68,10 @@ def _reduce_dims(input: Tensor) -> list[int]:
 
 def _per_channel(v: Tensor, ndim: int) -> Tensor:
     """View a ``(C,)`` vector as ``(C, 1, ..., 1)`` so that it broadcasts over ``(N, C, *)``."""
-    return v.reshape(-1, *([1] * (ndim - 2)))
+    return v if ndim == 2 else v.view(_CHANNEL_SHAPE[ndim] if ndim < 6 else (-1, *[1] * (ndim - 2)))
+
+
+_CHANNEL_SHAPE = {d: (-1, *([1] * (d - 2))) for d in range(2, 6)}
 
 
 def _as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -86,31 +89,91 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
 # ---------------------------------------------------------------------------------------------
 
 
+def _first_values(input: Tensor) -> Tensor:
+    """The first value of each channel, a view shaped ``(C, 1, ..., 1)`` (``(C,)`` for 2D)."""
+    return input[_FIRST_INDEX[input.dim()]] if input.dim() < 6 else input[_first_index(input)]
+
+
+def _first_index(input: Tensor) -> tuple[Any, ...]:
+    return (0, slice(None), *([slice(0, 1)] * (input.dim() - 2)))
+
+
+_FIRST_INDEX = {d: (0, slice(None), *([slice(0, 1)] * (d - 2))) for d in range(2, 6)}
+
+
+def _sum_and_sum_of_squares(values: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel ``sum(v)`` and ``sum(v^2)`` of ``(N, C, *)``, without a temporary copy.
+
+    For a contiguous input with spatial dimensions the sum of squares is the squared 2-norm
+    of each ``(n, c)`` row (a fast contiguous reduction), summed over ``n``.
+    """
+    if values.dim() > 2 and values.is_contiguous():
+        rows = values.view(values.shape[0], values.shape[1], -1)
+        return rows.sum((0, 2)), torch.linalg.vector_norm(rows, 2, -1).square_().sum(0)
+    dims = _reduce_dims(values)
+    return values.sum(dims), (values * values).sum(dims)
+
+
 def _normalize_train(
     input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Batch-statistics forward: ``(out, mean, invstd, sq_sum)``; stats in ``_stat_dtype``.
+    """Batch-statistics forward: ``(out, mean, invstd, var)``; stats in ``_stat_dtype``.
 
-    ``sq_sum = sum((x - mean)^2)`` per channel, so the biased variance is ``sq_sum / n`` and
-    the unbiased one ``sq_sum / (n - 1)``. One activation-sized tensor is allocated: the
-    output, which first holds the centred input (and its square, for the variance).
+    ``var`` is the biased variance. Shifted sums: with ``s`` the first value of each
+    channel and ``v = x - s`` (exact for x near s), ``mean = s + E[v]`` and
+    ``var = E[v^2] - E[v]^2``. This is stable because ``s`` is one of the channel's values:
+    ``var >= (s - mean)^2 / n``, so the subtraction cannot cancel catastrophically as
+    ``E[x^2] - E[x]^2`` does for inputs far from zero. The output is
+    ``y = v * scale + (bias - E[v] * scale)``: small values times the scale, no cancellation
+    either.
+
+    Eager: one activation-sized tensor is allocated, the output, which holds ``v`` for the
+    two sums and is then scaled and shifted in place; Python scalars go into the operations'
+    own scalar arguments (``value=``, ``alpha=``) where they can. Under ``torch.compile``
+    the same formulas are written out of place, for the compiler to fuse.
     """
+    if torch.compiler.is_compiling():
+        return _normalize_train_traced(input, weight, bias, eps)
+    ndim = input.dim()
+    n = input.numel() // input.shape[1]
+    shift = _first_values(input)
+    if input.dtype in _LOW_PRECISION:
+        shift = shift.float()
+    out = input - shift
+    sum_v, sum_v2 = _sum_and_sum_of_squares(out)
+    var = sum_v2.addcmul_(sum_v, sum_v, value=-1 / n).div_(n)  # E[v^2] - E[v]^2
+    invstd = var.add(eps).rsqrt_()
+    scale = invstd if weight is None else invstd * weight
+    if bias is None:
+        shift_out = torch.mul(sum_v, scale).mul_(-1 / n)
+    else:
+        shift_out = torch.addcmul(bias, sum_v, scale, value=-1 / n)  # bias - E[v] * scale
+    if ndim == 2:  # per-channel vectors along the contiguous dim: one fused pass
+        torch.addcmul(shift_out, out, scale, out=out)
+    else:  # broadcast scalars along each row: two vectorized passes beat one addcmul
+        out.mul_(_per_channel(scale, ndim)).add_(_per_channel(shift_out, ndim))
+    mean = torch.add(shift if ndim == 2 else shift.view(-1), sum_v, alpha=1 / n)
+    return _as_dtype(out, input.dtype), mean, invstd, var
+
+
+def _normalize_train_traced(
+    input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_normalize_train`'s formulas out of place: one reduction and one pointwise
+    kernel once ``torch.compile`` fuses them."""
     dims, ndim = _reduce_dims(input), input.dim()
     n = input.numel() // input.shape[1]
-    first_mean = input.mean(dims, dtype=_stat_dtype(input.dtype))
-    first_mean_b = _per_channel(first_mean, ndim)
-    out = input - first_mean_b  # centred input: exact for x near the mean
-    # Corrected two-pass (Chan, Golub & LeVeque 1983): the mean of the centred values is
-    # the rounding error of the first mean; subtracting it keeps y centred on the exact mean.
-    residual = out.sum(dims)
-    sq_sum = out.mul_(out).sum(dims).addcmul_(residual, residual, value=-1 / n).clamp_(min=0)
-    residual.div_(n)
-    invstd = sq_sum.div(n).add_(eps).rsqrt_()
+    x = _as_dtype(input, _stat_dtype(input.dtype))
+    shift = _first_values(x)
+    v = x - shift
+    offset = v.sum(dims) / n
+    var = (v * v).sum(dims) / n - offset * offset
+    invstd = torch.rsqrt(var + eps)
     scale = invstd if weight is None else invstd * weight
-    shift = -residual * scale if bias is None else torch.addcmul(bias, residual, scale, value=-1)
-    torch.sub(input, first_mean_b, out=out)  # centred again, in the same memory
-    out.mul_(_per_channel(scale, ndim)).add_(_per_channel(shift, ndim))
-    return _as_dtype(out, input.dtype), first_mean.add_(residual), invstd, sq_sum
+    shift_out = -offset * scale if bias is None else bias - offset * scale
+    out = v * _per_channel(scale, ndim) + _per_channel(shift_out, ndim)
+    mean = offset + shift.reshape(-1)
+    return _as_dtype(out, input.dtype), mean, invstd, var
 
 
 def _grads_fast(
@@ -118,22 +181,52 @@ def _grads_fast(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Closed-form ``(dx, dweight, dbias)`` with in-place arithmetic (not differentiable).
 
-    One activation-sized tensor is allocated: ``dx``, which first holds
-    ``(x - mean) * dy`` for the per-channel dot product ``sum(dy * (x - mean))``.
+    ``dx = scale * dy + k2 * (x - mean) + k3`` with ``scale = weight * invstd``,
+    ``k2 = -scale * invstd * dweight / n`` and ``k3 = -scale * dbias / n``. The dot product
+    ``dweight = sum(dy * (x - mean)) * invstd`` is taken on the centred input (stable far
+    from zero). Eager: one activation-sized tensor is allocated, ``dx``, which first holds
+    ``(x - mean) * dy`` for the dot product (reusing it beats a temporary, even when small).
+    Under ``torch.compile`` the formulas are written out of place, for the compiler to fuse.
     """
+    if torch.compiler.is_compiling():
+        return _grads_traced(grad_out, input, mean, invstd, weight)
     dims, ndim = _reduce_dims(input), input.dim()
     n = input.numel() // input.shape[1]
     mean_b = _per_channel(mean, ndim)
-    sum_dy = grad_out.sum(dims, dtype=mean.dtype)
+    sum_dy = (
+        grad_out.sum(dims) if grad_out.dtype == mean.dtype else grad_out.sum(dims, dtype=mean.dtype)
+    )
     dx = input - mean_b
-    dot = dx.mul_(grad_out).sum(dims)  # sum(dy * (x - mean)), stable far from zero
+    dweight = dx.mul_(grad_out).sum(dims).mul_(invstd)
     torch.sub(input, mean_b, out=dx)
     scale = invstd if weight is None else invstd * weight
-    dweight = dot.mul_(invstd)  # sum(dy * xhat)
-    # dx = scale * dy - scale * sum_dy / n - (x - mean) * scale * invstd * dweight / n
-    dx.mul_(_per_channel((scale * invstd).mul_(dweight).mul_(-1 / n), ndim))
-    dx.add_(_per_channel(scale * sum_dy.mul(-1 / n), ndim))
+    coef = scale.mul(-1 / n)
+    k2 = (invstd * dweight).mul_(coef)
+    k3 = sum_dy * coef
+    if ndim == 2:
+        torch.addcmul(k3, dx, k2, out=dx)
+    else:
+        dx.mul_(_per_channel(k2, ndim)).add_(_per_channel(k3, ndim))
     dx.addcmul_(grad_out, _per_channel(scale, ndim))
+    return _as_dtype(dx, input.dtype), dweight, sum_dy
+
+
+def _grads_traced(
+    grad_out: Tensor, input: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_grads_fast`'s formulas out of place: one reduction and one pointwise kernel
+    once ``torch.compile`` fuses them."""
+    dims, ndim = _reduce_dims(input), input.dim()
+    n = input.numel() // input.shape[1]
+    x = _as_dtype(input, mean.dtype)
+    dy = _as_dtype(grad_out, mean.dtype)
+    centred = x - _per_channel(mean, ndim)
+    sum_dy = dy.sum(dims)
+    dweight = (dy * centred).sum(dims) * invstd
+    scale = invstd if weight is None else invstd * weight
+    k2 = -scale * invstd * dweight / n
+    k3 = -scale * sum_dy / n
+    dx = dy * _per_channel(scale, ndim) + centred * _per_channel(k2, ndim) + _per_channel(k3, ndim)
     return _as_dtype(dx, input.dtype), dweight, sum_dy
 
 
@@ -166,28 +259,28 @@ def _grads_differentiable(
 class _BatchNormTrain(torch.autograd.Function):
     """Batch norm with batch statistics; the backward is the closed form above.
 
-    ``forward(input, weight, bias, eps) -> (out, mean, sq_sum)``; ``mean`` and ``sq_sum`` are
-    non-differentiable by-products for the running-statistics update.
+    ``forward(input, weight, bias, eps) -> (out, mean, var)`` (biased ``var``); ``mean`` and
+    ``var`` are non-differentiable by-products for the running-statistics update.
     """
 
     @staticmethod
     def forward(
         ctx: Any, input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> tuple[Tensor, Tensor, Tensor]:
-        out, mean, invstd, sq_sum = _normalize_train(input, weight, bias, eps)
+        out, mean, invstd, var = _normalize_train(input, weight, bias, eps)
         ctx.save_for_backward(input, mean, invstd, weight)
         ctx.eps = eps
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.mark_non_differentiable(mean, sq_sum)
-        ctx.set_materialize_grads(False)  # no zero-filled gradients for mean and sq_sum
-        return out, mean, sq_sum
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for mean and var
+        return out, mean, var
 
     @staticmethod
     def backward(
         ctx: Any,
         grad_out: Tensor | None,
         _grad_mean: Tensor | None,
-        _grad_sq_sum: Tensor | None,
+        _grad_var: Tensor | None,
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         if grad_out is None:  # the output did not reach the loss
             return None, None, None, None
@@ -199,8 +292,8 @@ class _BatchNormTrain(torch.autograd.Function):
         need_x, need_w, need_b, _ = ctx.needs_input_grad
         return (
             dx if need_x else None,
-            dweight.to(weight.dtype) if need_w else None,
-            dbias.to(ctx.bias_dtype) if need_b else None,
+            _as_dtype(dweight, weight.dtype) if need_w else None,
+            _as_dtype(dbias, ctx.bias_dtype) if need_b else None,
             None,
         )
 
@@ -245,18 +338,21 @@ def _update_running_stats(
     running_mean: Tensor | None,
     running_var: Tensor | None,
     mean: Tensor,
-    sq_sum: Tensor,
+    var: Tensor,
     n: int,
     momentum: float,
 ) -> None:
-    """Move the running statistics towards the batch's (unbiased variance), in place."""
-    with torch.no_grad():
-        if running_mean is not None:
-            mean = _as_dtype(mean, running_mean.dtype)
-            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-        if running_var is not None:
-            unbiased = _as_dtype(sq_sum / (n - 1), running_var.dtype)
-            running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+    """Move the running statistics towards the batch's (unbiased variance), in place.
+
+    ``running.lerp_(batch, momentum)`` is ``running + momentum * (batch - running)``, the
+    same average as ``(1 - momentum) * running + momentum * batch`` in one operation.
+    ``mean`` and ``var`` are by-products without autograd history, so no graph is recorded.
+    """
+    if running_mean is not None:
+        running_mean.lerp_(_as_dtype(mean, running_mean.dtype), momentum)
+    if running_var is not None:
+        unbiased = var.mul(n / (n - 1))
+        running_var.lerp_(_as_dtype(unbiased, running_var.dtype), momentum)
 
 
 def _check_input(input: Any, fn: str) -> None:
@@ -293,25 +389,24 @@ def _batch_norm_impl(
     if input.numel() == 0:
         return _empty(input, weight, bias)
     num_features = input.shape[1]
-    for name, tensor in (
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-        ("weight", weight),
-        ("bias", bias),
-    ):
-        _check_num_features(name, tensor, num_features)
-    weight = None if weight is None else weight.reshape(-1)
-    bias = None if bias is None else bias.reshape(-1)
+    _check_num_features("running_mean", running_mean, num_features)
+    _check_num_features("running_var", running_var, num_features)
+    _check_num_features("weight", weight, num_features)
+    _check_num_features("bias", bias, num_features)
+    if weight is not None and weight.dim() != 1:
+        weight = weight.reshape(-1)
+    if bias is not None and bias.dim() != 1:
+        bias = bias.reshape(-1)
     if not training:
         if running_mean is None:
             raise ValueError("running_mean must be defined in evaluation mode")
         if running_var is None:
             raise ValueError("running_var must be defined in evaluation mode")
         return _normalize_eval(input, running_mean, running_var, weight, bias, eps)
-    out, mean, sq_sum = _BatchNormTrain.apply(input, weight, bias, eps)
+    out, mean, var = _BatchNormTrain.apply(input, weight, bias, eps)
     if running_mean is not None or running_var is not None:
         n = input.numel() // num_features
-        _update_running_stats(running_mean, running_var, mean, sq_sum, n, momentum)
+        _update_running_stats(running_mean, running_var, mean, var, n, momentum)
     return out
 
 
