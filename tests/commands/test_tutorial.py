@@ -29,9 +29,10 @@ def exit_code(argv: list[str]) -> int:
         return int(exit_.code)
 
 
-def test_tutorial_writes_the_report_and_prints_its_path_last(tmp_path, capsys) -> None:
-    assert main(["tutorial", *QUICK, "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_tutorial_writes_the_report_and_prints_its_path_last(tmp_path, capfd, workers) -> None:
+    assert main(["tutorial", *QUICK, "--workers", workers, "--out", str(tmp_path)]) == 0
+    out = capfd.readouterr().out  # capfd: the workers print their epochs themselves
     report = Path(out.strip().splitlines()[-1])
     assert report.name == "report.html" and report.is_file()
     assert (report.parent / "report.md").is_file()
@@ -50,6 +51,7 @@ def test_tutorial_writes_the_report_and_prints_its_path_last(tmp_path, capsys) -
         (["--epochs", "0"], "epochs"),
         (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/normlab"], "/nonexistent"),
         (["--epochs", "two"], "invalid int value"),
+        (["--workers", "0"], "--workers must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message) -> None:

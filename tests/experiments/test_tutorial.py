@@ -109,3 +109,15 @@ def test_command_reproduces_the_config() -> None:
     args = build_parser().parse_args(config.command().split()[1:])
     assert config_from_args(args) == config
     assert TutorialConfig().command() == "normlab tutorial"
+
+
+def test_workers_give_the_same_numbers(result, tmp_path) -> None:
+    """Arms trained in two worker processes equal the same arms trained in turn."""
+    data = synthetic_dataset(num_train=256, num_test=64, seed=0)
+    parallel = run_tutorial(result.config, data, tmp_path, progress=False, workers=2)
+    assert [arm.norm for arm in parallel.arms] == [arm.norm for arm in result.arms]
+    for ours, reference in zip(parallel.arms, result.arms, strict=True):
+        assert ours.history.step_losses == reference.history.step_losses
+        assert ours.final.test_accuracy == reference.final.test_accuracy
+    with pytest.raises(ValueError, match="workers"):
+        run_tutorial(result.config, data, tmp_path, progress=False, workers=0)

@@ -65,8 +65,8 @@ def _validate(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     _validate(args)
     from normlab.experiments.shift import conclusion, covariate_shift, summary_rows
-    from normlab.report.plots import save_png, shift_figure
     from normlab.report.columns import SHIFT_COLUMNS
+    from normlab.report.plots import save_png, shift_figure
     from normlab.report.tables import format_table
 
     result = covariate_shift(

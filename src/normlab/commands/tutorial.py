@@ -9,6 +9,8 @@ the run directory ``runs/tutorial-<time>/``. The report's path is the last line 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +43,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="root of run dirs")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="arms trained at once, one process and one thread each (1: in turn, with "
+        "progress bars)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -64,17 +73,27 @@ def config_from_args(args: argparse.Namespace) -> Any:
         norms=tuple(n.strip() for n in args.norms.split(",") if n.strip()),
     )
     config.validate()
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file; pass a directory")
     return config
 
 
+def print_epoch(norm: str, metrics: Any, *, epochs: int) -> None:
+    """One line per finished epoch, labelled with the arm (runs in the workers too)."""
+    from normlab.engine import format_epoch
+    from normlab.experiments.tutorial import ARM_LABELS
+
+    print(f"[{ARM_LABELS.get(norm, norm)}] {format_epoch(metrics, epochs)}", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    from normlab.engine import format_epoch, load_data
+    from normlab.engine import load_data
     from normlab.experiments.shift import conclusion as shift_conclusion
     from normlab.experiments.shift import summary_rows as shift_rows
-    from normlab.experiments.tutorial import ARM_LABELS, conclusions, run_tutorial, summary_rows
+    from normlab.experiments.tutorial import conclusions, run_tutorial, summary_rows
     from normlab.report.columns import SHIFT_COLUMNS, TUTORIAL_COLUMNS
     from normlab.report.params import params_table
     from normlab.report.tables import format_table
@@ -91,10 +110,14 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
 
-    def on_epoch(norm: str, metrics: Any) -> None:
-        print(f"[{ARM_LABELS.get(norm, norm)}] {format_epoch(metrics, config.epochs)}", flush=True)
-
-    result = run_tutorial(config, data, run_dir, progress=not args.no_progress, on_epoch=on_epoch)
+    result = run_tutorial(
+        config,
+        data,
+        run_dir,
+        progress=not args.no_progress,
+        on_epoch=functools.partial(print_epoch, epochs=config.epochs),
+        workers=args.workers,
+    )
 
     print()
     print(format_table(shift_rows(result.shift), SHIFT_COLUMNS, title="Covariate shift:"))

@@ -175,47 +175,99 @@ def max_parameter_difference(a: list[NormParams], b: list[NormParams]) -> float 
     return max(gaps, default=None)
 
 
+EpochCallback = Callable[[str, EpochMetrics], None]
+
+
+def train_arm(
+    config: TutorialConfig,
+    norm: str,
+    data: Any,
+    run_dir: Path,
+    *,
+    progress: bool = True,
+    on_epoch: EpochCallback | None = None,
+) -> ArmResult:
+    """Train one arm (``norm``) into its own run directory inside ``run_dir``."""
+    train_config = config.train_config(norm)
+    arm_run = Run.create(run_dir, norm, train_config, checkpoint_every=0)
+    model = build_model(train_config)
+    reset_peak_rss()
+    history = fit(
+        model,
+        data,
+        train_config,
+        run=arm_run,
+        progress=progress,
+        on_epoch=None if on_epoch is None else (lambda metrics: on_epoch(norm, metrics)),
+    )
+    return ArmResult(
+        norm=norm,
+        history=history,
+        peak_memory_bytes=peak_rss_bytes(),
+        params=norm_parameters(model),
+        run_dir=arm_run.path,
+    )
+
+
+def _train_arm_in_worker(
+    config: TutorialConfig,
+    norm: str,
+    data: Any,
+    run_dir: Path,
+    threads: int,
+    on_epoch: EpochCallback | None,
+) -> ArmResult:
+    """One arm in a fresh worker process with ``threads`` torch threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return train_arm(config, norm, data, run_dir, progress=False, on_epoch=on_epoch)
+
+
 def run_tutorial(
     config: TutorialConfig,
     data: Any,
     run_dir: Path,
     *,
     progress: bool = True,
-    on_epoch: Callable[[str, EpochMetrics], None] | None = None,
+    on_epoch: EpochCallback | None = None,
+    workers: int = 1,
 ) -> TutorialResult:
-    """Run the covariate-shift demo and train every arm of ``config`` on ``data``.
+    """Run the covariate-shift demo and train every arm of ``config``.
 
     Args:
         config: the settings (the tutorial's by default).
         data: a :class:`normlab.data.Dataset` (already cut to the subsets).
         run_dir: the tutorial's run directory; each arm gets a run directory inside it.
-        progress: tqdm bars while training.
-        on_epoch: called as ``on_epoch(norm, metrics)`` after every epoch of every arm.
+        progress: tqdm bars while training (one worker only).
+        on_epoch: called as ``on_epoch(norm, metrics)`` after every epoch of every arm;
+            with several workers it runs in the worker, so it must be picklable (a
+            module-level function).
+        workers: arms trained at once, each in its own process with one torch thread
+            (1: one after the other, in this process). The arms keep their order: with
+            two workers normlab's and torch.nn's batch norm train side by side, sharing
+            the machine alike, so their seconds per epoch compare fairly.
     """
     config.validate()
+    if not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"workers must be a positive integer, got {workers!r}")
     result = TutorialResult(config=config, shift=covariate_shift(seed=config.seed))
-    for norm in config.norms:
-        train_config = config.train_config(norm)
-        arm_run = Run.create(run_dir, norm, train_config, checkpoint_every=0)
-        model = build_model(train_config)
-        reset_peak_rss()
-        history = fit(
-            model,
-            data,
-            train_config,
-            run=arm_run,
-            progress=progress,
-            on_epoch=None if on_epoch is None else (lambda m, n=norm: on_epoch(n, m)),
-        )
-        result.arms.append(
-            ArmResult(
-                norm=norm,
-                history=history,
-                peak_memory_bytes=peak_rss_bytes(),
-                params=norm_parameters(model),
-                run_dir=arm_run.path,
-            )
-        )
+    if workers == 1 or len(config.norms) == 1:
+        for norm in config.norms:
+            arm = train_arm(config, norm, data, run_dir, progress=progress, on_epoch=on_epoch)
+            result.arms.append(arm)
+        return result
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(_train_arm_in_worker, config, norm, data, run_dir, 1, on_epoch)
+            for norm in config.norms
+        ]
+        result.arms = [future.result() for future in futures]
     return result
 
 
