@@ -102,6 +102,7 @@ def test_compare_pairs_the_timings_of_the_same_repeat() -> None:
     per_repeat = [2.0, 3.0, 0.5]
     assert ratio.per_repeat == Summary(0.5, statistics.median(per_repeat), 3.0)
     assert (ratio.numerator, ratio.denominator) == ("x", "y")
+    assert ratio.of_minimums == pytest.approx(2.0 / 1.0)
 
 
 def test_summary_is_min_median_max() -> None:

@@ -76,6 +76,8 @@ def test_train_json_reports_the_three_candidates_and_speed_ratios(
     assert all(0 < s["min"] <= s["median"] <= s["max"] for s in speeds.values())
     ratio = report["speed_ratio"]["normlab/original"]["of_medians"]
     assert ratio == pytest.approx(speeds["normlab"]["median"] / speeds["original"]["median"])
+    best = report["speed_ratio"]["normlab/original"]["of_best_chunks"]
+    assert best == pytest.approx(speeds["normlab"]["max"] / speeds["original"]["max"])
     assert set(report["targets_met"]) == {"normlab/torch >= 0.95", "normlab/original >= 4"}
 
 

@@ -132,6 +132,7 @@ def _ratio_dict(ratio: Ratio | None) -> dict[str, Any] | None:
         "denominator": ratio.denominator,
         "of_medians": ratio.of_medians,
         "per_repeat": asdict(ratio.per_repeat),
+        "of_minimums": ratio.of_minimums,
     }
 
 
@@ -186,12 +187,13 @@ def train_table(result: TrainResult) -> str:
     ]
     table = format_table(["candidate", "images/s", "range"], rows)
     ratios = format_table(
-        ["speed ratio", "of medians", "per chunk [min-max]", "target"],
+        ["speed ratio", "of medians", "per chunk [min-max]", "best chunks", "target"],
         [
             [
                 name,
                 f"{r.of_medians:.2f}x",
                 f"{r.per_repeat.median:.2f} [{r.per_repeat.min:.2f}-{r.per_repeat.max:.2f}]",
+                f"{r.of_minimums:.2f}x",
                 _train_target(name, result),
             ]
             for name, r in result.speedup.items()
@@ -218,7 +220,11 @@ def train_json(result: TrainResult, settings: dict[str, Any]) -> dict[str, Any]:
         "chunk": result.chunk,
         "images_per_second": {k: asdict(v) for k, v in result.images_per_second.items()},
         "speed_ratio": {
-            name: {"of_medians": r.of_medians, "per_chunk": asdict(r.per_repeat)}
+            name: {
+                "of_medians": r.of_medians,
+                "per_chunk": asdict(r.per_repeat),
+                "of_best_chunks": r.of_minimums,  # fastest chunk of each
+            }
             for name, r in result.speedup.items()
         },
         "targets_met": result.targets_met,

@@ -78,13 +78,16 @@ class Ratio:
     """``numerator / denominator`` in time: above 1 means the numerator is slower.
 
     ``of_medians`` is median(numerator) / median(denominator); ``per_repeat`` summarises
-    the ratios of the two timings taken in the same repeat.
+    the ratios of the two timings taken in the same repeat; ``of_minimums`` is
+    min(numerator) / min(denominator), the best runs of each (``timeit``'s advice on a
+    busy machine: noise only ever adds time).
     """
 
     numerator: str
     denominator: str
     of_medians: float
     per_repeat: Summary
+    of_minimums: float
 
     @property
     def median(self) -> float:
@@ -180,4 +183,4 @@ def compare(measurement: Measurement, numerator: str, denominator: str) -> Ratio
     top, bottom = measurement[numerator].seconds, measurement[denominator].seconds
     per_repeat = [a / b for a, b in zip(top, bottom, strict=True)]
     of_medians = statistics.median(top) / statistics.median(bottom)
-    return Ratio(numerator, denominator, of_medians, Summary.of(per_repeat))
+    return Ratio(numerator, denominator, of_medians, Summary.of(per_repeat), min(top) / min(bottom))
