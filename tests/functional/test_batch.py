@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from normlab.functional import batch
 from normlab.functional.batch import batch_norm, instance_norm
 
 SHAPES = [(6, 3), (4, 3, 5), (3, 4, 5, 6), (2, 3, 2, 3, 4)]
@@ -203,6 +204,37 @@ def test_saves_only_input_and_per_channel_statistics() -> None:
     assert sorted(t.numel() for t in saved) == [4, 4, 4, x.numel()]
     y.sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (3, 4, 5, 6)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_compiled_path_formulas_match_torch(shape: tuple[int, ...], affine: bool) -> None:
+    """The out-of-place formulas ``torch.compile`` traces (called here directly, eagerly)."""
+    d = _inputs(shape, torch.float64, seed=7)
+    w, b = (d["weight"], d["bias"]) if affine else (None, None)
+    out, mean, invstd, var = batch._normalize_train_traced(d["x"], w, b, 1e-3)
+    dx, dweight, dbias = batch._grads_traced(d["dy"], d["x"], mean, invstd, w)
+    ref = _run(F.batch_norm, d["x"], None, w, b, d["dy"], training=True, eps=1e-3)
+    dims = [0, *range(2, len(shape))]
+    torch.testing.assert_close(mean, d["x"].mean(dims), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(var, d["x"].var(dims, correction=0), rtol=1e-12, atol=1e-12)
+    for key, value in (("y", out), ("dx", dx), ("dw", dweight), ("db", dbias)):
+        if key in ref:
+            torch.testing.assert_close(value, ref[key], rtol=1e-10, atol=1e-10, msg=key)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed"])
+@pytest.mark.parametrize("training", [True, False])
+def test_non_contiguous_inputs_match_torch(layout: str, training: bool) -> None:
+    """Strided inputs take the general reductions (no row view): same numbers as torch."""
+    d = _inputs((4, 3, 5, 6), torch.float64, seed=8)
+    if layout == "channels_last":
+        x, dy = (t.contiguous(memory_format=torch.channels_last) for t in (d["x"], d["dy"]))
+    else:
+        x, dy = (t.transpose(2, 3) for t in (d["x"], d["dy"]))
+    args = (x, d["stats"], d["weight"], d["bias"], dy)
+    kw = {"training": training, "momentum": 0.2}
+    _assert_close(_run(batch_norm, *args, **kw), _run(F.batch_norm, *args, **kw), 1e-10)
 
 
 # ---------------------------------------------------------------------------------------------

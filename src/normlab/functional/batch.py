@@ -25,13 +25,20 @@ and ``dy`` the incoming gradient, per channel::
 
 How it is computed, and why:
 
-- Two passes for the variance (the mean first, then squared deviations): ``E[x^2] - E[x]^2``
-  cancels catastrophically for inputs far from zero (mean 1e4, std 1e-2 in float32). The
-  second pass also sums the centred values, which corrects the rounding error of the first
-  mean (the "corrected two-pass" algorithm), so the output is centred on the exact mean.
-- Speed: on CPU a fresh activation-sized tensor costs more than several in-place passes
-  over one (page faults), so the forward allocates only its output and the backward only
-  ``dx``; both buffers serve as scratch for the reductions first.
+- Corrected two-pass statistics: the mean ``m`` first, then the centred values
+  ``v = x - m``, whose sum is ``m``'s rounding error and whose squares give the variance
+  ``E[v^2] - E[v]^2`` without cancellation. ``E[x^2] - E[x]^2`` cancels catastrophically for
+  inputs far from zero (mean 1e4, std 1e-2 in float32); here the output is even centred on
+  the exact mean, more accurately than ``torch.nn``.
+- Few passes, few operations, no temporaries (eager, CPU). A fresh activation-sized tensor
+  costs more than several in-place passes over one (page faults), so the forward allocates
+  only its output and the backward only ``dx``, and both serve as scratch first. Scale and
+  shift are two in-place passes (``mul_``, ``add_``): ``addcmul`` with two broadcast
+  per-channel operands runs unvectorized, several times slower. Sums of squares are squared
+  norms of contiguous ``(n, c)`` rows. Python scalars ride in the operations' own arguments
+  (``value=``, ``alpha=``) where they can: a scalar operand costs a tensor allocation.
+- Under ``torch.compile`` the same formulas are written out of place (``*_traced``): the
+  compiler fuses each direction into one reduction and one pointwise kernel.
 - float16 / bfloat16 inputs: statistics and arithmetic in float32, output in input dtype.
 - The autograd ``Function`` saves only ``input, mean, invstd, weight``. When a graph of the
   backward is requested (double backward, ``create_graph=True``), the same closed form is
@@ -68,10 +75,7 @@ def _reduce_dims(input: Tensor) -> list[int]:
 
 def _per_channel(v: Tensor, ndim: int) -> Tensor:
     """View a ``(C,)`` vector as ``(C, 1, ..., 1)`` so that it broadcasts over ``(N, C, *)``."""
-    return v if ndim == 2 else v.view(_CHANNEL_SHAPE[ndim] if ndim < 6 else (-1, *[1] * (ndim - 2)))
-
-
-_CHANNEL_SHAPE = {d: (-1, *([1] * (d - 2))) for d in range(2, 6)}
+    return v if ndim == 2 else v.view(-1, *[1] * (ndim - 2))
 
 
 def _as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -87,18 +91,6 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
 # ---------------------------------------------------------------------------------------------
 # The training forward and its closed-form backward
 # ---------------------------------------------------------------------------------------------
-
-
-def _first_values(input: Tensor) -> Tensor:
-    """The first value of each channel, a view shaped ``(C, 1, ..., 1)`` (``(C,)`` for 2D)."""
-    return input[_FIRST_INDEX[input.dim()]] if input.dim() < 6 else input[_first_index(input)]
-
-
-def _first_index(input: Tensor) -> tuple[Any, ...]:
-    return (0, slice(None), *([slice(0, 1)] * (input.dim() - 2)))
-
-
-_FIRST_INDEX = {d: (0, slice(None), *([slice(0, 1)] * (d - 2))) for d in range(2, 6)}
 
 
 def _sum_and_sum_of_squares(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,61 +111,55 @@ def _normalize_train(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Batch-statistics forward: ``(out, mean, invstd, var)``; stats in ``_stat_dtype``.
 
-    ``var`` is the biased variance. Shifted sums: with ``s`` the first value of each
-    channel and ``v = x - s`` (exact for x near s), ``mean = s + E[v]`` and
-    ``var = E[v^2] - E[v]^2``. This is stable because ``s`` is one of the channel's values:
-    ``var >= (s - mean)^2 / n``, so the subtraction cannot cancel catastrophically as
-    ``E[x^2] - E[x]^2`` does for inputs far from zero. The output is
-    ``y = v * scale + (bias - E[v] * scale)``: small values times the scale, no cancellation
-    either.
+    ``var`` is the biased variance. Corrected two-pass statistics: the mean ``m`` first, then
+    the sums of the centred values ``v = x - m``: ``mean = m + E[v]`` (``E[v]`` is ``m``'s
+    rounding error) and ``var = E[v^2] - E[v]^2``, without cancellation since ``E[v]`` is
+    tiny (``E[x^2] - E[x]^2`` cancels catastrophically for inputs far from zero). The output
+    is ``y = v * scale + (bias - E[v] * scale)``: small values times the scale.
 
     Eager: one activation-sized tensor is allocated, the output, which holds ``v`` for the
-    two sums and is then scaled and shifted in place; Python scalars go into the operations'
-    own scalar arguments (``value=``, ``alpha=``) where they can. Under ``torch.compile``
-    the same formulas are written out of place, for the compiler to fuse.
+    sums (``sum(v^2)`` as squared norms of contiguous rows: no temporary) and is then scaled
+    and shifted in place. Under ``torch.compile`` the same formulas are written out of place,
+    for the compiler to fuse.
     """
     if torch.compiler.is_compiling():
         return _normalize_train_traced(input, weight, bias, eps)
-    ndim = input.dim()
+    dims, ndim = _reduce_dims(input), input.dim()
     n = input.numel() // input.shape[1]
-    shift = _first_values(input)
-    if input.dtype in _LOW_PRECISION:
-        shift = shift.float()
-    out = input - shift
+    first_mean = input.mean(dims, dtype=_stat_dtype(input.dtype))
+    out = input - _per_channel(first_mean, ndim)
     sum_v, sum_v2 = _sum_and_sum_of_squares(out)
     var = sum_v2.addcmul_(sum_v, sum_v, value=-1 / n).div_(n)  # E[v^2] - E[v]^2
     invstd = var.add(eps).rsqrt_()
     scale = invstd if weight is None else invstd * weight
     if bias is None:
-        shift_out = torch.mul(sum_v, scale).mul_(-1 / n)
+        shift = torch.mul(sum_v, scale).mul_(-1 / n)
     else:
-        shift_out = torch.addcmul(bias, sum_v, scale, value=-1 / n)  # bias - E[v] * scale
+        shift = torch.addcmul(bias, sum_v, scale, value=-1 / n)  # bias - E[v] * scale
     if ndim == 2:  # per-channel vectors along the contiguous dim: one fused pass
-        torch.addcmul(shift_out, out, scale, out=out)
+        torch.addcmul(shift, out, scale, out=out)
     else:  # broadcast scalars along each row: two vectorized passes beat one addcmul
-        out.mul_(_per_channel(scale, ndim)).add_(_per_channel(shift_out, ndim))
-    mean = torch.add(shift if ndim == 2 else shift.view(-1), sum_v, alpha=1 / n)
+        out.mul_(_per_channel(scale, ndim)).add_(_per_channel(shift, ndim))
+    mean = first_mean.add_(sum_v, alpha=1 / n)
     return _as_dtype(out, input.dtype), mean, invstd, var
 
 
 def _normalize_train_traced(
     input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`_normalize_train`'s formulas out of place: one reduction and one pointwise
-    kernel once ``torch.compile`` fuses them."""
+    """:func:`_normalize_train`'s formulas out of place, for ``torch.compile`` to fuse."""
     dims, ndim = _reduce_dims(input), input.dim()
     n = input.numel() // input.shape[1]
     x = _as_dtype(input, _stat_dtype(input.dtype))
-    shift = _first_values(x)
-    v = x - shift
+    first_mean = x.mean(dims)
+    v = x - _per_channel(first_mean, ndim)
     offset = v.sum(dims) / n
     var = (v * v).sum(dims) / n - offset * offset
     invstd = torch.rsqrt(var + eps)
     scale = invstd if weight is None else invstd * weight
-    shift_out = -offset * scale if bias is None else bias - offset * scale
-    out = v * _per_channel(scale, ndim) + _per_channel(shift_out, ndim)
-    mean = offset + shift.reshape(-1)
-    return _as_dtype(out, input.dtype), mean, invstd, var
+    shift = -offset * scale if bias is None else bias - offset * scale
+    out = v * _per_channel(scale, ndim) + _per_channel(shift, ndim)
+    return _as_dtype(out, input.dtype), first_mean + offset, invstd, var
 
 
 def _grads_fast(
@@ -311,17 +297,23 @@ def _normalize_eval(
     bias: Tensor | None,
     eps: float,
 ) -> Tensor:
-    """``y = x * a + b`` with ``a = weight * rsqrt(running_var + eps)``, ``b = bias - mean * a``."""
+    """``y = x * a + b`` with ``a = weight * rsqrt(running_var + eps)``, ``b = bias - mean * a``.
+
+    One pass for ``(N, C)`` input (``addcmul``: the per-channel vectors run along the
+    contiguous dimension); two vectorized passes otherwise (``addcmul`` with two broadcast
+    per-channel operands is several times slower on CPU).
+    """
     ndim, dtype = input.dim(), _stat_dtype(input.dtype)
-    scale = torch.rsqrt(running_var.to(dtype) + eps)
+    scale = _as_dtype(running_var, dtype).add(eps).rsqrt_()
     if weight is not None:
-        scale = scale * weight.to(dtype)
-    shift = -running_mean.to(dtype) * scale
-    if bias is not None:
-        shift = shift + bias.to(dtype)
-    return torch.addcmul(_per_channel(shift, ndim), input, _per_channel(scale, ndim)).to(
-        input.dtype
-    )
+        scale = scale * weight
+    mean = _as_dtype(running_mean, dtype)
+    shift = -mean * scale if bias is None else torch.addcmul(bias, mean, scale, value=-1)
+    if ndim == 2:
+        out = torch.addcmul(shift, input, scale)
+    else:
+        out = torch.mul(input, _per_channel(scale, ndim)).add_(_per_channel(shift, ndim))
+    return _as_dtype(out, input.dtype)
 
 
 def _empty(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
