@@ -147,19 +147,23 @@ def _normalize_train(
 def _normalize_train_traced(
     input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`_normalize_train`'s formulas out of place, for ``torch.compile`` to fuse."""
+    """:func:`_normalize_train`'s result, written for ``torch.compile`` to fuse into one
+    reduction and one pointwise kernel.
+
+    One read for the statistics: Welford's ``var_mean`` (stable for any data) of the input
+    shifted by its first value per channel, ``v = x - x[0, c, 0, ...]``, so that the mean of
+    ``v`` is small and ``y = v * scale + (bias - E[v] * scale)`` is as accurate as eager.
+    """
     dims, ndim = _reduce_dims(input), input.dim()
-    n = input.numel() // input.shape[1]
     x = _as_dtype(input, _stat_dtype(input.dtype))
-    first_mean = x.mean(dims)
-    v = x - _per_channel(first_mean, ndim)
-    offset = v.sum(dims) / n
-    var = (v * v).sum(dims) / n - offset * offset
+    first = x[(0, slice(None), *[slice(0, 1)] * (ndim - 2))]
+    v = x - first
+    var, offset = torch.var_mean(v, dims, correction=0)
     invstd = torch.rsqrt(var + eps)
     scale = invstd if weight is None else invstd * weight
     shift = -offset * scale if bias is None else bias - offset * scale
     out = v * _per_channel(scale, ndim) + _per_channel(shift, ndim)
-    return _as_dtype(out, input.dtype), first_mean + offset, invstd, var
+    return _as_dtype(out, input.dtype), first.reshape(-1) + offset, invstd, var
 
 
 def _grads_fast(
