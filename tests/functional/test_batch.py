@@ -260,6 +260,22 @@ def test_far_from_zero_float32_as_accurate_as_torch(shape: tuple[int, ...]) -> N
     assert (traced.double() - ref["y"]).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("shape", [(64, 6, 12, 12), (256, 8)])
+def test_atypical_first_sample_keeps_float32_accuracy(shape: tuple[int, ...]) -> None:
+    """Statistics shifted by a value of the batch must not depend on that value being typical:
+    first sample 0, the rest around 100 (eager and the compiled path's formulas)."""
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) + 100.0
+    x[0] = 0.0
+    exact = F.batch_norm(x, None, None, training=True)
+    dims = [0, *range(2, len(shape))]
+    for forward in (batch._normalize_train, batch._normalize_train_traced):
+        out, mean, _, var = forward(x.float(), None, None, 1e-5)
+        assert (out.double() - exact).abs().max().item() < 1e-5
+        torch.testing.assert_close(var.double(), x.var(dims, correction=0), rtol=2e-6, atol=0)
+        torch.testing.assert_close(mean.double(), x.mean(dims), rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("training", [True, False])
 def test_half_precision_inputs_keep_float32_statistics(dtype: torch.dtype, training: bool) -> None:
