@@ -37,8 +37,10 @@ How it is computed, and why:
   per-channel operands runs unvectorized, several times slower. Sums of squares are squared
   norms of contiguous ``(n, c)`` rows. Python scalars ride in the operations' own arguments
   (``value=``, ``alpha=``) where they can: a scalar operand costs a tensor allocation.
-- Under ``torch.compile`` the same formulas are written out of place (``*_traced``): the
-  compiler fuses each direction into one reduction and one pointwise kernel.
+- Under ``torch.compile`` the formulas are written out of place (``*_traced``), for the
+  compiler to fuse each direction into one reduction and one pointwise kernel; the forward
+  statistics there are one Welford ``var_mean`` read (stable for any data) of the input
+  shifted by its first value per channel.
 - float16 / bfloat16 inputs: statistics and arithmetic in float32, output in input dtype.
 - The autograd ``Function`` saves only ``input, mean, invstd, weight``. When a graph of the
   backward is requested (double backward, ``create_graph=True``), the same closed form is
@@ -119,8 +121,7 @@ def _normalize_train(
 
     Eager: one activation-sized tensor is allocated, the output, which holds ``v`` for the
     sums (``sum(v^2)`` as squared norms of contiguous rows: no temporary) and is then scaled
-    and shifted in place. Under ``torch.compile`` the same formulas are written out of place,
-    for the compiler to fuse.
+    and shifted in place. Under ``torch.compile``: :func:`_normalize_train_traced`.
     """
     if torch.compiler.is_compiling():
         return _normalize_train_traced(input, weight, bias, eps)
