@@ -8,7 +8,7 @@ import pytest
 
 from normlab.errors import UsageError
 from normlab.report import Report, slugify
-from normlab.report.document import Figure, Heading, Table, write_atomic
+from normlab.report.document import Figure, Heading, Table
 
 
 def test_blocks_are_kept_in_order_and_numbered(small_figure, check_png) -> None:
@@ -69,11 +69,3 @@ def test_text_must_be_text() -> None:
         Report("T").paragraph(3.0)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="no items"):
         Report("T").bullets([])
-
-
-def test_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
-    target = tmp_path / "sub" / "out.txt"
-    write_atomic(target, b"one")
-    write_atomic(target, b"two")
-    assert target.read_bytes() == b"two"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["out.txt"]

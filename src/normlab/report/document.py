@@ -124,11 +124,6 @@ def _png_from(figure: SavesFigures | str | os.PathLike[str] | bytes) -> tuple[by
     return png, source
 
 
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (:func:`normlab.atomic.write_bytes_atomic`)."""
-    return write_bytes_atomic(path, data)
-
-
 class Report:
     """A report filled in reading order, rendered to HTML or Markdown.
 
@@ -243,7 +238,7 @@ class Report:
 
     def write_html(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_html` to ``path`` (atomically); returns the path."""
-        return write_atomic(Path(path), self.to_html().encode("utf-8"))
+        return write_bytes_atomic(path, self.to_html().encode("utf-8"))
 
     def write_markdown(self, path: str | os.PathLike[str]) -> Path:
         """Write the report as Markdown to ``path`` and its figures as PNG files beside it

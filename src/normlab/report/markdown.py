@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from normlab.atomic import write_bytes_atomic
 from normlab.report.document import (
     Bullets,
     Code,
@@ -18,7 +19,6 @@ from normlab.report.document import (
     Heading,
     Paragraph,
     Table,
-    write_atomic,
 )
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def _figure_files(report: Report, directory: Path) -> dict[int, str]:
             continue
         target = directory / f"{block.name}.png"
         if not (target.is_file() and target.read_bytes() == block.png):
-            write_atomic(target, block.png)
+            write_bytes_atomic(target, block.png)
         links[block.number] = target.name
     return links
 
@@ -114,4 +114,4 @@ def write_markdown(report: Report, path: Path) -> Path:
     """Write ``report`` to ``path`` and the figures it needs beside it; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     links = _figure_files(report, path.parent)
-    return write_atomic(path, render_markdown(report, links).encode("utf-8"))
+    return write_bytes_atomic(path, render_markdown(report, links).encode("utf-8"))

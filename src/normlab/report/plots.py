@@ -31,8 +31,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 
+from normlab.atomic import write_bytes_atomic
 from normlab.errors import UsageError
-from normlab.report.document import FIGURE_DPI, write_atomic
+from normlab.report.document import FIGURE_DPI
 from normlab.stats import format_fixed, format_pvalue, mean_std
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = FIGURE_DPI) -
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise UsageError(f"figure path {path} must end in .png")
-    return write_atomic(path, png_bytes(fig, dpi))
+    return write_bytes_atomic(path, png_bytes(fig, dpi))
 
 
 def _as_seeds(values: ArrayLike, length: int, label: str) -> np.ndarray:
