@@ -116,6 +116,7 @@ def test_workers_give_the_same_numbers(result, tmp_path) -> None:
     data = synthetic_dataset(num_train=256, num_test=64, seed=0)
     parallel = run_tutorial(result.config, data, tmp_path, progress=False, workers=2)
     assert [arm.norm for arm in parallel.arms] == [arm.norm for arm in result.arms]
+    assert (parallel.workers, result.workers) == (2, 1)
     for ours, reference in zip(parallel.arms, result.arms, strict=True):
         assert ours.history.step_losses == reference.history.step_losses
         assert ours.final.test_accuracy == reference.final.test_accuracy

@@ -137,6 +137,7 @@ class TutorialResult:
     config: TutorialConfig
     shift: ShiftResult
     arms: list[ArmResult] = field(default_factory=list)
+    workers: int = 1  # arms trained at once (in separate processes when > 1)
 
     def arm(self, norm: str) -> ArmResult | None:
         return next((a for a in self.arms if a.norm == norm), None)
@@ -252,7 +253,8 @@ def run_tutorial(
     if not isinstance(workers, int) or workers < 1:
         raise UsageError(f"workers must be a positive integer, got {workers!r}")
     result = TutorialResult(config=config, shift=covariate_shift(seed=config.seed))
-    if workers == 1 or len(config.norms) == 1:
+    result.workers = min(workers, len(config.norms))
+    if result.workers == 1:
         for norm in config.norms:
             arm = train_arm(config, norm, data, run_dir, progress=progress, on_epoch=on_epoch)
             result.arms.append(arm)

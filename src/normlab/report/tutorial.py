@@ -151,6 +151,12 @@ def build_report(result: TutorialResult, command: str = "normlab tutorial") -> R
         caption=(
             "After the last epoch. s / epoch counts training only; peak memory is the "
             "process's peak resident memory while the arm trained."
+            + (
+                f" The arms trained {result.workers} at a time in separate processes, in "
+                "the order listed: arms that ran side by side shared the machine."
+                if result.workers > 1
+                else ""
+            )
         ),
     )
     report.figure(
