@@ -4,7 +4,6 @@ evaluation in float64, exact resume, divergence handling."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,16 +35,6 @@ SMALL = TrainConfig(
     test_subset=64,
     lr=0.1,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny batches gain nothing from a second thread, and on a busy machine OpenMP's
-    spin-waiting makes two threads far slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

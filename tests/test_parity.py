@@ -9,7 +9,6 @@ purpose and show that the checker fails it, so a passing grid means something.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,15 +16,6 @@ import torch
 import normlab.nn
 from normlab import parity
 from normlab.errors import UsageError
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: threads only contend on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

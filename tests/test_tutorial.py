@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import itertools
 import os
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,15 +12,6 @@ from torch import nn
 
 import normlab.nn as ours_nn
 from normlab import tutorial as T
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one torch thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # The original code of the tutorial (shared/seed/batchnorm-tutorial.txt), verbatim apart from

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 from normlab.cli import main
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small tensors and a busy machine: one torch thread (no timing is asserted)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_layers_json_has_every_case_with_ratios_and_saved_bytes(

@@ -3,7 +3,6 @@ weights; the plot is written; bad run directories are one-line errors (exit 2)."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,6 @@ CONFIG = TrainConfig(
     dataset="synthetic", epochs=1, batch_size=32, train_subset=256, test_subset=32, lr=0.2
 )
 LAYERS = {"layers.1": 6, "layers.5": 16, "layers.10": 120, "layers.13": 84}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny batches gain nothing from a second thread, and on a busy machine OpenMP's
-    spin-waiting makes two threads far slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,6 @@ from normlab.runs import Run
 
 TINY = ["--dataset", "synthetic", "--train-subset", "128", "--test-subset", "32"]
 TINY += ["--batch-size", "32", "--norm", "torch-batch", "--no-progress"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny batches gain nothing from a second thread, and on a busy machine OpenMP's
-    spin-waiting makes two threads far slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def only_run(root: Path) -> Path:

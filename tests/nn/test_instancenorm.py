@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import itertools
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -26,15 +25,6 @@ CONFIGS = [  # (affine, track_running_stats, momentum); momentum=None means 0 he
     (True, True, None),
 ]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one torch thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _pair(name: str, dtype: torch.dtype, **kwargs: object) -> tuple[nn.Module, nn.Module]:

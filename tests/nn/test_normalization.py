@@ -8,7 +8,6 @@ and forward/backward parity on random configurations (hypothesis, float64).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -37,14 +36,6 @@ CONSTRUCTIONS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("LocalResponseNorm", (3, 0.5, 0.5, 2.0), {}),
 ]
 IDS = [f"{c}{a}{k}" for c, a, k in CONSTRUCTIONS]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _both(name: str, *args: Any, **kwargs: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
