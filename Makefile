@@ -5,12 +5,14 @@ STAMP  := $(VENV)/.normlab-installed
 
 export MPLBACKEND := Agg
 
-.PHONY: run test install data lint clean
+KERNELS := src/normlab/kernels/_kernels.so
 
-run: install data
+.PHONY: run test install kernels data lint clean
+
+run: install kernels data
 	$(VENV)/bin/normlab tutorial
 
-test: install data
+test: install kernels data
 	$(VENV)/bin/ruff check src tests
 	$(PY) -m pytest -q
 
@@ -22,6 +24,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
+# normlab's fused CPU kernels (C++, linked against the installed torch): about 25 s once.
+kernels: $(KERNELS)
+$(KERNELS): $(STAMP) $(wildcard src/normlab/kernels/*.cpp)
+	$(PY) -m normlab.kernels.build --force
+
 data: install
 	bash tools/provision-data.sh
 
@@ -29,4 +36,4 @@ lint: install
 	$(VENV)/bin/ruff check src tests
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache $(KERNELS)

@@ -20,7 +20,7 @@ from normlab.errors import UsageError
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("config", parity.GRID, ids=lambda c: c.name)
-def test_layer_matches_torch(config: parity.Config, dtype: torch.dtype) -> None:
+def test_layer_matches_torch(config: parity.Config, dtype: torch.dtype, code_path: str) -> None:
     result = parity.check(config, dtype)
     assert result.passed, (result.error, result.details)
     assert result.state_dict_ok

@@ -236,6 +236,7 @@ def fit(
     rank: int = 0,
     world_size: int = 1,
     parallel: Any | None = None,
+    until_epoch: int | None = None,
 ) -> History:
     """Train ``model`` on ``data`` as ``config`` says; resume from ``run``'s checkpoint if any.
 
@@ -254,6 +255,9 @@ def fit(
             ``parallel.wrap(model)`` (DDP) runs the training steps, and
             ``parallel.reduce_step(loss, correct, size)`` turns each step's numbers into the
             global batch's, so losses, accuracies and checkpoints are the same on every rank.
+        until_epoch: stop once this many epochs (of ``config.epochs``) are done, after the
+            epoch's checkpoint; a later call with the same ``run`` continues from there, to
+            exactly the numbers of one uninterrupted call. None: train to ``config.epochs``.
 
     Returns:
         The :class:`History`. If a loss is not finite, training stops there with
@@ -263,6 +267,11 @@ def fit(
     from normlab import data as nd
 
     config.validate()
+    last_epoch = config.epochs if until_epoch is None else until_epoch
+    if not isinstance(last_epoch, int) or not 1 <= last_epoch <= config.epochs:
+        raise UsageError(f"until_epoch must be in 1..{config.epochs}, got {until_epoch!r}")
+    if last_epoch < config.epochs and run is None:
+        raise UsageError("until_epoch needs a run: the next call continues from its checkpoint")
     device = torch.device(config.device)
     model.to(device)
     net = parallel.wrap(model) if parallel is not None else model
@@ -340,7 +349,7 @@ def fit(
         return history
 
     model.train()
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, last_epoch):
         lr = float(optimizer.param_groups[0]["lr"])
         started = time.perf_counter()
         pending: list[torch.Tensor] = []
@@ -445,7 +454,7 @@ def fit(
         logger.info(format_epoch(metrics, config.epochs))
         if on_epoch is not None:
             on_epoch(metrics)
-    if writer is not None:
+    if writer is not None and last_epoch == config.epochs:
         writer.write_summary(_summary("finished", history))
     return history
 

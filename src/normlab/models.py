@@ -32,7 +32,48 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "gelu": nn.GELU,
 }
-POOLS: dict[str, type[nn.Module]] = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """``torch.nn.AvgPool2d`` with a faster path for LeNet's 2x2 windows with stride 2.
+
+    A 2x2 average is the sum of two strided halves along the width, then along the height::
+
+        s[n, c, h, j] = x[n, c, h, 2j] + x[n, c, h, 2j + 1]
+        y[n, c, i, j] = (s[n, c, 2i, j] + s[n, c, 2i + 1, j]) / 4
+
+    Two vectorized adds of strided views and a scale, each differentiated by autograd, run
+    forward and backward about twice as fast on CPU as ``avg_pool2d`` and its backward
+    (which walk every window). The results equal ``avg_pool2d``'s up to float rounding
+    (the four values are summed in another order). Any other configuration, an odd height
+    or width, or a non-contiguous input takes ``torch.nn.AvgPool2d.forward``.
+
+    Shape:
+        input ``(N, C, H, W)``, output ``(N, C, H // 2, W // 2)``.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self._fast_path_applies(input):
+            return super().forward(input)
+        n, c, h, w = input.shape
+        pairs = input.view(n, c, h, w // 2, 2)
+        rows = (pairs[..., 0] + pairs[..., 1]).view(n, c, h // 2, 2, w // 2)
+        return (rows[:, :, :, 0] + rows[:, :, :, 1]).mul_(0.25)
+
+    def _fast_path_applies(self, input: torch.Tensor) -> bool:
+        return (
+            input.dim() == 4
+            and input.is_contiguous()
+            and input.shape[-2] % 2 == 0
+            and input.shape[-1] % 2 == 0
+            and self.kernel_size in (2, (2, 2))
+            and self.stride in (2, (2, 2))
+            and self.padding in (0, (0, 0))
+            and self.divisor_override is None
+        )
+
+
+POOLS: dict[str, type[nn.Module]] = {"avg": AvgPool2d, "max": nn.MaxPool2d}
 PLACEMENTS = ("before", "after")  # the norm before or after the activation
 
 

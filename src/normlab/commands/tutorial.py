@@ -47,8 +47,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=min(2, os.cpu_count() or 1),
-        help="arms trained at once, one process and one thread each (1: in turn, with "
-        "progress bars)",
+        help="processes training at once, one thread each, taking the arms' epochs in turn "
+        "(default: 2, or 1 on one core; 1: arm after arm, with progress bars)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -81,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def print_epoch(norm: str, metrics: Any, *, epochs: int) -> None:
-    """One line per finished epoch, labelled with the arm (runs in the workers too)."""
+    """One line per finished epoch, labelled with the arm."""
     from normlab.engine import format_epoch
     from normlab.experiments.tutorial import ARM_LABELS
 

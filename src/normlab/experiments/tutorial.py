@@ -137,7 +137,7 @@ class TutorialResult:
     config: TutorialConfig
     shift: ShiftResult
     arms: list[ArmResult] = field(default_factory=list)
-    workers: int = 1  # arms trained at once (in separate processes when > 1)
+    workers: int = 1  # processes training the arms' epochs at once (1: in this process)
 
     def arm(self, norm: str) -> ArmResult | None:
         return next((a for a in self.arms if a.norm == norm), None)
@@ -210,19 +210,100 @@ def train_arm(
     )
 
 
-def _train_arm_in_worker(
-    config: TutorialConfig,
-    norm: str,
-    data: Any,
-    run_dir: Path,
-    threads: int,
-    on_epoch: EpochCallback | None,
-) -> ArmResult:
-    """One arm in a fresh worker process with ``threads`` torch threads."""
+_WORKER_DATA: Any = None  # the dataset, once per worker process (see _init_worker)
+
+
+def _init_worker(data: Any) -> None:
+    """A worker's set-up: the dataset, one torch thread, freed memory kept for reuse
+    (:mod:`normlab.allocator`)."""
     import torch
 
-    torch.set_num_threads(threads)
-    return train_arm(config, norm, data, run_dir, progress=False, on_epoch=on_epoch)
+    from normlab.allocator import retain_freed_memory
+
+    global _WORKER_DATA
+    _WORKER_DATA = data
+    retain_freed_memory()
+    torch.set_num_threads(1)
+
+
+@dataclass
+class _EpochDone:
+    """What a worker sends back after training one more epoch of an arm."""
+
+    history: History
+    peak_memory_bytes: int
+    params: list[NormParams]
+
+
+def _train_next_epoch(config: TutorialConfig, norm: str, run_path: Path, epoch: int) -> _EpochDone:
+    """In a worker: continue the arm's run from its checkpoint through epoch ``epoch``."""
+    run = Run.open(run_path)
+    model = build_model(config.train_config(norm))
+    reset_peak_rss()
+    history = fit(model, _WORKER_DATA, run.config, run=run, progress=False, until_epoch=epoch)
+    return _EpochDone(history, peak_rss_bytes(), norm_parameters(model))
+
+
+def _train_arms_in_workers(
+    config: TutorialConfig,
+    data: Any,
+    run_dir: Path,
+    workers: int,
+    on_epoch: EpochCallback | None,
+) -> list[ArmResult]:
+    """Train the arms one epoch at a time in ``workers`` processes.
+
+    Three arms of five epochs on two cores: arm by arm, the third arm would train alone at
+    the end while a core idles; epoch by epoch, the arm with the most epochs left goes
+    next, and every core works until the last epoch (8 epoch-slots instead of 10). Each
+    epoch continues its arm's run from the checkpoint the previous one wrote, which gives
+    exactly the numbers of an uninterrupted run (``fit``'s ``until_epoch``).
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    runs = {
+        norm: Run.create(run_dir, norm, config.train_config(norm), checkpoint_every=0).path
+        for norm in config.norms
+    }
+    done = dict.fromkeys(config.norms, 0)  # epochs finished per arm
+    finished: dict[str, _EpochDone] = {}
+    peaks = dict.fromkeys(config.norms, 0)
+    running: dict[Future[_EpochDone], str] = {}
+
+    def next_arm() -> str | None:
+        idle = [n for n in config.norms if n not in running.values() and n not in finished]
+        return max(idle, key=lambda n: config.epochs - done[n], default=None)  # first on ties
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(data,)
+    ) as pool:
+        while True:
+            while len(running) < workers and (norm := next_arm()) is not None:
+                future = pool.submit(_train_next_epoch, config, norm, runs[norm], done[norm] + 1)
+                running[future] = norm
+            if not running:
+                break
+            completed, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in completed:
+                norm, outcome = running.pop(future), future.result()
+                done[norm] = len(outcome.history.epochs)
+                peaks[norm] = max(peaks[norm], outcome.peak_memory_bytes)
+                if on_epoch is not None and outcome.history.epochs:
+                    on_epoch(norm, outcome.history.epochs[-1])
+                if outcome.history.diverged or done[norm] == config.epochs:
+                    finished[norm] = outcome
+    return [
+        ArmResult(
+            norm=norm,
+            history=finished[norm].history,
+            peak_memory_bytes=peaks[norm],
+            params=finished[norm].params,
+            run_dir=runs[norm],
+        )
+        for norm in config.norms
+    ]
 
 
 def run_tutorial(
@@ -241,13 +322,12 @@ def run_tutorial(
         data: a :class:`normlab.data.Dataset` (already cut to the subsets).
         run_dir: the tutorial's run directory; each arm gets a run directory inside it.
         progress: tqdm bars while training (one worker only).
-        on_epoch: called as ``on_epoch(norm, metrics)`` after every epoch of every arm;
-            with several workers it runs in the worker, so it must be picklable (a
-            module-level function).
-        workers: arms trained at once, each in its own process with one torch thread
-            (1: one after the other, in this process). The arms keep their order: with
-            two workers normlab's and torch.nn's batch norm train side by side, sharing
-            the machine alike, so their seconds per epoch compare fairly.
+        on_epoch: called in this process as ``on_epoch(norm, metrics)`` after every epoch
+            of every arm.
+        workers: processes training at once, each with one torch thread, taking the arms'
+            epochs in turn (:func:`_train_arms_in_workers`; 1: arm after arm in this
+            process). Every epoch then shares the machine with another, so the arms'
+            seconds per epoch compare fairly.
     """
     config.validate()
     if not isinstance(workers, int) or workers < 1:
@@ -258,18 +338,8 @@ def run_tutorial(
         for norm in config.norms:
             arm = train_arm(config, norm, data, run_dir, progress=progress, on_epoch=on_epoch)
             result.arms.append(arm)
-        return result
-
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [
-            pool.submit(_train_arm_in_worker, config, norm, data, run_dir, 1, on_epoch)
-            for norm in config.norms
-        ]
-        result.arms = [future.result() for future in futures]
+    else:
+        result.arms = _train_arms_in_workers(config, data, run_dir, result.workers, on_epoch)
     return result
 
 

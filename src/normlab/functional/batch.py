@@ -62,6 +62,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from normlab import kernels
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -258,7 +260,10 @@ class _BatchNormTrain(torch.autograd.Function):
     def forward(
         ctx: Any, input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> tuple[Tensor, Tensor, Tensor]:
-        out, mean, invstd, var = _normalize_train(input, weight, bias, eps)
+        if kernels.applies(input, weight, bias):  # the same formulas as two fused loops
+            out, mean, invstd, var = kernels.ops().batch_norm_forward(input, weight, bias, eps)
+        else:
+            out, mean, invstd, var = _normalize_train(input, weight, bias, eps)
         ctx.save_for_backward(input, mean, invstd, weight)
         ctx.eps = eps
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -278,6 +283,9 @@ class _BatchNormTrain(torch.autograd.Function):
         input, mean, invstd, weight = ctx.saved_tensors
         if torch.is_grad_enabled():  # a graph of the backward is wanted: stay differentiable
             dx, dweight, dbias = _grads_differentiable(grad_out, input, weight, ctx.eps)
+        elif kernels.applies(input, mean, invstd, weight) and grad_out.dtype == input.dtype:
+            ops = kernels.ops()
+            dx, dweight, dbias = ops.batch_norm_backward(grad_out, input, mean, invstd, weight)
         else:
             dx, dweight, dbias = _grads_fast(grad_out, input, mean, invstd, weight)
         need_x, need_w, need_b, _ = ctx.needs_input_grad
@@ -314,6 +322,11 @@ def _normalize_eval(
         scale = scale * weight
     mean = _as_dtype(running_mean, dtype)
     shift = -mean * scale if bias is None else torch.addcmul(bias, mean, scale, value=-1)
+    needs_graph = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (input, scale, shift)
+    )  # the kernel records no autograd graph
+    if ndim > 2 and not needs_graph and kernels.applies(input, scale, shift):  # one pass
+        return kernels.ops().channel_affine(input, scale, shift)
     if ndim == 2:
         out = torch.addcmul(shift, input, scale)
     else:

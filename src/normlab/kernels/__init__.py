@@ -1,0 +1,59 @@
+"""normlab's fused CPU kernels: the same formulas as :mod:`normlab.functional`, in C++.
+
+The pure-tensor code in :mod:`normlab.functional` is the reference: it runs everywhere
+(CUDA, half precision, ``torch.compile``) and is what the docs explain. On CPU, eager
+mode, float32/float64 and contiguous tensors, a few tens of small tensor operations per
+layer cost more in dispatch than the arithmetic itself, so the same formulas also exist as
+loops (``batch_norm.cpp``, ``layer_norm.cpp``, ``group_norm.cpp``): two passes over the
+data forward and two backward, as ``torch.nn``'s own kernels do. They are compiled by
+``make`` (:mod:`normlab.kernels.build`) and registered as ``torch.ops.normlab.*``.
+
+:func:`ops` returns that namespace, or None when the library is not built or
+``NORMLAB_KERNELS=0`` is set; normlab then uses the pure-tensor code alone. Both paths
+are tested against ``torch.nn``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LIBRARY = Path(__file__).resolve().parent / "_kernels.so"
+_state: dict[str, Any] = {}
+
+
+def ops() -> Any | None:
+    """``torch.ops.normlab`` when the kernels are built and enabled, else None."""
+    if "ops" not in _state:
+        _state["ops"] = _load()
+    return _state["ops"]
+
+
+def _load() -> Any | None:
+    if os.environ.get("NORMLAB_KERNELS", "1") == "0" or not LIBRARY.is_file():
+        return None
+    try:
+        torch.ops.load_library(str(LIBRARY))
+    except (OSError, RuntimeError):  # built for another torch or machine: use the tensors
+        return None
+    return torch.ops.normlab
+
+
+def set_enabled(enabled: bool) -> None:
+    """Turn the kernels on (if built) or off in this process, e.g. to compare the paths."""
+    _state["ops"] = _load() if enabled else None
+
+
+def applies(*tensors: torch.Tensor | None) -> bool:
+    """True when the kernels can take these tensors: eager mode, CPU, contiguous, one
+    float32/float64 dtype (``None`` entries are optional arguments left out)."""
+    if ops() is None or torch.compiler.is_compiling():
+        return False
+    present = [t for t in tensors if t is not None]
+    dtype = present[0].dtype
+    return dtype in (torch.float32, torch.float64) and all(
+        t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in present
+    )
