@@ -252,34 +252,37 @@ def _grads_differentiable(
 class _BatchNormTrain(torch.autograd.Function):
     """Batch norm with batch statistics; the backward is the closed form above.
 
-    ``forward(input, weight, bias, eps) -> (out, mean, var)`` (biased ``var``); ``mean`` and
-    ``var`` are non-differentiable by-products for the running-statistics update.
+    ``forward(input, weight, bias, running_mean, running_var, momentum, eps) -> out``; the
+    running statistics (or ``None``) are updated in place. Eager on CPU, the fused kernels
+    of :mod:`normlab.kernels` run the same formulas when they apply.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        if kernels.applies(input, weight, bias):  # the same formulas as two fused loops
-            out, mean, invstd, var = kernels.ops().batch_norm_forward(input, weight, bias, eps)
+        ctx: Any,
+        input: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        momentum: float,
+        eps: float,
+    ) -> Tensor:
+        if kernels.applies(input, weight, bias, running_mean, running_var):
+            out, mean, invstd = kernels.ops().batch_norm_forward(
+                input, weight, bias, running_mean, running_var, momentum, eps
+            )
         else:
             out, mean, invstd, var = _normalize_train(input, weight, bias, eps)
+            n = input.numel() // input.shape[1]
+            _update_running_stats(running_mean, running_var, mean, var, n, momentum)
         ctx.save_for_backward(input, mean, invstd, weight)
         ctx.eps = eps
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.mark_non_differentiable(mean, var)
-        ctx.set_materialize_grads(False)  # no zero-filled gradients for mean and var
-        return out, mean, var
+        return out
 
     @staticmethod
-    def backward(
-        ctx: Any,
-        grad_out: Tensor | None,
-        _grad_mean: Tensor | None,
-        _grad_var: Tensor | None,
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
-        if grad_out is None:  # the output did not reach the loss
-            return None, None, None, None
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         input, mean, invstd, weight = ctx.saved_tensors
         if torch.is_grad_enabled():  # a graph of the backward is wanted: stay differentiable
             dx, dweight, dbias = _grads_differentiable(grad_out, input, weight, ctx.eps)
@@ -288,11 +291,14 @@ class _BatchNormTrain(torch.autograd.Function):
             dx, dweight, dbias = ops.batch_norm_backward(grad_out, input, mean, invstd, weight)
         else:
             dx, dweight, dbias = _grads_fast(grad_out, input, mean, invstd, weight)
-        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
         return (
             dx if need_x else None,
             _as_dtype(dweight, weight.dtype) if need_w else None,
             _as_dtype(dbias, ctx.bias_dtype) if need_b else None,
+            None,
+            None,
+            None,
             None,
         )
 
@@ -413,11 +419,7 @@ def _batch_norm_impl(
         if running_var is None:
             raise ValueError("running_var must be defined in evaluation mode")
         return _normalize_eval(input, running_mean, running_var, weight, bias, eps)
-    out, mean, var = _BatchNormTrain.apply(input, weight, bias, eps)
-    if running_mean is not None or running_var is not None:
-        n = input.numel() // num_features
-        _update_running_stats(running_mean, running_var, mean, var, n, momentum)
-    return out
+    return _BatchNormTrain.apply(input, weight, bias, running_mean, running_var, momentum, eps)
 
 
 # ---------------------------------------------------------------------------------------------

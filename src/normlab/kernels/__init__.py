@@ -22,14 +22,17 @@ from typing import Any
 import torch
 
 LIBRARY = Path(__file__).resolve().parent / "_kernels.so"
-_state: dict[str, Any] = {}
+_FLOATS = (torch.float32, torch.float64)
+_UNLOADED = object()
+_ops: Any = _UNLOADED  # torch.ops.normlab, None (off or not built), or not loaded yet
 
 
 def ops() -> Any | None:
     """``torch.ops.normlab`` when the kernels are built and enabled, else None."""
-    if "ops" not in _state:
-        _state["ops"] = _load()
-    return _state["ops"]
+    global _ops
+    if _ops is _UNLOADED:
+        _ops = _load()
+    return _ops
 
 
 def _load() -> Any | None:
@@ -44,16 +47,24 @@ def _load() -> Any | None:
 
 def set_enabled(enabled: bool) -> None:
     """Turn the kernels on (if built) or off in this process, e.g. to compare the paths."""
-    _state["ops"] = _load() if enabled else None
+    global _ops
+    _ops = _load() if enabled else None
 
 
-def applies(*tensors: torch.Tensor | None) -> bool:
+def applies(input: torch.Tensor, *others: torch.Tensor | None) -> bool:
     """True when the kernels can take these tensors: eager mode, CPU, contiguous, one
-    float32/float64 dtype (``None`` entries are optional arguments left out)."""
-    if ops() is None or torch.compiler.is_compiling():
+    float32/float64 dtype (``None`` entries are optional arguments left out).
+
+    Called on every forward and backward, so it is written to be cheap.
+    """
+    if _ops is None or (_ops is _UNLOADED and ops() is None):
         return False
-    present = [t for t in tensors if t is not None]
-    dtype = present[0].dtype
-    return dtype in (torch.float32, torch.float64) and all(
-        t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in present
-    )
+    dtype = input.dtype
+    if dtype not in _FLOATS or not input.is_cpu or not input.is_contiguous():
+        return False
+    for other in others:
+        if other is not None and (
+            other.dtype != dtype or not other.is_cpu or not other.is_contiguous()
+        ):
+            return False
+    return not torch.compiler.is_compiling()

@@ -8,6 +8,8 @@
 //             v  = x - m;  d = sum(v);  q = sum(v^2)                  (pass 2: read x)
 //             mean = m + d / n;  var = (q - d^2 / n) / n;  invstd = 1 / sqrt(var + eps)
 //             y  = v * a + (bias - d / n * a),  a = weight * invstd   (same pass 2: write y)
+//             running_mean += momentum * (mean - running_mean)         (if given, in place)
+//             running_var  += momentum * (var * n / (n - 1) - running_var)
 //   backward  sum_dy = sum(dy);  dot = sum(dy * (x - mean))           (pass 1: read dy, x)
 //             dweight = dot * invstd;  dbias = sum_dy
 //             dx = dy * a + (x - mean) * k2 + k3                       (pass 2: read, write dx)
@@ -44,7 +46,7 @@ Layout layout_of(const Tensor& x) {
 }
 
 template <typename T>
-const T* data_or_null(const std::optional<Tensor>& t) {
+T* data_or_null(const std::optional<Tensor>& t) {  // an optional argument's data, or null
   return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
 }
 
@@ -142,9 +144,22 @@ void forward_rows(const T* x, T* y, const T* w, const T* b, T* mean, T* invstd, 
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_forward(
-    const Tensor& input, const std::optional<Tensor>& weight,
-    const std::optional<Tensor>& bias, double eps) {
+template <typename T>
+void update_running_stats(T* running_mean, T* running_var, const T* mean, const T* var,
+                          Layout L, double momentum) {
+  const double n = static_cast<double>(L.N * L.S);
+  const double unbias = n > 1 ? n / (n - 1) : 1.0;  // n == 1 is rejected before, in Python
+  for (int64_t c = 0; c < L.C; ++c) {
+    if (running_mean) running_mean[c] += static_cast<T>(momentum * (mean[c] - running_mean[c]));
+    if (running_var)
+      running_var[c] += static_cast<T>(momentum * (var[c] * unbias - running_var[c]));
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
+    const Tensor& input, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
+    const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var,
+    double momentum, double eps) {
   const Layout L = layout_of(input);
   Tensor out = at::empty_like(input);
   Tensor mean = at::empty({L.C}, input.options());
@@ -155,8 +170,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_forward(
     run(input.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), data_or_null<scalar_t>(weight),
         data_or_null<scalar_t>(bias), mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(),
         var.data_ptr<scalar_t>(), L, eps);
+    update_running_stats(data_or_null<scalar_t>(running_mean),
+                         data_or_null<scalar_t>(running_var), mean.data_ptr<scalar_t>(),
+                         var.data_ptr<scalar_t>(), L, momentum);
   });
-  return {out, mean, invstd, var};
+  return {out, mean, invstd};
 }
 
 // Backward: per channel coefficients from the two sums.
@@ -283,8 +301,9 @@ Tensor channel_affine(const Tensor& input, const Tensor& scale, const Tensor& sh
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(normlab, m) {
-  m.def("batch_norm_forward(Tensor input, Tensor? weight, Tensor? bias, float eps)"
-        " -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("batch_norm_forward(Tensor input, Tensor? weight, Tensor? bias,"
+        " Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, float eps)"
+        " -> (Tensor, Tensor, Tensor)");
   m.def("batch_norm_backward(Tensor grad_out, Tensor input, Tensor mean, Tensor invstd,"
         " Tensor? weight) -> (Tensor, Tensor, Tensor)");
   m.def("channel_affine(Tensor input, Tensor scale, Tensor shift) -> Tensor");
