@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 
 # normlab's fused CPU kernels (C++, linked against the installed torch): about 25 s once.
 kernels: $(KERNELS)
-$(KERNELS): $(STAMP) $(wildcard src/normlab/kernels/*.cpp)
+$(KERNELS): $(STAMP) $(wildcard src/normlab/kernels/*.cpp src/normlab/kernels/*.h)
 	$(PY) -m normlab.kernels.build --force
 
 data: install

@@ -25,6 +25,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common.h"
+
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -43,11 +45,6 @@ Layout layout_of(const Tensor& x) {
   const int64_t N = x.size(0), C = x.size(1);
   const int64_t S = N * C == 0 ? 0 : x.numel() / (N * C);
   return {N, C, S};
-}
-
-template <typename T>
-T* data_or_null(const std::optional<Tensor>& t) {  // an optional argument's data, or null
-  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
 }
 
 // Per-channel statistics and the output's scale and shift, from the three sums.

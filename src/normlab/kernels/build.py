@@ -26,40 +26,55 @@ def sources() -> list[Path]:
 
 
 def is_stale() -> bool:
-    """True when the library is missing or older than a source file."""
+    """True when the library is missing or older than a source or header."""
     if not LIBRARY.is_file():
         return True
     built = LIBRARY.stat().st_mtime
-    return any(source.stat().st_mtime > built for source in sources())
+    return any(f.stat().st_mtime > built for f in [*sources(), *HERE.glob("*.h")])
 
 
-def compile_command(output: Path) -> list[str]:
-    """The g++ command line for the installed torch."""
+def _torch_flags() -> tuple[list[str], list[str]]:
+    """``(compile flags, link flags)`` for the installed torch."""
     import torch
     from torch.utils import cpp_extension
 
     torch_lib = Path(torch.__file__).resolve().parent / "lib"
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return [
-        os.environ.get("CXX", "g++"),
+    compile_flags = [
         "-O3",
-        "-std=c++20",  # as torch is built,
-        "-shared",
+        "-std=c++20",  # as torch is built
         "-fPIC",
-        "-fopenmp",
+        "-fopenmp",  # at::parallel_for and `omp simd` loops; torch's own libgomp at run time
         "-march=native",  # built where it runs (make builds it on each machine)
-        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
         *[f"-I{path}" for path in cpp_extension.include_paths()],
-        *[str(source) for source in sources()],
+    ]
+    link_flags = [
+        "-shared",
+        "-fopenmp",
         f"-L{torch_lib}",
         f"-Wl,-rpath,{torch_lib}",
         "-ltorch",
         "-ltorch_cpu",
         "-lc10",
         "-l:libgomp.so.1",
-        "-o",
-        str(output),
     ]
+    return compile_flags, link_flags
+
+
+def _run(commands: list[list[str]]) -> None:
+    """Run the commands at once (one per source: the cores compile in parallel)."""
+    running = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    failed = None
+    for process in running:
+        _, errors = process.communicate()
+        if process.returncode != 0:
+            sys.stderr.write(errors)
+            failed = process.returncode
+    if failed is not None:
+        raise OSError(f"compiling the kernels failed (exit {failed}); see above")
 
 
 def build(*, force: bool = False, quiet: bool = False) -> Path:
@@ -69,15 +84,19 @@ def build(*, force: bool = False, quiet: bool = False) -> Path:
     compiler = os.environ.get("CXX", "g++")
     if shutil.which(compiler) is None:
         raise OSError(f"no C++ compiler {compiler!r}; install g++ (or set CXX) to build kernels")
+    compile_flags, link_flags = _torch_flags()
     with tempfile.TemporaryDirectory(dir=HERE) as scratch:
-        partial = Path(scratch) / LIBRARY.name
-        command = compile_command(partial)
+        objects = [Path(scratch) / f"{source.stem}.o" for source in sources()]
         if not quiet:
-            print(f"normlab: compiling {len(sources())} kernel sources with {compiler}", flush=True)
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            sys.stderr.write(done.stderr)
-            raise OSError(f"compiling the kernels failed (exit {done.returncode}); see above")
+            print(f"normlab: compiling {len(objects)} kernel sources with {compiler}", flush=True)
+        _run(
+            [
+                [compiler, *compile_flags, "-c", str(source), "-o", str(obj)]
+                for source, obj in zip(sources(), objects, strict=True)
+            ]
+        )
+        partial = Path(scratch) / LIBRARY.name
+        _run([[compiler, *map(str, objects), *link_flags, "-o", str(partial)]])
         os.replace(partial, LIBRARY)  # atomic: a half-written library is never loaded
     return LIBRARY
 

@@ -1,0 +1,173 @@
+// Group norm on CPU: normlab's formulas (src/normlab/functional/feature.py) as loops, for
+// float32 and float64 contiguous inputs (N, C, P) (P: the product of the spatial sizes),
+// G groups of K = C / G channels; each (sample, group) row of S = K * P values is
+// normalised, and the affine parameters are per channel.
+//
+//   forward   per row: shifted two-pass statistics (common.h): m (the rounded first mean),
+//             offset (the mean of x - m) and rstd; m and rstd are saved with the input for
+//             the backward (as many bytes as torch.nn saves); then in one pass
+//             xhat = (x - m - offset) * rstd,  y = xhat * weight_c + bias_c
+//   backward  per row, offset = mean(x - m) again and xhat recomputed as in the forward;
+//             sums per channel c of the group over its P positions:
+//             sg_c = sum(dy);  sgx_c = sum(dy * xhat)                (read dy, x)
+//             a = sum_c w_c sg_c / S;  b = sum_c w_c sgx_c / S
+//             dx = rstd * (w_c * dy - a - xhat * b)                  (pass 2: write dx)
+//             dweight_c = sum over samples of sgx_c;  dbias_c = sum of sg_c
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "common.h"
+
+namespace normlab {
+namespace {
+
+using at::Tensor;
+
+struct Groups {
+  int64_t N, C, P, G, K, S;  // K = C / G channels per group, S = K * P values per row
+};
+
+Groups groups_of(const Tensor& input, int64_t G) {
+  const int64_t N = input.size(0), C = input.size(1);
+  const int64_t P = N * C == 0 ? 0 : input.numel() / (N * C);
+  return {N, C, P, G, C / G, C / G * P};
+}
+
+template <typename T>
+void forward_rows(const T* x, const T* w, const T* b, T* y, T* stats, Groups L, double eps) {
+  at::parallel_for(0, L.N * L.G, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* row = x + r * L.S;
+      const RowStats<T> s = row_stats(row, L.S, eps);
+      const T m = s.m, offset = static_cast<T>(s.offset), k = static_cast<T>(s.rstd);
+      const int64_t first_channel = (r % L.G) * L.K;
+      for (int64_t j = 0; j < L.K; ++j) {
+        const int64_t c = first_channel + j;
+        const T wc = w ? w[c] : T(1), bc = b ? b[c] : T(0);
+        const T* __restrict p = row + j * L.P;
+        T* __restrict out = y + r * L.S + j * L.P;
+#pragma omp simd
+        for (int64_t i = 0; i < L.P; ++i) out[i] = (p[i] - m - offset) * k * wc + bc;
+      }
+      stats[r * 2] = m;
+      stats[r * 2 + 1] = k;
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> group_norm_forward(const Tensor& input,
+                                                      const std::optional<Tensor>& weight,
+                                                      const std::optional<Tensor>& bias,
+                                                      int64_t num_groups, double eps) {
+  const Groups L = groups_of(input, num_groups);
+  Tensor y = at::empty_like(input);
+  Tensor stats = at::empty({L.N * L.G, 2}, input.options());  // per row: m, rstd
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "normlab::group_norm_forward", [&] {
+    forward_rows(input.data_ptr<scalar_t>(), data_or_null<scalar_t>(weight),
+                 data_or_null<scalar_t>(bias), y.data_ptr<scalar_t>(),
+                 stats.data_ptr<scalar_t>(), L, eps);
+  });
+  return {y, stats};
+}
+
+// sum(dy) and sum(dy * xhat) over one channel's P positions of a row.
+template <typename T>
+void channel_sums(const T* __restrict g, const T* __restrict x, T m, T offset, T k, int64_t P,
+                  double* sum_g, double* sum_gx) {
+  T sg = 0, sgx = 0;  // in the input dtype, vectorized: dot products, no cancellation
+#pragma omp simd reduction(+ : sg, sgx)
+  for (int64_t i = 0; i < P; ++i) {
+    sg += g[i];
+    sgx += g[i] * ((x[i] - m - offset) * k);
+  }
+  *sum_g = sg;
+  *sum_gx = sgx;
+}
+
+// dx over one channel's P positions: rstd * (w_c * dy - a - xhat * b).
+template <typename T>
+void channel_grad(const T* __restrict g, const T* __restrict x, T m, T offset, T k, T wc, T ka,
+                  T kb, T* __restrict dx, int64_t P) {
+#pragma omp simd
+  for (int64_t i = 0; i < P; ++i) dx[i] = k * (wc * g[i] - ka - (x[i] - m - offset) * k * kb);
+}
+
+template <typename T>
+void backward_rows(const T* g, const T* x, const T* stats, const T* w, T* dx, double* sg,
+                   double* sgx, Groups L) {
+  at::parallel_for(0, L.N * L.G, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / L.G, first_channel = (r % L.G) * L.K;
+      const T m = stats[r * 2], k = stats[r * 2 + 1];
+      const T offset = static_cast<T>(sum_centred(x + r * L.S, m, L.S) / L.S);
+      double a = 0, b = 0;
+      for (int64_t j = 0; j < L.K; ++j) {
+        const int64_t c = first_channel + j, start = r * L.S + j * L.P;
+        double* sum_g = sg + n * L.C + c;
+        double* sum_gx = sgx + n * L.C + c;
+        channel_sums(g + start, x + start, m, offset, k, L.P, sum_g, sum_gx);
+        const double wc = w ? w[c] : 1.0;
+        a += wc * *sum_g;
+        b += wc * *sum_gx;
+      }
+      if (!dx) continue;
+      const T ka = static_cast<T>(a / L.S), kb = static_cast<T>(b / L.S);
+      for (int64_t j = 0; j < L.K; ++j) {
+        const int64_t c = first_channel + j, start = r * L.S + j * L.P;
+        channel_grad(g + start, x + start, m, offset, k, w ? w[c] : T(1), ka, kb, dx + start,
+                     L.P);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> group_norm_backward(const Tensor& grad_out,
+                                                       const Tensor& input, const Tensor& stats,
+                                                       const std::optional<Tensor>& weight,
+                                                       int64_t num_groups, bool need_input,
+                                                       bool need_weight, bool need_bias) {
+  Tensor g = grad_out.contiguous();
+  const Groups L = groups_of(g, num_groups);
+  Tensor dx = need_input ? at::empty_like(g) : Tensor();
+  Tensor dw = need_weight ? at::empty({L.C}, input.options()) : Tensor();
+  Tensor db = need_bias ? at::empty({L.C}, input.options()) : Tensor();
+  std::vector<double> sg(L.N * L.C), sgx(L.N * L.C);  // per (sample, channel)
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "normlab::group_norm_backward", [&] {
+    using T = scalar_t;
+    backward_rows(g.data_ptr<T>(), input.data_ptr<T>(), stats.data_ptr<T>(),
+                  data_or_null<T>(weight), dx.defined() ? dx.data_ptr<T>() : nullptr, sg.data(),
+                  sgx.data(), L);
+    for (int64_t c = 0; c < L.C; ++c) {  // dweight, dbias: sums over the samples
+      double sum_w = 0, sum_b = 0;
+      for (int64_t n = 0; n < L.N; ++n) {
+        sum_w += sgx[n * L.C + c];
+        sum_b += sg[n * L.C + c];
+      }
+      if (need_weight) dw.data_ptr<T>()[c] = static_cast<T>(sum_w);
+      if (need_bias) db.data_ptr<T>()[c] = static_cast<T>(sum_b);
+    }
+  });
+  return {dx, dw, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(normlab, m) {
+  m.def("group_norm_forward(Tensor input, Tensor? weight, Tensor? bias, int num_groups,"
+        " float eps) -> (Tensor, Tensor)");
+  m.def("group_norm_backward(Tensor grad_out, Tensor input, Tensor stats, Tensor? weight,"
+        " int num_groups, bool need_input, bool need_weight, bool need_bias)"
+        " -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(normlab, CPU, m) {
+  m.impl("group_norm_forward", &group_norm_forward);
+  m.impl("group_norm_backward", &group_norm_backward);
+}
+
+}  // namespace normlab

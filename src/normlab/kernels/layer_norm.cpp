@@ -1,0 +1,162 @@
+// Layer norm on CPU: normlab's formulas (src/normlab/functional/feature.py) as loops, for
+// float32 and float64 contiguous rows (R, D): each row of D values is normalised.
+//
+//   forward   per row: shifted two-pass statistics (common.h): m (the rounded first mean),
+//             offset (the mean of x - m) and rstd; m and rstd are saved with the input for
+//             the backward (as many bytes as torch.nn saves: input, mean, rstd); then in
+//             one pass  xhat = (x - m - offset) * rstd,  y = xhat * weight + bias
+//   backward  per row, offset = mean(x - m) again (the row is then in cache), xhat
+//             recomputed as in the forward, and G = dy * weight:
+//             a = sum(G) / D;  b = sum(G * xhat) / D                (read dy, x)
+//             dx = rstd * (G - a - xhat * b)                        (write dx)
+//             dweight += dy * xhat;  dbias += dy  (over rows, in per-thread partial sums)
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "common.h"
+
+namespace normlab {
+namespace {
+
+using at::Tensor;
+
+// One row's y; kWeight/kBias: whether there is a weight/bias (copies of the loop without
+// branches, so that each vectorizes). Writes m and rstd to stats[0..1].
+template <typename T, bool kWeight, bool kBias>
+void row_forward(const T* __restrict x, const T* __restrict w, const T* __restrict b,
+                 T* __restrict y, T* __restrict stats, int64_t D, double eps) {
+  const RowStats<T> s = row_stats(x, D, eps);
+  const T m = s.m, offset = static_cast<T>(s.offset), k = static_cast<T>(s.rstd);
+#pragma omp simd
+  for (int64_t i = 0; i < D; ++i) {
+    const T v = (x[i] - m - offset) * k;
+    y[i] = (kWeight ? v * w[i] : v) + (kBias ? b[i] : T(0));
+  }
+  stats[0] = m;
+  stats[1] = k;
+}
+
+std::tuple<Tensor, Tensor> layer_norm_forward(const Tensor& input,
+                                              const std::optional<Tensor>& weight,
+                                              const std::optional<Tensor>& bias, int64_t width,
+                                              double eps) {
+  const int64_t R = input.numel() / width;
+  Tensor y = at::empty_like(input);
+  Tensor stats = at::empty({R, 2}, input.options());  // per row: m, rstd
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "normlab::layer_norm_forward", [&] {
+    using T = scalar_t;
+    const T* x = input.data_ptr<T>();
+    const T* w = data_or_null<T>(weight);
+    const T* b = data_or_null<T>(bias);
+    T* out = y.data_ptr<T>();
+    T* st = stats.data_ptr<T>();
+    auto row = w ? (b ? row_forward<T, true, true> : row_forward<T, true, false>)
+                 : (b ? row_forward<T, false, true> : row_forward<T, false, false>);
+    at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r)
+        row(x + r * width, w, b, out + r * width, st + r * 2, width, eps);
+    });
+  });
+  return {y, stats};
+}
+
+// One row's dx (kWeight: whether G = dy * weight or G = dy).
+template <typename T, bool kWeight>
+void row_grad(const T* __restrict g, const T* __restrict x, T m, T offset, T k,
+              const T* __restrict w, T* __restrict dx, int64_t D) {
+  T a = 0, b = 0;  // in the input dtype, vectorized: dot products, no cancellation
+#pragma omp simd reduction(+ : a, b)
+  for (int64_t i = 0; i < D; ++i) {
+    const T gw = kWeight ? g[i] * w[i] : g[i];
+    a += gw;
+    b += gw * ((x[i] - m - offset) * k);
+  }
+  const T ka = static_cast<T>(a / D), kb = static_cast<T>(b / D);
+#pragma omp simd
+  for (int64_t i = 0; i < D; ++i) {
+    const T gw = kWeight ? g[i] * w[i] : g[i];
+    dx[i] = k * (gw - ka - (x[i] - m - offset) * k * kb);
+  }
+}
+
+template <typename T>
+void backward_rows(const T* g, const T* x, const T* stats, const T* w, T* dx, T* dw, T* db,
+                   int64_t R, int64_t D) {
+  // dweight and dbias: per-thread column sums, added at the end (no races, fixed order),
+  // in the input dtype as torch.nn does (a sum over rows, not within one).
+  const int64_t threads = at::get_num_threads();
+  const bool sums = dw || db;
+  std::vector<T> partial(sums ? threads * 2 * D : 0, T(0));
+  at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+    T* __restrict sw = sums ? partial.data() + at::get_thread_num() * 2 * D : nullptr;
+    T* __restrict sb = sums ? sw + D : nullptr;
+    for (int64_t r = begin; r < end; ++r) {
+      const T* __restrict gr = g + r * D;
+      const T* __restrict xr = x + r * D;
+      const T m = stats[r * 2], k = stats[r * 2 + 1];
+      const T offset = static_cast<T>(sum_centred(xr, m, D) / D);
+      if (dx) {
+        if (w)
+          row_grad<T, true>(gr, xr, m, offset, k, w, dx + r * D, D);
+        else
+          row_grad<T, false>(gr, xr, m, offset, k, w, dx + r * D, D);
+      }
+      if (sums) {
+#pragma omp simd
+        for (int64_t i = 0; i < D; ++i) {
+          sw[i] += gr[i] * ((xr[i] - m - offset) * k);
+          sb[i] += gr[i];
+        }
+      }
+    }
+  });
+  for (int64_t i = 0; i < D && sums; ++i) {
+    T sum_w = 0, sum_b = 0;
+    for (int64_t t = 0; t < threads; ++t) {
+      sum_w += partial[t * 2 * D + i];
+      sum_b += partial[t * 2 * D + D + i];
+    }
+    if (dw) dw[i] = sum_w;
+    if (db) db[i] = sum_b;
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(const Tensor& grad_out,
+                                                       const Tensor& input, const Tensor& stats,
+                                                       const std::optional<Tensor>& weight,
+                                                       bool need_input, bool need_weight,
+                                                       bool need_bias) {
+  const int64_t R = stats.size(0), D = input.numel() / R;
+  Tensor g = grad_out.contiguous();
+  Tensor dx = need_input ? at::empty_like(input) : Tensor();
+  Tensor dw = need_weight ? at::empty({D}, input.options()) : Tensor();
+  Tensor db = need_bias ? at::empty({D}, input.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "normlab::layer_norm_backward", [&] {
+    auto ptr = [](Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    backward_rows(g.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(),
+                  stats.data_ptr<scalar_t>(), data_or_null<scalar_t>(weight), ptr(dx), ptr(dw),
+                  ptr(db), R, D);
+  });
+  return {dx, dw, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(normlab, m) {
+  m.def("layer_norm_forward(Tensor input, Tensor? weight, Tensor? bias, int width, float eps)"
+        " -> (Tensor, Tensor)");
+  m.def("layer_norm_backward(Tensor grad_out, Tensor input, Tensor stats, Tensor? weight,"
+        " bool need_input, bool need_weight, bool need_bias) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(normlab, CPU, m) {
+  m.impl("layer_norm_forward", &layer_norm_forward);
+  m.impl("layer_norm_backward", &layer_norm_backward);
+}
+
+}  // namespace normlab
