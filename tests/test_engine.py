@@ -241,3 +241,32 @@ def test_load_data_cuts_subsets() -> None:
     data = load_data(SMALL.replace(train_subset=100, test_subset=30))
     assert (len(data.train_labels), len(data.test_labels)) == (100, 30)
     assert data.name == "synthetic"
+
+
+def test_until_epoch_continues_to_the_numbers_of_one_call(tmp_path: Path, data: Dataset) -> None:
+    """Epoch by epoch (as the tutorial's workers train) equals one uninterrupted call."""
+    config = SMALL.replace(epochs=3)
+    straight = fit(build_model(config), data, config, progress=False)
+    run = Run.create(tmp_path, "steps", config, checkpoint_every=0)
+    for epoch in (1, 2, 3):
+        history = fit(
+            build_model(config), data, config, run=Run.open(run.path), progress=False,
+            until_epoch=epoch,
+        )  # fmt: skip
+        assert len(history.epochs) == epoch
+        assert (run.path / "summary.json").exists() == (epoch == 3)
+    assert history.step_losses == straight.step_losses
+    assert without_timing(history) == without_timing(straight)
+
+
+@pytest.mark.parametrize("until", [0, 4, 1.5])
+def test_until_epoch_out_of_range_is_refused(tmp_path: Path, data: Dataset, until) -> None:
+    config = SMALL.replace(epochs=3)
+    run = Run.create(tmp_path, "bad", config)
+    with pytest.raises(UsageError, match=r"until_epoch must be in 1\.\.3"):
+        fit(build_model(config), data, config, run=run, progress=False, until_epoch=until)
+
+
+def test_until_epoch_needs_a_run(data: Dataset) -> None:
+    with pytest.raises(UsageError, match="until_epoch needs a run"):
+        fit(build_model(SMALL), data, SMALL, progress=False, until_epoch=1)

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from normlab import __version__, commands
-from normlab.allocator import retain_freed_memory
 from normlab.errors import UsageError
 
 DEFAULT_THREADS = 1  # see --threads
@@ -78,7 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         set_threads(args.global_threads)
     except UsageError as error:
         parser.error(str(error))
-    retain_freed_memory()  # each training step's tensors reuse freed memory: no page faults
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

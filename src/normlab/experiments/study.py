@@ -318,14 +318,10 @@ def compute_cell(task: CellTask) -> dict[str, Any]:
 
 
 def _init_worker(threads: int | None, arms: Mapping[str, Any]) -> None:
-    """A worker's set-up: its torch threads, freed memory kept for reuse
-    (:mod:`normlab.allocator`) and the batch-size sweep's registered arms."""
+    """A worker's set-up: its torch threads and the batch-size sweep's registered arms."""
     import torch
 
-    from normlab.allocator import retain_freed_memory
     from normlab.experiments.sweeps import BATCH_SIZE_ARMS
-
-    retain_freed_memory()
 
     if threads is not None:
         torch.set_num_threads(threads)

@@ -214,15 +214,11 @@ _WORKER_DATA: Any = None  # the dataset, once per worker process (see _init_work
 
 
 def _init_worker(data: Any) -> None:
-    """A worker's set-up: the dataset, one torch thread, freed memory kept for reuse
-    (:mod:`normlab.allocator`)."""
+    """A worker's set-up: the dataset and one torch thread."""
     import torch
-
-    from normlab.allocator import retain_freed_memory
 
     global _WORKER_DATA
     _WORKER_DATA = data
-    retain_freed_memory()
     torch.set_num_threads(1)
 
 

@@ -268,29 +268,31 @@ class _BatchNormTrain(torch.autograd.Function):
         momentum: float,
         eps: float,
     ) -> Tensor:
-        if kernels.applies(input, weight, bias, running_mean, running_var):
-            out, mean, invstd = kernels.ops().batch_norm_forward(
+        ctx.fused = kernels.applies(input, weight, bias, running_mean, running_var)
+        if ctx.fused:  # centre: (m, mean - m) per channel, for an exact centring backward
+            out, centre, invstd = kernels.ops().batch_norm_forward(
                 input, weight, bias, running_mean, running_var, momentum, eps
             )
         else:
-            out, mean, invstd, var = _normalize_train(input, weight, bias, eps)
+            out, centre, invstd, var = _normalize_train(input, weight, bias, eps)
             n = input.numel() // input.shape[1]
-            _update_running_stats(running_mean, running_var, mean, var, n, momentum)
-        ctx.save_for_backward(input, mean, invstd, weight)
+            _update_running_stats(running_mean, running_var, centre, var, n, momentum)
+        ctx.save_for_backward(input, centre, invstd, weight)
         ctx.eps = eps
         ctx.bias_dtype = None if bias is None else bias.dtype
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        input, mean, invstd, weight = ctx.saved_tensors
+        input, centre, invstd, weight = ctx.saved_tensors  # centre: the mean, or (m, offset)
         if torch.is_grad_enabled():  # a graph of the backward is wanted: stay differentiable
             dx, dweight, dbias = _grads_differentiable(grad_out, input, weight, ctx.eps)
-        elif kernels.applies(input, mean, invstd, weight) and grad_out.dtype == input.dtype:
+        elif ctx.fused:
+            grad_out = _as_dtype(grad_out, input.dtype)
             ops = kernels.ops()
-            dx, dweight, dbias = ops.batch_norm_backward(grad_out, input, mean, invstd, weight)
+            dx, dweight, dbias = ops.batch_norm_backward(grad_out, input, centre, invstd, weight)
         else:
-            dx, dweight, dbias = _grads_fast(grad_out, input, mean, invstd, weight)
+            dx, dweight, dbias = _grads_fast(grad_out, input, centre, invstd, weight)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         return (
             dx if need_x else None,
