@@ -243,30 +243,32 @@ def test_load_data_cuts_subsets() -> None:
     assert data.name == "synthetic"
 
 
-def test_until_epoch_continues_to_the_numbers_of_one_call(tmp_path: Path, data: Dataset) -> None:
-    """Epoch by epoch (as the tutorial's workers train) equals one uninterrupted call."""
+def test_until_step_continues_to_the_numbers_of_one_call(tmp_path: Path, data: Dataset) -> None:
+    """Piece by piece, mid-epoch and at epoch ends (as the tutorial's workers train), equals
+    one uninterrupted call. SMALL has 8 steps per epoch."""
     config = SMALL.replace(epochs=3)
     straight = fit(build_model(config), data, config, progress=False)
     run = Run.create(tmp_path, "steps", config, checkpoint_every=0)
-    for epoch in (1, 2, 3):
+    for step, epochs in ((5, 0), (8, 1), (13, 1), (20, 2), (24, 3)):
         history = fit(
             build_model(config), data, config, run=Run.open(run.path), progress=False,
-            until_epoch=epoch,
+            until_step=step,
         )  # fmt: skip
-        assert len(history.epochs) == epoch
-        assert (run.path / "summary.json").exists() == (epoch == 3)
+        assert len(history.epochs) == epochs
+        assert len(history.step_losses) == step
+        assert (run.path / "summary.json").exists() == (step == 24)
     assert history.step_losses == straight.step_losses
     assert without_timing(history) == without_timing(straight)
 
 
-@pytest.mark.parametrize("until", [0, 4, 1.5])
-def test_until_epoch_out_of_range_is_refused(tmp_path: Path, data: Dataset, until) -> None:
+@pytest.mark.parametrize("until", [0, 25, 1.5])
+def test_until_step_out_of_range_is_refused(tmp_path: Path, data: Dataset, until) -> None:
     config = SMALL.replace(epochs=3)
     run = Run.create(tmp_path, "bad", config)
-    with pytest.raises(UsageError, match=r"until_epoch must be in 1\.\.3"):
-        fit(build_model(config), data, config, run=run, progress=False, until_epoch=until)
+    with pytest.raises(UsageError, match=r"until_step must be in 1\.\.24"):
+        fit(build_model(config), data, config, run=run, progress=False, until_step=until)
 
 
-def test_until_epoch_needs_a_run(data: Dataset) -> None:
-    with pytest.raises(UsageError, match="until_epoch needs a run"):
-        fit(build_model(SMALL), data, SMALL, progress=False, until_epoch=1)
+def test_until_step_needs_a_run(data: Dataset) -> None:
+    with pytest.raises(UsageError, match="until_step needs a run"):
+        fit(build_model(SMALL), data, SMALL, progress=False, until_step=1)

@@ -236,7 +236,7 @@ def fit(
     rank: int = 0,
     world_size: int = 1,
     parallel: Any | None = None,
-    until_epoch: int | None = None,
+    until_step: int | None = None,
 ) -> History:
     """Train ``model`` on ``data`` as ``config`` says; resume from ``run``'s checkpoint if any.
 
@@ -255,9 +255,10 @@ def fit(
             ``parallel.wrap(model)`` (DDP) runs the training steps, and
             ``parallel.reduce_step(loss, correct, size)`` turns each step's numbers into the
             global batch's, so losses, accuracies and checkpoints are the same on every rank.
-        until_epoch: stop once this many epochs (of ``config.epochs``) are done, after the
-            epoch's checkpoint; a later call with the same ``run`` continues from there, to
-            exactly the numbers of one uninterrupted call. None: train to ``config.epochs``.
+        until_step: stop once this many optimizer steps of the whole run are done (mid-epoch
+            or at an epoch's end), after a checkpoint there; a later call with the same
+            ``run`` continues from it, to exactly the numbers of one uninterrupted call.
+            None: train to the end of ``config.epochs``.
 
     Returns:
         The :class:`History`. If a loss is not finite, training stops there with
@@ -267,11 +268,6 @@ def fit(
     from normlab import data as nd
 
     config.validate()
-    last_epoch = config.epochs if until_epoch is None else until_epoch
-    if not isinstance(last_epoch, int) or not 1 <= last_epoch <= config.epochs:
-        raise UsageError(f"until_epoch must be in 1..{config.epochs}, got {until_epoch!r}")
-    if last_epoch < config.epochs and run is None:
-        raise UsageError("until_epoch needs a run: the next call continues from its checkpoint")
     device = torch.device(config.device)
     model.to(device)
     net = parallel.wrap(model) if parallel is not None else model
@@ -283,6 +279,12 @@ def fit(
     steps_per_epoch = nd.num_batches(
         train_count, config.batch_size, rank=rank, world_size=world_size
     )
+    total_steps = config.epochs * steps_per_epoch
+    stop = total_steps if until_step is None else until_step
+    if not isinstance(stop, int) or not 1 <= stop <= total_steps:
+        raise UsageError(f"until_step must be in 1..{total_steps}, got {until_step!r}")
+    if stop < total_steps and run is None:
+        raise UsageError("until_step needs a run: the next call continues from its checkpoint")
     writer = run if run is not None and rank == 0 else None
     every = run.checkpoint_every if run is not None else 0
     # The data moves to the device once (47 MB of uint8 for Fashion-MNIST); a no-op on CPU.
@@ -349,7 +351,9 @@ def fit(
         return history
 
     model.train()
-    for epoch in range(start_epoch, last_epoch):
+    for epoch in range(start_epoch, config.epochs):
+        if epoch * steps_per_epoch + start_step >= stop:
+            break
         lr = float(optimizer.param_groups[0]["lr"])
         started = time.perf_counter()
         pending: list[torch.Tensor] = []
@@ -396,7 +400,10 @@ def fit(
                 )
             bar.update(1)
             done = step_in_epoch + 1
-            checkpoint_due = every > 0 and done % every == 0 and done < steps_per_epoch
+            stopping = first_step + done == stop and done < steps_per_epoch
+            checkpoint_due = stopping or (
+                every > 0 and done % every == 0 and done < steps_per_epoch
+            )
             if done % READ_EVERY == 0 or checkpoint_due or done == steps_per_epoch:
                 bad = _read_losses(pending, history, partial)  # one sync per READ_EVERY steps
                 if bad is not None:
@@ -413,6 +420,9 @@ def fit(
                     bar.close()
                     return diverge(first_step + done, "the weights are not finite")
                 save(epoch, done)
+                if stopping:
+                    bar.close()
+                    return history
         bar.close()
         bad = _read_losses(pending, history, partial)  # nothing left unless batches ran short
         if bad is not None:
@@ -454,7 +464,7 @@ def fit(
         logger.info(format_epoch(metrics, config.epochs))
         if on_epoch is not None:
             on_epoch(metrics)
-    if writer is not None and last_epoch == config.epochs:
+    if writer is not None and stop == total_steps:
         writer.write_summary(_summary("finished", history))
     return history
 

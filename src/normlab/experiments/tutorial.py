@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,13 @@ def train_arm(
 _WORKER_DATA: Any = None  # the dataset, once per worker process (see _init_worker)
 
 
+def torch_threads() -> int:
+    """This process's torch threads."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _init_worker(data: Any) -> None:
     """A worker's set-up: the dataset and one torch thread."""
     import torch
@@ -231,12 +239,12 @@ class _EpochDone:
     params: list[NormParams]
 
 
-def _train_next_epoch(config: TutorialConfig, norm: str, run_path: Path, epoch: int) -> _EpochDone:
-    """In a worker: continue the arm's run from its checkpoint through epoch ``epoch``."""
+def _train_until(config: TutorialConfig, norm: str, run_path: Path, step: int) -> _EpochDone:
+    """In a worker: continue the arm's run from its checkpoint until ``step`` steps."""
     run = Run.open(run_path)
     model = build_model(config.train_config(norm))
     reset_peak_rss()
-    history = fit(model, _WORKER_DATA, run.config, run=run, progress=False, until_epoch=epoch)
+    history = fit(model, _WORKER_DATA, run.config, run=run, progress=False, until_step=step)
     return _EpochDone(history, peak_rss_bytes(), norm_parameters(model))
 
 
@@ -247,48 +255,66 @@ def _train_arms_in_workers(
     workers: int,
     on_epoch: EpochCallback | None,
 ) -> list[ArmResult]:
-    """Train the arms one epoch at a time in ``workers`` processes.
+    """Train the arms half an epoch at a time in ``workers`` processes.
 
     Three arms of five epochs on two cores: arm by arm, the third arm would train alone at
-    the end while a core idles; epoch by epoch, the arm with the most epochs left goes
-    next, and every core works until the last epoch (8 epoch-slots instead of 10). Each
-    epoch continues its arm's run from the checkpoint the previous one wrote, which gives
-    exactly the numbers of an uninterrupted run (``fit``'s ``until_epoch``).
+    the end while a core idles. In pieces of half an epoch, the arm with the most steps
+    left goes next, and both cores work until the last piece. Each piece continues its
+    arm's run from the checkpoint the previous one wrote, which gives exactly the numbers
+    of an uninterrupted run (``fit``'s ``until_step``).
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    from normlab.data import num_batches
 
     runs = {
         norm: Run.create(run_dir, norm, config.train_config(norm), checkpoint_every=0).path
         for norm in config.norms
     }
-    done = dict.fromkeys(config.norms, 0)  # epochs finished per arm
+    steps_per_epoch = num_batches(len(data.train_labels), config.batch_size)
+    total = config.epochs * steps_per_epoch
+    done = dict.fromkeys(config.norms, 0)  # steps trained per arm
+    epochs_reported = dict.fromkeys(config.norms, 0)
     finished: dict[str, _EpochDone] = {}
     peaks = dict.fromkeys(config.norms, 0)
-    running: dict[Future[_EpochDone], str] = {}
+    running: dict[Future[_EpochDone], tuple[str, int]] = {}
 
     def next_arm() -> str | None:
-        idle = [n for n in config.norms if n not in running.values() and n not in finished]
-        return max(idle, key=lambda n: config.epochs - done[n], default=None)  # first on ties
+        busy = {norm for norm, _ in running.values()}
+        idle = [n for n in config.norms if n not in busy and n not in finished]
+        return max(idle, key=lambda n: total - done[n], default=None)  # first on ties
 
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    def piece_end(norm: str) -> int:
+        """Half an epoch on, never across the end of an epoch."""
+        epoch_end = (done[norm] // steps_per_epoch + 1) * steps_per_epoch
+        return min(done[norm] + (steps_per_epoch + 1) // 2, epoch_end)
+
+    # fork, not spawn: the workers start at once with torch imported and the data shared.
+    # Safe here: this process runs one torch thread, so there is no OpenMP pool to inherit.
+    method = "fork" if torch_threads() == 1 and sys.platform.startswith("linux") else "spawn"
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(data,)
+        max_workers=workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=_init_worker,
+        initargs=(data,),
     ) as pool:
         while True:
             while len(running) < workers and (norm := next_arm()) is not None:
-                future = pool.submit(_train_next_epoch, config, norm, runs[norm], done[norm] + 1)
-                running[future] = norm
+                end = piece_end(norm)
+                running[pool.submit(_train_until, config, norm, runs[norm], end)] = (norm, end)
             if not running:
                 break
             completed, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in completed:
-                norm, outcome = running.pop(future), future.result()
-                done[norm] = len(outcome.history.epochs)
+                (norm, end), outcome = running.pop(future), future.result()
+                done[norm] = end
                 peaks[norm] = max(peaks[norm], outcome.peak_memory_bytes)
-                if on_epoch is not None and outcome.history.epochs:
-                    on_epoch(norm, outcome.history.epochs[-1])
-                if outcome.history.diverged or done[norm] == config.epochs:
+                epochs = outcome.history.epochs
+                if on_epoch is not None and len(epochs) > epochs_reported[norm]:
+                    on_epoch(norm, epochs[-1])
+                epochs_reported[norm] = len(epochs)
+                if outcome.history.diverged or end == total:
                     finished[norm] = outcome
     return [
         ArmResult(

@@ -1,4 +1,4 @@
-// Batch norm on CPU in two fused passes forward and two backward: normlab's formulas
+// Batch norm on CPU in three passes forward and two backward: normlab's formulas
 // (src/normlab/functional/batch.py) as loops, for float32 and float64 contiguous tensors.
 //
 // The input is viewed as (N, C, S): S = the product of the spatial sizes (1 for (N, C)).
@@ -7,7 +7,7 @@
 //   forward   m  = sum(x) / n, rounded to the input dtype            (pass 1: read x)
 //             v  = x - m;  d = sum(v);  q = sum(v^2)                  (pass 2: read x)
 //             mean = m + d / n;  var = (q - d^2 / n) / n;  invstd = 1 / sqrt(var + eps)
-//             y  = v * a + (bias - d / n * a),  a = weight * invstd   (same pass 2: write y)
+//             y  = v * a + (bias - d / n * a),  a = weight * invstd   (pass 3: write y)
 //             running_mean += momentum * (mean - running_mean)         (if given, in place)
 //             running_var  += momentum * (var * n / (n - 1) - running_var)
 //   backward  from m and offset = d / n, saved (as "centre") with invstd and the input:
@@ -16,12 +16,14 @@
 //             dx = dy * a + (x - m - offset) * k2 + k3                 (pass 2: write dx)
 //             k2 = -a * invstd * dweight / n;  k3 = -a * sum_dy / n
 //
-// Sums run in double. v = x - m is exact in the input dtype when x is near m (Sterbenz),
-// so inputs far from zero (mean 1e4, std 1e-2 in float32) normalise as accurately as in
-// double; the backward centres on m + offset the same way (the mean rounded to float32
-// would be off by half its ulp: 5 % of such a standard deviation). Pass 2 of the forward reads x while it is still in cache for a channel of up to
-// a few hundred kilobytes. Channels run in parallel (at::parallel_for); the (N, C) layout
-// walks rows and keeps per-channel accumulators instead.
+// Sums run per (sample, channel) block of S values in the input dtype (vectorized) and
+// across blocks in double. v = x - m is exact in the input dtype when x is
+// near m (Sterbenz), so inputs far from zero (mean 1e4, std 1e-2 in float32) normalise as
+// accurately as in double; the backward centres on m + offset the same way (the mean
+// rounded to float32 would be off by half its ulp: 5 % of such a standard deviation).
+// Passes 2 and 3 read x while it is still in cache for a channel of up to a few hundred
+// kilobytes. Channels run in parallel (at::parallel_for); the (N, C) layout walks
+// rows and keeps per-channel accumulators instead.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -68,31 +70,38 @@ void forward_channels(const T* x, T* y, const T* w, const T* b, T* mean, T* invs
   const double n = static_cast<double>(L.N * L.S);
   at::parallel_for(0, L.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
+      // Sums per (sample, channel) block in the input dtype (vectorized), across blocks in
+      // double: each block is short, the total may be long.
       double sum = 0;
       for (int64_t i = 0; i < L.N; ++i) {
-        const T* p = x + (i * L.C + c) * L.S;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t s = 0; s < L.S; ++s) sum += p[s];
+        const T* __restrict p = x + (i * L.C + c) * L.S;
+        T block = 0;
+#pragma omp simd reduction(+ : block)
+        for (int64_t s = 0; s < L.S; ++s) block += p[s];
+        sum += block;
       }
       const T m = static_cast<T>(sum / n);
       double d = 0, q = 0;
       for (int64_t i = 0; i < L.N; ++i) {
-        const T* p = x + (i * L.C + c) * L.S;
-#pragma omp simd reduction(+ : d, q)
+        const T* __restrict p = x + (i * L.C + c) * L.S;
+        T block_d = 0, block_q = 0;
+#pragma omp simd reduction(+ : block_d, block_q)
         for (int64_t s = 0; s < L.S; ++s) {
-          const double v = static_cast<double>(p[s] - m);
-          d += v;
-          q += v * v;
+          const T v = p[s] - m;
+          block_d += v;
+          block_q += v * v;
         }
+        d += block_d;
+        q += block_q;
       }
       const ChannelForward f =
           finish_forward(m, d, q, n, eps, w ? w[c] : 1.0, b ? b[c] : 0.0);
       const T scale = static_cast<T>(f.scale), shift = static_cast<T>(f.shift);
       for (int64_t i = 0; i < L.N; ++i) {
-        const T* p = x + (i * L.C + c) * L.S;
-        T* q_out = y + (i * L.C + c) * L.S;
+        const T* __restrict p = x + (i * L.C + c) * L.S;
+        T* __restrict out = y + (i * L.C + c) * L.S;
 #pragma omp simd
-        for (int64_t s = 0; s < L.S; ++s) q_out[s] = (p[s] - m) * scale + shift;
+        for (int64_t s = 0; s < L.S; ++s) out[s] = (p[s] - m) * scale + shift;
       }
       mean[c] = static_cast<T>(f.mean);
       invstd[c] = static_cast<T>(f.invstd);
@@ -200,24 +209,28 @@ void backward_channels(const T* dy, const T* x, const T* centre, const T* invstd
   at::parallel_for(0, L.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const T m = centre[c], offset = centre[L.C + c];
-      double sum_dy = 0, dot = 0;
+      double sum_dy = 0, dot = 0;  // per block in the input dtype (vectorized), then double
       for (int64_t i = 0; i < L.N; ++i) {
-        const int64_t at = (i * L.C + c) * L.S;
-#pragma omp simd reduction(+ : sum_dy, dot)
+        const T* __restrict g = dy + (i * L.C + c) * L.S;
+        const T* __restrict p = x + (i * L.C + c) * L.S;
+        T block_dy = 0, block_dot = 0;
+#pragma omp simd reduction(+ : block_dy, block_dot)
         for (int64_t s = 0; s < L.S; ++s) {
-          const double g = dy[at + s];
-          sum_dy += g;
-          dot += g * static_cast<double>(x[at + s] - m);
+          block_dy += g[s];
+          block_dot += g[s] * (p[s] - m);
         }
+        sum_dy += block_dy;
+        dot += block_dot;
       }
       dot -= offset * sum_dy;  // sum(dy * (x - mean)), mean = m + offset
       const ChannelBackward k = finish_backward(sum_dy, dot, n, invstd[c], w ? w[c] : 1.0);
       const T a = static_cast<T>(k.a), k2 = static_cast<T>(k.k2), k3 = static_cast<T>(k.k3);
       for (int64_t i = 0; i < L.N; ++i) {
-        const int64_t at = (i * L.C + c) * L.S;
+        const T* __restrict g = dy + (i * L.C + c) * L.S;
+        const T* __restrict p = x + (i * L.C + c) * L.S;
+        T* __restrict out = dx + (i * L.C + c) * L.S;
 #pragma omp simd
-        for (int64_t s = 0; s < L.S; ++s)
-          dx[at + s] = dy[at + s] * a + (x[at + s] - m - offset) * k2 + k3;
+        for (int64_t s = 0; s < L.S; ++s) out[s] = g[s] * a + (p[s] - m - offset) * k2 + k3;
       }
       dweight[c] = static_cast<T>(k.dweight);
       dbias[c] = static_cast<T>(k.dbias);
