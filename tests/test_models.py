@@ -9,7 +9,7 @@ from normlab.models import AvgPool2d, LeNet
 
 
 @pytest.mark.parametrize("shape", [(4, 6, 24, 24), (2, 3, 8, 6), (1, 1, 2, 2)])
-def test_fast_pool_equals_avg_pool2d(shape: tuple[int, ...]) -> None:
+def test_fast_pool_equals_avg_pool2d(shape: tuple[int, ...], code_path: str) -> None:
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     ours, theirs = AvgPool2d(2, 2)(x), torch.nn.functional.avg_pool2d(x, 2, 2)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-15)
@@ -35,6 +35,11 @@ def test_other_configurations_take_torchs_path(pool: AvgPool2d, shape: tuple[int
         pool.kernel_size, pool.stride, pool.padding, divisor_override=pool.divisor_override
     )(x)
     assert torch.equal(pool(x), reference)
+
+
+def test_the_kernel_pool_has_a_second_derivative() -> None:
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(AvgPool2d(2, 2), (x,))
 
 
 def test_non_contiguous_input_takes_torchs_path() -> None:

@@ -18,10 +18,12 @@ Shapes for a ``(N, 1, 28, 28)`` input::
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from normlab import kernels
 from normlab.nn.registry import create_norm_layer
 
 NormFactory = Callable[[int, int], nn.Module]  # (num_features, dims) -> layer
@@ -34,19 +36,35 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+class _AvgPool2x2(torch.autograd.Function):
+    """2x2 average pool with stride 2 through :mod:`normlab.kernels`: one pass each way."""
+
+    @staticmethod
+    def forward(ctx: Any, input: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return kernels.ops().avg_pool2x2_forward(input)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if torch.is_grad_enabled():  # a graph of the backward: differentiable ops
+            return grad_out.mul(0.25).repeat_interleave(2, -1).repeat_interleave(2, -2)
+        return kernels.ops().avg_pool2x2_backward(grad_out)
+
+
 class AvgPool2d(nn.AvgPool2d):
     """``torch.nn.AvgPool2d`` with a faster path for LeNet's 2x2 windows with stride 2.
 
-    A 2x2 average is the sum of two strided halves along the width, then along the height::
+    A 2x2 average is the mean of each window's four values::
 
-        s[n, c, h, j] = x[n, c, h, 2j] + x[n, c, h, 2j + 1]
-        y[n, c, i, j] = (s[n, c, 2i, j] + s[n, c, 2i + 1, j]) / 4
+        y[n, c, i, j] = (x[n, c, 2i, 2j] + x[n, c, 2i, 2j + 1]
+                         + x[n, c, 2i + 1, 2j] + x[n, c, 2i + 1, 2j + 1]) / 4
 
-    Two vectorized adds of strided views and a scale, each differentiated by autograd, run
-    forward and backward about twice as fast on CPU as ``avg_pool2d`` and its backward
-    (which walk every window). The results equal ``avg_pool2d``'s up to float rounding
-    (the four values are summed in another order). Any other configuration, an odd height
-    or width, or a non-contiguous input takes ``torch.nn.AvgPool2d.forward``.
+    Eager on CPU (float32/float64) it is one pass of :mod:`normlab.kernels` each way;
+    elsewhere the sum of two strided halves along the width, then along the height, each
+    differentiated by autograd. Both run forward and backward 1.5-3x faster on CPU than
+    ``avg_pool2d`` and its backward (which walk every window); the results equal
+    ``avg_pool2d``'s up to float rounding (the four values are summed in another order).
+    Any other configuration, an odd height or width, or a non-contiguous input takes
+    ``torch.nn.AvgPool2d.forward``.
 
     Shape:
         input ``(N, C, H, W)``, output ``(N, C, H // 2, W // 2)``.
@@ -55,6 +73,8 @@ class AvgPool2d(nn.AvgPool2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self._fast_path_applies(input):
             return super().forward(input)
+        if kernels.applies(input):
+            return _AvgPool2x2.apply(input)
         n, c, h, w = input.shape
         pairs = input.view(n, c, h, w // 2, 2)
         rows = (pairs[..., 0] + pairs[..., 1]).view(n, c, h // 2, 2, w // 2)

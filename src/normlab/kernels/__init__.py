@@ -4,8 +4,9 @@ The pure-tensor code in :mod:`normlab.functional` is the reference: it runs ever
 (CUDA, half precision, ``torch.compile``) and is what the docs explain. On CPU, eager
 mode, float32/float64 and contiguous tensors, a few tens of small tensor operations per
 layer cost more in dispatch than the arithmetic itself, so the same formulas also exist as
-loops (``batch_norm.cpp``, ``layer_norm.cpp``, ``group_norm.cpp``): two passes over the
-data forward and two backward, as ``torch.nn``'s own kernels do. They are compiled by
+loops (``batch_norm.cpp``, ``layer_norm.cpp``, ``group_norm.cpp``): a few passes over
+the data each way, as ``torch.nn``'s own kernels do; ``avg_pool.cpp`` is the 2x2 average
+pool of the tutorial's LeNet (:class:`normlab.models.AvgPool2d`). They are compiled by
 ``make`` (:mod:`normlab.kernels.build`) and registered as ``torch.ops.normlab.*``.
 
 :func:`ops` returns that namespace, or None when the library is not built or
