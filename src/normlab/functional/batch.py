@@ -269,7 +269,7 @@ class _BatchNormTrain(torch.autograd.Function):
         eps: float,
     ) -> Tensor:
         ctx.fused = kernels.applies(input, weight, bias, running_mean, running_var)
-        if ctx.fused:  # centre: (m, mean - m) per channel, for an exact centring backward
+        if ctx.fused:  # centre: the rounded first mean m; the backward centres on m + offset
             out, centre, invstd = kernels.ops().batch_norm_forward(
                 input, weight, bias, running_mean, running_var, momentum, eps
             )
@@ -284,7 +284,7 @@ class _BatchNormTrain(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        input, centre, invstd, weight = ctx.saved_tensors  # centre: the mean, or (m, offset)
+        input, centre, invstd, weight = ctx.saved_tensors  # centre: the mean, or m (kernels)
         if torch.is_grad_enabled():  # a graph of the backward is wanted: stay differentiable
             dx, dweight, dbias = _grads_differentiable(grad_out, input, weight, ctx.eps)
         elif ctx.fused:

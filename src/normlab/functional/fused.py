@@ -1,10 +1,11 @@
 """Layer and group norm through normlab's fused CPU kernels (:mod:`normlab.kernels`).
 
-The kernels run :mod:`normlab.functional.feature`'s formulas as loops: two passes forward,
-two backward. These ``autograd.Function`` s connect them to autograd the way batch norm
-does: the forward saves the input and two numbers per row (the rounded first mean ``m``
-and ``rstd``; as many bytes as ``torch.nn`` saves), the backward recomputes ``xhat`` from
-them in its loops. When a graph of the backward is wanted (``create_graph=True``, double
+The kernels run :mod:`normlab.functional.feature`'s formulas as loops: three passes
+forward (two for the shifted statistics, one for the output), three backward. These
+``autograd.Function`` s connect them to autograd the way batch norm does: the forward
+saves the input and two numbers per row (the rounded first mean ``m`` and ``rstd``; the
+bytes ``torch.nn`` saves), the backward recomputes the offset and ``xhat`` from them in
+its loops. When a graph of the backward is wanted (``create_graph=True``, double
 backward), the gradient is that of the plain formula, differentiated from the saved input.
 
 :func:`layer_norm` and :func:`group_norm` expect inputs already checked by their public

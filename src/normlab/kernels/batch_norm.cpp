@@ -10,8 +10,9 @@
 //             y  = v * a + (bias - d / n * a),  a = weight * invstd   (pass 3: write y)
 //             running_mean += momentum * (mean - running_mean)         (if given, in place)
 //             running_var  += momentum * (var * n / (n - 1) - running_var)
-//   backward  from m and offset = d / n, saved (as "centre") with invstd and the input:
-//             sum_dy = sum(dy);  dot = sum(dy * (x - m)) - offset * sum_dy   (pass 1)
+//   backward  from m, saved with invstd and the input (the bytes of a mean), in pass 1:
+//             sum_dy = sum(dy);  offset = sum(x - m) / n (d again, exactly as forward)
+//             dot = sum(dy * (x - m)) - offset * sum_dy                      (pass 1)
 //             dweight = dot * invstd;  dbias = sum_dy
 //             dx = dy * a + (x - m - offset) * k2 + k3                 (pass 2: write dx)
 //             k2 = -a * invstd * dweight / n;  k3 = -a * sum_dy / n
@@ -66,7 +67,7 @@ inline ChannelForward finish_forward(double m, double d, double q, double n, dou
 
 template <typename T>
 void forward_channels(const T* x, T* y, const T* w, const T* b, T* mean, T* invstd, T* var,
-                      T* centre, Layout L, double eps) {
+                      T* first_mean, Layout L, double eps) {
   const double n = static_cast<double>(L.N * L.S);
   at::parallel_for(0, L.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
@@ -106,15 +107,14 @@ void forward_channels(const T* x, T* y, const T* w, const T* b, T* mean, T* invs
       mean[c] = static_cast<T>(f.mean);
       invstd[c] = static_cast<T>(f.invstd);
       var[c] = static_cast<T>(f.var);
-      centre[c] = m;
-      centre[L.C + c] = static_cast<T>(d / n);
+      first_mean[c] = m;
     }
   });
 }
 
 template <typename T>
 void forward_rows(const T* x, T* y, const T* w, const T* b, T* mean, T* invstd, T* var,
-                  T* centre, Layout L, double eps) {
+                  T* first_mean, Layout L, double eps) {
   const double n = static_cast<double>(L.N);
   at::parallel_for(0, L.C, 64, [&](int64_t begin, int64_t end) {
     const int64_t width = end - begin;
@@ -144,8 +144,7 @@ void forward_rows(const T* x, T* y, const T* w, const T* b, T* mean, T* invstd, 
       mean[k] = static_cast<T>(f.mean);
       invstd[k] = static_cast<T>(f.invstd);
       var[k] = static_cast<T>(f.var);
-      centre[k] = m[c];
-      centre[L.C + k] = static_cast<T>(d[c] / n);
+      first_mean[k] = m[c];
     }
     for (int64_t i = 0; i < L.N; ++i) {
       const T* row = x + i * L.C + begin;
@@ -177,17 +176,17 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
   Tensor mean = at::empty({L.C}, input.options());
   Tensor invstd = at::empty({L.C}, input.options());
   Tensor var = at::empty({L.C}, input.options());
-  Tensor centre = at::empty({2, L.C}, input.options());  // m and mean - m, per channel
+  Tensor first_mean = at::empty({L.C}, input.options());  // m: the backward centres on it
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "normlab::batch_norm_forward", [&] {
     auto run = L.S == 1 ? forward_rows<scalar_t> : forward_channels<scalar_t>;
     run(input.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), data_or_null<scalar_t>(weight),
         data_or_null<scalar_t>(bias), mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(),
-        var.data_ptr<scalar_t>(), centre.data_ptr<scalar_t>(), L, eps);
+        var.data_ptr<scalar_t>(), first_mean.data_ptr<scalar_t>(), L, eps);
     update_running_stats(data_or_null<scalar_t>(running_mean),
                          data_or_null<scalar_t>(running_var), mean.data_ptr<scalar_t>(),
                          var.data_ptr<scalar_t>(), L, momentum);
   });
-  return {out, centre, invstd};
+  return {out, first_mean, invstd};
 }
 
 // Backward: per channel coefficients from the two sums.
@@ -203,26 +202,30 @@ inline ChannelBackward finish_backward(double sum_dy, double dot, double n, doub
 }
 
 template <typename T>
-void backward_channels(const T* dy, const T* x, const T* centre, const T* invstd, const T* w,
-                       T* dx, T* dweight, T* dbias, Layout L) {
+void backward_channels(const T* dy, const T* x, const T* first_mean, const T* invstd,
+                       const T* w, T* dx, T* dweight, T* dbias, Layout L) {
   const double n = static_cast<double>(L.N * L.S);
   at::parallel_for(0, L.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      const T m = centre[c], offset = centre[L.C + c];
-      double sum_dy = 0, dot = 0;  // per block in the input dtype (vectorized), then double
+      const T m = first_mean[c];
+      double sum_dy = 0, dot = 0, d = 0;  // per block in the input dtype, then double
       for (int64_t i = 0; i < L.N; ++i) {
         const T* __restrict g = dy + (i * L.C + c) * L.S;
         const T* __restrict p = x + (i * L.C + c) * L.S;
-        T block_dy = 0, block_dot = 0;
-#pragma omp simd reduction(+ : block_dy, block_dot)
+        T block_dy = 0, block_dot = 0, block_d = 0;
+#pragma omp simd reduction(+ : block_dy, block_dot, block_d)
         for (int64_t s = 0; s < L.S; ++s) {
+          const T v = p[s] - m;
           block_dy += g[s];
-          block_dot += g[s] * (p[s] - m);
+          block_dot += g[s] * v;
+          block_d += v;
         }
         sum_dy += block_dy;
         dot += block_dot;
+        d += block_d;
       }
-      dot -= offset * sum_dy;  // sum(dy * (x - mean)), mean = m + offset
+      const T offset = static_cast<T>(d / n);  // mean = m + offset
+      dot -= offset * sum_dy;                  // sum(dy * (x - mean))
       const ChannelBackward k = finish_backward(sum_dy, dot, n, invstd[c], w ? w[c] : 1.0);
       const T a = static_cast<T>(k.a), k2 = static_cast<T>(k.k2), k3 = static_cast<T>(k.k3);
       for (int64_t i = 0; i < L.N; ++i) {
@@ -239,26 +242,28 @@ void backward_channels(const T* dy, const T* x, const T* centre, const T* invstd
 }
 
 template <typename T>
-void backward_rows(const T* dy, const T* x, const T* centre, const T* invstd, const T* w,
+void backward_rows(const T* dy, const T* x, const T* first_mean, const T* invstd, const T* w,
                    T* dx, T* dweight, T* dbias, Layout L) {
   const double n = static_cast<double>(L.N);
   at::parallel_for(0, L.C, 64, [&](int64_t begin, int64_t end) {
     const int64_t width = end - begin;
-    std::vector<double> sum_dy(width, 0.0), dot(width, 0.0);
-    std::vector<T> a(width), k2(width), k3(width);
-    const T* m = centre + begin;
-    const T* offset = centre + L.C + begin;
+    std::vector<double> sum_dy(width, 0.0), dot(width, 0.0), d(width, 0.0);
+    std::vector<T> a(width), k2(width), k3(width), offset(width);
+    const T* m = first_mean + begin;
     for (int64_t i = 0; i < L.N; ++i) {
       const T* g = dy + i * L.C + begin;
       const T* row = x + i * L.C + begin;
 #pragma omp simd
       for (int64_t c = 0; c < width; ++c) {
+        const double v = static_cast<double>(row[c] - m[c]);
         sum_dy[c] += g[c];
-        dot[c] += static_cast<double>(g[c]) * static_cast<double>(row[c] - m[c]);
+        dot[c] += static_cast<double>(g[c]) * v;
+        d[c] += v;
       }
     }
     for (int64_t c = 0; c < width; ++c) {
       const int64_t k = begin + c;
+      offset[c] = static_cast<T>(d[c] / n);
       const double centred_dot = dot[c] - offset[c] * sum_dy[c];
       const ChannelBackward f = finish_backward(sum_dy[c], centred_dot, n, invstd[k], w ? w[k] : 1.0);
       a[c] = static_cast<T>(f.a);
@@ -279,7 +284,8 @@ void backward_rows(const T* dy, const T* x, const T* centre, const T* invstd, co
 }
 
 std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_out,
-                                                       const Tensor& input, const Tensor& centre,
+                                                       const Tensor& input,
+                                                       const Tensor& first_mean,
                                                        const Tensor& invstd,
                                                        const std::optional<Tensor>& weight) {
   const Layout L = layout_of(input);
@@ -289,7 +295,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_out,
   Tensor dbias = at::empty({L.C}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "normlab::batch_norm_backward", [&] {
     auto run = L.S == 1 ? backward_rows<scalar_t> : backward_channels<scalar_t>;
-    run(dy.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), centre.data_ptr<scalar_t>(),
+    run(dy.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), first_mean.data_ptr<scalar_t>(),
         invstd.data_ptr<scalar_t>(), data_or_null<scalar_t>(weight), dx.data_ptr<scalar_t>(),
         dweight.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>(), L);
   });
@@ -326,7 +332,7 @@ TORCH_LIBRARY_FRAGMENT(normlab, m) {
   m.def("batch_norm_forward(Tensor input, Tensor? weight, Tensor? bias,"
         " Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, float eps)"
         " -> (Tensor, Tensor, Tensor)");
-  m.def("batch_norm_backward(Tensor grad_out, Tensor input, Tensor centre, Tensor invstd,"
+  m.def("batch_norm_backward(Tensor grad_out, Tensor input, Tensor first_mean, Tensor invstd,"
         " Tensor? weight) -> (Tensor, Tensor, Tensor)");
   m.def("channel_affine(Tensor input, Tensor scale, Tensor shift) -> Tensor");
 }
