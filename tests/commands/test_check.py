@@ -42,8 +42,33 @@ def test_full_grid_passes(capsys: pytest.CaptureFixture[str]) -> None:
         tolerance = 1e-5 if row[1] == "float32" else 1e-10
         assert all(float(v) <= tolerance for v in row[3:6]), row
         assert row[6] == "pass"
-    total = 2 * len(parity.GRID)
+    codes = [line for line in lines if line.startswith("code: ")]
+    assert len(codes) == 2  # the kernels' table, then the tensor code's
+    assert "code: normlab's fused CPU kernels" in out and "code: normlab's tensor code" in out
+    total = 2 * 2 * len(parity.GRID)
     assert f"all {total} checks pass" in out
+
+
+def test_code_option_picks_one_path(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["check", "--dtype", "float64", "--layers", "BatchNorm2d", "--code", "tensors"]) == 0
+    )
+    out = capsys.readouterr().out
+    codes = [line for line in out.splitlines() if line.startswith("code: ")]
+    assert codes == ["code: normlab's tensor code (normlab.functional)"]
+    configs = len(parity.configurations(["BatchNorm2d"]))
+    assert f"all {configs} checks pass" in out
+
+
+def test_kernels_without_the_library_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from normlab import kernels
+
+    monkeypatch.setattr(kernels, "ops", lambda: None)
+    assert main(["check", "--layers", "LayerNorm", "--code", "kernels"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "make kernels" in err and "--code tensors" in err
 
 
 def test_dtype_and_layers_options(capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,7 +79,7 @@ def test_dtype_and_layers_options(capsys: pytest.CaptureFixture[str]) -> None:
         for line in out.splitlines()
         if line.split()[:1] in (["GroupNorm"], ["RMSNorm"])
     ]
-    assert rows == [["GroupNorm", "float64"], ["RMSNorm", "float64"]]
+    assert rows == [["GroupNorm", "float64"], ["RMSNorm", "float64"]] * 2  # once per code path
     assert "float32" not in out.split("layer")[1]
 
 

@@ -1,7 +1,8 @@
 """``normlab check``: every normlab layer against ``torch.nn`` on this machine.
 
 Runs the grid of :mod:`normlab.parity` (three training steps, an eval step and a
-``state_dict`` round trip per configuration) and prints one row per layer and dtype with
+``state_dict`` round trip per configuration) once per code path (the fused CPU kernels of
+:mod:`normlab.kernels` and the tensor code) and prints one row per layer and dtype with
 the largest differences. Exit codes: 0 all equal within tolerance, 1 any failure,
 2 a bad argument.
 """
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
     from normlab.parity import Result, Summary
 
 _DTYPES = {"float32": ("float32",), "float64": ("float64",), "both": ("float32", "float64")}
+_CODE = {
+    "kernels": "normlab's fused CPU kernels (normlab.kernels)",
+    "tensors": "normlab's tensor code (normlab.functional)",
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -33,6 +38,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--dtype", choices=tuple(_DTYPES), default="both", help="dtypes to check (default both)"
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--code",
+        choices=("both", *_CODE),
+        default="both",
+        help="which implementation to check: the fused CPU kernels, the tensor code, or both "
+        "(default; on CUDA, or without built kernels, the tensor code alone)",
+    )
     parser.add_argument(
         "--layers",
         metavar="NAME,...",
@@ -56,6 +68,21 @@ def _device(name: str) -> object:
     if device.type not in ("cpu", "cuda") and not getattr(torch, device.type).is_available():
         raise UsageError(f"device {name!r} is not available on this machine; use --device cpu")
     return device
+
+
+def _code_paths(code: str, device: object) -> list[str]:
+    """The code paths to check: ``kernels`` only where they can run (built, CPU)."""
+    from normlab import kernels
+    from normlab.errors import UsageError
+
+    usable = kernels.ops() is not None and getattr(device, "type", "cpu") == "cpu"
+    if code == "kernels" and not usable:
+        raise UsageError(
+            "the fused kernels run on CPU only and must be built (make kernels); use --code tensors"
+        )
+    if code == "both":
+        return ["kernels", "tensors"] if usable else ["tensors"]
+    return [code]
 
 
 def _format_diff(value: float) -> str:
@@ -103,24 +130,33 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from normlab import parity
+    from normlab import kernels, parity
 
     layers = None
     if args.layers is not None:
         layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     parity.configurations(layers)  # unknown names: a one-line error before any work
     device = _device(args.device)
+    paths = _code_paths(args.code, device)
     dtypes = [getattr(torch, name) for name in _DTYPES[args.dtype]]
 
     def progress(work: Sequence[object]) -> object:
         return tqdm(work, desc="normlab check", unit="config", leave=False, disable=None)
 
-    results = parity.run_grid(layers, dtypes, device, progress=progress)
     print(f"normlab layers against torch {torch.__version__} on {device}")
     print("differences: max|normlab - torch| / max(1, max|torch|) over all steps")
-    print()
-    for line in _table(parity.summarize(results)):
-        print(line)
+    results: list[Result] = []
+    for path in paths:
+        kernels.set_enabled(path == "kernels")
+        try:
+            path_results = parity.run_grid(layers, dtypes, device, progress=progress)
+        finally:
+            kernels.set_enabled(True)
+        print()
+        print(f"code: {_CODE[path]}")
+        for line in _table(parity.summarize(path_results)):
+            print(line)
+        results += path_results
     print()
     tolerances = ", ".join(
         f"{str(d).removeprefix('torch.')} {parity.TOLERANCES[d]:g}" for d in dtypes
@@ -132,8 +168,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(failures)} of {len(results)} checks FAILED (tolerance {tolerances})")
         return 1
     print(
-        f"all {len(results)} checks pass (tolerance {tolerances}): outputs, input and "
-        "parameter gradients, buffers over 3 training steps and eval; state_dict both ways"
+        f"all {len(results)} checks pass (tolerance {tolerances}; code: {', '.join(paths)}): "
+        "outputs, input and parameter gradients, buffers over 3 training steps and eval; "
+        "state_dict both ways"
     )
     sys.stdout.flush()
     return 0
