@@ -138,7 +138,7 @@ class TutorialResult:
     config: TutorialConfig
     shift: ShiftResult
     arms: list[ArmResult] = field(default_factory=list)
-    workers: int = 1  # processes training the arms' epochs at once (1: in this process)
+    workers: int = 1  # processes training the arms at once (1: arm after arm, in this process)
 
     def arm(self, norm: str) -> ArmResult | None:
         return next((a for a in self.arms if a.norm == norm), None)
@@ -214,7 +214,7 @@ def train_arm(
 _WORKER_DATA: Any = None  # the dataset, once per worker process (see _init_worker)
 
 
-def torch_threads() -> int:
+def _torch_threads() -> int:
     """This process's torch threads."""
     import torch
 
@@ -231,21 +231,21 @@ def _init_worker(data: Any) -> None:
 
 
 @dataclass
-class _EpochDone:
-    """What a worker sends back after training one more epoch of an arm."""
+class _PieceDone:
+    """What a worker sends back after training one piece of an arm."""
 
     history: History
     peak_memory_bytes: int
     params: list[NormParams]
 
 
-def _train_until(config: TutorialConfig, norm: str, run_path: Path, step: int) -> _EpochDone:
+def _train_until(config: TutorialConfig, norm: str, run_path: Path, step: int) -> _PieceDone:
     """In a worker: continue the arm's run from its checkpoint until ``step`` steps."""
     run = Run.open(run_path)
     model = build_model(config.train_config(norm))
     reset_peak_rss()
     history = fit(model, _WORKER_DATA, run.config, run=run, progress=False, until_step=step)
-    return _EpochDone(history, peak_rss_bytes(), norm_parameters(model))
+    return _PieceDone(history, peak_rss_bytes(), norm_parameters(model))
 
 
 def _train_arms_in_workers(
@@ -276,9 +276,9 @@ def _train_arms_in_workers(
     total = config.epochs * steps_per_epoch
     done = dict.fromkeys(config.norms, 0)  # steps trained per arm
     epochs_reported = dict.fromkeys(config.norms, 0)
-    finished: dict[str, _EpochDone] = {}
+    finished: dict[str, _PieceDone] = {}
     peaks = dict.fromkeys(config.norms, 0)
-    running: dict[Future[_EpochDone], tuple[str, int]] = {}
+    running: dict[Future[_PieceDone], tuple[str, int]] = {}
 
     def next_arm() -> str | None:
         busy = {norm for norm, _ in running.values()}
@@ -292,7 +292,7 @@ def _train_arms_in_workers(
 
     # fork, not spawn: the workers start at once with torch imported and the data shared.
     # Safe here: this process runs one torch thread, so there is no OpenMP pool to inherit.
-    method = "fork" if torch_threads() == 1 and sys.platform.startswith("linux") else "spawn"
+    method = "fork" if _torch_threads() == 1 and sys.platform.startswith("linux") else "spawn"
     with ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context(method),
@@ -347,8 +347,8 @@ def run_tutorial(
         on_epoch: called in this process as ``on_epoch(norm, metrics)`` after every epoch
             of every arm.
         workers: processes training at once, each with one torch thread, taking the arms'
-            epochs in turn (:func:`_train_arms_in_workers`; 1: arm after arm in this
-            process). Every epoch then shares the machine with another, so the arms'
+            half-epoch pieces in turn (:func:`_train_arms_in_workers`; 1: arm after arm in
+            this process). Every piece then shares the machine with another, so the arms'
             seconds per epoch compare fairly.
     """
     config.validate()

@@ -150,10 +150,11 @@ def build_report(result: TutorialResult, command: str = "normlab tutorial") -> R
         TUTORIAL_COLUMNS,
         caption=(
             "After the last epoch. s / epoch counts training only; peak memory is the "
-            "process's peak resident memory while the arm trained."
+            "peak resident memory of the processes that trained the arm."
             + (
-                f" The arms trained {result.workers} at a time in separate processes, in "
-                "the order listed: arms that ran side by side shared the machine."
+                " The arms trained in pieces of half an epoch, "
+                f"{result.workers} at a time in separate processes: every arm shared the "
+                "machine alike."
                 if result.workers > 1
                 else ""
             )
