@@ -24,7 +24,8 @@ def test_the_kernels_are_built_and_loaded() -> None:
     for name in ("batch_norm_forward", "batch_norm_backward", "channel_affine",
                  "layer_norm_forward", "layer_norm_backward",
                  "group_norm_forward", "group_norm_backward",
-                 "avg_pool2x2_forward", "avg_pool2x2_backward"):  # fmt: skip
+                 "avg_pool2x2_forward", "avg_pool2x2_backward",
+                 "use_caching_cpu_allocator", "cached_cpu_bytes"):  # fmt: skip
         assert hasattr(ops, name), name
 
 

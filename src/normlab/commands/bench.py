@@ -51,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--repeats", type=int, default=None, help="timings per candidate (default: 9; quick: 3)"
     )
     _common(layers)
-    layers.set_defaults(func=run)
+    layers.set_defaults(func=run, trains=True)
 
     train = which.add_parser(
         "train",
@@ -80,7 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="also measure normlab's LeNet under torch.compile (slow the first time: compiling)",
     )  # fmt: skip
     _common(train)
-    train.set_defaults(func=run)
+    train.set_defaults(func=run, trains=True)
     return parser
 
 

@@ -41,7 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from normlab.commands._lab import add_common_flags
 
     add_common_flags(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, trains=True)
     return parser
 
 

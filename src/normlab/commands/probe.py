@@ -43,7 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--lr", metavar="LR", help="SGD learning rate (default 0.03)")
     add_common_flags(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, trains=True)
     return parser
 
 

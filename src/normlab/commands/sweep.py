@@ -54,7 +54,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     grid.add_argument("--lr", metavar="LR", help="the SGD learning rate (batch-size: at 32)")
     add_common_flags(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, trains=True)
     return parser
 
 

@@ -136,7 +136,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="steps between mid-epoch checkpoints (default 200; 0: only at epoch ends)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, trains=True)
     return parser
 
 

@@ -318,11 +318,14 @@ def compute_cell(task: CellTask) -> dict[str, Any]:
 
 
 def _init_worker(threads: int | None, arms: Mapping[str, Any]) -> None:
-    """A worker's set-up: its torch threads and the batch-size sweep's registered arms."""
+    """A worker's set-up: its torch threads, the caching CPU allocator and the batch-size
+    sweep's registered arms."""
     import torch
 
+    from normlab import kernels
     from normlab.experiments.sweeps import BATCH_SIZE_ARMS
 
+    kernels.cache_cpu_memory()
     if threads is not None:
         torch.set_num_threads(threads)
     BATCH_SIZE_ARMS.update(arms)

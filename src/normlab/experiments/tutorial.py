@@ -222,12 +222,15 @@ def _torch_threads() -> int:
 
 
 def _init_worker(data: Any) -> None:
-    """A worker's set-up: the dataset and one torch thread."""
+    """A worker's set-up: the dataset, one torch thread, the caching CPU allocator."""
     import torch
+
+    from normlab import kernels
 
     global _WORKER_DATA
     _WORKER_DATA = data
     torch.set_num_threads(1)
+    kernels.cache_cpu_memory()
 
 
 @dataclass

@@ -6,8 +6,10 @@ mode, float32/float64 and contiguous tensors, a few tens of small tensor operati
 layer cost more in dispatch than the arithmetic itself, so the same formulas also exist as
 loops (``batch_norm.cpp``, ``layer_norm.cpp``, ``group_norm.cpp``): a few passes over
 the data each way, as ``torch.nn``'s own kernels do; ``avg_pool.cpp`` is the 2x2 average
-pool of the tutorial's LeNet (:class:`normlab.models.AvgPool2d`). They are compiled by
-``make`` (:mod:`normlab.kernels.build`) and registered as ``torch.ops.normlab.*``.
+pool of the tutorial's LeNet (:class:`normlab.models.AvgPool2d`);
+``caching_allocator.cpp`` is a CPU allocator that reuses freed blocks
+(:func:`cache_cpu_memory`). They are compiled by ``make`` (:mod:`normlab.kernels.build`)
+and registered as ``torch.ops.normlab.*``.
 
 :func:`ops` returns that namespace, or None when the library is not built or
 ``NORMLAB_KERNELS=0`` is set; normlab then uses the pure-tensor code alone. Both paths
@@ -71,3 +73,34 @@ def applies(input: torch.Tensor, *others: torch.Tensor | None) -> bool:
         ):
             return False
     return True
+
+
+DEFAULT_MAX_CACHED_BYTES = 1 << 30  # freed blocks kept for reuse, at most (1 GiB)
+
+
+def cache_cpu_memory(max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES) -> bool:
+    """Make torch's CPU allocator in this process cache freed blocks (``caching_allocator.cpp``).
+
+    A training step allocates its activations and gradients afresh; with the default
+    allocator a block of ~1 MB goes back to the kernel when freed and its pages fault
+    again on the next step (on LeNet 90–1200 page faults per step, up to a quarter of the
+    step). Cached, they are reused: ~0 faults. Blocks of 64 KiB and more are kept per
+    size up to ``max_cached_bytes`` in all; the process's memory then stays near its peak.
+    Tensors allocated before keep their own allocator. Returns False (and changes
+    nothing) when the kernels are not built or are off (``NORMLAB_KERNELS=0``).
+    """
+    if not isinstance(max_cached_bytes, int) or max_cached_bytes < 0:
+        raise ValueError(
+            f"max_cached_bytes must be a non-negative integer, got {max_cached_bytes!r}"
+        )
+    library = ops()
+    if library is None:
+        return False
+    library.use_caching_cpu_allocator(max_cached_bytes)
+    return True
+
+
+def cached_cpu_bytes() -> int:
+    """Bytes of freed blocks the caching CPU allocator holds for reuse (0 without it)."""
+    library = ops()
+    return 0 if library is None else int(library.cached_cpu_bytes())
