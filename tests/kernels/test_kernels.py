@@ -76,6 +76,14 @@ def test_a_stale_library_is_detected(tmp_path, monkeypatch: pytest.MonkeyPatch) 
     assert build.is_stale()
 
 
+def test_a_stale_library_is_not_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources edited after the build: the library's operators may not match the Python
+    code, so normlab warns and keeps to the tensor code."""
+    monkeypatch.setattr(build, "is_stale", lambda: True)
+    with pytest.warns(UserWarning, match="run `make kernels`"):
+        assert kernels._load() is None
+
+
 def test_a_missing_compiler_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")
     with pytest.raises(OSError, match=r"no C\+\+ compiler 'no-such-compiler-xyz'"):

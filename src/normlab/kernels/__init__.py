@@ -11,14 +11,16 @@ pool of the tutorial's LeNet (:class:`normlab.models.AvgPool2d`);
 (:func:`cache_cpu_memory`). They are compiled by ``make`` (:mod:`normlab.kernels.build`)
 and registered as ``torch.ops.normlab.*``.
 
-:func:`ops` returns that namespace, or None when the library is not built or
-``NORMLAB_KERNELS=0`` is set; normlab then uses the pure-tensor code alone. Both paths
+:func:`ops` returns that namespace, or None when the library is not built, is older than
+its sources (a warning says to run ``make kernels``) or ``NORMLAB_KERNELS=0`` is set;
+normlab then uses the pure-tensor code alone. Both paths
 are tested against ``torch.nn``.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,15 @@ def ops() -> Any | None:
 
 def _load() -> Any | None:
     if os.environ.get("NORMLAB_KERNELS", "1") == "0" or not LIBRARY.is_file():
+        return None
+    from normlab.kernels.build import is_stale
+
+    if is_stale():  # built from older sources: its operators may not match this code
+        warnings.warn(
+            "normlab's kernels are older than their sources; run `make kernels` to rebuild "
+            "them (until then normlab uses its tensor code)",
+            stacklevel=2,
+        )
         return None
     try:
         torch.ops.load_library(str(LIBRARY))
