@@ -265,7 +265,8 @@ void backward_rows(const T* dy, const T* x, const T* first_mean, const T* invstd
       const int64_t k = begin + c;
       offset[c] = static_cast<T>(d[c] / n);
       const double centred_dot = dot[c] - offset[c] * sum_dy[c];
-      const ChannelBackward f = finish_backward(sum_dy[c], centred_dot, n, invstd[k], w ? w[k] : 1.0);
+      const ChannelBackward f =
+          finish_backward(sum_dy[c], centred_dot, n, invstd[k], w ? w[k] : 1.0);
       a[c] = static_cast<T>(f.a);
       k2[c] = static_cast<T>(f.k2);
       k3[c] = static_cast<T>(f.k3);

@@ -9,7 +9,7 @@
 //             xhat = (x - m - offset) * rstd,  y = xhat * weight_c + bias_c
 //   backward  per row, offset = mean(x - m) again and xhat recomputed as in the forward;
 //             sums per channel c of the group over its P positions:
-//             sg_c = sum(dy);  sgx_c = sum(dy * xhat)                (read dy, x)
+//             sg_c = sum(dy);  sgx_c = sum(dy * xhat)                (pass 1: read dy, x)
 //             a = sum_c w_c sg_c / S;  b = sum_c w_c sgx_c / S
 //             dx = rstd * (w_c * dy - a - xhat * b)                  (pass 2: write dx)
 //             dweight_c = sum over samples of sgx_c;  dbias_c = sum of sg_c
@@ -61,9 +61,9 @@ void forward_rows(const T* x, const T* w, const T* b, T* y, T* stats, Groups L, 
 }
 
 std::tuple<Tensor, Tensor> group_norm_forward(const Tensor& input,
-                                                      const std::optional<Tensor>& weight,
-                                                      const std::optional<Tensor>& bias,
-                                                      int64_t num_groups, double eps) {
+                                              const std::optional<Tensor>& weight,
+                                              const std::optional<Tensor>& bias,
+                                              int64_t num_groups, double eps) {
   const Groups L = groups_of(input, num_groups);
   Tensor y = at::empty_like(input);
   Tensor stats = at::empty({L.N * L.G, 2}, input.options());  // per row: m, rstd
