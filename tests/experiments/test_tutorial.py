@@ -122,3 +122,19 @@ def test_workers_give_the_same_numbers(result, tmp_path) -> None:
         assert ours.final.test_accuracy == reference.final.test_accuracy
     with pytest.raises(ValueError, match="workers"):
         run_tutorial(result.config, data, tmp_path, progress=False, workers=0)
+
+
+def test_the_result_says_which_normlab_code_ran(result, tmp_path) -> None:
+    from normlab import kernels
+    from normlab.experiments.tutorial import code_path
+    from normlab.report.tutorial import build_report
+
+    assert result.code == "kernels"  # make builds them; on CPU they run
+    assert code_path("cuda") == "tensors"
+    html = build_report(result).to_html()
+    assert "normlab ran its fused CPU kernels (normlab.kernels)." in html
+    try:
+        kernels.set_enabled(False)
+        assert code_path("cpu") == "tensors"
+    finally:
+        kernels.set_enabled(True)

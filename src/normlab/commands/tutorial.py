@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from normlab.engine import load_data
     from normlab.experiments.shift import conclusion as shift_conclusion
     from normlab.experiments.shift import summary_rows as shift_rows
-    from normlab.experiments.tutorial import conclusions, run_tutorial, summary_rows
+    from normlab.experiments.tutorial import code_path, conclusions, run_tutorial, summary_rows
     from normlab.report.columns import SHIFT_COLUMNS, TUTORIAL_COLUMNS
     from normlab.report.params import params_table
     from normlab.report.tables import format_table
@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Run.create(args.out, "tutorial", config.to_dict(), data_dir=args.data_dir).path
     print(
         f"normlab tutorial: LeNet on {data.name} ({len(data.train_labels)} train, "
-        f"{len(data.test_labels)} test images), arms: {', '.join(config.norms)}\n"
+        f"{len(data.test_labels)} test images), arms: {', '.join(config.norms)}; "
+        f"normlab code: {code_path(config.device)}\n"
         f"run directory: {run_dir}",
         flush=True,
     )

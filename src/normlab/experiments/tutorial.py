@@ -139,6 +139,7 @@ class TutorialResult:
     shift: ShiftResult
     arms: list[ArmResult] = field(default_factory=list)
     workers: int = 1  # processes training the arms at once (1: arm after arm, in this process)
+    code: str = "tensors"  # normlab's code path: "kernels" (fused CPU loops) or "tensors"
 
     def arm(self, norm: str) -> ArmResult | None:
         return next((a for a in self.arms if a.norm == norm), None)
@@ -359,6 +360,7 @@ def run_tutorial(
         raise UsageError(f"workers must be a positive integer, got {workers!r}")
     result = TutorialResult(config=config, shift=covariate_shift(seed=config.seed))
     result.workers = min(workers, len(config.norms))
+    result.code = code_path(config.device)
     if result.workers == 1:
         for norm in config.norms:
             arm = train_arm(config, norm, data, run_dir, progress=progress, on_epoch=on_epoch)
@@ -366,6 +368,14 @@ def run_tutorial(
     else:
         result.arms = _train_arms_in_workers(config, data, run_dir, result.workers, on_epoch)
     return result
+
+
+def code_path(device: str) -> str:
+    """Which normlab code trains on ``device``: ``kernels`` (:mod:`normlab.kernels`, eager
+    CPU) or ``tensors`` (:mod:`normlab.functional`'s tensor code)."""
+    from normlab import kernels
+
+    return "kernels" if kernels.ops() is not None and device == "cpu" else "tensors"
 
 
 def summary_rows(result: TutorialResult) -> list[dict[str, Any]]:

@@ -123,7 +123,12 @@ def build_report(result: TutorialResult, command: str = "normlab tutorial") -> R
         "The course tutorial asks why, where and when batch normalization helps. This report "
         "re-runs it with normlab: the covariate-shift demo, then the tutorial's LeNet trained "
         "with normlab's batch norm (written from scratch), with torch.nn's, and without "
-        "normalization, from the same initial weights on the same batches."
+        "normalization, from the same initial weights on the same batches. "
+        + (
+            "normlab ran its fused CPU kernels (normlab.kernels)."
+            if result.code == "kernels"
+            else "normlab ran its tensor code (normlab.functional)."
+        )
     )
     report.section("Findings").bullets(conclusions(result))
 
