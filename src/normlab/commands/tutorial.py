@@ -47,8 +47,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=min(2, os.cpu_count() or 1),
-        help="processes training at once, one thread each, taking the arms' epochs in turn "
-        "(default: 2, or 1 on one core; 1: arm after arm, with progress bars)",
+        help="processes training at once, one thread each, taking the arms' half-epoch "
+        "pieces in turn (default: 2, or 1 on one core; 1: arm after arm, with progress bars)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run, trains=True)

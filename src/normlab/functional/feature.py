@@ -46,12 +46,12 @@ How it is computed, and why:
   memory. ``xhat`` and ``rstd`` are outputs of the ``Function`` (the public functions drop
   them), so a double backward (``create_graph=True``, ``gradgradcheck``) differentiates the
   same closed form, written with out-of-place operations, back through them to the input.
-- Speed against torch's fused kernels (``normlab bench layers``): each of our passes is one
-  ATen call, torch's layer norm is one call forward and one backward. Small inputs are
-  dominated by the fixed cost of a Python ``autograd.Function`` (~40 us forward+backward,
-  0.8-0.9x torch's whole layer norm at 64x120) and ~20 op calls (~2.5 us each); large ones
-  by ~6 passes forward and ~9 backward against torch's ~2 and ~3. Layer and group norm end
-  2-4x slower than torch's eager kernels, RMS and local response norm 0.3-1.3x.
+- Speed: each pass here is one ATen call, inside a Python ``autograd.Function``; torch's
+  layer norm is one fused kernel each way. Eager on CPU (float32/float64, contiguous), layer
+  and group norm therefore run :mod:`normlab.kernels`' loops instead, through
+  :mod:`normlab.functional.fused` (the same formulas; 1.3-1.4x torch's time over the bench
+  grid, at parity on large inputs). This tensor code is what runs everywhere else (CUDA,
+  half precision, ``torch.compile``) and what the formulas above describe.
 - RMS norm saves ``input`` and differentiates the plain formula for a double backward
   (torch's RMS norm on CPU is itself a composite of ops, and ours is faster).
 - Under ``torch.compile`` every function is the plain differentiable formula, so the
