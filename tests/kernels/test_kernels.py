@@ -153,3 +153,13 @@ def test_two_threads_give_the_numbers_of_one(name: str) -> None:
         torch.set_num_threads(before)
     for a, c in zip(one, two, strict=True):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+
+
+def test_runs_on_the_cpu_only_when_enabled() -> None:
+    assert kernels.runs_on("cpu") and kernels.runs_on(torch.device("cpu"))
+    assert not kernels.runs_on("cuda") and not kernels.runs_on("meta")
+    try:
+        kernels.set_enabled(False)
+        assert not kernels.runs_on("cpu")
+    finally:
+        kernels.set_enabled(True)

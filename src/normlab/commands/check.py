@@ -75,7 +75,7 @@ def _code_paths(code: str, device: object) -> list[str]:
     from normlab import kernels
     from normlab.errors import UsageError
 
-    usable = kernels.ops() is not None and getattr(device, "type", "cpu") == "cpu"
+    usable = kernels.runs_on(device)
     if code == "kernels" and not usable:
         raise UsageError(
             "the fused kernels run on CPU only and must be built (make kernels); use --code tensors"

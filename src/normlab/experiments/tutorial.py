@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from normlab.config import TrainConfig
 from normlab.engine import EpochMetrics, History, build_model, fit
 from normlab.errors import UsageError
@@ -215,17 +217,8 @@ def train_arm(
 _WORKER_DATA: Any = None  # the dataset, once per worker process (see _init_worker)
 
 
-def _torch_threads() -> int:
-    """This process's torch threads."""
-    import torch
-
-    return torch.get_num_threads()
-
-
 def _init_worker(data: Any) -> None:
     """A worker's set-up: the dataset, one torch thread, the caching CPU allocator."""
-    import torch
-
     from normlab import kernels
 
     global _WORKER_DATA
@@ -296,7 +289,9 @@ def _train_arms_in_workers(
 
     # fork, not spawn: the workers start at once with torch imported and the data shared.
     # Safe here: this process runs one torch thread, so there is no OpenMP pool to inherit.
-    method = "fork" if _torch_threads() == 1 and sys.platform.startswith("linux") else "spawn"
+    method = (
+        "fork" if torch.get_num_threads() == 1 and sys.platform.startswith("linux") else "spawn"
+    )
     with ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context(method),
@@ -375,7 +370,7 @@ def code_path(device: str) -> str:
     CPU) or ``tensors`` (:mod:`normlab.functional`'s tensor code)."""
     from normlab import kernels
 
-    return "kernels" if kernels.ops() is not None and device == "cpu" else "tensors"
+    return "kernels" if kernels.runs_on(device) else "tensors"
 
 
 def summary_rows(result: TutorialResult) -> list[dict[str, Any]]:

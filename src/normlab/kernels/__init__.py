@@ -65,6 +65,11 @@ def set_enabled(enabled: bool) -> None:
     _ops = _load() if enabled else None
 
 
+def runs_on(device: str | torch.device) -> bool:
+    """True when the kernels are built, enabled, and ``device`` is the CPU they run on."""
+    return ops() is not None and torch.device(device).type == "cpu"
+
+
 def applies(input: torch.Tensor, *others: torch.Tensor | None) -> bool:
     """True when the kernels can take these tensors: eager mode, CPU, contiguous, one
     float32/float64 dtype (``None`` entries are optional arguments left out).
