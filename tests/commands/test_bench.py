@@ -103,3 +103,31 @@ def test_unknown_layer_and_shape_set_are_usage_errors(capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         main(["bench", "layers", "--shapes", "vgg"])
     assert "invalid choice: 'vgg'" in capsys.readouterr().err
+
+
+def test_bandwidth_json_and_table(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "bandwidth", "--quick", "--shape", "4", "8", "6", "6"]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["shape"] == [4, 8, 6, 6] and report["dtype"] == "float32"
+    copy = next(p for p in report["passes"] if p["name"] == "copy")
+    assert copy["bytes"] == 2 * 4 * 8 * 6 * 6 * 4
+    assert set(report["time_ratio"]) == {"forward", "forward+backward"}
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "normlab forward+backward" in out and "normlab / torch.nn time: forward " in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shape", "4", "0", "6", "6"], "--shape needs four sizes N C H W, each >= 1"),
+        (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+    ],
+)
+def test_bandwidth_bad_values_are_one_line_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "bandwidth", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

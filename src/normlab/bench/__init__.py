@@ -5,6 +5,8 @@
 - :mod:`~normlab.bench.memory`: bytes a forward pass saves for its backward.
 - :mod:`~normlab.bench.layers`: ``normlab bench layers`` (each layer vs its torch.nn twin).
 - :mod:`~normlab.bench.train`: ``normlab bench train`` (training images/second).
+- :mod:`~normlab.bench.bandwidth`: ``normlab bench bandwidth`` (batch norm's GB/s against
+  a copy of the same tensor and the GPU's datasheet peak).
 - :mod:`~normlab.bench.original`: the seed tutorial's original pipeline, the baseline.
 - :mod:`~normlab.bench.report`, :mod:`~normlab.bench.table`: tables and JSON.
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from normlab.bench.bandwidth import BandwidthResult
 from normlab.bench.layers import LayerResult, geometric_mean
 from normlab.bench.table import format_table
 from normlab.bench.timing import Ratio, Summary
@@ -228,4 +229,56 @@ def train_json(result: TrainResult, settings: dict[str, Any]) -> dict[str, Any]:
             for name, r in result.speedup.items()
         },
         "targets_met": result.targets_met,
+    }
+
+
+def _percent(part: float, whole: float | None) -> str:
+    return "-" if not whole else f"{100 * part / whole:.0f}%"
+
+
+def bandwidth_table(result: BandwidthResult) -> str:
+    """One row per candidate: median ms, achieved GB/s, share of the copy and of the peak."""
+    copy = result.copy.gbps
+    rows = [
+        [
+            p.name,
+            f"{p.seconds.median * 1e3:.3f}",
+            f"{p.bytes / 1e6:,.0f}",
+            f"{p.gbps:,.1f}",
+            _percent(p.gbps, copy),
+            _percent(p.gbps, result.datasheet_gbps),
+        ]
+        for p in result.passes
+    ]
+    headers = ["candidate", "ms", "MB moved", "GB/s", "of copy", "of datasheet"]
+    if result.datasheet_gbps is None:  # not a GPU we know: no column of dashes
+        headers, rows = headers[:-1], [row[:-1] for row in rows]
+    return format_table(headers, rows)
+
+
+def bandwidth_ratios(result: BandwidthResult) -> dict[str, float]:
+    """Time ratios normlab / torch per pass (below 1: normlab is faster)."""
+    ratios = {}
+    for p in result.passes:
+        if p.name.startswith("normlab"):
+            twin = result.by_name("torch" + p.name[len("normlab") :])
+            ratios[p.name[len("normlab ") :]] = p.seconds.median / twin.seconds.median
+    return ratios
+
+
+def bandwidth_json(result: BandwidthResult, settings: dict[str, Any]) -> dict[str, Any]:
+    """Seconds, bytes and GB/s of every candidate; the copy ceiling and the datasheet peak."""
+    return {
+        "benchmark": "bandwidth",
+        "machine": machine(),
+        "settings": settings,
+        "shape": list(result.shape),
+        "dtype": result.dtype,
+        "copy_gbps": result.copy.gbps,
+        "datasheet_gbps": result.datasheet_gbps,
+        "passes": [
+            {"name": p.name, "seconds": asdict(p.seconds), "bytes": p.bytes, "gbps": p.gbps}
+            for p in result.passes
+        ],
+        "time_ratio": bandwidth_ratios(result),
     }

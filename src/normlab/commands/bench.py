@@ -3,7 +3,8 @@
 ``normlab bench layers`` times forward+backward of every normlab layer against its
 ``torch.nn`` twin (eager, and with ``--compile`` also compiled) and the bytes each saves
 for backward; ``normlab bench train`` measures training images/second of the tutorial's
-LeNet with normlab's batch norm, with torch's, and with the tutorial's original pipeline.
+LeNet with normlab's batch norm, with torch's, and with the tutorial's original pipeline;
+``normlab bench bandwidth`` measures the memory bandwidth batch norm's passes achieve.
 Ratios are normlab over torch in time for ``layers`` (below 1: normlab is faster) and in
 speed for ``train`` (above 1: the first named is faster).
 """
@@ -22,7 +23,7 @@ SHAPE_SET_NAMES = ("lenet", "resnet", "all")  # bench.layers.SHAPE_SETS
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "bench",
-        help="benchmark normlab against torch.nn (layers, training)",
+        help="benchmark normlab against torch.nn (layers, training, bandwidth)",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     which = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
@@ -81,6 +82,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )  # fmt: skip
     _common(train)
     train.set_defaults(func=run, trains=True)
+
+    bandwidth = which.add_parser(
+        "bandwidth",
+        help="achieved memory bandwidth (GB/s) of batch norm's training passes",
+        description="Batch norm forward and forward+backward, normlab and torch.nn, timed "
+        "interleaved with a plain copy of the same tensor: the bytes each pass must move "
+        "at the least over its time (GB/s), as a share of the copy's and of the GPU's "
+        "datasheet peak.",
+    )
+    bandwidth.add_argument(
+        "--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), default=None,
+        help="input shape (default: 128 256 56 56 on CUDA, 32 64 56 56 on the CPU)",
+    )  # fmt: skip
+    bandwidth.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+        help="input dtype (parameters stay float32; default float32)",
+    )  # fmt: skip
+    bandwidth.add_argument(
+        "--compile", action="store_true", help="also measure both layers under torch.compile"
+    )
+    bandwidth.add_argument(
+        "--repeats", type=int, default=None, help="timings per candidate (default: 9; quick: 3)"
+    )
+    _common(bandwidth)
+    bandwidth.set_defaults(func=run, trains=True)
     return parser
 
 
@@ -124,6 +150,8 @@ def _threads() -> str:
 def run(args: argparse.Namespace) -> int:
     if args.benchmark == "layers":
         return _run_layers(args)
+    if args.benchmark == "bandwidth":
+        return _run_bandwidth(args)
     return _run_train(args)
 
 
@@ -193,4 +221,38 @@ def _run_train(args: argparse.Namespace) -> int:
         f"{result.steps} steps each, in chunks of {result.chunk} that take turns; {_threads()}"
     )
     print(report.train_table(result))
+    return 0
+
+
+def _run_bandwidth(args: argparse.Namespace) -> int:
+    _positive("repeats", args.repeats)
+    device = _device(args.device)
+    from normlab.bench import bandwidth, report
+
+    shape = bandwidth.check_shape(args.shape or bandwidth.default_shape(device))
+    timing: dict[str, Any] = {
+        "repeats": args.repeats or (3 if args.quick else 9),
+        "warmup": 1 if args.quick else 3,
+        "target_seconds": 0.002 if args.quick else 0.05,
+    }
+    result = bandwidth.bench_bandwidth(
+        shape, dtype=args.dtype, device=device, compiled=args.compile, **timing
+    )
+    if args.json:
+        settings = {"shape": list(shape), "dtype": args.dtype, "device": str(device),
+                    "compile": args.compile, **timing}  # fmt: skip
+        json.dump(report.bandwidth_json(result, settings), sys.stdout, indent=1)
+        print()
+        return 0
+    peak = result.datasheet_gbps
+    print(
+        f"batch norm, training, {'x'.join(map(str, shape))} {args.dtype} on {device}: "
+        f"bytes each pass must move / median time over {timing['repeats']} interleaved "
+        f"repeats; copy = out.copy_(x), the ceiling measured here"
+        + (f"; datasheet peak {peak:,.0f} GB/s" if peak else "")
+        + f"; {_threads()}"
+    )
+    print(report.bandwidth_table(result))
+    ratios = ", ".join(f"{k} {v:.2f}" for k, v in report.bandwidth_ratios(result).items())
+    print(f"\nnormlab / torch.nn time: {ratios} (below 1: normlab is faster)")
     return 0

@@ -289,9 +289,13 @@ def _train_arms_in_workers(
 
     # fork, not spawn: the workers start at once with torch imported and the data shared.
     # Safe here: this process runs one torch thread, so there is no OpenMP pool to inherit.
-    method = (
-        "fork" if torch.get_num_threads() == 1 and sys.platform.startswith("linux") else "spawn"
+    # CUDA cannot be used in a forked child once the parent has touched it: spawn there.
+    forkable = (
+        torch.get_num_threads() == 1
+        and sys.platform.startswith("linux")
+        and torch.device(config.device).type == "cpu"
     )
+    method = "fork" if forkable else "spawn"
     with ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context(method),

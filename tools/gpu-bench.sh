@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# normlab's GPU checks and benchmarks in one run: parity against torch.nn on CUDA, batch
+# norm's achieved memory bandwidth, every layer's speed ratio, training throughput and the
+# tutorial. Run from the repository root on a machine with CUDA and torch:
+#
+#     PYTHON=python3 NORMLAB_DATA=/path/to/fashion-mnist tools/gpu-bench.sh [OUT_DIR]
+#
+# Each step has a time limit; its output goes to OUT_DIR/<step>.txt (stderr to errors.txt)
+# and its last lines to the terminal. The README's GPU tables come from these files.
+set -u
+out=${1:-${OUT:-gpu-results}}
+mkdir -p "$out"
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+py=${PYTHON:-python3}
+
+step() {  # step NAME SECONDS ARGS... : run `normlab ARGS...` under a time limit
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  echo "== $name: normlab $*" | tee -a "$out/errors.txt"
+  timeout "$limit" "$py" -m normlab "$@" >"$out/$name.txt" 2>>"$out/errors.txt"
+  echo "   exit $? after $((SECONDS - start)) s (limit $limit s)"
+  tail -n "${TAIL:-14}" "$out/$name.txt"
+}
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem \
+    --format=csv
+  "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)
+print(torch.cuda.get_device_properties(0))'
+  nproc
+} >"$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+
+step check 90 check --device cuda
+step bandwidth 150 bench bandwidth --device cuda --compile
+TAIL=8 step bandwidth-bf16 40 bench bandwidth --device cuda --dtype bfloat16
+TAIL=36 step layers 120 bench layers --device cuda --repeats 7
+step train 90 bench train --device cuda
+step layers-compiled 120 bench layers --device cuda --layers batch --compile --repeats 7
+TAIL=20 step tutorial 90 tutorial --device cuda --no-progress --out "$out/runs"
+rm -rf "$out/runs"
