@@ -11,25 +11,38 @@ import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# normlab's Triton kernels run on CPU tensors through Triton's interpreter, which Triton
+# picks when it is imported (normlab.kernels.run_triton_on_cpu)
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # after OMP_NUM_THREADS is set
 
 torch.set_num_threads(1)
 
 
+import importlib.util  # noqa: E402
+
 import pytest  # noqa: E402
 
+CODE_PATHS = ["kernels", "tensors"]
+if importlib.util.find_spec("triton") is not None:  # a dev install has it
+    CODE_PATHS.append("triton")
 
-@pytest.fixture(params=["kernels", "tensors"])
+
+@pytest.fixture(params=CODE_PATHS)
 def code_path(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    """Run a test once with normlab's compiled CPU kernels and once with its pure-tensor
-    code (:mod:`normlab.kernels`); ``make`` builds the kernels, so they must be there."""
+    """Run a test with each of normlab's code paths (:mod:`normlab.kernels`): its compiled
+    CPU kernels (``make`` builds them, so they must be there), its pure-tensor code, and
+    its CUDA batch-norm kernels in Triton, run on the CPU by Triton's interpreter."""
     from normlab import kernels
 
     if request.param == "kernels":
         assert kernels.ops() is not None, (
             "kernels not built: run make (or python -m normlab.kernels.build)"
         )
-    kernels.set_enabled(request.param == "kernels")
+    if request.param == "triton":
+        assert kernels.run_triton_on_cpu()
+    kernels.set_enabled(request.param == "kernels", gpu=request.param == "triton")
     yield request.param
+    kernels.run_triton_on_cpu(False)
     kernels.set_enabled(True)

@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import normlab.nn
 from normlab import parity
@@ -181,3 +182,33 @@ def test_a_layer_that_raises_is_a_failure_not_a_crash(monkeypatch: pytest.Monkey
     assert not result.passed
     assert result.error == "RuntimeError: kaputt"
     assert result.forward_diff == math.inf
+
+
+def test_configs_the_installed_torch_cannot_build_are_skipped_not_failed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torch before 2.12 has no ``bias=`` on its norm layers: those configurations are
+    reported as skipped, and the others still compared."""
+
+    class OldBatchNorm2d(nn.BatchNorm2d):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            if "bias" in kwargs:
+                raise TypeError("__init__() got an unexpected keyword argument 'bias'")
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(nn, "BatchNorm2d", OldBatchNorm2d)
+    results = parity.run_grid(["BatchNorm2d"], (torch.float64,))
+    skipped = [r for r in results if r.skipped is not None]
+    assert skipped and len(skipped) < len(results)
+    assert all("bias" in dict(r.config.kwargs) for r in skipped)
+    assert all("takes no argument 'bias'" in r.skipped for r in skipped)  # type: ignore[operator]
+    assert all(r.passed for r in results)
+    (row,) = parity.summarize(results)
+    assert row.skipped == len(skipped) and row.failed == 0 and row.forward_diff < 1e-10
+
+    from normlab.cli import main
+
+    argv = ["check", "--layers", "BatchNorm2d", "--dtype", "float64", "--code", "tensors"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"pass, {len(skipped)} skipped" in out and f"{len(skipped)} skipped: torch " in out

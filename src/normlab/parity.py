@@ -202,10 +202,11 @@ class Result:
     tolerance: float
     error: str | None = None
     details: tuple[str, ...] = field(default=())  # what exceeded the tolerance, and where
+    skipped: str | None = None  # why nothing was compared: the installed torch.nn can't
 
     @property
     def passed(self) -> bool:
-        return (
+        return self.skipped is not None or (
             self.error is None
             and self.state_dict_ok
             and max(self.forward_diff, self.grad_diff, self.buffer_diff) <= self.tolerance
@@ -318,6 +319,20 @@ def _state_dict_round_trip(
     return None
 
 
+def _torch_lacks(config: Config, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why the installed ``torch.nn`` cannot build ``config`` (an argument of a later torch
+    version, such as ``bias=False`` for the norm layers before torch 2.12), or None."""
+    try:
+        config.build(nn, dtype, device)
+    except TypeError as error:
+        if "unexpected keyword argument" in str(error):
+            argument = str(error).rsplit("argument ", 1)[-1]
+            return f"torch {torch.__version__}'s nn.{config.layer} takes no argument {argument}"
+    except Exception:  # anything else shows in the check itself
+        return None
+    return None
+
+
 def check(
     config: Config,
     dtype: torch.dtype = torch.float64,
@@ -330,6 +345,9 @@ def check(
 
     device = torch.device(device)
     tolerance = TOLERANCES[dtype]
+    lacking = _torch_lacks(config, dtype, device)
+    if lacking is not None:
+        return Result(config, dtype, 0.0, 0.0, 0.0, True, tolerance, skipped=lacking)
     generator = torch.Generator().manual_seed(seed)
     tracker = _Tracker(tolerance)
     try:
@@ -406,6 +424,7 @@ class Summary:
     grad_diff: float
     buffer_diff: float
     failed: int
+    skipped: int = 0  # configurations the installed torch.nn cannot build
 
 
 def summarize(results: Sequence[Result]) -> list[Summary]:
@@ -417,15 +436,17 @@ def summarize(results: Sequence[Result]) -> list[Summary]:
     )
     for layer, dtype in keys:
         group = [r for r in results if r.config.layer == layer and r.dtype == dtype]
+        compared = [r for r in group if r.skipped is None]
         rows.append(
             Summary(
                 layer,
                 dtype,
                 len(group),
-                max(r.forward_diff for r in group),
-                max(r.grad_diff for r in group),
-                max(r.buffer_diff for r in group),
+                max((r.forward_diff for r in compared), default=0.0),
+                max((r.grad_diff for r in compared), default=0.0),
+                max((r.buffer_diff for r in compared), default=0.0),
                 sum(not r.passed for r in group),
+                len(group) - len(compared),
             )
         )
     return rows

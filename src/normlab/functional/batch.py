@@ -47,10 +47,14 @@ How it is computed, and why:
   formulas in three passes forward and two backward, the running statistics updated in
   the same call), 0.5-0.8x torch's time on convolutional features. The backward then
   centres on the rounded first mean ``m`` plus its offset, recomputed from the input,
-  which makes float32 gradients far from zero as accurate as float64. This tensor code is
-  the reference and runs everywhere else (CUDA, half precision, ``torch.compile``).
+  which makes float32 gradients far from zero as accurate as float64. Eager on CUDA with
+  Triton installed, the same formulas run as Triton kernels
+  (:mod:`normlab.kernels.triton_batch_norm`, two launches each way, any float dtype). This
+  tensor code is the reference and runs everywhere else (``torch.compile``, CUDA without
+  Triton, half precision on the CPU).
 - The autograd ``Function`` saves only ``input, mean, invstd, weight`` (with the kernels
-  ``m`` in place of the mean). When a graph of the
+  ``m``, or on CUDA the mean minus each channel's first value, in place of the mean). When
+  a graph of the
   backward is requested (double backward, ``create_graph=True``), the same closed form is
   evaluated with differentiable out-of-place operations, recomputing the statistics from
   the saved input so that their dependence on ``x`` is differentiated too.
@@ -276,9 +280,9 @@ class _BatchNormTrain(torch.autograd.Function):
         momentum: float,
         eps: float,
     ) -> Tensor:
-        ctx.fused = kernels.applies(input, weight, bias, running_mean, running_var)
-        if ctx.fused:  # centre: the rounded first mean m; the backward centres on m + offset
-            out, centre, invstd = kernels.ops().batch_norm_forward(
+        ctx.ops = kernels.batch_norm_ops(input, weight, bias, running_mean, running_var)
+        if ctx.ops is not None:  # centre: CPU the rounded first mean, CUDA mean - x[0, c]
+            out, centre, invstd = ctx.ops.batch_norm_forward(
                 input, weight, bias, running_mean, running_var, momentum, eps
             )
         else:
@@ -292,13 +296,14 @@ class _BatchNormTrain(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        input, centre, invstd, weight = ctx.saved_tensors  # centre: the mean, or m (kernels)
+        input, centre, invstd, weight = ctx.saved_tensors  # centre: the mean, or the kernels'
         if torch.is_grad_enabled():  # a graph of the backward is wanted: stay differentiable
             dx, dweight, dbias = _grads_differentiable(grad_out, input, weight, ctx.eps)
-        elif ctx.fused:
+        elif ctx.ops is not None:
             grad_out = _as_dtype(grad_out, input.dtype)
-            ops = kernels.ops()
-            dx, dweight, dbias = ops.batch_norm_backward(grad_out, input, centre, invstd, weight)
+            dx, dweight, dbias = ctx.ops.batch_norm_backward(
+                grad_out, input, centre, invstd, weight
+            )
         else:
             dx, dweight, dbias = _grads_fast(grad_out, input, centre, invstd, weight)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]

@@ -15,6 +15,13 @@ and registered as ``torch.ops.normlab.*``.
 its sources (a warning says to run ``make kernels``) or ``NORMLAB_KERNELS=0`` is set;
 normlab then uses the pure-tensor code alone. Both paths
 are tested against ``torch.nn``.
+
+On CUDA, batch norm (and instance norm, which is batch norm of a reshaped input) runs as
+Triton kernels, :mod:`normlab.kernels.triton_batch_norm`, when Triton is installed (it
+comes with torch's CUDA builds): two launches each way instead of a dozen tensor
+operations. :func:`batch_norm_ops` picks the operators for a given input.
+:func:`run_triton_on_cpu` runs them on CPU tensors through Triton's interpreter, which is
+how the test suite checks them on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -28,8 +35,11 @@ import torch
 
 LIBRARY = Path(__file__).resolve().parent / "_kernels.so"
 _FLOATS = (torch.float32, torch.float64)
+_TRITON_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _UNLOADED = object()
 _ops: Any = _UNLOADED  # torch.ops.normlab, None (off or not built), or not loaded yet
+_triton: Any = _UNLOADED  # normlab.kernels.triton_batch_norm, None (off or no Triton), or not yet
+_triton_on_cpu = False  # run_triton_on_cpu() was called
 
 
 def ops() -> Any | None:
@@ -59,15 +69,70 @@ def _load() -> Any | None:
     return torch.ops.normlab
 
 
-def set_enabled(enabled: bool) -> None:
-    """Turn the kernels on (if built) or off in this process, e.g. to compare the paths."""
-    global _ops
+def triton_ops() -> Any | None:
+    """:mod:`normlab.kernels.triton_batch_norm` when Triton is installed and the kernels are
+    on (``NORMLAB_KERNELS`` is not ``0``), else None. Imported on first use."""
+    global _triton
+    if _triton is _UNLOADED:
+        _triton = _load_triton()
+    return _triton
+
+
+def _load_triton() -> Any | None:
+    if os.environ.get("NORMLAB_KERNELS", "1") == "0":
+        return None
+    try:
+        from normlab.kernels import triton_batch_norm
+    except ImportError:  # no Triton (torch's CPU builds come without it)
+        return None
+    return triton_batch_norm
+
+
+def set_enabled(enabled: bool, gpu: bool | None = None) -> None:
+    """Turn the kernels on (if built or installed) or off in this process, e.g. to compare
+    the paths; ``gpu`` (default: ``enabled``) sets the Triton kernels apart from the CPU's."""
+    global _ops, _triton
     _ops = _load() if enabled else None
+    _triton = _load_triton() if (enabled if gpu is None else gpu) else None
+
+
+def run_triton_on_cpu(on: bool = True) -> bool:
+    """Let the Triton kernels take CPU tensors, run by Triton's interpreter (numpy, slow):
+    how the tests check them without a GPU (``on=False`` stops it). Call it before Triton
+    is first imported in the process: the interpreter is chosen then. False, and nothing
+    changed, when Triton is not installed."""
+    global _triton_on_cpu, _triton
+    if not on:
+        _triton_on_cpu = False
+        return True
+    os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported: it reads it then
+    try:
+        import triton.runtime.interpreter as interpreter
+    except ImportError:
+        del os.environ["TRITON_INTERPRET"]
+        return False
+    patch = interpreter._patch_lang_tensor
+    if not getattr(patch, "normlab", False):
+        # Triton 3.6's interpreter turns one-element arrays into loop bounds with int(),
+        # an error since numpy 2.4; take the element instead.
+        def patched(tensor: Any, scope: Any) -> None:
+            patch(tensor, scope)
+            scope.set_attr(tensor, "__index__", lambda t: int(t.handle.data.reshape(-1)[0]))
+
+        patched.normlab = True  # type: ignore[attr-defined]
+        interpreter._patch_lang_tensor = patched
+    _triton_on_cpu = True
+    _triton = _UNLOADED
+    return True
 
 
 def runs_on(device: str | torch.device) -> bool:
-    """True when the kernels are built, enabled, and ``device`` is the CPU they run on."""
-    return ops() is not None and torch.device(device).type == "cpu"
+    """True when normlab's kernels run on ``device``: the CPU kernels are built (and on) and
+    it is the CPU, or it is a CUDA device and Triton is installed (and the kernels on)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and triton_ops() is not None
+    return ops() is not None and device.type == "cpu"
 
 
 def applies(input: torch.Tensor, *others: torch.Tensor | None) -> bool:
@@ -89,6 +154,23 @@ def applies(input: torch.Tensor, *others: torch.Tensor | None) -> bool:
         ):
             return False
     return True
+
+
+def batch_norm_ops(input: torch.Tensor, *others: torch.Tensor | None) -> Any | None:
+    """The operators ``batch_norm_forward`` and ``batch_norm_backward`` for these tensors:
+    the CPU kernels where :func:`applies`; on CUDA (eager, contiguous, any float dtype,
+    parameters of their own float dtype) the Triton kernels; else None (the tensor code)."""
+    if applies(input, *others):
+        return _ops
+    if not (input.is_cuda or _triton_on_cpu) or torch.compiler.is_compiling():
+        return None
+    gpu = triton_ops()
+    if gpu is None or input.dtype not in _TRITON_FLOATS or not input.is_contiguous():
+        return None
+    for other in others:
+        if other is not None and (other.device != input.device or not other.is_contiguous()):
+            return None
+    return gpu
 
 
 DEFAULT_MAX_CACHED_BYTES = 1 << 30  # freed blocks kept for reuse, at most (1 GiB)

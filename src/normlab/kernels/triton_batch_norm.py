@@ -1,0 +1,346 @@
+"""Batch norm on CUDA: normlab's formulas as Triton kernels, two launches each way.
+
+On the GPU a batch norm written as tensor operations costs ten or more kernel launches and
+as many passes over memory; these kernels read the input twice forward (the statistics,
+then the output) and twice backward, as ``torch.nn``'s own kernels do.
+
+The contiguous input ``(N, C, *)`` is viewed as ``(N, C, L)``, ``L`` = the product of the
+spatial sizes (1 for ``(N, C)``). Per channel ``c``, over its ``n = N * L`` values, with
+``x0 = x[0, c, 0]`` the channel's first value (a shift that keeps every sum small, so that
+inputs far from zero lose no precision, as in :mod:`normlab.functional.batch`)::
+
+    forward   launch 1: per split s   d_s = sum(x - x0),  q_s = sum((x - x0)^2)
+              launch 2: d = sum_s d_s,  q = sum_s q_s,  offset = d / n
+                        var = q / n - offset^2,  invstd = rsqrt(var + eps)
+                        y = (x - x0 - offset) * a + bias,  a = weight * invstd
+                        running_mean += momentum * (x0 + offset - running_mean)
+                        running_var  += momentum * (var * n / (n - 1) - running_var)
+    backward  launch 1: per split s   g_s = sum(dy),  p_s = sum(dy * (x - x0 - offset))
+              launch 2: dbias = sum_dy = sum_s g_s,  dweight = invstd * sum_s p_s
+                        dx = dy * a + (x - x0 - offset) * k2 + k3
+                        k2 = -a * invstd * dweight / n,  k3 = -a * sum_dy / n
+
+The grid is ``(channel blocks, splits)``: program ``(j, s)`` owns ``BLOCK_C`` channels and
+a share of the batch, walking it in tiles of ``BLOCK_C x BLOCK_L`` values. Launch 1 writes
+one partial sum per split and channel, launch 2 adds them up in every program (a few
+dozen numbers) and its programs ``s == 0`` write the per-channel results. Sums run in
+float32 (float64 for float64 input); half-precision inputs keep float32 statistics.
+
+What the forward saves for the backward is ``offset`` (the mean minus ``x0``) in place of
+the mean: the backward re-reads ``x0`` from the input and centres exactly as the forward.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+MIN_WORK = 4096  # values per program at the least, so that a launch is not all overhead
+PROGRAMS_PER_SM = 4
+TILE = 1024  # values per tile (BLOCK_C * BLOCK_L)
+ONE_LAUNCH_LIMIT = 1 << 18  # inputs up to this many values: one launch each way (S = 1)
+
+
+@triton.jit
+def _sums(a_ptr, x_ptr, x0, offset, c, c_ok, s, rows, N, C, L,
+          BACKWARD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+          ACC: tl.constexpr):  # fmt: skip
+    """Over split ``s`` (``rows`` samples) of channels ``c``, with ``v = x - x0 - offset``:
+    forward ``sum(v)`` and ``sum(v^2)``; backward ``sum(dy)`` and ``sum(dy * v)``.
+
+    ``x - x0`` first: exact for ``x`` near ``x0`` (Sterbenz), so inputs far from zero keep
+    their precision; ``x0 + offset`` rounded would be off by half an ulp of the mean."""
+    first = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+    second = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+    for i in range(0, rows):  # the last split's tail is masked
+        n = s * rows + i
+        row = n.to(tl.int64) * C * L
+        for l0 in range(0, L, BLOCK_L):
+            pos = l0 + tl.arange(0, BLOCK_L)
+            ok = c_ok[:, None] & (pos[None, :] < L) & (n < N)
+            at = row + c[:, None] * L + pos[None, :]
+            x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
+            v = tl.where(ok, (x - x0[:, None]) - offset[:, None], 0.0)
+            if BACKWARD:
+                dy = tl.load(a_ptr + at, mask=ok, other=0.0).to(ACC)
+                first += dy
+                second += dy * v
+            else:
+                first += v
+                second += v * v
+    return tl.sum(first, 1), tl.sum(second, 1)
+
+
+@triton.jit
+def _totals(part_ptr, c, c_ok, C, S, BLOCK_S: tl.constexpr):
+    """The two per-channel totals of the ``(S, 2, C)`` partial sums, for channels ``c``."""
+    split = tl.arange(0, BLOCK_S)
+    ok = (split[:, None] < S) & c_ok[None, :]
+    at = part_ptr + split[:, None] * 2 * C + c[None, :]
+    first = tl.sum(tl.load(at, mask=ok, other=0.0), 0)
+    return first, tl.sum(tl.load(at + C, mask=ok, other=0.0), 0)
+
+
+@triton.jit
+def _affine(x_ptr, y_ptr, x0, offset, scale, shift, c, c_ok, s, rows, N, C, L,
+            BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    """``y = (x - x0 - offset) * scale + shift`` over split ``s`` of channels ``c``."""
+    for i in range(0, rows):
+        n = s * rows + i
+        row = n.to(tl.int64) * C * L
+        for l0 in range(0, L, BLOCK_L):
+            pos = l0 + tl.arange(0, BLOCK_L)
+            ok = c_ok[:, None] & (pos[None, :] < L) & (n < N)
+            at = row + c[:, None] * L + pos[None, :]
+            x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
+            y = ((x - x0[:, None]) - offset[:, None]) * scale[:, None] + shift[:, None]
+            tl.store(y_ptr + at, y, mask=ok)
+
+
+@triton.jit
+def _grad_affine(dy_ptr, x_ptr, dx_ptr, x0, offset, scale, k2, k3, c, c_ok, s, rows, N, C, L,
+                 BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    """``dx = dy * scale + (x - x0 - offset) * k2 + k3`` over split ``s`` of channels ``c``."""
+    for i in range(0, rows):
+        n = s * rows + i
+        row = n.to(tl.int64) * C * L
+        for l0 in range(0, L, BLOCK_L):
+            pos = l0 + tl.arange(0, BLOCK_L)
+            ok = c_ok[:, None] & (pos[None, :] < L) & (n < N)
+            at = row + c[:, None] * L + pos[None, :]
+            x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
+            dy = tl.load(dy_ptr + at, mask=ok, other=0.0).to(ACC)
+            v = (x - x0[:, None]) - offset[:, None]
+            dx = dy * scale[:, None] + v * k2[:, None] + k3[:, None]
+            tl.store(dx_ptr + at, dx, mask=ok)
+
+
+@triton.jit
+def _partial_sums(a_ptr, x_ptr, offset_ptr, part_ptr, N, C, L, rows,
+                  BACKWARD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+                  ACC: tl.constexpr):  # fmt: skip
+    """Launch 1 either way: one pair of partial sums per split and channel into ``part``."""
+    j = tl.program_id(0)
+    s = tl.program_id(1)
+    c = j * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    x0 = tl.load(x_ptr + c * L, mask=c_ok, other=0.0).to(ACC)
+    offset = tl.zeros([BLOCK_C], ACC)
+    if BACKWARD:
+        offset = tl.load(offset_ptr + c, mask=c_ok, other=0.0).to(ACC)
+    first, second = _sums(a_ptr, x_ptr, x0, offset, c, c_ok, s, rows, N, C, L,
+                          BACKWARD, BLOCK_C, BLOCK_L, ACC)  # fmt: skip
+    tl.store(part_ptr + s * 2 * C + c, first, mask=c_ok)
+    tl.store(part_ptr + s * 2 * C + C + c, second, mask=c_ok)
+
+
+@triton.jit
+def _forward(x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, offset_ptr, invstd_ptr, rmean_ptr, rvar_ptr,
+             N, C, L, S, rows, count, unbias, momentum, eps,
+             ONE_LAUNCH: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+             HAS_RMEAN: tl.constexpr, HAS_RVAR: tl.constexpr, BLOCK_C: tl.constexpr,
+             BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    """Launch 2 forward (or the only one): statistics, then ``y``; programs ``s == 0``
+    write ``offset``, ``invstd`` and the running statistics."""
+    j = tl.program_id(0)
+    s = tl.program_id(1)
+    c = j * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    x0 = tl.load(x_ptr + c * L, mask=c_ok, other=0.0).to(ACC)
+    if ONE_LAUNCH:
+        zero = tl.zeros([BLOCK_C], ACC)
+        d, q = _sums(x_ptr, x_ptr, x0, zero, c, c_ok, 0, N, N, C, L, False, BLOCK_C, BLOCK_L, ACC)
+    else:
+        d, q = _totals(part_ptr, c, c_ok, C, S, BLOCK_S)
+    offset = d / count
+    var = tl.maximum(q / count - offset * offset, 0.0)
+    invstd = 1.0 / tl.sqrt(var + eps)
+    scale = invstd
+    if HAS_W:
+        scale = scale * tl.load(w_ptr + c, mask=c_ok, other=1.0).to(ACC)
+    shift = tl.zeros([BLOCK_C], ACC)
+    if HAS_B:
+        shift = tl.load(b_ptr + c, mask=c_ok, other=0.0).to(ACC)
+    if s == 0:
+        tl.store(offset_ptr + c, offset, mask=c_ok)
+        tl.store(invstd_ptr + c, invstd, mask=c_ok)
+        if HAS_RMEAN:
+            rmean = tl.load(rmean_ptr + c, mask=c_ok, other=0.0).to(ACC)
+            tl.store(rmean_ptr + c, rmean + momentum * (x0 + offset - rmean), mask=c_ok)
+        if HAS_RVAR:
+            rvar = tl.load(rvar_ptr + c, mask=c_ok, other=0.0).to(ACC)
+            tl.store(rvar_ptr + c, rvar + momentum * (var * unbias - rvar), mask=c_ok)
+    _affine(x_ptr, y_ptr, x0, offset, scale, shift, c, c_ok, s, rows, N, C, L,
+            BLOCK_C, BLOCK_L, ACC)  # fmt: skip
+
+
+@triton.jit
+def _backward(dy_ptr, x_ptr, dx_ptr, part_ptr, w_ptr, offset_ptr, invstd_ptr, dw_ptr, db_ptr,
+              N, C, L, S, rows, count,
+              ONE_LAUNCH: tl.constexpr, HAS_W: tl.constexpr, BLOCK_C: tl.constexpr,
+              BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    """Launch 2 backward (or the only one): ``dx``; programs ``s == 0`` write the
+    parameter gradients."""
+    j = tl.program_id(0)
+    s = tl.program_id(1)
+    c = j * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    x0 = tl.load(x_ptr + c * L, mask=c_ok, other=0.0).to(ACC)
+    offset = tl.load(offset_ptr + c, mask=c_ok, other=0.0).to(ACC)
+    if ONE_LAUNCH:
+        sum_dy, dot = _sums(dy_ptr, x_ptr, x0, offset, c, c_ok, 0, N, N, C, L, True,
+                            BLOCK_C, BLOCK_L, ACC)  # fmt: skip
+    else:
+        sum_dy, dot = _totals(part_ptr, c, c_ok, C, S, BLOCK_S)
+    invstd = tl.load(invstd_ptr + c, mask=c_ok, other=0.0).to(ACC)
+    dweight = dot * invstd
+    scale = invstd
+    if HAS_W:
+        scale = scale * tl.load(w_ptr + c, mask=c_ok, other=1.0).to(ACC)
+    k2 = -scale * invstd * dweight / count
+    k3 = -scale * sum_dy / count
+    if s == 0:
+        tl.store(dw_ptr + c, dweight, mask=c_ok)
+        tl.store(db_ptr + c, sum_dy, mask=c_ok)
+    _grad_affine(dy_ptr, x_ptr, dx_ptr, x0, offset, scale, k2, k3, c, c_ok, s, rows, N, C, L,
+                 BLOCK_C, BLOCK_L, ACC)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers: the same signatures as the CPU operators torch.ops.normlab.batch_norm_*
+# ---------------------------------------------------------------------------------------------
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _acc(dtype: torch.dtype) -> tl.dtype:
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _or(tensor: Tensor | None, placeholder: Tensor) -> Tensor:
+    """``tensor``, or a placeholder pointer for an optional argument the kernel won't read."""
+    return placeholder if tensor is None else tensor
+
+
+@functools.cache
+def _programs(device: torch.device) -> int:
+    if device.type != "cuda":  # Triton's interpreter (tests on the CPU): a few programs
+        return 8
+    return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How an ``(N, C, L)`` input is cut: tiles of ``block_c x block_l`` values, the grid
+    ``(channel blocks, splits)`` with ``rows`` samples per split; one launch when S = 1."""
+
+    n: int
+    c: int
+    length: int
+    block_c: int
+    block_l: int
+    splits: int
+    rows: int
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (triton.cdiv(self.c, self.block_c), self.splits)
+
+    @property
+    def one_launch(self) -> bool:
+        return self.splits == 1
+
+    def blocks(self) -> dict[str, int]:
+        return {"BLOCK_C": self.block_c, "BLOCK_L": self.block_l,
+                "BLOCK_S": triton.next_power_of_2(self.splits)}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def plan(shape: tuple[int, ...], device: torch.device) -> Plan:
+    """Small inputs (up to ``ONE_LAUNCH_LIMIT`` values) take one launch each way; larger
+    ones are split over the batch into about ``PROGRAMS_PER_SM`` programs per
+    multiprocessor, each with ``MIN_WORK`` values or more."""
+    n, c = shape[0], shape[1]
+    length = math.prod(shape[2:])
+    block_l = min(triton.next_power_of_2(length), TILE)
+    block_c = min(triton.next_power_of_2(c), max(1, TILE // block_l))
+    splits = 1
+    if n * c * length > ONE_LAUNCH_LIMIT:
+        by_work = max(1, n * block_c * length // MIN_WORK)
+        wanted = triton.cdiv(_programs(device), triton.cdiv(c, block_c))
+        splits = max(1, min(n, wanted, by_work))
+    rows = triton.cdiv(n, splits)
+    return Plan(n, c, length, block_c, block_l, triton.cdiv(n, rows), rows)
+
+
+def batch_norm_forward(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    momentum: float,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Training forward: ``(out, offset, invstd)``; running statistics updated in place.
+
+    ``offset`` is the mean minus each channel's first value (what the backward needs).
+    """
+    input = input.contiguous()
+    p = plan(tuple(input.shape), input.device)
+    stat = _stat_dtype(input.dtype)
+    count = p.n * p.length
+    out = torch.empty_like(input)
+    offset = torch.empty(p.c, dtype=stat, device=input.device)
+    invstd = torch.empty_like(offset)
+    acc = _acc(input.dtype)
+    partial = offset  # a placeholder pointer for one launch
+    if not p.one_launch:
+        partial = torch.empty((p.splits, 2, p.c), dtype=stat, device=input.device)
+        _partial_sums[p.grid](
+            input, input, offset, partial, p.n, p.c, p.length, p.rows,
+            BACKWARD=False, BLOCK_C=p.block_c, BLOCK_L=p.block_l, ACC=acc,
+        )  # fmt: skip
+    _forward[p.grid](
+        input, out, partial, _or(weight, offset), _or(bias, offset), offset, invstd,
+        _or(running_mean, offset), _or(running_var, offset),
+        p.n, p.c, p.length, p.splits, p.rows,
+        float(count), count / (count - 1) if count > 1 else math.inf, float(momentum), float(eps),
+        ONE_LAUNCH=p.one_launch, HAS_W=weight is not None, HAS_B=bias is not None,
+        HAS_RMEAN=running_mean is not None, HAS_RVAR=running_var is not None,
+        ACC=acc, **p.blocks(),
+    )  # fmt: skip
+    return out, offset, invstd
+
+
+def batch_norm_backward(
+    grad_out: Tensor, input: Tensor, offset: Tensor, invstd: Tensor, weight: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dx, dweight, dbias)`` from what :func:`batch_norm_forward` returned."""
+    grad_out, input = grad_out.contiguous(), input.contiguous()
+    p = plan(tuple(input.shape), input.device)
+    dx = torch.empty_like(input)
+    dweight = torch.empty_like(offset)
+    dbias = torch.empty_like(offset)
+    acc = _acc(input.dtype)
+    partial = offset
+    if not p.one_launch:
+        partial = torch.empty((p.splits, 2, p.c), dtype=offset.dtype, device=input.device)
+        _partial_sums[p.grid](
+            grad_out, input, offset, partial, p.n, p.c, p.length, p.rows,
+            BACKWARD=True, BLOCK_C=p.block_c, BLOCK_L=p.block_l, ACC=acc,
+        )  # fmt: skip
+    _backward[p.grid](
+        grad_out, input, dx, partial, _or(weight, offset), offset, invstd, dweight, dbias,
+        p.n, p.c, p.length, p.splits, p.rows, float(p.n * p.length),
+        ONE_LAUNCH=p.one_launch, HAS_W=weight is not None, ACC=acc, **p.blocks(),
+    )  # fmt: skip
+    return dx, dweight, dbias
