@@ -14,12 +14,12 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MPLBACK
 py=${PYTHON:-python3}
 
 step() {  # step NAME SECONDS ARGS... : run `normlab ARGS...` under a time limit
-  local name=$1 limit=$2 start=$SECONDS
+  local name=$1 limit=$2 start=$SECONDS file=$out/${FILE:-$1}.txt
   shift 2
-  echo "== $name: normlab $*" | tee -a "$out/errors.txt"
-  timeout "$limit" "$py" -m normlab "$@" >"$out/$name.txt" 2>>"$out/errors.txt"
+  echo "== $name: normlab $*" | tee -a "$out/errors.txt" "$file"
+  timeout "$limit" "$py" -m normlab "$@" >>"$file" 2>>"$out/errors.txt"
   echo "   exit $? after $((SECONDS - start)) s (limit $limit s)"
-  tail -n "${TAIL:-14}" "$out/$name.txt"
+  tail -n "${TAIL:-14}" "$file"
 }
 
 {
@@ -31,11 +31,14 @@ print(torch.cuda.get_device_properties(0))'
 } >"$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 
-step check 90 check --device cuda
+echo "== triton: tools/gpu_triton_check.py" | tee -a "$out/machine.txt"
+timeout 120 "$py" tools/gpu_triton_check.py >>"$out/machine.txt" 2>>"$out/errors.txt"
+echo "   exit $?"; tail -n 24 "$out/machine.txt"
+TAIL=40 step check 120 check --device cuda
 step bandwidth 150 bench bandwidth --device cuda --compile
-TAIL=8 step bandwidth-bf16 40 bench bandwidth --device cuda --dtype bfloat16
+FILE=bandwidth TAIL=8 step bandwidth-bf16 40 bench bandwidth --device cuda --dtype bfloat16
 TAIL=36 step layers 120 bench layers --device cuda --repeats 7
 step train 90 bench train --device cuda
-step layers-compiled 120 bench layers --device cuda --layers batch --compile --repeats 7
+FILE=layers TAIL=10 step layers-compiled 120 bench layers --device cuda --layers batch --compile --repeats 7
 TAIL=20 step tutorial 90 tutorial --device cuda --no-progress --out "$out/runs"
 rm -rf "$out/runs"
