@@ -121,28 +121,31 @@ def test_half_precision_input_keeps_float32_statistics(dtype: torch.dtype, launc
     assert _err(rm, ref_rm) < 1e-6 and _err(rv, ref_rv) < 1e-6 and _err(dw, ref_dw) < 1e-5
 
 
-def test_batch_norm_ops_picks_the_triton_kernels_where_they_apply() -> None:
+def test_ops_for_picks_the_triton_kernels_where_they_apply() -> None:
     x = torch.randn(4, 3, 5)
-    assert kernels.batch_norm_ops(x, torch.ones(3)) is tbn
-    assert kernels.batch_norm_ops(x.transpose(0, 2)) is None  # not contiguous: tensor code
-    assert kernels.batch_norm_ops(x.long()) is None
+    assert kernels.ops_for(x, torch.ones(3)) is kernels.triton_ops()
+    assert kernels.ops_for(x.transpose(0, 2)) is None  # not contiguous: tensor code
+    assert kernels.ops_for(x.long()) is None
     kernels.run_triton_on_cpu(False)
-    assert kernels.batch_norm_ops(x) is None  # CPU tensors only under the interpreter
+    assert kernels.ops_for(x) is None  # CPU tensors only under the interpreter
 
 
 def test_the_batch_norm_module_trains_through_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     import normlab.nn
+    from normlab.kernels import gpu
 
     calls: list[str] = []
     for name in ("batch_norm_forward", "batch_norm_backward"):
-        original = getattr(tbn, name)
-        monkeypatch.setattr(tbn, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+        original = getattr(gpu, name)
+        monkeypatch.setattr(gpu, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     ours, theirs = normlab.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
     x = torch.randn(4, 3, 5, 5, requires_grad=True)
-    (gx,) = torch.autograd.grad((ours(x) ** 2).sum(), x)
-    (ref,) = torch.autograd.grad((theirs(x) ** 2).sum(), x)
+    r = torch.randn(4, 3, 5, 5)  # loss sum(y * r): every gradient depends on the layer
+    grads = torch.autograd.grad((ours(x) * r).sum(), [x, ours.weight, ours.bias])
+    expected = torch.autograd.grad((theirs(x) * r).sum(), [x, theirs.weight, theirs.bias])
     assert calls == ["batch_norm_forward", "batch_norm_backward"]
-    assert (gx - ref).abs().max() < 1e-5
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert torch.allclose(ours.running_var, theirs.running_var, atol=1e-7)
 
 
@@ -160,3 +163,12 @@ def test_plans_cut_large_inputs_into_many_programs_and_small_ones_into_one_launc
     flat = tbn.plan((4096, 120), CPU)  # (N, C): channels along the contiguous dimension
     assert flat.length == 1 and flat.block_c == 128 and flat.grid[0] == 1
     tbn.plan.cache_clear()
+
+
+@pytest.mark.parametrize("value", [0.1, 1e-5, 0.3, 123456789.0, 2.0**40 + 1])
+def test_scalars_travel_as_two_float32_halves_with_float64_precision(value: float) -> None:
+    hi, lo = tbn._halves(value)
+    assert torch.tensor(hi, dtype=torch.float32).item() == hi  # a float32 each
+    assert torch.tensor(lo, dtype=torch.float32).item() == pytest.approx(lo, rel=1e-7)
+    joined = float(torch.tensor(hi, dtype=torch.float64) + torch.tensor(lo, dtype=torch.float32))
+    assert joined == pytest.approx(value, rel=1e-14)

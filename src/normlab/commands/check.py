@@ -22,7 +22,7 @@ _CODE = {
     "kernels": "normlab's fused CPU kernels (normlab.kernels)",
     "tensors": "normlab's tensor code (normlab.functional)",
 }
-_CUDA_KERNELS = "normlab's Triton kernels for batch and instance norm (normlab.kernels)"
+_CUDA_KERNELS = "normlab's Triton kernels: batch, instance, layer, group norm (normlab.kernels.gpu)"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -280,7 +280,7 @@ class _BatchNormTrain(torch.autograd.Function):
         momentum: float,
         eps: float,
     ) -> Tensor:
-        ctx.ops = kernels.batch_norm_ops(input, weight, bias, running_mean, running_var)
+        ctx.ops = kernels.ops_for(input, weight, bias, running_mean, running_var)
         if ctx.ops is not None:  # centre: CPU the rounded first mean, CUDA mean - x[0, c]
             out, centre, invstd = ctx.ops.batch_norm_forward(
                 input, weight, bias, running_mean, running_var, momentum, eps

@@ -428,8 +428,9 @@ def layer_norm(
     _check_param_dtypes(input, (weight, bias), "layer_norm")
     if input.numel() == 0 or _use_plain_formula():
         return _layer_norm_plain(input, shape, weight, bias, eps)
-    if kernels.applies(input, weight, bias):  # eager on CPU: the fused kernels
-        return fused.layer_norm(input, shape, weight, bias, eps)
+    ops = kernels.ops_for(input, weight, bias)
+    if ops is not None:  # eager on CPU or CUDA: the fused kernels
+        return fused.layer_norm(input, shape, weight, bias, eps, ops)
     width = math.prod(shape)
     if not _records_graph(input, weight, bias):
         return _layer_norm_forward(input, width, weight, bias, eps, keep=False)[0]
@@ -662,8 +663,9 @@ def group_norm(
     _check_param_dtypes(input, (weight, bias), "group_norm")
     if input.numel() == 0 or _use_plain_formula():
         return _group_norm_plain(input, num_groups, weight, bias, eps)
-    if kernels.applies(input, weight, bias):  # eager on CPU: the fused kernels
-        return fused.group_norm(input, num_groups, weight, bias, eps)
+    ops = kernels.ops_for(input, weight, bias)
+    if ops is not None:  # eager on CPU or CUDA: the fused kernels
+        return fused.group_norm(input, num_groups, weight, bias, eps, ops)
     if not _records_graph(input, weight, bias):
         return _group_norm_forward(input, num_groups, weight, bias, eps, keep=False)[0]
     return _GroupNorm.apply(input, weight, bias, num_groups, eps)[0]

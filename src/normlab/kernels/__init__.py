@@ -16,10 +16,10 @@ its sources (a warning says to run ``make kernels``) or ``NORMLAB_KERNELS=0`` is
 normlab then uses the pure-tensor code alone. Both paths
 are tested against ``torch.nn``.
 
-On CUDA, batch norm (and instance norm, which is batch norm of a reshaped input) runs as
-Triton kernels, :mod:`normlab.kernels.triton_batch_norm`, when Triton is installed (it
-comes with torch's CUDA builds): two launches each way instead of a dozen tensor
-operations. :func:`batch_norm_ops` picks the operators for a given input.
+On CUDA, batch, instance (batch norm of a reshaped input), layer and group norm run as
+Triton kernels (:mod:`normlab.kernels.gpu`) when Triton is installed (it comes with
+torch's CUDA builds): one or two launches each way instead of a dozen tensor operations.
+:func:`ops_for` picks the operators for given tensors.
 :func:`run_triton_on_cpu` runs them on CPU tensors through Triton's interpreter, which is
 how the test suite checks them on a machine without a GPU.
 """
@@ -38,7 +38,7 @@ _FLOATS = (torch.float32, torch.float64)
 _TRITON_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _UNLOADED = object()
 _ops: Any = _UNLOADED  # torch.ops.normlab, None (off or not built), or not loaded yet
-_triton: Any = _UNLOADED  # normlab.kernels.triton_batch_norm, None (off or no Triton), or not yet
+_triton: Any = _UNLOADED  # normlab.kernels.gpu, None (off or no Triton), or not loaded yet
 _triton_on_cpu = False  # run_triton_on_cpu() was called
 
 
@@ -70,8 +70,8 @@ def _load() -> Any | None:
 
 
 def triton_ops() -> Any | None:
-    """:mod:`normlab.kernels.triton_batch_norm` when Triton is installed and the kernels are
-    on (``NORMLAB_KERNELS`` is not ``0``), else None. Imported on first use."""
+    """:mod:`normlab.kernels.gpu` (the Triton operators) when Triton is installed and the
+    kernels are on (``NORMLAB_KERNELS`` is not ``0``), else None. Imported on first use."""
     global _triton
     if _triton is _UNLOADED:
         _triton = _load_triton()
@@ -82,10 +82,10 @@ def _load_triton() -> Any | None:
     if os.environ.get("NORMLAB_KERNELS", "1") == "0":
         return None
     try:
-        from normlab.kernels import triton_batch_norm
+        from normlab.kernels import gpu
     except ImportError:  # no Triton (torch's CPU builds come without it)
         return None
-    return triton_batch_norm
+    return gpu
 
 
 def set_enabled(enabled: bool, gpu: bool | None = None) -> None:
@@ -156,10 +156,11 @@ def applies(input: torch.Tensor, *others: torch.Tensor | None) -> bool:
     return True
 
 
-def batch_norm_ops(input: torch.Tensor, *others: torch.Tensor | None) -> Any | None:
-    """The operators ``batch_norm_forward`` and ``batch_norm_backward`` for these tensors:
-    the CPU kernels where :func:`applies`; on CUDA (eager, contiguous, any float dtype,
-    parameters of their own float dtype) the Triton kernels; else None (the tensor code)."""
+def ops_for(input: torch.Tensor, *others: torch.Tensor | None) -> Any | None:
+    """The normalization operators (``batch_norm_*``, ``layer_norm_*``, ``group_norm_*``)
+    for these tensors: the CPU kernels where :func:`applies`; on CUDA (eager, contiguous,
+    any float dtype, parameters on the same device) the Triton kernels; else None (then
+    normlab's tensor code runs)."""
     if applies(input, *others):
         return _ops
     if not (input.is_cuda or _triton_on_cpu) or torch.compiler.is_compiling():

@@ -30,10 +30,9 @@ What the forward saves for the backward is ``offset`` (the mean minus ``x0``) in
 the mean: the backward re-reads ``x0`` from the input and centres exactly as the forward.
 """
 
-from __future__ import annotations
-
 import functools
 import math
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -122,6 +121,12 @@ def _grad_affine(dy_ptr, x_ptr, dx_ptr, x0, offset, scale, k2, k3, c, c_ok, s, r
 
 
 @triton.jit
+def _joined(hi, lo, ACC: tl.constexpr):
+    """A scalar passed as two float32 halves, in the accumulation type."""
+    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
+
+
+@triton.jit
 def _partial_sums(a_ptr, x_ptr, offset_ptr, part_ptr, N, C, L, rows,
                   BACKWARD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
                   ACC: tl.constexpr):  # fmt: skip
@@ -142,12 +147,15 @@ def _partial_sums(a_ptr, x_ptr, offset_ptr, part_ptr, N, C, L, rows,
 
 @triton.jit
 def _forward(x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, offset_ptr, invstd_ptr, rmean_ptr, rvar_ptr,
-             N, C, L, S, rows, count, unbias, momentum, eps,
+             N, C, L, S, rows, count_hi, count_lo, momentum_hi, momentum_lo, eps_hi, eps_lo,
              ONE_LAUNCH: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
              HAS_RMEAN: tl.constexpr, HAS_RVAR: tl.constexpr, BLOCK_C: tl.constexpr,
              BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
     """Launch 2 forward (or the only one): statistics, then ``y``; programs ``s == 0``
-    write ``offset``, ``invstd`` and the running statistics."""
+    write ``offset``, ``invstd`` and the running statistics.
+
+    The scalars come in two float32 halves each (:func:`_halves`): one float32 would
+    put the running statistics of a float64 input off by 1e-8."""
     j = tl.program_id(0)
     s = tl.program_id(1)
     c = j * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -158,9 +166,11 @@ def _forward(x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, offset_ptr, invstd_ptr, rmean
         d, q = _sums(x_ptr, x_ptr, x0, zero, c, c_ok, 0, N, N, C, L, False, BLOCK_C, BLOCK_L, ACC)
     else:
         d, q = _totals(part_ptr, c, c_ok, C, S, BLOCK_S)
-    offset = d / count
-    var = tl.maximum(q / count - offset * offset, 0.0)
-    invstd = 1.0 / tl.sqrt(var + eps)
+    n_values = _joined(count_hi, count_lo, ACC)
+    offset = d / n_values
+    var = tl.maximum(q / n_values - offset * offset, 0.0)
+    invstd = 1.0 / tl.sqrt(var + _joined(eps_hi, eps_lo, ACC))
+    momentum = _joined(momentum_hi, momentum_lo, ACC)
     scale = invstd
     if HAS_W:
         scale = scale * tl.load(w_ptr + c, mask=c_ok, other=1.0).to(ACC)
@@ -172,17 +182,19 @@ def _forward(x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, offset_ptr, invstd_ptr, rmean
         tl.store(invstd_ptr + c, invstd, mask=c_ok)
         if HAS_RMEAN:
             rmean = tl.load(rmean_ptr + c, mask=c_ok, other=0.0).to(ACC)
-            tl.store(rmean_ptr + c, rmean + momentum * (x0 + offset - rmean), mask=c_ok)
+            rmean += momentum * (x0 + offset - rmean)
+            tl.store(rmean_ptr + c, rmean, mask=c_ok)
         if HAS_RVAR:
             rvar = tl.load(rvar_ptr + c, mask=c_ok, other=0.0).to(ACC)
-            tl.store(rvar_ptr + c, rvar + momentum * (var * unbias - rvar), mask=c_ok)
+            rvar += momentum * (var * n_values / (n_values - 1.0) - rvar)
+            tl.store(rvar_ptr + c, rvar, mask=c_ok)
     _affine(x_ptr, y_ptr, x0, offset, scale, shift, c, c_ok, s, rows, N, C, L,
             BLOCK_C, BLOCK_L, ACC)  # fmt: skip
 
 
 @triton.jit
 def _backward(dy_ptr, x_ptr, dx_ptr, part_ptr, w_ptr, offset_ptr, invstd_ptr, dw_ptr, db_ptr,
-              N, C, L, S, rows, count,
+              N, C, L, S, rows, count_hi, count_lo,
               ONE_LAUNCH: tl.constexpr, HAS_W: tl.constexpr, BLOCK_C: tl.constexpr,
               BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
     """Launch 2 backward (or the only one): ``dx``; programs ``s == 0`` write the
@@ -203,8 +215,9 @@ def _backward(dy_ptr, x_ptr, dx_ptr, part_ptr, w_ptr, offset_ptr, invstd_ptr, dw
     scale = invstd
     if HAS_W:
         scale = scale * tl.load(w_ptr + c, mask=c_ok, other=1.0).to(ACC)
-    k2 = -scale * invstd * dweight / count
-    k3 = -scale * sum_dy / count
+    n_values = _joined(count_hi, count_lo, ACC)
+    k2 = -scale * invstd * dweight / n_values
+    k3 = -scale * sum_dy / n_values
     if s == 0:
         tl.store(dw_ptr + c, dweight, mask=c_ok)
         tl.store(db_ptr + c, sum_dy, mask=c_ok)
@@ -223,6 +236,13 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _acc(dtype: torch.dtype) -> tl.dtype:
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _halves(value: float) -> tuple[float, float]:
+    """``value`` as ``hi + lo``, each a float32 (Triton passes Python floats as float32):
+    48 bits of precision, enough for float64 statistics to match to ~1e-14."""
+    hi = struct.unpack("f", struct.pack("f", value))[0]
+    return hi, value - hi
 
 
 def _or(tensor: Tensor | None, placeholder: Tensor) -> Tensor:
@@ -313,7 +333,7 @@ def batch_norm_forward(
         input, out, partial, _or(weight, offset), _or(bias, offset), offset, invstd,
         _or(running_mean, offset), _or(running_var, offset),
         p.n, p.c, p.length, p.splits, p.rows,
-        float(count), count / (count - 1) if count > 1 else math.inf, float(momentum), float(eps),
+        *_halves(count), *_halves(momentum), *_halves(eps),
         ONE_LAUNCH=p.one_launch, HAS_W=weight is not None, HAS_B=bias is not None,
         HAS_RMEAN=running_mean is not None, HAS_RVAR=running_var is not None,
         ACC=acc, **p.blocks(),
@@ -340,7 +360,7 @@ def batch_norm_backward(
         )  # fmt: skip
     _backward[p.grid](
         grad_out, input, dx, partial, _or(weight, offset), offset, invstd, dweight, dbias,
-        p.n, p.c, p.length, p.splits, p.rows, float(p.n * p.length),
+        p.n, p.c, p.length, p.splits, p.rows, *_halves(p.n * p.length),
         ONE_LAUNCH=p.one_launch, HAS_W=weight is not None, ACC=acc, **p.blocks(),
     )  # fmt: skip
     return dx, dweight, dbias
