@@ -37,3 +37,17 @@ def test_report_embeds_every_figure(tmp_path, norms) -> None:
     for name in figures:
         assert f"{name}.png" in markdown
         assert (tmp_path / f"{name}.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("code", "device", "sentence"),
+    [
+        ("kernels", "cpu", "normlab ran its fused CPU kernels (normlab.kernels)."),
+        ("kernels", "cuda:0", "normlab ran its Triton kernels (normlab.kernels.gpu)."),
+        ("tensors", "cuda", "normlab ran its tensor code (normlab.functional)."),
+    ],
+)
+def test_the_report_names_the_code_that_ran(code: str, device: str, sentence: str) -> None:
+    from normlab.report.tutorial import _code_sentence
+
+    assert _code_sentence(code, device) == sentence

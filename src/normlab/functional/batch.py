@@ -49,15 +49,15 @@ How it is computed, and why:
   centres on the rounded first mean ``m`` plus its offset, recomputed from the input,
   which makes float32 gradients far from zero as accurate as float64. Eager on CUDA with
   Triton installed, the same formulas run as Triton kernels
-  (:mod:`normlab.kernels.triton_batch_norm`, two launches each way, any float dtype). This
-  tensor code is the reference and runs everywhere else (``torch.compile``, CUDA without
-  Triton, half precision on the CPU).
+  (:mod:`normlab.kernels.triton_batch_norm`, one or two launches each way, any float
+  dtype). This tensor code is the reference and runs everywhere else (``torch.compile``,
+  CUDA without Triton, half precision on the CPU).
 - The autograd ``Function`` saves only ``input, mean, invstd, weight`` (with the kernels
-  ``m``, or on CUDA the mean minus each channel's first value, in place of the mean). When
-  a graph of the
-  backward is requested (double backward, ``create_graph=True``), the same closed form is
-  evaluated with differentiable out-of-place operations, recomputing the statistics from
-  the saved input so that their dependence on ``x`` is differentiated too.
+  ``m``, or on CUDA the mean minus each channel's first value, in place of the mean).
+  When a graph of the backward is requested (double backward, ``create_graph=True``), the
+  same closed form is evaluated with differentiable out-of-place operations, recomputing
+  the statistics from the saved input so that their dependence on ``x`` is differentiated
+  too.
 
 Instance norm is batch norm of the input viewed as ``(1, N * C, *)``: every (sample, channel)
 pair is its own channel; the running statistics are updated per pair and averaged over the

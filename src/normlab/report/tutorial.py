@@ -102,6 +102,15 @@ def step_loss_figure(result: TutorialResult) -> Figure | None:
     return fig
 
 
+def _code_sentence(code: str, device: str) -> str:
+    """Which normlab code trained the arm, in words."""
+    if code != "kernels":
+        return "normlab ran its tensor code (normlab.functional)."
+    if str(device).startswith("cuda"):
+        return "normlab ran its Triton kernels (normlab.kernels.gpu)."
+    return "normlab ran its fused CPU kernels (normlab.kernels)."
+
+
 def build_report(result: TutorialResult, command: str = "normlab tutorial") -> Report:
     """The tutorial's report: covariate shift, training table and curves, normlab against
     torch.nn step by step, learned gamma/beta, conclusions computed from the data."""
@@ -124,11 +133,7 @@ def build_report(result: TutorialResult, command: str = "normlab tutorial") -> R
         "re-runs it with normlab: the covariate-shift demo, then the tutorial's LeNet trained "
         "with normlab's batch norm (written from scratch), with torch.nn's, and without "
         "normalization, from the same initial weights on the same batches. "
-        + (
-            "normlab ran its fused CPU kernels (normlab.kernels)."
-            if result.code == "kernels"
-            else "normlab ran its tensor code (normlab.functional)."
-        )
+        + _code_sentence(result.code, config.device)
     )
     report.section("Findings").bullets(conclusions(result))
 
