@@ -1,4 +1,4 @@
-"""Batch norm on CUDA: normlab's formulas as Triton kernels, two launches each way.
+"""Batch norm on CUDA: normlab's formulas as Triton kernels, one or two launches each way.
 
 On the GPU a batch norm written as tensor operations costs ten or more kernel launches and
 as many passes over memory; these kernels read the input twice forward (the statistics,
@@ -23,8 +23,11 @@ inputs far from zero lose no precision, as in :mod:`normlab.functional.batch`)::
 The grid is ``(channel blocks, splits)``: program ``(j, s)`` owns ``BLOCK_C`` channels and
 a share of the batch, walking it in tiles of ``BLOCK_C x BLOCK_L`` values. Launch 1 writes
 one partial sum per split and channel, launch 2 adds them up in every program (a few
-dozen numbers) and its programs ``s == 0`` write the per-channel results. Sums run in
-float32 (float64 for float64 input); half-precision inputs keep float32 statistics.
+dozen numbers) and its programs ``s == 0`` write the per-channel results. An input of up
+to ``ONE_LAUNCH_LIMIT`` values is not split: one launch each way computes the sums and
+then the output (its second read hits the cache), since there the launches cost more than
+the arithmetic. Sums run in float32 (float64 for float64 input); half-precision inputs
+keep float32 statistics.
 
 What the forward saves for the backward is ``offset`` (the mean minus ``x0``) in place of
 the mean: the backward re-reads ``x0`` from the input and centres exactly as the forward.
