@@ -126,6 +126,9 @@ def test_ops_for_picks_the_triton_kernels_where_they_apply() -> None:
     assert kernels.ops_for(x, torch.ones(3)) is kernels.triton_ops()
     assert kernels.ops_for(x.transpose(0, 2)) is None  # not contiguous: tensor code
     assert kernels.ops_for(x.long()) is None
+    kernels.set_enabled(False, gpu=False)
+    assert kernels.triton_ops() is None and kernels.ops_for(x) is None  # turned off
+    kernels.set_enabled(False, gpu=True)
     kernels.run_triton_on_cpu(False)
     assert kernels.ops_for(x) is None  # CPU tensors only under the interpreter
 
