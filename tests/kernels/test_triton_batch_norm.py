@@ -13,6 +13,7 @@ pytest.importorskip("triton")
 
 from normlab import kernels
 from normlab.kernels import triton_batch_norm as tbn
+from normlab.kernels.triton_common import halves
 
 CPU = torch.device("cpu")
 
@@ -155,7 +156,7 @@ def test_the_batch_norm_module_trains_through_the_kernels(monkeypatch: pytest.Mo
 def test_plans_cut_large_inputs_into_many_programs_and_small_ones_into_one_launch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(tbn, "_programs", lambda device: 4 * 132)  # an H100's or H200's
+    monkeypatch.setattr(tbn, "programs", lambda device: 4 * 132)  # an H100's or H200's
     tbn.plan.cache_clear()
     small = tbn.plan((64, 6, 24, 24), CPU)
     assert small.one_launch and small.grid == (6, 1) and small.rows == 64
@@ -170,7 +171,7 @@ def test_plans_cut_large_inputs_into_many_programs_and_small_ones_into_one_launc
 
 @pytest.mark.parametrize("value", [0.1, 1e-5, 0.3, 123456789.0, 2.0**40 + 1])
 def test_scalars_travel_as_two_float32_halves_with_float64_precision(value: float) -> None:
-    hi, lo = tbn._halves(value)
+    hi, lo = halves(value)
     assert torch.tensor(hi, dtype=torch.float32).item() == hi  # a float32 each
     assert torch.tensor(lo, dtype=torch.float32).item() == pytest.approx(lo, rel=1e-7)
     joined = float(torch.tensor(hi, dtype=torch.float64) + torch.tensor(lo, dtype=torch.float32))

@@ -4,6 +4,7 @@ functions call either through the namespace :func:`normlab.kernels.ops_for` retu
 
 - :mod:`~normlab.kernels.triton_batch_norm`: batch norm (and instance norm through it).
 - :mod:`~normlab.kernels.triton_feature_norm`: layer norm and group norm.
+- :mod:`~normlab.kernels.triton_common`: what they share (types, scalars, grid size).
 """
 
 from normlab.kernels.triton_batch_norm import batch_norm_backward, batch_norm_forward

@@ -35,7 +35,6 @@ the mean: the backward re-reads ``x0`` from the input and centres exactly as the
 
 import functools
 import math
-import struct
 from dataclasses import dataclass
 
 import torch
@@ -43,8 +42,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from normlab.kernels.triton_common import (
+    acc_type,
+    halves,
+    joined,
+    programs,
+    ptr,
+    stat_dtype,
+)
+
 MIN_WORK = 4096  # values per program at the least, so that a launch is not all overhead
-PROGRAMS_PER_SM = 4
 TILE = 1024  # values per tile (BLOCK_C * BLOCK_L)
 ONE_LAUNCH_LIMIT = 1 << 18  # inputs up to this many values: one launch each way (S = 1)
 
@@ -124,12 +131,6 @@ def _grad_affine(dy_ptr, x_ptr, dx_ptr, x0, offset, scale, k2, k3, c, c_ok, s, r
 
 
 @triton.jit
-def _joined(hi, lo, ACC: tl.constexpr):
-    """A scalar passed as two float32 halves, in the accumulation type."""
-    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
-
-
-@triton.jit
 def _partial_sums(a_ptr, x_ptr, offset_ptr, part_ptr, N, C, L, rows,
                   BACKWARD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
                   ACC: tl.constexpr):  # fmt: skip
@@ -157,8 +158,8 @@ def _forward(x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, offset_ptr, invstd_ptr, rmean
     """Launch 2 forward (or the only one): statistics, then ``y``; programs ``s == 0``
     write ``offset``, ``invstd`` and the running statistics.
 
-    The scalars come in two float32 halves each (:func:`_halves`): one float32 would
-    put the running statistics of a float64 input off by 1e-8."""
+    The scalars come in two float32 halves each (``triton_common.halves``): one float32
+    would put the running statistics of a float64 input off by 1e-8."""
     j = tl.program_id(0)
     s = tl.program_id(1)
     c = j * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -169,11 +170,11 @@ def _forward(x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, offset_ptr, invstd_ptr, rmean
         d, q = _sums(x_ptr, x_ptr, x0, zero, c, c_ok, 0, N, N, C, L, False, BLOCK_C, BLOCK_L, ACC)
     else:
         d, q = _totals(part_ptr, c, c_ok, C, S, BLOCK_S)
-    n_values = _joined(count_hi, count_lo, ACC)
+    n_values = joined(count_hi, count_lo, ACC)
     offset = d / n_values
     var = tl.maximum(q / n_values - offset * offset, 0.0)
-    invstd = 1.0 / tl.sqrt(var + _joined(eps_hi, eps_lo, ACC))
-    momentum = _joined(momentum_hi, momentum_lo, ACC)
+    invstd = 1.0 / tl.sqrt(var + joined(eps_hi, eps_lo, ACC))
+    momentum = joined(momentum_hi, momentum_lo, ACC)
     scale = invstd
     if HAS_W:
         scale = scale * tl.load(w_ptr + c, mask=c_ok, other=1.0).to(ACC)
@@ -218,7 +219,7 @@ def _backward(dy_ptr, x_ptr, dx_ptr, part_ptr, w_ptr, offset_ptr, invstd_ptr, dw
     scale = invstd
     if HAS_W:
         scale = scale * tl.load(w_ptr + c, mask=c_ok, other=1.0).to(ACC)
-    n_values = _joined(count_hi, count_lo, ACC)
+    n_values = joined(count_hi, count_lo, ACC)
     k2 = -scale * invstd * dweight / n_values
     k3 = -scale * sum_dy / n_values
     if s == 0:
@@ -231,33 +232,6 @@ def _backward(dy_ptr, x_ptr, dx_ptr, part_ptr, w_ptr, offset_ptr, invstd_ptr, dw
 # ---------------------------------------------------------------------------------------------
 # Launchers: the same signatures as the CPU operators torch.ops.normlab.batch_norm_*
 # ---------------------------------------------------------------------------------------------
-
-
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _acc(dtype: torch.dtype) -> tl.dtype:
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _halves(value: float) -> tuple[float, float]:
-    """``value`` as ``hi + lo``, each a float32 (Triton passes Python floats as float32):
-    48 bits of precision, enough for float64 statistics to match to ~1e-14."""
-    hi = struct.unpack("f", struct.pack("f", value))[0]
-    return hi, value - hi
-
-
-def _or(tensor: Tensor | None, placeholder: Tensor) -> Tensor:
-    """``tensor``, or a placeholder pointer for an optional argument the kernel won't read."""
-    return placeholder if tensor is None else tensor
-
-
-@functools.cache
-def _programs(device: torch.device) -> int:
-    if device.type != "cuda":  # Triton's interpreter (tests on the CPU): a few programs
-        return 8
-    return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @dataclass(frozen=True)
@@ -289,8 +263,8 @@ class Plan:
 @functools.lru_cache(maxsize=256)
 def plan(shape: tuple[int, ...], device: torch.device) -> Plan:
     """Small inputs (up to ``ONE_LAUNCH_LIMIT`` values) take one launch each way; larger
-    ones are split over the batch into about ``PROGRAMS_PER_SM`` programs per
-    multiprocessor, each with ``MIN_WORK`` values or more."""
+    ones are split over the batch to give the GPU enough programs
+    (``triton_common.programs``), each with ``MIN_WORK`` values or more."""
     n, c = shape[0], shape[1]
     length = math.prod(shape[2:])
     block_l = min(triton.next_power_of_2(length), TILE)
@@ -298,7 +272,7 @@ def plan(shape: tuple[int, ...], device: torch.device) -> Plan:
     splits = 1
     if n * c * length > ONE_LAUNCH_LIMIT:
         by_work = max(1, n * block_c * length // MIN_WORK)
-        wanted = triton.cdiv(_programs(device), triton.cdiv(c, block_c))
+        wanted = triton.cdiv(programs(device), triton.cdiv(c, block_c))
         splits = max(1, min(n, wanted, by_work))
     rows = triton.cdiv(n, splits)
     return Plan(n, c, length, block_c, block_l, triton.cdiv(n, rows), rows)
@@ -319,12 +293,12 @@ def batch_norm_forward(
     """
     input = input.contiguous()
     p = plan(tuple(input.shape), input.device)
-    stat = _stat_dtype(input.dtype)
+    stat = stat_dtype(input.dtype)
     count = p.n * p.length
     out = torch.empty_like(input)
     offset = torch.empty(p.c, dtype=stat, device=input.device)
     invstd = torch.empty_like(offset)
-    acc = _acc(input.dtype)
+    acc = acc_type(input.dtype)
     partial = offset  # a placeholder pointer for one launch
     if not p.one_launch:
         partial = torch.empty((p.splits, 2, p.c), dtype=stat, device=input.device)
@@ -333,10 +307,10 @@ def batch_norm_forward(
             BACKWARD=False, BLOCK_C=p.block_c, BLOCK_L=p.block_l, ACC=acc,
         )  # fmt: skip
     _forward[p.grid](
-        input, out, partial, _or(weight, offset), _or(bias, offset), offset, invstd,
-        _or(running_mean, offset), _or(running_var, offset),
+        input, out, partial, ptr(weight, offset), ptr(bias, offset), offset, invstd,
+        ptr(running_mean, offset), ptr(running_var, offset),
         p.n, p.c, p.length, p.splits, p.rows,
-        *_halves(count), *_halves(momentum), *_halves(eps),
+        *halves(count), *halves(momentum), *halves(eps),
         ONE_LAUNCH=p.one_launch, HAS_W=weight is not None, HAS_B=bias is not None,
         HAS_RMEAN=running_mean is not None, HAS_RVAR=running_var is not None,
         ACC=acc, **p.blocks(),
@@ -353,7 +327,7 @@ def batch_norm_backward(
     dx = torch.empty_like(input)
     dweight = torch.empty_like(offset)
     dbias = torch.empty_like(offset)
-    acc = _acc(input.dtype)
+    acc = acc_type(input.dtype)
     partial = offset
     if not p.one_launch:
         partial = torch.empty((p.splits, 2, p.c), dtype=offset.dtype, device=input.device)
@@ -362,8 +336,8 @@ def batch_norm_backward(
             BACKWARD=True, BLOCK_C=p.block_c, BLOCK_L=p.block_l, ACC=acc,
         )  # fmt: skip
     _backward[p.grid](
-        grad_out, input, dx, partial, _or(weight, offset), offset, invstd, dweight, dbias,
-        p.n, p.c, p.length, p.splits, p.rows, *_halves(p.n * p.length),
+        grad_out, input, dx, partial, ptr(weight, offset), offset, invstd, dweight, dbias,
+        p.n, p.c, p.length, p.splits, p.rows, *halves(p.n * p.length),
         ONE_LAUNCH=p.one_launch, HAS_W=weight is not None, ACC=acc, **p.blocks(),
     )  # fmt: skip
     return dx, dweight, dbias

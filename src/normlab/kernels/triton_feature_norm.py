@@ -30,7 +30,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from normlab.kernels.triton_batch_norm import _halves, _joined, _or, _programs
+from normlab.kernels.triton_common import (
+    acc_type,
+    halves,
+    joined,
+    programs,
+    ptr,
+    stat_dtype,
+)
 
 TILE = 1024  # values per tile (BLOCK_K * BLOCK_P)
 
@@ -85,12 +92,12 @@ def _forward(x_ptr, y_ptr, w_ptr, b_ptr, stats_ptr, G, K, P, count_hi, count_lo,
     g = row % G
     base = row.to(tl.int64) * K * P
     x0 = tl.load(x_ptr + base).to(ACC)
-    n_values = _joined(count_hi, count_lo, ACC)
+    n_values = joined(count_hi, count_lo, ACC)
     d, q = _row_sums(x_ptr, x_ptr, w_ptr, base, g, x0, 0.0, 1.0, K, P,
                      False, PER_CHANNEL, False, BLOCK_K, BLOCK_P, ACC)  # fmt: skip
     offset = d / n_values
     var = tl.maximum(q / n_values - offset * offset, 0.0)
-    rstd = 1.0 / tl.sqrt(var + _joined(eps_hi, eps_lo, ACC))
+    rstd = 1.0 / tl.sqrt(var + joined(eps_hi, eps_lo, ACC))
     tl.store(stats_ptr + row * 2, offset)
     tl.store(stats_ptr + row * 2 + 1, rstd)
     for k0 in range(0, K, BLOCK_K):
@@ -120,7 +127,7 @@ def _backward(dy_ptr, x_ptr, dx_ptr, w_ptr, stats_ptr, part_ptr, G, K, P, count_
     x0 = tl.load(x_ptr + base).to(ACC)
     offset = tl.load(stats_ptr + row * 2).to(ACC)
     rstd = tl.load(stats_ptr + row * 2 + 1).to(ACC)
-    n_values = _joined(count_hi, count_lo, ACC)
+    n_values = joined(count_hi, count_lo, ACC)
     if CHANNEL_SUMS:  # per channel: sum(dy * xhat), sum(dy); stored for the parameters
         n = row // G
         for k0 in range(0, K, BLOCK_K):
@@ -187,10 +194,6 @@ def _position_sums(dy_ptr, x_ptr, stats_ptr, part_ptr, R, D, rows,
 # ---------------------------------------------------------------------------------------------
 
 
-def _acc(dtype: torch.dtype) -> tl.dtype:
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 @functools.lru_cache(maxsize=256)
 def _blocks(channels: int, positions: int) -> tuple[int, int]:
     """``(BLOCK_K, BLOCK_P)``: a tile of up to ``TILE`` values, positions first."""
@@ -203,15 +206,14 @@ def _forward_rows(input: Tensor, weight: Tensor | None, bias: Tensor | None, gro
                   eps: float) -> tuple[Tensor, Tensor]:  # fmt: skip
     input = input.contiguous()
     rows = input.numel() // (channels * positions)
-    stat = torch.float64 if input.dtype == torch.float64 else torch.float32
     out = torch.empty_like(input)
-    stats = torch.empty((rows, 2), dtype=stat, device=input.device)
+    stats = torch.empty((rows, 2), dtype=stat_dtype(input.dtype), device=input.device)
     block_k, block_p = _blocks(channels, positions)
     _forward[(rows,)](
-        input, out, _or(weight, stats), _or(bias, stats), stats, groups, channels, positions,
-        *_halves(channels * positions), *_halves(eps),
+        input, out, ptr(weight, stats), ptr(bias, stats), stats, groups, channels, positions,
+        *halves(channels * positions), *halves(eps),
         PER_CHANNEL=per_channel, HAS_W=weight is not None, HAS_B=bias is not None,
-        BLOCK_K=block_k, BLOCK_P=block_p, ACC=_acc(input.dtype),
+        BLOCK_K=block_k, BLOCK_P=block_p, ACC=acc_type(input.dtype),
     )  # fmt: skip
     return out, stats
 
@@ -245,20 +247,20 @@ def layer_norm_backward(
     grad_out, input = grad_out.contiguous(), input.contiguous()
     rows = stats.shape[0]
     width = input.numel() // rows
-    acc = _acc(input.dtype)
+    acc = acc_type(input.dtype)
     dx = torch.empty_like(input) if need_input else None
     if need_input:
         block_k, block_p = _blocks(1, width)
         _backward[(rows,)](
-            grad_out, input, dx, _or(weight, stats), stats, stats, 1, 1, width,
-            *_halves(width), NEED_DX=True, CHANNEL_SUMS=False, PER_CHANNEL=False,
+            grad_out, input, dx, ptr(weight, stats), stats, stats, 1, 1, width,
+            *halves(width), NEED_DX=True, CHANNEL_SUMS=False, PER_CHANNEL=False,
             HAS_W=weight is not None, BLOCK_K=block_k, BLOCK_P=block_p, ACC=acc,
         )  # fmt: skip
     if not (need_weight or need_bias):
         return dx, None, None
     block_p = min(triton.next_power_of_2(width), TILE)
     position_blocks = triton.cdiv(width, block_p)
-    splits = max(1, min(rows, triton.cdiv(_programs(input.device), position_blocks)))
+    splits = max(1, min(rows, triton.cdiv(programs(input.device), position_blocks)))
     per_split = triton.cdiv(rows, splits)
     splits = triton.cdiv(rows, per_split)
     part = torch.empty((splits, 2, width), dtype=stats.dtype, device=input.device)
@@ -289,10 +291,10 @@ def group_norm_backward(
     part = torch.empty((2, n, c), dtype=stats.dtype, device=input.device) if sums else stats
     block_k, block_p = _blocks(channels, positions)
     _backward[(n * num_groups,)](
-        grad_out, input, _or(dx, stats), _or(weight, stats), stats, part,
-        num_groups, channels, positions, *_halves(channels * positions),
+        grad_out, input, ptr(dx, stats), ptr(weight, stats), stats, part,
+        num_groups, channels, positions, *halves(channels * positions),
         NEED_DX=need_input, CHANNEL_SUMS=sums, PER_CHANNEL=True, HAS_W=weight is not None,
-        BLOCK_K=block_k, BLOCK_P=block_p, ACC=_acc(input.dtype),
+        BLOCK_K=block_k, BLOCK_P=block_p, ACC=acc_type(input.dtype),
     )  # fmt: skip
     if not sums:
         return dx, None, None
