@@ -57,6 +57,15 @@ ONE_LAUNCH_LIMIT = 1 << 18  # inputs up to this many values: one launch each way
 
 
 @triton.jit
+def _tile(n, l0, c, c_ok, N, C, L, BLOCK_L: tl.constexpr):
+    """Offsets and mask of the tile of sample ``n``, channels ``c``, positions ``l0 + [0,
+    BLOCK_L)`` of the ``(N, C, L)`` input; samples past ``N`` (a last split's tail) masked."""
+    pos = l0 + tl.arange(0, BLOCK_L)
+    ok = c_ok[:, None] & (pos[None, :] < L) & (n < N)
+    return n.to(tl.int64) * C * L + c[:, None] * L + pos[None, :], ok
+
+
+@triton.jit
 def _sums(a_ptr, x_ptr, x0, offset, c, c_ok, s, rows, N, C, L,
           BACKWARD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
           ACC: tl.constexpr):  # fmt: skip
@@ -69,11 +78,8 @@ def _sums(a_ptr, x_ptr, x0, offset, c, c_ok, s, rows, N, C, L,
     second = tl.zeros([BLOCK_C, BLOCK_L], ACC)
     for i in range(0, rows):  # the last split's tail is masked
         n = s * rows + i
-        row = n.to(tl.int64) * C * L
         for l0 in range(0, L, BLOCK_L):
-            pos = l0 + tl.arange(0, BLOCK_L)
-            ok = c_ok[:, None] & (pos[None, :] < L) & (n < N)
-            at = row + c[:, None] * L + pos[None, :]
+            at, ok = _tile(n, l0, c, c_ok, N, C, L, BLOCK_L)
             x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
             v = tl.where(ok, (x - x0[:, None]) - offset[:, None], 0.0)
             if BACKWARD:
@@ -102,11 +108,8 @@ def _affine(x_ptr, y_ptr, x0, offset, scale, shift, c, c_ok, s, rows, N, C, L,
     """``y = (x - x0 - offset) * scale + shift`` over split ``s`` of channels ``c``."""
     for i in range(0, rows):
         n = s * rows + i
-        row = n.to(tl.int64) * C * L
         for l0 in range(0, L, BLOCK_L):
-            pos = l0 + tl.arange(0, BLOCK_L)
-            ok = c_ok[:, None] & (pos[None, :] < L) & (n < N)
-            at = row + c[:, None] * L + pos[None, :]
+            at, ok = _tile(n, l0, c, c_ok, N, C, L, BLOCK_L)
             x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
             y = ((x - x0[:, None]) - offset[:, None]) * scale[:, None] + shift[:, None]
             tl.store(y_ptr + at, y, mask=ok)
@@ -118,11 +121,8 @@ def _grad_affine(dy_ptr, x_ptr, dx_ptr, x0, offset, scale, k2, k3, c, c_ok, s, r
     """``dx = dy * scale + (x - x0 - offset) * k2 + k3`` over split ``s`` of channels ``c``."""
     for i in range(0, rows):
         n = s * rows + i
-        row = n.to(tl.int64) * C * L
         for l0 in range(0, L, BLOCK_L):
-            pos = l0 + tl.arange(0, BLOCK_L)
-            ok = c_ok[:, None] & (pos[None, :] < L) & (n < N)
-            at = row + c[:, None] * L + pos[None, :]
+            at, ok = _tile(n, l0, c, c_ok, N, C, L, BLOCK_L)
             x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
             dy = tl.load(dy_ptr + at, mask=ok, other=0.0).to(ACC)
             v = (x - x0[:, None]) - offset[:, None]

@@ -43,6 +43,14 @@ TILE = 1024  # values per tile (BLOCK_K * BLOCK_P)
 
 
 @triton.jit
+def _tile(base, k, p0, K, P, BLOCK_P: tl.constexpr):
+    """Positions, offsets and mask of the tile of channels ``k``, positions ``p0 + [0,
+    BLOCK_P)`` of the row that starts at ``base`` (``K x P`` values)."""
+    p = p0 + tl.arange(0, BLOCK_P)
+    return p, base + k[:, None] * P + p[None, :], (k[:, None] < K) & (p[None, :] < P)
+
+
+@triton.jit
 def _row_sums(a_ptr, x_ptr, w_ptr, base, g, x0, offset, rstd, K, P,
               BACKWARD: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_W: tl.constexpr,
               BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
@@ -53,9 +61,7 @@ def _row_sums(a_ptr, x_ptr, w_ptr, base, g, x0, offset, rstd, K, P,
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         for p0 in range(0, P, BLOCK_P):
-            p = p0 + tl.arange(0, BLOCK_P)
-            ok = (k[:, None] < K) & (p[None, :] < P)
-            at = base + k[:, None] * P + p[None, :]
+            p, at, ok = _tile(base, k, p0, K, P, BLOCK_P)
             v = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC) - x0
             if BACKWARD:
                 xhat = (v - offset) * rstd
@@ -103,9 +109,7 @@ def _forward(x_ptr, y_ptr, w_ptr, b_ptr, stats_ptr, G, K, P, count_hi, count_lo,
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         for p0 in range(0, P, BLOCK_P):
-            p = p0 + tl.arange(0, BLOCK_P)
-            ok = (k[:, None] < K) & (p[None, :] < P)
-            at = base + k[:, None] * P + p[None, :]
+            p, at, ok = _tile(base, k, p0, K, P, BLOCK_P)
             y = (tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC) - x0 - offset) * rstd
             if HAS_W:
                 y *= _param(w_ptr, g, k, p, K, ok, PER_CHANNEL, 1.0, ACC)
@@ -135,9 +139,7 @@ def _backward(dy_ptr, x_ptr, dx_ptr, w_ptr, stats_ptr, part_ptr, G, K, P, count_
             dot = tl.zeros([BLOCK_K, BLOCK_P], ACC)
             total = tl.zeros([BLOCK_K, BLOCK_P], ACC)
             for p0 in range(0, P, BLOCK_P):
-                p = p0 + tl.arange(0, BLOCK_P)
-                ok = (k[:, None] < K) & (p[None, :] < P)
-                at = base + k[:, None] * P + p[None, :]
+                p, at, ok = _tile(base, k, p0, K, P, BLOCK_P)
                 xhat = (tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC) - x0 - offset) * rstd
                 dy = tl.load(dy_ptr + at, mask=ok, other=0.0).to(ACC)
                 dot += tl.where(ok, dy * xhat, 0.0)
@@ -153,9 +155,7 @@ def _backward(dy_ptr, x_ptr, dx_ptr, w_ptr, stats_ptr, part_ptr, G, K, P, count_
         for k0 in range(0, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             for p0 in range(0, P, BLOCK_P):
-                p = p0 + tl.arange(0, BLOCK_P)
-                ok = (k[:, None] < K) & (p[None, :] < P)
-                at = base + k[:, None] * P + p[None, :]
+                p, at, ok = _tile(base, k, p0, K, P, BLOCK_P)
                 xhat = (tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC) - x0 - offset) * rstd
                 grad = tl.load(dy_ptr + at, mask=ok, other=0.0).to(ACC)
                 if HAS_W:
