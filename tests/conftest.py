@@ -33,16 +33,30 @@ if importlib.util.find_spec("triton") is not None:  # a dev install has it
 def code_path(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """Run a test with each of normlab's code paths (:mod:`normlab.kernels`): its compiled
     CPU kernels (``make`` builds them, so they must be there), its pure-tensor code, and
-    its CUDA batch-norm kernels in Triton, run on the CPU by Triton's interpreter."""
+    its CUDA kernels in Triton, run on the CPU by Triton's interpreter."""
     from normlab import kernels
 
+    if request.param == "triton":
+        request.getfixturevalue("triton_on_cpu")  # which sets it up and tears it down
+        yield request.param
+        return
     if request.param == "kernels":
         assert kernels.ops() is not None, (
             "kernels not built: run make (or python -m normlab.kernels.build)"
         )
-    if request.param == "triton":
-        assert kernels.run_triton_on_cpu()
-    kernels.set_enabled(request.param == "kernels", gpu=request.param == "triton")
+    kernels.set_enabled(request.param == "kernels", gpu=False)
     yield request.param
+    kernels.set_enabled(True)
+
+
+@pytest.fixture
+def triton_on_cpu():  # type: ignore[no-untyped-def]
+    """The Triton kernels alone, on CPU tensors through Triton's interpreter (the CPU
+    kernels off): ``code_path``'s ``triton`` case, for the Triton kernels' own tests."""
+    from normlab import kernels
+
+    assert kernels.run_triton_on_cpu()
+    kernels.set_enabled(False, gpu=True)
+    yield
     kernels.run_triton_on_cpu(False)
     kernels.set_enabled(True)

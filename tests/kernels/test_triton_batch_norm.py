@@ -3,8 +3,6 @@ by Triton's interpreter and compared with torch.nn's batch norm in float64."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,13 +16,7 @@ from normlab.kernels.triton_common import halves
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def triton_on_cpu() -> Iterator[None]:
-    assert kernels.run_triton_on_cpu()
-    kernels.set_enabled(False, gpu=True)
-    yield
-    kernels.run_triton_on_cpu(False)
-    kernels.set_enabled(True)
+pytestmark = pytest.mark.usefixtures("triton_on_cpu")  # tests/conftest.py
 
 
 @pytest.fixture(params=["one launch", "split"])

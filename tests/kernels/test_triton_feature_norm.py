@@ -3,25 +3,15 @@ CPU tensors by Triton's interpreter and compared with torch.nn in float64."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from normlab import kernels
 from normlab.kernels import triton_feature_norm as tfn
 
-
-@pytest.fixture(autouse=True)
-def triton_on_cpu() -> Iterator[None]:
-    assert kernels.run_triton_on_cpu()
-    kernels.set_enabled(False, gpu=True)
-    yield
-    kernels.run_triton_on_cpu(False)
-    kernels.set_enabled(True)
+pytestmark = pytest.mark.usefixtures("triton_on_cpu")  # tests/conftest.py
 
 
 def _err(ours: torch.Tensor | None, oracle: torch.Tensor) -> float:
