@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # normlab's GPU checks and benchmarks in one run: parity against torch.nn on CUDA, batch
-# norm's achieved memory bandwidth, every layer's speed ratio, training throughput and the
-# tutorial. Run from the repository root on a machine with CUDA and torch:
+# norm's achieved memory bandwidth, where the time goes (host or GPU), every layer's speed
+# ratio, training throughput and the tutorial. Run from the repository root on a machine
+# with CUDA and torch:
 #
 #     PYTHON=python3 NORMLAB_DATA=/path/to/fashion-mnist tools/gpu-bench.sh [OUT_DIR]
 #
@@ -34,6 +35,9 @@ cat "$out/machine.txt"
 echo "== triton: tools/gpu_triton_check.py" | tee -a "$out/machine.txt"
 timeout 100 "$py" tools/gpu_triton_check.py >>"$out/machine.txt" 2>>"$out/errors.txt"
 echo "   exit $?"; tail -n 44 "$out/machine.txt"
+echo "== profile: tools/gpu_profile.py" | tee -a "$out/profile.txt"
+timeout 120 "$py" tools/gpu_profile.py >>"$out/profile.txt" 2>>"$out/errors.txt"
+echo "   exit $?"; grep -v "^       " "$out/profile.txt" | tail -n 40
 TAIL=40 step check 100 check --device cuda
 step bandwidth 60 bench bandwidth --device cuda
 FILE=bandwidth TAIL=8 step bandwidth-bf16 40 bench bandwidth --device cuda --dtype bfloat16

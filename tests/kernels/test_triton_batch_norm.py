@@ -23,8 +23,9 @@ pytestmark = pytest.mark.usefixtures("triton_on_cpu")  # tests/conftest.py
 def launches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The one-launch path (small inputs) and the split path (large ones) on small tensors."""
     if request.param == "split":
-        monkeypatch.setattr(tbn, "ONE_LAUNCH_LIMIT", 0)
+        monkeypatch.setattr(tbn, "ONE_PROGRAM_LIMIT", 0)
         monkeypatch.setattr(tbn, "MIN_WORK", 1)
+        monkeypatch.setattr(tbn, "TILE", 8)  # tiles of 8 values: several per split
     tbn.plan.cache_clear()
     yield request.param
     tbn.plan.cache_clear()
@@ -150,14 +151,21 @@ def test_plans_cut_large_inputs_into_many_programs_and_small_ones_into_one_launc
 ) -> None:
     monkeypatch.setattr(tbn, "programs", lambda device: 4 * 132)  # an H100's or H200's
     tbn.plan.cache_clear()
-    small = tbn.plan((64, 6, 24, 24), CPU)
-    assert small.one_launch and small.grid == (6, 1) and small.rows == 64
-    big = tbn.plan((128, 256, 56, 56), CPU)
-    assert not big.one_launch and big.block_l == tbn.TILE
-    assert big.rows * big.splits >= 128 > big.rows * (big.splits - 1)  # no empty split
-    assert big.grid == (256, 3)  # 768 programs of 43 samples x 3136 values
-    flat = tbn.plan((4096, 120), CPU)  # (N, C): channels along the contiguous dimension
-    assert flat.length == 1 and flat.block_c == 128 and flat.grid[0] == 1
+    f32 = torch.float32
+    lenet = tbn.plan((64, 16, 8, 8), f32, CPU)  # 4096 values a channel: one tile each
+    assert lenet.one_launch and lenet.grid == (16, 1) and lenet.block_k == 4096
+    resnet = tbn.plan((32, 256, 14, 14), f32, CPU)  # 6272 values: one launch, 256 programs
+    assert resnet.one_launch and resnet.grid == (256, 1) and resnet.block_c == 1
+    wide = tbn.plan((64, 6, 24, 24), f32, CPU)  # 36864 values a channel, 6 channels: split
+    assert wide.grid == (6, 9) and wide.chunk == 4096
+    big = tbn.plan((128, 256, 56, 56), f32, CPU)
+    assert not big.one_launch and big.block_k == tbn.TILE and big.chunk % big.block_k == 0
+    assert big.chunk * big.splits >= big.values > big.chunk * (big.splits - 1)  # none empty
+    assert big.grid == (256, 3)  # 768 programs of 133 888 values
+    assert tbn.plan((128, 256, 56, 56), torch.float64, CPU).block_k == tbn.TILE // 2
+    flat = tbn.plan((4096, 120), f32, CPU)  # (N, C): channels along the contiguous dimension
+    assert flat.length == 1 and flat.block_c == tbn.CONTIGUOUS and flat.grid[0] == 4
+    assert flat.block_c * flat.block_k == tbn.TILE and flat.grid[1] > 1
     tbn.plan.cache_clear()
 
 

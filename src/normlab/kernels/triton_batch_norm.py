@@ -21,12 +21,17 @@ inputs far from zero lose no precision, as in :mod:`normlab.functional.batch`)::
                         k2 = -a * invstd * dweight / n,  k3 = -a * sum_dy / n
 
 The grid is ``(channel blocks, splits)``: program ``(j, s)`` owns ``BLOCK_C`` channels and
-a share of the batch, walking it in tiles of ``BLOCK_C x BLOCK_L`` values. Launch 1 writes
-one partial sum per split and channel, launch 2 adds them up in every program (a few
-dozen numbers) and its programs ``s == 0`` write the per-channel results. An input of up
-to ``ONE_LAUNCH_LIMIT`` values is not split: one launch each way computes the sums and
-then the output (its second read hits the cache), since there the launches cost more than
-the arithmetic. Sums run in float32 (float64 for float64 input); half-precision inputs
+the ``s``-th share (``chunk`` values) of each one's ``n`` values, counted ``k = i * L + l``
+over sample ``i`` and position ``l``; it walks them in tiles of ``BLOCK_C x BLOCK_K``
+values (``BLOCK_K`` consecutive ``k``, which may span several samples: a tile is as full
+for 8 x 8 images as for 56 x 56 ones). ``BLOCK_C`` channels are taken together only where
+a channel's row is short (``L`` below ``CONTIGUOUS``), so that a tile's loads still cover
+whole stretches of memory. Launch 1 writes one partial sum per split and channel, launch 2
+adds them up in every program (a few dozen numbers) and its programs ``s == 0`` write the
+per-channel results. Where a program can take all of its channels' values
+(``ONE_PROGRAM_LIMIT`` or fewer), there is one launch each way: it computes the sums and
+then the output (its second read hits the cache), since launches cost more than the
+arithmetic there. Sums run in float32 (float64 for float64 input); half-precision inputs
 keep float32 statistics.
 
 What the forward saves for the backward is ``offset`` (the mean minus ``x0``) in place of
@@ -44,51 +49,53 @@ from torch import Tensor
 
 from normlab.kernels.triton_common import (
     acc_type,
+    dtypes,
     halves,
     joined,
+    launch,
     programs,
     ptr,
     stat_dtype,
 )
 
-MIN_WORK = 4096  # values per program at the least, so that a launch is not all overhead
-TILE = 1024  # values per tile (BLOCK_C * BLOCK_L)
-ONE_LAUNCH_LIMIT = 1 << 18  # inputs up to this many values: one launch each way (S = 1)
+MIN_WORK = 4096  # values per program of a split launch at the least
+TILE = 4096  # values per tile (BLOCK_C * BLOCK_K); half as many for float64 sums
+CONTIGUOUS = 32  # values a tile's row should span in memory (a 128-byte line of float32)
+ONE_PROGRAM_LIMIT = 16384  # values per program up to which one launch each way does it all
 
 
 @triton.jit
-def _tile(n, l0, c, c_ok, N, C, L, BLOCK_L: tl.constexpr):
-    """Offsets and mask of the tile of sample ``n``, channels ``c``, positions ``l0 + [0,
-    BLOCK_L)`` of the ``(N, C, L)`` input; samples past ``N`` (a last split's tail) masked."""
-    pos = l0 + tl.arange(0, BLOCK_L)
-    ok = c_ok[:, None] & (pos[None, :] < L) & (n < N)
-    return n.to(tl.int64) * C * L + c[:, None] * L + pos[None, :], ok
+def _tile(k0, c, c_ok, end, C, L, BLOCK_K: tl.constexpr):
+    """Offsets and mask of the tile of channels ``c`` and values ``k0 + [0, BLOCK_K)`` of
+    each, ``k = i * L + l`` (sample ``i``, position ``l``); values from ``end`` on masked."""
+    k = k0 + tl.arange(0, BLOCK_K)
+    i = k // L
+    at = i.to(tl.int64) * C * L + (k - i * L)
+    return at[None, :] + c.to(tl.int64)[:, None] * L, c_ok[:, None] & (k[None, :] < end)
 
 
 @triton.jit
-def _sums(a_ptr, x_ptr, x0, offset, c, c_ok, s, rows, N, C, L,
-          BACKWARD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+def _sums(a_ptr, x_ptr, x0, offset, c, c_ok, start, end, C, L,
+          BACKWARD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
           ACC: tl.constexpr):  # fmt: skip
-    """Over split ``s`` (``rows`` samples) of channels ``c``, with ``v = x - x0 - offset``:
+    """Over values ``[start, end)`` of channels ``c``, with ``v = x - x0 - offset``:
     forward ``sum(v)`` and ``sum(v^2)``; backward ``sum(dy)`` and ``sum(dy * v)``.
 
     ``x - x0`` first: exact for ``x`` near ``x0`` (Sterbenz), so inputs far from zero keep
     their precision; ``x0 + offset`` rounded would be off by half an ulp of the mean."""
-    first = tl.zeros([BLOCK_C, BLOCK_L], ACC)
-    second = tl.zeros([BLOCK_C, BLOCK_L], ACC)
-    for i in range(0, rows):  # the last split's tail is masked
-        n = s * rows + i
-        for l0 in range(0, L, BLOCK_L):
-            at, ok = _tile(n, l0, c, c_ok, N, C, L, BLOCK_L)
-            x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
-            v = tl.where(ok, (x - x0[:, None]) - offset[:, None], 0.0)
-            if BACKWARD:
-                dy = tl.load(a_ptr + at, mask=ok, other=0.0).to(ACC)
-                first += dy
-                second += dy * v
-            else:
-                first += v
-                second += v * v
+    first = tl.zeros([BLOCK_C, BLOCK_K], ACC)
+    second = tl.zeros([BLOCK_C, BLOCK_K], ACC)
+    for k0 in range(start, end, BLOCK_K):
+        at, ok = _tile(k0, c, c_ok, end, C, L, BLOCK_K)
+        x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
+        v = tl.where(ok, (x - x0[:, None]) - offset[:, None], 0.0)
+        if BACKWARD:
+            dy = tl.load(a_ptr + at, mask=ok, other=0.0).to(ACC)
+            first += dy
+            second += dy * v
+        else:
+            first += v
+            second += v * v
     return tl.sum(first, 1), tl.sum(second, 1)
 
 
@@ -103,71 +110,75 @@ def _totals(part_ptr, c, c_ok, C, S, BLOCK_S: tl.constexpr):
 
 
 @triton.jit
-def _affine(x_ptr, y_ptr, x0, offset, scale, shift, c, c_ok, s, rows, N, C, L,
-            BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
-    """``y = (x - x0 - offset) * scale + shift`` over split ``s`` of channels ``c``."""
-    for i in range(0, rows):
-        n = s * rows + i
-        for l0 in range(0, L, BLOCK_L):
-            at, ok = _tile(n, l0, c, c_ok, N, C, L, BLOCK_L)
-            x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
-            y = ((x - x0[:, None]) - offset[:, None]) * scale[:, None] + shift[:, None]
-            tl.store(y_ptr + at, y, mask=ok)
+def _affine(x_ptr, y_ptr, x0, offset, scale, shift, c, c_ok, start, end, C, L,
+            BLOCK_K: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    """``y = (x - x0 - offset) * scale + shift`` over values ``[start, end)`` of channels ``c``."""
+    for k0 in range(start, end, BLOCK_K):
+        at, ok = _tile(k0, c, c_ok, end, C, L, BLOCK_K)
+        x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
+        y = ((x - x0[:, None]) - offset[:, None]) * scale[:, None] + shift[:, None]
+        tl.store(y_ptr + at, y, mask=ok)
 
 
 @triton.jit
-def _grad_affine(dy_ptr, x_ptr, dx_ptr, x0, offset, scale, k2, k3, c, c_ok, s, rows, N, C, L,
-                 BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
-    """``dx = dy * scale + (x - x0 - offset) * k2 + k3`` over split ``s`` of channels ``c``."""
-    for i in range(0, rows):
-        n = s * rows + i
-        for l0 in range(0, L, BLOCK_L):
-            at, ok = _tile(n, l0, c, c_ok, N, C, L, BLOCK_L)
-            x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
-            dy = tl.load(dy_ptr + at, mask=ok, other=0.0).to(ACC)
-            v = (x - x0[:, None]) - offset[:, None]
-            dx = dy * scale[:, None] + v * k2[:, None] + k3[:, None]
-            tl.store(dx_ptr + at, dx, mask=ok)
+def _grad_affine(dy_ptr, x_ptr, dx_ptr, x0, offset, scale, k2, k3, c, c_ok, start, end, C, L,
+                 BLOCK_K: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    """``dx = dy * scale + (x - x0 - offset) * k2 + k3`` over values ``[start, end)``."""
+    for k0 in range(start, end, BLOCK_K):
+        at, ok = _tile(k0, c, c_ok, end, C, L, BLOCK_K)
+        x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
+        dy = tl.load(dy_ptr + at, mask=ok, other=0.0).to(ACC)
+        v = (x - x0[:, None]) - offset[:, None]
+        dx = dy * scale[:, None] + v * k2[:, None] + k3[:, None]
+        tl.store(dx_ptr + at, dx, mask=ok)
 
 
 @triton.jit
-def _partial_sums(a_ptr, x_ptr, offset_ptr, part_ptr, N, C, L, rows,
-                  BACKWARD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+def _share(NL, chunk, ONE_LAUNCH: tl.constexpr):
+    """This program's channels' values: ``[start, end)``, all of them for one launch."""
+    if ONE_LAUNCH:
+        return 0, NL
+    start = tl.program_id(1) * chunk
+    return start, tl.minimum(start + chunk, NL)
+
+
+@triton.jit
+def _partial_sums(a_ptr, x_ptr, offset_ptr, part_ptr, NL, C, L, chunk,
+                  BACKWARD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
                   ACC: tl.constexpr):  # fmt: skip
     """Launch 1 either way: one pair of partial sums per split and channel into ``part``."""
-    j = tl.program_id(0)
     s = tl.program_id(1)
-    c = j * BLOCK_C + tl.arange(0, BLOCK_C)
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     x0 = tl.load(x_ptr + c * L, mask=c_ok, other=0.0).to(ACC)
     offset = tl.zeros([BLOCK_C], ACC)
     if BACKWARD:
         offset = tl.load(offset_ptr + c, mask=c_ok, other=0.0).to(ACC)
-    first, second = _sums(a_ptr, x_ptr, x0, offset, c, c_ok, s, rows, N, C, L,
-                          BACKWARD, BLOCK_C, BLOCK_L, ACC)  # fmt: skip
+    start, end = _share(NL, chunk, False)
+    first, second = _sums(a_ptr, x_ptr, x0, offset, c, c_ok, start, end, C, L,
+                          BACKWARD, BLOCK_C, BLOCK_K, ACC)  # fmt: skip
     tl.store(part_ptr + s * 2 * C + c, first, mask=c_ok)
     tl.store(part_ptr + s * 2 * C + C + c, second, mask=c_ok)
 
 
 @triton.jit
 def _forward(x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, offset_ptr, invstd_ptr, rmean_ptr, rvar_ptr,
-             N, C, L, S, rows, count_hi, count_lo, momentum_hi, momentum_lo, eps_hi, eps_lo,
+             NL, C, L, S, chunk, count_hi, count_lo, momentum_hi, momentum_lo, eps_hi, eps_lo,
              ONE_LAUNCH: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
              HAS_RMEAN: tl.constexpr, HAS_RVAR: tl.constexpr, BLOCK_C: tl.constexpr,
-             BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+             BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
     """Launch 2 forward (or the only one): statistics, then ``y``; programs ``s == 0``
     write ``offset``, ``invstd`` and the running statistics.
 
     The scalars come in two float32 halves each (``triton_common.halves``): one float32
     would put the running statistics of a float64 input off by 1e-8."""
-    j = tl.program_id(0)
     s = tl.program_id(1)
-    c = j * BLOCK_C + tl.arange(0, BLOCK_C)
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     x0 = tl.load(x_ptr + c * L, mask=c_ok, other=0.0).to(ACC)
     if ONE_LAUNCH:
         zero = tl.zeros([BLOCK_C], ACC)
-        d, q = _sums(x_ptr, x_ptr, x0, zero, c, c_ok, 0, N, N, C, L, False, BLOCK_C, BLOCK_L, ACC)
+        d, q = _sums(x_ptr, x_ptr, x0, zero, c, c_ok, 0, NL, C, L, False, BLOCK_C, BLOCK_K, ACC)
     else:
         d, q = _totals(part_ptr, c, c_ok, C, S, BLOCK_S)
     n_values = joined(count_hi, count_lo, ACC)
@@ -192,26 +203,25 @@ def _forward(x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, offset_ptr, invstd_ptr, rmean
             rvar = tl.load(rvar_ptr + c, mask=c_ok, other=0.0).to(ACC)
             rvar += momentum * (var * n_values / (n_values - 1.0) - rvar)
             tl.store(rvar_ptr + c, rvar, mask=c_ok)
-    _affine(x_ptr, y_ptr, x0, offset, scale, shift, c, c_ok, s, rows, N, C, L,
-            BLOCK_C, BLOCK_L, ACC)  # fmt: skip
+    start, end = _share(NL, chunk, ONE_LAUNCH)
+    _affine(x_ptr, y_ptr, x0, offset, scale, shift, c, c_ok, start, end, C, L, BLOCK_K, ACC)
 
 
 @triton.jit
 def _backward(dy_ptr, x_ptr, dx_ptr, part_ptr, w_ptr, offset_ptr, invstd_ptr, dw_ptr, db_ptr,
-              N, C, L, S, rows, count_hi, count_lo,
+              NL, C, L, S, chunk, count_hi, count_lo,
               ONE_LAUNCH: tl.constexpr, HAS_W: tl.constexpr, BLOCK_C: tl.constexpr,
-              BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+              BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
     """Launch 2 backward (or the only one): ``dx``; programs ``s == 0`` write the
     parameter gradients."""
-    j = tl.program_id(0)
     s = tl.program_id(1)
-    c = j * BLOCK_C + tl.arange(0, BLOCK_C)
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     x0 = tl.load(x_ptr + c * L, mask=c_ok, other=0.0).to(ACC)
     offset = tl.load(offset_ptr + c, mask=c_ok, other=0.0).to(ACC)
     if ONE_LAUNCH:
-        sum_dy, dot = _sums(dy_ptr, x_ptr, x0, offset, c, c_ok, 0, N, N, C, L, True,
-                            BLOCK_C, BLOCK_L, ACC)  # fmt: skip
+        sum_dy, dot = _sums(dy_ptr, x_ptr, x0, offset, c, c_ok, 0, NL, C, L, True,
+                            BLOCK_C, BLOCK_K, ACC)  # fmt: skip
     else:
         sum_dy, dot = _totals(part_ptr, c, c_ok, C, S, BLOCK_S)
     invstd = tl.load(invstd_ptr + c, mask=c_ok, other=0.0).to(ACC)
@@ -225,8 +235,9 @@ def _backward(dy_ptr, x_ptr, dx_ptr, part_ptr, w_ptr, offset_ptr, invstd_ptr, dw
     if s == 0:
         tl.store(dw_ptr + c, dweight, mask=c_ok)
         tl.store(db_ptr + c, sum_dy, mask=c_ok)
-    _grad_affine(dy_ptr, x_ptr, dx_ptr, x0, offset, scale, k2, k3, c, c_ok, s, rows, N, C, L,
-                 BLOCK_C, BLOCK_L, ACC)  # fmt: skip
+    start, end = _share(NL, chunk, ONE_LAUNCH)
+    _grad_affine(dy_ptr, x_ptr, dx_ptr, x0, offset, scale, k2, k3, c, c_ok, start, end, C, L,
+                 BLOCK_K, ACC)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,16 +247,17 @@ def _backward(dy_ptr, x_ptr, dx_ptr, part_ptr, w_ptr, offset_ptr, invstd_ptr, dw
 
 @dataclass(frozen=True)
 class Plan:
-    """How an ``(N, C, L)`` input is cut: tiles of ``block_c x block_l`` values, the grid
-    ``(channel blocks, splits)`` with ``rows`` samples per split; one launch when S = 1."""
+    """How an ``(N, C, L)`` input is cut: tiles of ``block_c x block_k`` values, the grid
+    ``(channel blocks, splits)``, ``chunk`` values of each channel per split (``values =
+    N * L`` in all); one launch each way when there is one split."""
 
-    n: int
+    values: int
     c: int
     length: int
     block_c: int
-    block_l: int
+    block_k: int
     splits: int
-    rows: int
+    chunk: int
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -256,26 +268,31 @@ class Plan:
         return self.splits == 1
 
     def blocks(self) -> dict[str, int]:
-        return {"BLOCK_C": self.block_c, "BLOCK_L": self.block_l,
+        return {"BLOCK_C": self.block_c, "BLOCK_K": self.block_k,
                 "BLOCK_S": triton.next_power_of_2(self.splits)}  # fmt: skip
 
 
 @functools.lru_cache(maxsize=256)
-def plan(shape: tuple[int, ...], device: torch.device) -> Plan:
-    """Small inputs (up to ``ONE_LAUNCH_LIMIT`` values) take one launch each way; larger
-    ones are split over the batch to give the GPU enough programs
-    (``triton_common.programs``), each with ``MIN_WORK`` values or more."""
+def plan(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Plan:
+    """The tile: ``BLOCK_C`` channels (enough for rows of ``CONTIGUOUS`` values) by
+    ``BLOCK_K`` values, ``TILE`` in all. One launch each way when a program can take all
+    of its channels' values (``ONE_PROGRAM_LIMIT``); else each channel block's values are
+    split to give the GPU enough programs (``triton_common.programs``), each with
+    ``MIN_WORK`` values or more."""
     n, c = shape[0], shape[1]
     length = math.prod(shape[2:])
-    block_l = min(triton.next_power_of_2(length), TILE)
-    block_c = min(triton.next_power_of_2(c), max(1, TILE // block_l))
+    values = n * length
+    tile = TILE // 2 if dtype == torch.float64 else TILE  # float64 sums: twice the registers
+    per_line = triton.next_power_of_2(-(-CONTIGUOUS // length))  # channels to span CONTIGUOUS
+    block_c = min(triton.next_power_of_2(c), per_line, tile)
+    block_k = min(tile // block_c, triton.next_power_of_2(values))
+    per_program = min(block_c, c) * values
     splits = 1
-    if n * c * length > ONE_LAUNCH_LIMIT:
-        by_work = max(1, n * block_c * length // MIN_WORK)
+    if per_program > ONE_PROGRAM_LIMIT:
         wanted = triton.cdiv(programs(device), triton.cdiv(c, block_c))
-        splits = max(1, min(n, wanted, by_work))
-    rows = triton.cdiv(n, splits)
-    return Plan(n, c, length, block_c, block_l, triton.cdiv(n, rows), rows)
+        splits = max(1, min(wanted, per_program // MIN_WORK))
+    chunk = triton.cdiv(triton.cdiv(values, splits), block_k) * block_k
+    return Plan(values, c, length, block_c, block_k, triton.cdiv(values, chunk), chunk)
 
 
 def batch_norm_forward(
@@ -292,25 +309,27 @@ def batch_norm_forward(
     ``offset`` is the mean minus each channel's first value (what the backward needs).
     """
     input = input.contiguous()
-    p = plan(tuple(input.shape), input.device)
+    p = plan(tuple(input.shape), input.dtype, input.device)
     stat = stat_dtype(input.dtype)
-    count = p.n * p.length
     out = torch.empty_like(input)
     offset = torch.empty(p.c, dtype=stat, device=input.device)
     invstd = torch.empty_like(offset)
     acc = acc_type(input.dtype)
+    types = dtypes(input, weight, bias, running_mean, running_var)
     partial = offset  # a placeholder pointer for one launch
     if not p.one_launch:
         partial = torch.empty((p.splits, 2, p.c), dtype=stat, device=input.device)
-        _partial_sums[p.grid](
-            input, input, offset, partial, p.n, p.c, p.length, p.rows,
-            BACKWARD=False, BLOCK_C=p.block_c, BLOCK_L=p.block_l, ACC=acc,
+        launch(
+            _partial_sums, p.grid, (p, input.dtype, False),
+            (input, input, offset, partial, p.values, p.c, p.length, p.chunk),
+            BACKWARD=False, BLOCK_C=p.block_c, BLOCK_K=p.block_k, ACC=acc,
         )  # fmt: skip
-    _forward[p.grid](
-        input, out, partial, ptr(weight, offset), ptr(bias, offset), offset, invstd,
-        ptr(running_mean, offset), ptr(running_var, offset),
-        p.n, p.c, p.length, p.splits, p.rows,
-        *halves(count), *halves(momentum), *halves(eps),
+    launch(
+        _forward, p.grid, (p, *types),
+        (input, out, partial, ptr(weight, offset), ptr(bias, offset), offset, invstd,
+         ptr(running_mean, offset), ptr(running_var, offset),
+         p.values, p.c, p.length, p.splits, p.chunk,
+         *halves(p.values), *halves(momentum), *halves(eps)),
         ONE_LAUNCH=p.one_launch, HAS_W=weight is not None, HAS_B=bias is not None,
         HAS_RMEAN=running_mean is not None, HAS_RVAR=running_var is not None,
         ACC=acc, **p.blocks(),
@@ -323,21 +342,24 @@ def batch_norm_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dx, dweight, dbias)`` from what :func:`batch_norm_forward` returned."""
     grad_out, input = grad_out.contiguous(), input.contiguous()
-    p = plan(tuple(input.shape), input.device)
+    p = plan(tuple(input.shape), input.dtype, input.device)
     dx = torch.empty_like(input)
     dweight = torch.empty_like(offset)
     dbias = torch.empty_like(offset)
     acc = acc_type(input.dtype)
+    types = dtypes(input, grad_out, weight)
     partial = offset
     if not p.one_launch:
         partial = torch.empty((p.splits, 2, p.c), dtype=offset.dtype, device=input.device)
-        _partial_sums[p.grid](
-            grad_out, input, offset, partial, p.n, p.c, p.length, p.rows,
-            BACKWARD=True, BLOCK_C=p.block_c, BLOCK_L=p.block_l, ACC=acc,
+        launch(
+            _partial_sums, p.grid, (p, *types[:2], True),
+            (grad_out, input, offset, partial, p.values, p.c, p.length, p.chunk),
+            BACKWARD=True, BLOCK_C=p.block_c, BLOCK_K=p.block_k, ACC=acc,
         )  # fmt: skip
-    _backward[p.grid](
-        grad_out, input, dx, partial, ptr(weight, offset), offset, invstd, dweight, dbias,
-        p.n, p.c, p.length, p.splits, p.rows, *halves(p.n * p.length),
+    launch(
+        _backward, p.grid, (p, *types),
+        (grad_out, input, dx, partial, ptr(weight, offset), offset, invstd, dweight, dbias,
+         p.values, p.c, p.length, p.splits, p.chunk, *halves(p.values)),
         ONE_LAUNCH=p.one_launch, HAS_W=weight is not None, ACC=acc, **p.blocks(),
     )  # fmt: skip
     return dx, dweight, dbias

@@ -32,8 +32,10 @@ from torch import Tensor
 
 from normlab.kernels.triton_common import (
     acc_type,
+    dtypes,
     halves,
     joined,
+    launch,
     programs,
     ptr,
     stat_dtype,
@@ -209,9 +211,10 @@ def _forward_rows(input: Tensor, weight: Tensor | None, bias: Tensor | None, gro
     out = torch.empty_like(input)
     stats = torch.empty((rows, 2), dtype=stat_dtype(input.dtype), device=input.device)
     block_k, block_p = _blocks(channels, positions)
-    _forward[(rows,)](
-        input, out, ptr(weight, stats), ptr(bias, stats), stats, groups, channels, positions,
-        *halves(channels * positions), *halves(eps),
+    launch(
+        _forward, (rows,), (groups, channels, positions, *dtypes(input, weight, bias)),
+        (input, out, ptr(weight, stats), ptr(bias, stats), stats, groups, channels, positions,
+         *halves(channels * positions), *halves(eps)),
         PER_CHANNEL=per_channel, HAS_W=weight is not None, HAS_B=bias is not None,
         BLOCK_K=block_k, BLOCK_P=block_p, ACC=acc_type(input.dtype),
     )  # fmt: skip
@@ -251,9 +254,11 @@ def layer_norm_backward(
     dx = torch.empty_like(input) if need_input else None
     if need_input:
         block_k, block_p = _blocks(1, width)
-        _backward[(rows,)](
-            grad_out, input, dx, ptr(weight, stats), stats, stats, 1, 1, width,
-            *halves(width), NEED_DX=True, CHANNEL_SUMS=False, PER_CHANNEL=False,
+        launch(
+            _backward, (rows,), (width, *dtypes(grad_out, input, weight), False),
+            (grad_out, input, dx, ptr(weight, stats), stats, stats, 1, 1, width,
+             *halves(width)),
+            NEED_DX=True, CHANNEL_SUMS=False, PER_CHANNEL=False,
             HAS_W=weight is not None, BLOCK_K=block_k, BLOCK_P=block_p, ACC=acc,
         )  # fmt: skip
     if not (need_weight or need_bias):
@@ -264,9 +269,11 @@ def layer_norm_backward(
     per_split = triton.cdiv(rows, splits)
     splits = triton.cdiv(rows, per_split)
     part = torch.empty((splits, 2, width), dtype=stats.dtype, device=input.device)
-    _position_sums[(position_blocks, splits)](
-        grad_out, input, stats, part, rows, width, per_split, BLOCK_P=block_p, ACC=acc
-    )
+    launch(
+        _position_sums, (position_blocks, splits),
+        (rows, width, per_split, *dtypes(grad_out, input)),
+        (grad_out, input, stats, part, rows, width, per_split), BLOCK_P=block_p, ACC=acc,
+    )  # fmt: skip
     sums = part.sum(0)
     return dx, sums[0] if need_weight else None, sums[1] if need_bias else None
 
@@ -290,9 +297,11 @@ def group_norm_backward(
     dx = torch.empty_like(input) if need_input else None
     part = torch.empty((2, n, c), dtype=stats.dtype, device=input.device) if sums else stats
     block_k, block_p = _blocks(channels, positions)
-    _backward[(n * num_groups,)](
-        grad_out, input, ptr(dx, stats), ptr(weight, stats), stats, part,
-        num_groups, channels, positions, *halves(channels * positions),
+    launch(
+        _backward, (n * num_groups,),
+        (num_groups, channels, positions, *dtypes(grad_out, input, weight), need_input, sums),
+        (grad_out, input, ptr(dx, stats), ptr(weight, stats), stats, part,
+         num_groups, channels, positions, *halves(channels * positions)),
         NEED_DX=need_input, CHANNEL_SUMS=sums, PER_CHANNEL=True, HAS_W=weight is not None,
         BLOCK_K=block_k, BLOCK_P=block_p, ACC=acc_type(input.dtype),
     )  # fmt: skip
