@@ -86,3 +86,13 @@ def test_cpu_tensors_always_take_tritons_path() -> None:
         triton_common.launch(kernel, (1,), ("cpu",), (x, 5), BLOCK=16, FLAG=True)
     assert [kind for kind, _ in kernel.calls] == ["triton", "triton"]
     assert not triton_common._COMPILED
+
+
+def test_the_table_of_launchers_stays_bounded(
+    on_gpu: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(triton_common, "MAX_LAUNCHERS", 3)
+    kernel, x = _Kernel(), torch.zeros(4)
+    for shape in range(7):  # inputs of ever new shapes
+        triton_common.launch(kernel, (1,), (shape,), (x, 5), BLOCK=16, FLAG=True)
+    assert 1 <= len(triton_common._COMPILED) <= 3

@@ -60,8 +60,10 @@ def programs(device: torch.device) -> int:
     return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
 
-# key -> (compiled kernel, the constexpr values in parameter order)
+# key -> (compiled kernel, the constexpr values in parameter order); one entry per shape,
+# so emptied when it reaches MAX_LAUNCHERS (inputs of ever new shapes)
 _COMPILED: dict[tuple[Any, ...], tuple[Any, tuple[Any, ...]]] = {}
+MAX_LAUNCHERS = 4096
 
 
 def _aligned(args: Sequence[Any]) -> bool:
@@ -102,4 +104,6 @@ def launch(kernel: Any, grid: tuple[int, ...], key: tuple[Any, ...], args: Seque
     compiled = kernel[grid](*args, **constexprs)
     if direct and getattr(compiled, "function", None) is not None:
         trailing = tuple(constexprs[name] for name in kernel.arg_names[len(args) :])
+        if len(_COMPILED) >= MAX_LAUNCHERS:
+            _COMPILED.clear()
         _COMPILED[(kernel, device, *key)] = (compiled, trailing)
