@@ -4,6 +4,8 @@ The default, ``LeNet()``, is the tutorial's ``BNLeNetScratch`` (normlab's batch 
 before each sigmoid); ``LeNet(norm="torch-batch")`` is its ``BNLeNet``. The layers live
 in ``self.layers`` (an ``nn.Sequential``) at the tutorial's indices, so ``state_dict``
 keys match the tutorial's models; a missing norm is an ``nn.Identity`` at the same index.
+The convolutions are :class:`normlab.conv.Conv2d` (``nn.Conv2d`` with a cheaper eager-CPU
+training path: the same parameters, torch's numbers up to float rounding).
 
 Shapes for a ``(N, 1, 28, 28)`` input::
 
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from normlab import kernels
+from normlab.conv import Conv2d
 from normlab.nn.registry import create_norm_layer
 
 NormFactory = Callable[[int, int], nn.Module]  # (num_features, dims) -> layer
@@ -150,10 +153,10 @@ class LeNet(nn.Module):
             return pair if placement == "before" else pair[::-1]
 
         self.layers = nn.Sequential(
-            nn.Conv2d(1, 6, kernel_size=5),
+            Conv2d(1, 6, kernel_size=5),
             *block(6, dims=2),
             POOLS[pool](kernel_size=2, stride=2),
-            nn.Conv2d(6, 16, kernel_size=5),
+            Conv2d(6, 16, kernel_size=5),
             *block(16, dims=2),
             POOLS[pool](kernel_size=2, stride=2),
             nn.Flatten(),
