@@ -176,9 +176,11 @@ def _forward(x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, offset_ptr, invstd_ptr, rmean
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     x0 = tl.load(x_ptr + c * L, mask=c_ok, other=0.0).to(ACC)
+    start, end = _share(NL, chunk, ONE_LAUNCH)
     if ONE_LAUNCH:
         zero = tl.zeros([BLOCK_C], ACC)
-        d, q = _sums(x_ptr, x_ptr, x0, zero, c, c_ok, 0, NL, C, L, False, BLOCK_C, BLOCK_K, ACC)
+        d, q = _sums(x_ptr, x_ptr, x0, zero, c, c_ok, start, end, C, L, False, BLOCK_C, BLOCK_K,
+                     ACC)  # fmt: skip
     else:
         d, q = _totals(part_ptr, c, c_ok, C, S, BLOCK_S)
     n_values = joined(count_hi, count_lo, ACC)
@@ -203,7 +205,6 @@ def _forward(x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, offset_ptr, invstd_ptr, rmean
             rvar = tl.load(rvar_ptr + c, mask=c_ok, other=0.0).to(ACC)
             rvar += momentum * (var * n_values / (n_values - 1.0) - rvar)
             tl.store(rvar_ptr + c, rvar, mask=c_ok)
-    start, end = _share(NL, chunk, ONE_LAUNCH)
     _affine(x_ptr, y_ptr, x0, offset, scale, shift, c, c_ok, start, end, C, L, BLOCK_K, ACC)
 
 
@@ -219,8 +220,9 @@ def _backward(dy_ptr, x_ptr, dx_ptr, part_ptr, w_ptr, offset_ptr, invstd_ptr, dw
     c_ok = c < C
     x0 = tl.load(x_ptr + c * L, mask=c_ok, other=0.0).to(ACC)
     offset = tl.load(offset_ptr + c, mask=c_ok, other=0.0).to(ACC)
+    start, end = _share(NL, chunk, ONE_LAUNCH)
     if ONE_LAUNCH:
-        sum_dy, dot = _sums(dy_ptr, x_ptr, x0, offset, c, c_ok, 0, NL, C, L, True,
+        sum_dy, dot = _sums(dy_ptr, x_ptr, x0, offset, c, c_ok, start, end, C, L, True,
                             BLOCK_C, BLOCK_K, ACC)  # fmt: skip
     else:
         sum_dy, dot = _totals(part_ptr, c, c_ok, C, S, BLOCK_S)
@@ -235,7 +237,6 @@ def _backward(dy_ptr, x_ptr, dx_ptr, part_ptr, w_ptr, offset_ptr, invstd_ptr, dw
     if s == 0:
         tl.store(dw_ptr + c, dweight, mask=c_ok)
         tl.store(db_ptr + c, sum_dy, mask=c_ok)
-    start, end = _share(NL, chunk, ONE_LAUNCH)
     _grad_affine(dy_ptr, x_ptr, dx_ptr, x0, offset, scale, k2, k3, c, c_ok, start, end, C, L,
                  BLOCK_K, ACC)  # fmt: skip
 
