@@ -24,11 +24,11 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import normlab.nn as lab
+from normlab.bench.layers import LAYERS, SHAPE_SETS, cases
 from normlab.kernels import gpu
 from normlab.kernels import triton_batch_norm as tbn
 
-SHAPES = [(64, 6, 24, 24), (64, 16, 8, 8), (64, 120), (64, 84), (128, 64, 32, 32),
-          (32, 256, 14, 14)]  # fmt: skip
+SHAPES = SHAPE_SETS["all"]  # the shapes of `bench layers`
 DEVICE = torch.device("cuda")
 
 
@@ -61,21 +61,6 @@ def gpu_us(fn: Callable[[], object], calls: int = 20) -> tuple[float, str]:
     return total, names
 
 
-def layer_pair(kind: str, shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module] | None:
-    c = shape[1]
-    if kind == "batch":
-        name = f"BatchNorm{max(len(shape) - 2, 1)}d"
-        return getattr(lab, name)(c), getattr(nn, name)(c)
-    if kind == "layer":
-        return lab.LayerNorm(shape[1:]), nn.LayerNorm(shape[1:])
-    if kind == "group":
-        if len(shape) < 3:
-            return None
-        g = max(g for g in range(1, 33) if c % g == 0 and c // g >= 2)
-        return lab.GroupNorm(g, c), nn.GroupNorm(g, c)
-    raise ValueError(kind)
-
-
 def step_of(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[], object]:
     inputs = [x, *module.parameters()]
     return lambda: torch.autograd.grad(module(x), inputs, dy)
@@ -83,26 +68,22 @@ def step_of(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[]
 
 def part_layers() -> None:
     print("\n== forward+backward per call, microseconds (wall / gpu / wall - gpu)")
-    for kind in ("batch", "layer", "group"):
-        for shape in SHAPES:
-            pair = layer_pair(kind, shape)
-            if pair is None:
-                continue
-            x = torch.randn(shape, device=DEVICE, requires_grad=True)
-            dy = torch.randn(shape, device=DEVICE)
-            row = []
-            kernels = []
-            for module in pair:
-                step = step_of(module.to(DEVICE), x, dy)
-                wall = per_call_us(step)
-                on_gpu, names = gpu_us(step)
-                row.append((wall, on_gpu))
-                kernels.append(names)
-            (w1, g1), (w2, g2) = row
-            print(f"{kind:<6} {'x'.join(map(str, shape)):>14}  normlab {w1:7.1f} {g1:7.1f} "
-                  f"{w1 - g1:7.1f} | torch {w2:7.1f} {g2:7.1f} {w2 - g2:7.1f} | ratio "
-                  f"{w1 / w2:5.2f}")  # fmt: skip
-            print(f"       normlab: {kernels[0]}\n       torch:   {kernels[1]}")
+    for kind, shape in cases(("batch", "layer", "group"), SHAPES):  # bench layers' modules
+        x = torch.randn(shape, device=DEVICE, requires_grad=True)
+        dy = torch.randn(shape, device=DEVICE)
+        row = []
+        kernels = []
+        for lib in (lab, nn):
+            step = step_of(LAYERS[kind](lib, shape).to(DEVICE), x, dy)
+            wall = per_call_us(step)
+            on_gpu, names = gpu_us(step)
+            row.append((wall, on_gpu))
+            kernels.append(names)
+        (w1, g1), (w2, g2) = row
+        print(f"{kind:<6} {'x'.join(map(str, shape)):>14}  normlab {w1:7.1f} {g1:7.1f} "
+              f"{w1 - g1:7.1f} | torch {w2:7.1f} {g2:7.1f} {w2 - g2:7.1f} | ratio "
+              f"{w1 / w2:5.2f}")  # fmt: skip
+        print(f"       normlab: {kernels[0]}\n       torch:   {kernels[1]}")
 
 
 def graph_us(fn: Callable[[], object], replays: int = 50) -> float:
@@ -155,7 +136,7 @@ def part_plans() -> None:
         for key, value in defaults.items():
             setattr(tbn, key, value)
         tbn.plan.cache_clear()
-        ref = (nn.BatchNorm2d(c) if len(shape) == 4 else nn.BatchNorm1d(c)).to(DEVICE)
+        ref = LAYERS["batch"](nn, shape).to(DEVICE)
         xg = x.clone().requires_grad_()
         params = [xg, *ref.parameters()]
         try:
