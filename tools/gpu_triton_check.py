@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from normlab import kernels
 from normlab.kernels import gpu
 from normlab.kernels import triton_batch_norm as tbn
+from normlab.nn.registry import default_num_groups
 
 BN_SHAPES = [(2, 3, 5, 5), (64, 6, 24, 24), (64, 120), (4096, 120), (128, 64, 32, 32),
              (32, 256, 14, 14), (3, 5, 7, 9, 11)]  # fmt: skip
@@ -61,7 +62,7 @@ def check_batch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
 
 def check_rows(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> bool:
     c = shape[1]
-    groups = max(g for g in range(1, 33) if c % g == 0 and c // g >= 2)
+    groups = default_num_groups(c)
     param = torch.float64 if dtype == torch.float64 else dtype
     x = (torch.randn(shape, device=device) * 2 + 0.5).to(dtype)
     dy = torch.randn(shape, device=device).to(dtype)

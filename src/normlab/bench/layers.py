@@ -34,6 +34,7 @@ from torch import nn
 from normlab.bench.memory import saved_bytes
 from normlab.bench.timing import Ratio, Summary, compare, measure
 from normlab.errors import UsageError
+from normlab.nn.registry import default_num_groups
 
 Shape = tuple[int, ...]
 
@@ -52,12 +53,6 @@ COMPILED_TARGET = {"batch": 1.0}  # the issue sets no compiled target for the ot
 Builder = Callable[[ModuleType, Shape], nn.Module | None]
 
 
-def _groups(channels: int) -> int:
-    """The registry's default: the largest divisor G <= 32 of C with >= 2 channels per group."""
-    candidates = [g for g in range(1, 33) if channels % g == 0 and channels // g >= 2]
-    return max(candidates, default=1)
-
-
 def _batch(lib: ModuleType, shape: Shape) -> nn.Module | None:
     return getattr(lib, f"BatchNorm{max(len(shape) - 2, 1)}d")(shape[1])
 
@@ -73,7 +68,7 @@ def _layer(lib: ModuleType, shape: Shape) -> nn.Module | None:
 
 
 def _group(lib: ModuleType, shape: Shape) -> nn.Module | None:
-    return lib.GroupNorm(_groups(shape[1]), shape[1])
+    return lib.GroupNorm(default_num_groups(shape[1]), shape[1])
 
 
 def _rms(lib: ModuleType, shape: Shape) -> nn.Module | None:
