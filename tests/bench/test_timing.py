@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
+from itertools import pairwise
 
 import pytest
 
-from normlab.bench.timing import Measurement, Summary, Timing, compare, measure
+from normlab.bench.timing import (
+    Measurement,
+    Summary,
+    Timing,
+    balanced_orders,
+    compare,
+    measure,
+)
 from normlab.errors import UsageError
 
 
@@ -26,14 +35,38 @@ def test_ratio_of_sleeps_lands_in_the_right_order_of_magnitude() -> None:
     assert m["slow"].summary.min >= 0.02  # a sleep never wakes early
 
 
-def test_repeats_run_round_robin_in_a_rotating_order() -> None:
+def test_repeats_run_every_candidate_once_in_balanced_orders() -> None:
     calls: list[str] = []
     candidates = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    m = measure(candidates, repeats=4, warmup=0, number=1)
-    expected = [*"abc", *"bca", *"cab", *"abc"]
+    m = measure(candidates, repeats=7, warmup=0, number=1)
+    expected = [*"abc", *"bca", *"cab", *"cba", *"acb", *"bac", *"abc"]  # 6 orders, again
     assert calls == expected  # what actually ran, in order
     assert [name for _, name in m.order] == expected
-    assert [repeat for repeat, _ in m.order] == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    assert [repeat for repeat, _ in m.order] == [r for r in range(7) for _ in range(3)]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_balanced_orders_put_each_candidate_everywhere_and_after_each_other_alike(
+    count: int,
+) -> None:
+    orders = balanced_orders(count)
+    cycle = count if count % 2 == 0 or count == 1 else 2 * count
+    assert len(orders) == cycle
+    assert all(sorted(order) == list(range(count)) for order in orders)  # each runs once
+    for position in range(count):  # every candidate in every position equally often
+        seen = Counter(order[position] for order in orders)
+        assert seen == dict.fromkeys(range(count), cycle // count)
+    pairs = Counter((a, b) for order in orders for a, b in pairwise(order))
+    if count > 1:  # every ordered pair of neighbours equally often: once, or twice if odd
+        expected = {
+            (a, b): 1 if count % 2 == 0 else 2 for a in range(count) for b in range(count) if a != b
+        }
+        assert pairs == expected
+
+
+def test_balanced_orders_need_a_candidate() -> None:
+    with pytest.raises(UsageError, match="at least one candidate"):
+        balanced_orders(0)
 
 
 def test_warmup_calls_come_before_any_timing_and_number_sets_calls_per_repeat() -> None:

@@ -1,7 +1,8 @@
 """Benchmarks with ratios measured side by side in one process.
 
-- :mod:`~normlab.bench.timing`: the harness - candidates timed interleaved (round robin,
-  rotating order), min/median/max over repeats, ratio of medians and per-repeat ratios.
+- :mod:`~normlab.bench.timing`: the harness - candidates timed interleaved (each once per
+  repeat, in balanced orders), min/median/max over repeats, ratio of medians and
+  per-repeat ratios.
 - :mod:`~normlab.bench.memory`: bytes a forward pass saves for its backward.
 - :mod:`~normlab.bench.layers`: ``normlab bench layers`` (each layer vs its torch.nn twin).
 - :mod:`~normlab.bench.train`: ``normlab bench train`` (training images/second).

@@ -7,7 +7,7 @@ constructor arguments) run forward+backward on the same input and output gradien
 
 timed interleaved in one process (:mod:`normlab.bench.timing`). With ``compiled=True``
 both layers are also wrapped in ``torch.compile`` and all four candidates (ours/torch x
-eager/compiled) are measured in the same round robin. The ratios reported are times,
+eager/compiled) are measured in the same rounds. The ratios reported are times,
 normlab over torch: below 1 means normlab is faster.
 
 - ``eager``: ours eager / torch eager.

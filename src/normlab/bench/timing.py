@@ -2,13 +2,19 @@
 
 A benchmark that times candidate A for a while and then candidate B lets machine noise
 (another job, a frequency change, a warm cache) land on one of them only. Here every
-repeat runs *each* candidate once, in a round-robin order that rotates from one repeat
-to the next, so noise hits all of them alike, and the ratio of two candidates is also
-taken *per repeat* (their two timings were measured seconds apart)::
+repeat runs *each* candidate once, so noise hits all of them alike, and the ratio of two
+candidates is also taken *per repeat* (their two timings were measured seconds apart).
 
-    repeat 0:  A B C
-    repeat 1:  B C A
-    repeat 2:  C A B ...
+The order changes from one repeat to the next in a balanced way (a Williams design,
+:func:`balanced_orders`): over one cycle of orders every candidate runs in every
+position equally often and follows every other candidate equally often. A plain
+rotation (``A B C``, ``B C A``, ``C A B``) would always put B right after A: whatever A
+leaves behind (a cold or warm cache, the allocator's free blocks) would land on B alone,
+never on C. Three candidates::
+
+    repeat 0:  A B C        repeat 3:  C B A
+    repeat 1:  B C A        repeat 4:  A C B
+    repeat 2:  C A B        repeat 5:  B A C
 
 One *repeat* of a candidate calls it ``number`` times and records the mean seconds per
 call (``time.perf_counter``); ``number`` is calibrated per candidate after the warm-up so
@@ -94,6 +100,31 @@ class Ratio:
         return self.of_medians
 
 
+def balanced_orders(count: int) -> list[tuple[int, ...]]:
+    """A cycle of orders of ``count`` candidates (indices) that is balanced for carry-over.
+
+    Williams' design: the first order is ``0, 1, n-1, 2, n-2, 3, ...``, and order ``i``
+    adds ``i`` to each index (mod ``n``); for odd ``n`` the ``n`` orders are followed by
+    their reverses. Over the cycle every candidate takes every position equally often
+    and every ordered pair ``(a, b)``, ``a != b``, stands next to each other (``b`` right
+    after ``a``) equally often: once for even ``n`` (``n`` orders), twice for odd ``n``
+    (``2n`` orders; ``count <= 2`` gives the plain alternation).
+    """
+    if count < 1:
+        raise UsageError(f"need at least one candidate to order, got {count}")
+    first, low, high = [0], 1, count - 1
+    while len(first) < count:
+        first.append(low)
+        low += 1
+        if len(first) < count:
+            first.append(high)
+            high -= 1
+    orders = [tuple((index + shift) % count for index in first) for shift in range(count)]
+    if count % 2 == 1 and count > 1:
+        orders += [order[::-1] for order in orders]
+    return orders
+
+
 def _calibrate(fn: Fn, target_seconds: float, sync: Callable[[], None]) -> int:
     """Calls per repeat so that one repeat lasts about ``target_seconds`` (at least 1)."""
     number = 1
@@ -122,7 +153,8 @@ def measure(
 
     Args:
         candidates: name -> a function of no arguments; one call is the unit measured.
-        repeats: how many timings to take of each candidate (rounds of the round robin).
+        repeats: how many timings to take of each candidate (rounds, in the orders of
+            :func:`balanced_orders`: a multiple of its cycle balances them exactly).
         warmup: calls of each candidate before anything is timed (lazy init, compile,
             allocator caches).
         target_seconds: about how long one repeat of one candidate should last; sets
@@ -158,9 +190,9 @@ def measure(
     calls = {name: number or _calibrate(candidates[name], target_seconds, wait) for name in names}
     seconds: dict[str, list[float]] = {name: [] for name in names}
     order: list[tuple[int, str]] = []
+    orders = balanced_orders(len(names))
     for repeat in range(repeats):
-        shift = repeat % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in (names[index] for index in orders[repeat % len(orders)]):
             fn, n = candidates[name], calls[name]
             prepare[name]()
             start = time.perf_counter()

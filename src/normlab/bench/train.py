@@ -16,7 +16,7 @@ real files are not found) with the tutorial's settings (batch 64, SGD lr 0.03, m
   ``normlab train --compile`` runs it.
 
 One call of a candidate trains ``chunk`` steps; the candidates take turns, chunk after
-chunk (:func:`normlab.bench.timing.measure`, round robin), so machine noise hits all of
+chunk (:func:`normlab.bench.timing.measure`, balanced orders), so machine noise hits all of
 them. Throughput is ``chunk * 64 / seconds``; the ratios are of speeds (above 1: the
 first is faster).
 
