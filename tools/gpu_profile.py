@@ -24,7 +24,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import normlab.nn as lab
-from normlab.bench.layers import LAYERS, SHAPE_SETS, cases
+from normlab.bench.layers import LAYERS, SHAPE_SETS, cases, fwd_bwd_step
 from normlab.kernels import gpu
 from normlab.kernels import triton_batch_norm as tbn
 
@@ -62,8 +62,8 @@ def gpu_us(fn: Callable[[], object], calls: int = 20) -> tuple[float, str]:
 
 
 def step_of(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[], object]:
-    inputs = [x, *module.parameters()]
-    return lambda: torch.autograd.grad(module(x), inputs, dy)
+    """``bench layers``' timed step for ``module`` and its own parameters."""
+    return fwd_bwd_step(module, list(module.parameters()), x, dy)
 
 
 def part_layers() -> None:
@@ -137,10 +137,8 @@ def part_plans() -> None:
             setattr(tbn, key, value)
         tbn.plan.cache_clear()
         ref = LAYERS["batch"](nn, shape).to(DEVICE)
-        xg = x.clone().requires_grad_()
-        params = [xg, *ref.parameters()]
         try:
-            theirs = f"{graph_us(lambda: torch.autograd.grad(ref(xg), params, dy)):6.1f}"  # noqa: B023
+            theirs = f"{graph_us(step_of(ref, x.clone().requires_grad_(), dy)):6.1f}"
         except Exception as exc:  # a diagnostic: report and go on
             theirs = f"error {type(exc).__name__}"
         print(f"{'x'.join(map(str, shape)):>14}  " + "  ".join(cells) + f"  torch.nn {theirs}")

@@ -154,12 +154,14 @@ def cases(layers: Iterable[str], shapes: Iterable[Shape]) -> list[tuple[str, Sha
     ]
 
 
-def _fwd_bwd(
+def fwd_bwd_step(
     module: Callable[..., torch.Tensor],
     params: list[nn.Parameter],
     x: torch.Tensor,
     dy: torch.Tensor,
 ) -> Callable[[], object]:
+    """The unit ``bench layers`` times: ``step() = autograd.grad(module(x), [x, *params], dy)``
+    (``params`` given apart, so that a compiled module shares its original's)."""
     inputs = [x, *params]
 
     def step() -> object:
@@ -203,13 +205,13 @@ def bench_case(
         timing.setdefault("sync", torch.cuda.synchronize)
     ours_params, torch_params = list(ours.parameters()), list(theirs.parameters())
     candidates = {
-        "ours": _fwd_bwd(ours, ours_params, x, dy),
-        "torch": _fwd_bwd(theirs, torch_params, x, dy),
+        "ours": fwd_bwd_step(ours, ours_params, x, dy),
+        "torch": fwd_bwd_step(theirs, torch_params, x, dy),
     }
     if compiled:
         torch._dynamo.reset()  # a fresh cache: no recompile limit reached across cases
-        candidates["ours-compiled"] = _fwd_bwd(torch.compile(ours), ours_params, x, dy)
-        candidates["torch-compiled"] = _fwd_bwd(torch.compile(theirs), torch_params, x, dy)
+        candidates["ours-compiled"] = fwd_bwd_step(torch.compile(ours), ours_params, x, dy)
+        candidates["torch-compiled"] = fwd_bwd_step(torch.compile(theirs), torch_params, x, dy)
     result = measure(candidates, **timing)
     saved_ours = saved_bytes(lambda: ours(x))
     saved_torch = saved_bytes(lambda: theirs(x))
