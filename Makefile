@@ -12,9 +12,14 @@ KERNELS := src/normlab/kernels/_kernels.so
 run: install kernels data
 	$(VENV)/bin/normlab tutorial
 
+# The numerical tests run twice: on this CPU's best kernels, then on ATen's portable ones,
+# so that a reduction order chosen by another CPU (AVX2, AVX-512) cannot surprise us.
+NUMERICAL_TESTS := tests/functional tests/nn tests/kernels tests/test_conv.py
+
 test: install kernels data
 	$(VENV)/bin/ruff check src tests
 	$(PY) -m pytest -q
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q $(NUMERICAL_TESTS)
 
 # torch is pinned and installed first so that pip takes the CPU build from local disk.
 install: $(STAMP)

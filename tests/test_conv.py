@@ -7,6 +7,7 @@ import torch
 
 from normlab.conv import Conv2d
 from normlab.models import LeNet
+from normlab.testing.tolerance import assert_close_sum
 
 # (N, C, H, W), out_channels, kernel_size, bias; C == 1 is the im2col path, C > 1 the
 # batch-as-channels weight gradient.
@@ -33,6 +34,30 @@ def _grads(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[to
     return [y, *torch.autograd.grad(y, [*inputs, *module.parameters()], g)]
 
 
+def _bounds(conv: torch.nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> list[tuple[int, object]]:
+    """(terms, sum of |terms|) of each value ``_grads`` returns: a convolution and its
+    gradients are bilinear, so the same maths on |x|, |w| and |g| sums the |products|."""
+    absolute = torch.nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, bias=conv.bias is not None
+    ).double()
+    x, g = x.double(), g.double()
+    with torch.no_grad():
+        absolute.weight.copy_(conv.weight.abs())
+        if conv.bias is not None:
+            absolute.bias.copy_(conv.bias.abs())
+    ax = x.detach().abs().requires_grad_(x.requires_grad)
+    sums = _grads(absolute, ax, g.abs())
+    c, (kh, kw) = conv.in_channels, conv.kernel_size
+    n, (oh, ow) = x.shape[0], g.shape[-2:]
+    terms = [c * kh * kw + 1]  # the output: a window's products and the bias
+    if x.requires_grad:
+        terms.append(conv.out_channels * kh * kw)  # each input pixel: the windows over it
+    terms.append(n * oh * ow)  # the weight gradient: every position of every sample
+    if conv.bias is not None:
+        terms.append(n * oh * ow)
+    return list(zip(terms, sums, strict=True))
+
+
 @pytest.mark.parametrize("shape,o,k,bias", SHAPES)
 @pytest.mark.parametrize("input_grad", [False, True])
 def test_equals_torch_conv2d(shape, o, k, bias, input_grad: bool) -> None:
@@ -42,20 +67,20 @@ def test_equals_torch_conv2d(shape, o, k, bias, input_grad: bool) -> None:
     expected_path = "_Im2colConv" if shape[1] == 1 else "_BatchAsChannelsConv"
     assert type(y.grad_fn).__name__ == expected_path + "Backward"
     g = torch.randn_like(y)
-    for mine, reference in zip(_grads(ours, x, g), _grads(theirs, x, g), strict=True):
-        torch.testing.assert_close(mine, reference, rtol=0, atol=1e-12)
+    results = zip(_grads(ours, x, g), _grads(theirs, x, g), _bounds(theirs, x, g), strict=True)
+    for mine, reference, (terms, abs_sum) in results:
+        assert_close_sum(mine, reference, terms=terms, abs_sum=abs_sum)
 
 
 @pytest.mark.parametrize("shape,o,k,bias", SHAPES[:2])
 def test_float32_close_to_torch(shape, o, k, bias) -> None:
-    # max|ours - torch| / max(1, max|torch|): sums over N * OH * OW products in another order
     ours, theirs = _twins(shape[1], o, k, bias)
     ours, theirs = ours.float(), theirs.float()
     x = torch.randn(shape)
     g = torch.randn(ours(x).shape)
-    for mine, reference in zip(_grads(ours, x, g), _grads(theirs, x, g), strict=True):
-        scale = max(1.0, reference.abs().max().item())
-        assert (mine - reference).abs().max().item() / scale < 1e-5
+    results = zip(_grads(ours, x, g), _grads(theirs, x, g), _bounds(theirs, x, g), strict=True)
+    for mine, reference, (terms, abs_sum) in results:
+        assert_close_sum(mine, reference, terms=terms, abs_sum=abs_sum)
 
 
 @pytest.mark.parametrize("c", [1, 6])
@@ -67,7 +92,8 @@ def test_only_the_requested_gradients(c: int) -> None:
     g = torch.randn(2, 4, 4, 4, dtype=torch.float64)
     (dw,) = torch.autograd.grad(ours(x), ours.weight, g)
     (reference,) = torch.autograd.grad(theirs(x), theirs.weight, g)
-    torch.testing.assert_close(dw, reference, rtol=0, atol=1e-12)
+    (abs_sum,) = torch.autograd.grad(theirs(x.abs()), theirs.weight, g.abs())
+    assert_close_sum(dw, reference, terms=2 * 4 * 4, abs_sum=abs_sum)
 
 
 @pytest.mark.parametrize("c", [1, 3])

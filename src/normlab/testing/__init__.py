@@ -1,0 +1,2 @@
+"""Proving normalization layers right: tolerances from the arithmetic and the parity grid
+behind ``normlab check``."""
