@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.normlab-installed
 
 export MPLBACKEND := Agg
 
-KERNELS := src/normlab/kernels/_kernels.so
+KERNELS := src/normlab/kernels/cpu/_kernels.so
 
 .PHONY: run test install kernels data lint clean
 
@@ -14,7 +14,7 @@ run: install kernels data
 
 # The numerical tests run twice: on this CPU's best kernels, then on ATen's portable ones,
 # so that a reduction order chosen by another CPU (AVX2, AVX-512) cannot surprise us.
-NUMERICAL_TESTS := tests/functional tests/nn tests/kernels tests/test_conv.py
+NUMERICAL_TESTS := tests/functional tests/nn tests/kernels
 
 test: install kernels data
 	$(VENV)/bin/ruff check src tests
@@ -31,8 +31,8 @@ $(STAMP): pyproject.toml
 
 # normlab's fused CPU kernels (C++, linked against the installed torch): about 25 s once.
 kernels: $(KERNELS)
-$(KERNELS): $(STAMP) $(wildcard src/normlab/kernels/*.cpp src/normlab/kernels/*.h)
-	$(PY) -m normlab.kernels.build --force
+$(KERNELS): $(STAMP) $(wildcard src/normlab/kernels/cpu/*.cpp src/normlab/kernels/cpu/*.h)
+	$(PY) -m normlab.kernels.cpu.build --force
 
 data: install
 	bash tools/provision-data.sh

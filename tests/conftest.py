@@ -21,9 +21,12 @@ torch.set_num_threads(1)
 
 
 import importlib.util  # noqa: E402
+import struct  # noqa: E402
 import zlib  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 import pytest  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def seeded(request: pytest.FixtureRequest) -> None:
@@ -50,7 +53,7 @@ def code_path(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
         return
     if request.param == "kernels":
         assert kernels.ops() is not None, (
-            "kernels not built: run make (or python -m normlab.kernels.build)"
+            "kernels not built: run make (or python -m normlab.kernels.cpu.build)"
         )
     kernels.set_enabled(request.param == "kernels", gpu=False)
     yield request.param
@@ -68,3 +71,47 @@ def triton_on_cpu():  # type: ignore[no-untyped-def]
     yield
     kernels.run_triton_on_cpu(False)
     kernels.set_enabled(True)
+
+
+# PNG checks shared by every test that draws a figure
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def parse_png(data: bytes) -> tuple[int, int]:
+    """Check that ``data`` is a complete PNG file (signature, every chunk's CRC, IHDR
+    first, IDAT present, IEND last, pixels inflate) and return ``(width, height)``."""
+    assert data[:8] == PNG_SIGNATURE, "no PNG signature"
+    pos, chunks, idat = 8, [], b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert zlib.crc32(kind + body) == crc, f"bad CRC in {kind!r}"
+        chunks.append(kind)
+        if kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    assert chunks[0] == b"IHDR" and chunks[-1] == b"IEND" and b"IDAT" in chunks
+    width, height = struct.unpack(">II", data[16:24])
+    assert len(zlib.decompress(idat)) > height  # at least one filter byte per row
+    return width, height
+
+
+@pytest.fixture
+def check_png() -> Callable[[bytes], tuple[int, int]]:
+    return parse_png
+
+
+@pytest.fixture
+def small_figure():
+    """A real matplotlib figure (Agg canvas, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 1.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([0, 1, 2], [1, 0, 1])
+    ax.set_xlabel("epoch")
+    return fig

@@ -25,8 +25,8 @@ from torch.profiler import ProfilerActivity, profile
 
 import normlab.nn as lab
 from normlab.bench.layers import LAYERS, SHAPE_SETS, cases, fwd_bwd_step
-from normlab.kernels import gpu
-from normlab.kernels import triton_batch_norm as tbn
+from normlab.kernels import triton as gpu
+from normlab.kernels.triton import batch_norm as tbn
 
 SHAPES = SHAPE_SETS["all"]  # the shapes of `bench layers`
 DEVICE = torch.device("cuda")

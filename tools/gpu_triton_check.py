@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from normlab import kernels
-from normlab.kernels import gpu
-from normlab.kernels import triton_batch_norm as tbn
+from normlab.kernels import triton as gpu
+from normlab.kernels.triton import batch_norm as tbn
 from normlab.nn.registry import default_num_groups
 
 BN_SHAPES = [(2, 3, 5, 5), (64, 6, 24, 24), (64, 120), (4096, 120), (128, 64, 32, 32),

@@ -2,6 +2,6 @@
 
 import sys
 
-from normlab.cli import main
+from normlab.cli.main import main
 
 sys.exit(main())

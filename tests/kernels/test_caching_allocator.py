@@ -16,7 +16,7 @@ from normlab import kernels
 PROGRAM = """
 import json, resource, sys, torch
 from normlab import kernels
-from normlab.models import LeNet
+from normlab.models.lenet import LeNet
 mode, limit = sys.argv[1], int(sys.argv[2])
 applied = kernels.cache_cpu_memory(limit) if mode == "cache" else False
 

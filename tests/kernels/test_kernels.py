@@ -13,11 +13,11 @@ import torch
 
 import normlab.functional as NF
 from normlab import kernels
-from normlab.kernels import build
+from normlab.kernels.cpu import build
 
 
 def test_the_kernels_are_built_and_loaded() -> None:
-    assert kernels.LIBRARY.is_file(), "run make (python -m normlab.kernels.build)"
+    assert kernels.LIBRARY.is_file(), "run make (python -m normlab.kernels.cpu.build)"
     assert not build.is_stale()
     ops = kernels.ops()
     assert ops is not None

@@ -1,4 +1,4 @@
-"""normlab.kernels.triton_batch_norm: the CUDA batch-norm kernels, run here on CPU tensors
+"""normlab.kernels.triton.batch_norm: the CUDA batch-norm kernels, run here on CPU tensors
 by Triton's interpreter and compared with torch.nn's batch norm in float64."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from normlab import kernels
-from normlab.kernels import triton_batch_norm as tbn
-from normlab.kernels.triton_common import halves
+from normlab.kernels.triton import batch_norm as tbn
+from normlab.kernels.triton.common import halves
 
 CPU = torch.device("cpu")
 
@@ -129,7 +129,7 @@ def test_ops_for_picks_the_triton_kernels_where_they_apply() -> None:
 
 def test_the_batch_norm_module_trains_through_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     import normlab.nn
-    from normlab.kernels import gpu
+    from normlab.kernels import triton as gpu
 
     calls: list[str] = []
     for name in ("batch_norm_forward", "batch_norm_backward"):

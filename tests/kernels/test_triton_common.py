@@ -1,4 +1,4 @@
-"""normlab.kernels.triton_common.launch: Triton's launch the first time, the compiled
+"""normlab.kernels.triton.common.launch: Triton's launch the first time, the compiled
 kernel's own launcher after that, with the arguments in the kernel's parameter order.
 
 No GPU here: a stand-in kernel records how it is called, the way Triton's ``JITFunction``
@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from normlab.kernels import triton_common
+from normlab.kernels.triton import common as triton_common
 
 
 class _Compiled:

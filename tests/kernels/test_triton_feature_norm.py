@@ -1,4 +1,4 @@
-"""normlab.kernels.triton_feature_norm: the CUDA layer- and group-norm kernels, run here on
+"""normlab.kernels.triton.feature_norm: the CUDA layer- and group-norm kernels, run here on
 CPU tensors by Triton's interpreter and compared with torch.nn in float64."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from normlab.kernels import triton_feature_norm as tfn
+from normlab.kernels.triton import feature_norm as tfn
 
 pytestmark = pytest.mark.usefixtures("triton_on_cpu")  # tests/conftest.py
 
@@ -111,7 +111,7 @@ def test_bfloat16_input_keeps_float32_statistics() -> None:
 
 def test_the_modules_train_through_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     import normlab.nn
-    from normlab.kernels import gpu
+    from normlab.kernels import triton as gpu
 
     calls: list[str] = []
     for name in ("layer_norm_forward", "layer_norm_backward",

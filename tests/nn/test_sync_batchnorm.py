@@ -1,7 +1,8 @@
 """SyncBatchNorm across 2 gloo ranks equals torch.nn batch norm on the concatenated batch.
 
 The 2-rank cases all run in ONE launch of this file as a script (``python
-test_sync_batchnorm.py SPEC OUT``, two ranks started by ``normlab.launch.spawn_ranks`` on
+test_sync_batchnorm.py SPEC OUT``, two ranks started by
+``normlab.distributed.launch.spawn_ranks`` on
 127.0.0.1): each rank runs its slice of every case and saves what it saw; the test process
 then builds the oracle (``torch.nn.BatchNorm*d`` in float64 on the whole batch) and
 compares. Fallbacks, conversion and errors run in this process, without any rank.
@@ -20,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import normlab.nn as nnl
-from normlab.launch import spawn_ranks
-from normlab.models import LeNet
+from normlab.distributed.launch import spawn_ranks
+from normlab.models.lenet import LeNet
 from normlab.nn import SyncBatchNorm, convert_sync_batchnorm
 
 WORLD = 2
@@ -100,7 +101,7 @@ def _lenet_ddp_worker(case: dict[str, Any], rank: int) -> dict[str, torch.Tensor
 
 def worker(spec_path: str, out_dir: str) -> None:
     """One rank: run its slice of every case, save the results to OUT/rank{r}.pt."""
-    from normlab import distributed
+    from normlab.distributed import groups as distributed
 
     context = distributed.setup(device="cpu")
     rank = context.rank

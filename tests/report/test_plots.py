@@ -10,7 +10,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
 from normlab.errors import UsageError
-from normlab.experiments.shift import covariate_shift
+from normlab.lab.experiments.shift import covariate_shift
 from normlab.report.plots import (
     PALETTE,
     bar_figure,

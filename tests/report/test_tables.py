@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from normlab.errors import UsageError
+from normlab.report.stats import MeanStd
 from normlab.report.tables import Column, format_cell, format_table, normalize_table
-from normlab.stats import MeanStd
 
 ROWS = [
     {"norm": "batch", "acc": 0.8843, "loss": 0.31234, "s": 2.31, "note": None},

@@ -3,7 +3,7 @@
 This is what ``normlab bench train`` measures our training against: the tutorial's code
 as its readers ran it, defects included, so that the speed-up we claim is against the
 real thing and not a straw man. Nothing here is used for anything but that baseline
-(the corrected tutorial API lives in :mod:`normlab.tutorial`).
+(the corrected tutorial API lives in :mod:`normlab.tutorial.api`).
 
 Copied verbatim from ``../shared/seed/batchnorm-tutorial.txt``: ``batch_norm``,
 ``BatchNorm``, ``BNLeNetScratch`` and the body of the training loop of

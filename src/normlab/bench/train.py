@@ -5,7 +5,7 @@ real files are not found) with the tutorial's settings (batch 64, SGD lr 0.03, m
 0.9):
 
 - ``normlab``: ``LeNet(norm="batch")`` (normlab's batch norm) in normlab's lean loop -
-  the body of :func:`normlab.engine.fit`: in-memory uint8 images, one gather and one
+  the body of :func:`normlab.train.engine.fit`: in-memory uint8 images, one gather and one
   normalisation per batch (:func:`normlab.data.batches`), forward, cross-entropy,
   backward, step, the accuracy count kept on the device.
 - ``torch``: ``LeNet(norm="torch-batch")`` (``torch.nn.BatchNorm*``) in the same loop.
@@ -100,8 +100,8 @@ def _lean_chunk(
     """``run(steps)``: normlab's training loop (the body of ``engine.fit``) for ``steps``;
     with ``compiled``, the model is ``torch.compile``-d as ``fit`` does for ``--compile``."""
     from normlab import data as nd
-    from normlab.config import TrainConfig
-    from normlab.engine import READ_EVERY, build_model, make_optimizer
+    from normlab.train.config import TrainConfig
+    from normlab.train.engine import READ_EVERY, build_model, make_optimizer
 
     config = TrainConfig(norm=norm, device=device, seed=seed, compile=compiled)
     model = build_model(config)

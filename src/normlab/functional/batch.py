@@ -49,7 +49,7 @@ How it is computed, and why:
   centres on the rounded first mean ``m`` plus its offset, recomputed from the input,
   which makes float32 gradients far from zero as accurate as float64. Eager on CUDA with
   Triton installed, the same formulas run as Triton kernels
-  (:mod:`normlab.kernels.triton_batch_norm`, one or two launches each way, any float
+  (:mod:`normlab.kernels.triton.batch_norm`, one or two launches each way, any float
   dtype). This tensor code is the reference and runs everywhere else (``torch.compile``,
   CUDA without Triton, half precision on the CPU).
 - The autograd ``Function`` saves only ``input, mean, invstd, weight`` (with the kernels

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from normlab.distributed import all_gather_stacked, all_reduce_sum, group_size, resolve_group
+from normlab.distributed.groups import all_gather_stacked, all_reduce_sum, group_size, resolve_group
 
 Moments = tuple[Tensor, Tensor, Tensor]  # (count, mean, M2), shapes (*,), (*, C), (*, C)
 

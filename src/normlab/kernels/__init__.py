@@ -6,9 +6,9 @@ mode, float32/float64 and contiguous tensors, a few tens of small tensor operati
 layer cost more in dispatch than the arithmetic itself, so the same formulas also exist as
 loops (``batch_norm.cpp``, ``layer_norm.cpp``, ``group_norm.cpp``): a few passes over
 the data each way, as ``torch.nn``'s own kernels do; ``avg_pool.cpp`` is the 2x2 average
-pool of the tutorial's LeNet (:class:`normlab.models.AvgPool2d`);
+pool of the tutorial's LeNet (:class:`normlab.models.lenet.AvgPool2d`);
 ``caching_allocator.cpp`` is a CPU allocator that reuses freed blocks
-(:func:`cache_cpu_memory`). They are compiled by ``make`` (:mod:`normlab.kernels.build`)
+(:func:`cache_cpu_memory`). They are compiled by ``make`` (:mod:`normlab.kernels.cpu.build`)
 and registered as ``torch.ops.normlab.*``.
 
 :func:`ops` returns that namespace, or None when the library is not built, is older than
@@ -17,7 +17,7 @@ normlab then uses the pure-tensor code alone. Both paths
 are tested against ``torch.nn``.
 
 On CUDA, batch, instance (batch norm of a reshaped input), layer and group norm run as
-Triton kernels (:mod:`normlab.kernels.gpu`) when Triton is installed (it comes with
+Triton kernels (:mod:`normlab.kernels.triton`) when Triton is installed (it comes with
 torch's CUDA builds): one or two launches each way instead of a dozen tensor operations.
 :func:`ops_for` picks the operators for given tensors.
 :func:`run_triton_on_cpu` runs them on CPU tensors through Triton's interpreter, which is
@@ -28,17 +28,17 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 
-LIBRARY = Path(__file__).resolve().parent / "_kernels.so"
+from normlab.kernels.cpu import build
+
 _FLOATS = (torch.float32, torch.float64)
 _TRITON_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _UNLOADED = object()
 _ops: Any = _UNLOADED  # torch.ops.normlab, None (off or not built), or not loaded yet
-_triton: Any = _UNLOADED  # normlab.kernels.gpu, None (off or no Triton), or not loaded yet
+_triton: Any = _UNLOADED  # normlab.kernels.triton, None (off or no Triton), or not loaded yet
 _triton_on_cpu = False  # run_triton_on_cpu() was called
 
 
@@ -51,11 +51,9 @@ def ops() -> Any | None:
 
 
 def _load() -> Any | None:
-    if os.environ.get("NORMLAB_KERNELS", "1") == "0" or not LIBRARY.is_file():
+    if os.environ.get("NORMLAB_KERNELS", "1") == "0" or not build.LIBRARY.is_file():
         return None
-    from normlab.kernels.build import is_stale
-
-    if is_stale():  # built from older sources: its operators may not match this code
+    if build.is_stale():  # built from older sources: its operators may not match this code
         warnings.warn(
             "normlab's kernels are older than their sources; run `make kernels` to rebuild "
             "them (until then normlab uses its tensor code)",
@@ -63,14 +61,14 @@ def _load() -> Any | None:
         )
         return None
     try:
-        torch.ops.load_library(str(LIBRARY))
+        torch.ops.load_library(str(build.LIBRARY))
     except (OSError, RuntimeError):  # built for another torch or machine: use the tensors
         return None
     return torch.ops.normlab
 
 
 def triton_ops() -> Any | None:
-    """:mod:`normlab.kernels.gpu` (the Triton operators) when Triton is installed and the
+    """:mod:`normlab.kernels.triton` (the Triton operators) when Triton is installed and the
     kernels are on (``NORMLAB_KERNELS`` is not ``0``), else None. Imported on first use."""
     global _triton
     if _triton is _UNLOADED:
@@ -82,7 +80,7 @@ def _load_triton() -> Any | None:
     if os.environ.get("NORMLAB_KERNELS", "1") == "0":
         return None
     try:
-        from normlab.kernels import gpu
+        from normlab.kernels import triton as gpu
     except ImportError:  # no Triton (torch's CPU builds come without it)
         return None
     return gpu

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from normlab.report.stats import format_bytes
 from normlab.report.tables import Column
-from normlab.stats import format_bytes
 
-SHIFT_COLUMNS = [  # rows: normlab.experiments.shift.summary_rows
+SHIFT_COLUMNS = [  # rows: normlab.lab.experiments.shift.summary_rows
     Column("stage"),
     Column("train_mean", "train mean", ".3f"),
     Column("train_std", "train std", ".3f"),
@@ -15,7 +15,7 @@ SHIFT_COLUMNS = [  # rows: normlab.experiments.shift.summary_rows
     Column("p", "p-value", "pvalue"),
 ]
 
-TUTORIAL_COLUMNS = [  # rows: normlab.experiments.tutorial.summary_rows
+TUTORIAL_COLUMNS = [  # rows: normlab.tutorial.pipeline.summary_rows
     Column("arm"),
     Column("test_accuracy", "test accuracy (%)", ".2f"),
     Column("test_loss", "test loss", ".4f"),

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from normlab.atomic import write_bytes_atomic
 from normlab.errors import UsageError
 from normlab.report.tables import ColumnSpec, TableData, normalize_table
+from normlab.train.atomic import write_bytes_atomic
 
 __all__ = [
     "Block",

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from normlab.atomic import write_bytes_atomic
 from normlab.report.document import (
     Bullets,
     Code,
@@ -20,6 +19,7 @@ from normlab.report.document import (
     Paragraph,
     Table,
 )
+from normlab.train.atomic import write_bytes_atomic
 
 if TYPE_CHECKING:
     from normlab.report.document import Block, Report

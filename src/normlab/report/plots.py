@@ -31,15 +31,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 
-from normlab.atomic import write_bytes_atomic
 from normlab.errors import UsageError
 from normlab.report.document import FIGURE_DPI
-from normlab.stats import format_fixed, format_pvalue, mean_std
+from normlab.report.stats import format_fixed, format_pvalue, mean_std
+from normlab.train.atomic import write_bytes_atomic
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from normlab.experiments.shift import ShiftResult
+    from normlab.lab.experiments.shift import ShiftResult
 
 __all__ = [
     "PALETTE",
@@ -256,7 +256,7 @@ def bar_figure(
 
 
 def _density(shape: str, mean: float, std: float, xs: np.ndarray) -> np.ndarray:
-    """The density a sample was drawn from (see :mod:`normlab.experiments.shift`)."""
+    """The density a sample was drawn from (see :mod:`normlab.lab.experiments.shift`)."""
     if shape == "normal":
         return np.exp(-0.5 * ((xs - mean) / std) ** 2) / (std * math.sqrt(2.0 * math.pi))
     z = (xs - mean) / std + 1.0  # mean + std * (E - 1), E ~ Exp(1)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from normlab.errors import UsageError
-from normlab.stats import (
+from normlab.report.stats import (
     MISSING,
     MeanStd,
     format_fixed,
@@ -44,7 +44,7 @@ class Column:
         key: the row key the cells come from.
         header: the text above the column. Default: the key.
         fmt: how cells are written: ``None`` (default) picks by type (4 significant
-            digits for floats, see :func:`normlab.stats.format_number`); ``"percent"``
+            digits for floats, see :func:`normlab.report.stats.format_number`); ``"percent"``
             shows a fraction as ``88.4 %``; ``"pvalue"`` as a p-value; any other string is
             a Python format spec (``".3f"``, ``".2e"``, ``","``); a callable gets the value
             and returns the text. ``None`` values are always ``—``.

@@ -1,0 +1,207 @@
+"""What the lab's commands (compare, sweep, probe, study) share: flags, value parsing
+with one-line errors, and running one experiment into a run directory with a report.
+
+Values are parsed here rather than by argparse ``type=`` so that a bad value is one
+line (``normlab sweep: error: --lrs must be positive numbers, got 'x'``) and exit code 2,
+like every other user error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from normlab.errors import UsageError
+
+# flag -> config field, for the flags every lab experiment has
+COMMON_FIELDS = {
+    "seeds": "seeds",
+    "epochs": "epochs",
+    "dataset": "dataset",
+    "train_subset": "train_subset",
+    "test_subset": "test_subset",
+    "device": "device",
+}
+
+
+def add_common_flags(parser: argparse.ArgumentParser, *, epochs: bool = True) -> None:
+    """Budget, data and output flags; every value defaults to the experiment's config."""
+    budget = parser.add_argument_group("budget (defaults: the study's budget)")
+    budget.add_argument("--seeds", metavar="N", help="runs per setting (seeds 0..N-1)")
+    if epochs:
+        budget.add_argument("--epochs", metavar="N", help="passes over the training subset")
+    budget.add_argument(
+        "--train-subset", metavar="N", help="first N training images, or 'all' (60 000)"
+    )
+    budget.add_argument("--test-subset", metavar="N", help="first N test images, or 'all'")
+    budget.add_argument(
+        "--quick", action="store_true", help="the reduced budget of `normlab study --quick`"
+    )
+    data = parser.add_argument_group("data and output")
+    data.add_argument("--dataset", help="fashion-mnist (default), mnist, or synthetic")
+    data.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
+    data.add_argument("--device", help="cpu (default), cuda, cuda:N or mps")
+    data.add_argument("--out", metavar="DIR", default="runs", help="parent of the run directory")
+    data.add_argument(
+        "--workers", metavar="N", help="processes computing cells at once (default: 2 cores)"
+    )
+    data.add_argument("--threads", metavar="N", help="torch threads per process (default 1)")
+    data.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_int(flag: str, text: str | None, minimum: int = 1) -> int | None:
+    """``int(text)`` >= ``minimum``, or None when the flag was not given."""
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{flag} must be an integer >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise UsageError(f"{flag} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def parse_float(flag: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{flag} must be a number, got {text!r}") from None
+
+
+def parse_subset(flag: str, text: str | None) -> int | str | None:
+    """A positive count, ``"all"`` (None in the config), or ``"unset"`` when not given."""
+    if text is None:
+        return "unset"
+    if text.strip().lower() == "all":
+        return None
+    return parse_int(flag, text, 2)
+
+
+def parse_list(flag: str, text: str | None) -> tuple[str, ...] | None:
+    """``"a,b, c"`` -> ``("a", "b", "c")``; None when not given."""
+    if text is None:
+        return None
+    items = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not items:
+        raise UsageError(f"{flag} needs a comma-separated list, got {text!r}")
+    return items
+
+
+def parse_float_list(flag: str, text: str | None) -> tuple[float, ...] | None:
+    items = parse_list(flag, text)
+    if items is None:
+        return None
+    values = []
+    for item in items:
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise UsageError(f"{flag} must be numbers separated by commas, got {item!r}") from None
+    return tuple(values)
+
+
+def parse_int_list(flag: str, text: str | None) -> tuple[int, ...] | None:
+    items = parse_list(flag, text)
+    if items is None:
+        return None
+    values = []
+    for item in items:
+        try:
+            values.append(int(item))
+        except ValueError:
+            raise UsageError(f"{flag} must be integers separated by commas, got {item!r}") from None
+    return tuple(values)
+
+
+def build_config(
+    base: Any, args: argparse.Namespace, specific: dict[str, Any] | None = None
+) -> Any:
+    """``base`` (a frozen experiment config) with the common flags and ``specific``
+    changes applied (None values are left at ``base``'s), validated."""
+    changes: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(base)}
+    if getattr(args, "seeds", None) is not None:
+        changes["seeds"] = parse_int("--seeds", args.seeds)
+    if getattr(args, "epochs", None) is not None and "epochs" in names:
+        changes["epochs"] = parse_int("--epochs", args.epochs)
+    for flag, field in (("--train-subset", "train_subset"), ("--test-subset", "test_subset")):
+        value = parse_subset(flag, getattr(args, field, None))
+        if value != "unset":
+            changes[field] = value
+    for field in ("dataset", "device"):
+        if getattr(args, field, None) is not None:
+            changes[field] = getattr(args, field)
+    for key, value in (specific or {}).items():
+        if value is not None:
+            changes[key] = value
+    config = dataclasses.replace(base, **changes)
+    config.validate()
+    return config
+
+
+def quick_config(name: str, args: argparse.Namespace) -> Any:
+    """The experiment's config in the study's plan (``--quick``: the reduced one)."""
+    from normlab.lab.study import default_plan
+
+    dataset = args.dataset or "fashion-mnist"
+    return default_plan(quick=args.quick, dataset=dataset, experiments=(name,))[name]
+
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """workers, threads and progress from the flags."""
+    from normlab.lab.study import default_workers
+
+    workers = parse_int("--workers", args.workers)
+    threads = parse_int("--threads", args.threads)
+    return {
+        "workers": default_workers() if workers is None else workers,
+        "threads": 1 if threads is None else threads,
+        "progress": not args.no_progress,
+    }
+
+
+def run_and_print(name: str, config: Any, args: argparse.Namespace) -> int:
+    """Run one experiment into ``--out``, print its table and findings, then the report's
+    path (last line)."""
+    from normlab.lab.study import run_single
+
+    print(f"normlab {name}: {_cells_line(name, config)}", flush=True)
+    result = run_single(name, config, out=args.out, data_dir=args.data_dir, **run_options(args))
+    print_summary(result.summaries, result.findings)
+    print(f"run directory: {result.run_dir}")
+    print(result.report_html)
+    return 0
+
+
+def _cells_line(name: str, config: Any) -> str:
+    from normlab.lab.study import EXPERIMENTS, estimate_plan_seconds
+    from normlab.report.stats import format_duration
+
+    cells = EXPERIMENTS[name].cells(config)
+    return (
+        f"{len(cells)} runs, about {format_duration(estimate_plan_seconds({name: config}))} "
+        "of training on one idle core"
+    )
+
+
+def print_summary(summaries: dict[str, Any], findings: Sequence[Any]) -> None:
+    """Each experiment's terminal table, then every finding."""
+    from normlab.lab.report import experiment_rows
+    from normlab.lab.study import EXPERIMENTS
+    from normlab.report import format_table
+
+    for name, summary in summaries.items():
+        rows, columns = experiment_rows(name, summary)
+        print()
+        print(format_table(rows, columns, title=f"{EXPERIMENTS[name].title} ({name})"))
+    if findings:
+        print()
+        print("Findings:")
+        for finding in findings:
+            print(f"- {finding.sentence()}")
+    print()

@@ -1,1 +1,0 @@
-"""One module per ``normlab`` subcommand; see :mod:`normlab.cli` for the contract."""

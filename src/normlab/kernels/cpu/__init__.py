@@ -1,0 +1,1 @@
+"""normlab's fused CPU kernels in C++ (``*.cpp``), built by :mod:`normlab.kernels.cpu.build`."""

@@ -1,0 +1,5 @@
+"""The networks the lab trains."""
+
+from normlab.models.lenet import AvgPool2d, LeNet
+
+__all__ = ["AvgPool2d", "LeNet"]

@@ -1,0 +1,1 @@
+"""Training: the run's configuration, the engine, run directories and atomic files."""

@@ -1,0 +1,370 @@
+"""normlab.tutorial.api: the seed tutorial's API, corrected, against torch.nn and the original."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import normlab.nn as ours_nn
+from normlab.tutorial import api as T
+
+
+# The original code of the tutorial (shared/seed/batchnorm-tutorial.txt), verbatim apart from
+# formatting: the negative control for the defects the corrected module fixes.
+def seed_batch_norm(X, gamma, beta, moving_mean, moving_var, eps=1e-5, momentum=0.1):  # type: ignore[no-untyped-def]
+    if not torch.is_grad_enabled():
+        X_hat = (X - moving_mean) / torch.sqrt(moving_var + eps)
+    else:
+        if len(X.shape) == 2:
+            mean = X.mean(dim=0)
+            var = ((X - mean) ** 2).mean(dim=0)
+        else:
+            mean = X.mean(dim=(0, 2, 3), keepdim=True)
+            var = ((X - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+        X_hat = (X - mean) / torch.sqrt(var + eps)
+        moving_mean = (1.0 - momentum) * moving_mean + momentum * mean
+        moving_var = (1.0 - momentum) * moving_var + momentum * var
+    return gamma * X_hat + beta, moving_mean, moving_var
+
+
+class SeedBatchNorm(nn.Module):
+    def __init__(self, num_features: int, num_dims: int) -> None:
+        super().__init__()
+        shape = (1, num_features, 1, 1) if num_dims == 4 else (1, num_features)
+        self.gamma = nn.Parameter(torch.ones(shape))
+        self.beta = nn.Parameter(torch.zeros(shape))
+        self.moving_mean = torch.zeros(shape)
+        self.moving_var = torch.ones(shape)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if self.moving_mean.device != X.device:
+            self.moving_mean = self.moving_mean.to(X.device)
+            self.moving_var = self.moving_var.to(X.device)
+        Y, self.moving_mean, self.moving_var = seed_batch_norm(
+            X, self.gamma, self.beta, self.moving_mean, self.moving_var
+        )
+        return Y
+
+
+# ---------------------------------------------------------------------------------------------
+# batch_norm: equal to torch.nn
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "reference"), [((8, 3, 4, 5), nn.BatchNorm2d), ((10, 3), nn.BatchNorm1d)]
+)
+def test_batch_norm_equals_torch_nn_including_unbiased_moving_var(
+    shape: tuple[int, ...], reference: type[nn.Module]
+) -> None:
+    g = torch.Generator().manual_seed(0)
+    ref = reference(3, momentum=0.2, dtype=torch.float64)
+    param_shape = (1, 3, 1, 1) if len(shape) == 4 else (1, 3)
+    gamma = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    beta = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)
+    with torch.no_grad():
+        ref.weight.copy_(gamma)
+        ref.bias.copy_(beta)
+    mm = torch.zeros(param_shape, dtype=torch.float64)
+    mv = torch.ones(param_shape, dtype=torch.float64)
+    for _ in range(3):
+        X = torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 1
+        Y, mm, mv = T.batch_norm(
+            X, gamma.view(param_shape), beta.view(param_shape), mm, mv, momentum=0.2
+        )
+        torch.testing.assert_close(Y, ref(X), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(mm.view(-1), ref.running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(mv.view(-1), ref.running_var, rtol=1e-12, atol=1e-12)
+    ref.eval()
+    X = torch.randn(shape, generator=g, dtype=torch.float64)
+    Y, mm2, mv2 = T.batch_norm(
+        X, gamma.view(param_shape), beta.view(param_shape), mm, mv, training=False
+    )
+    torch.testing.assert_close(Y, ref(X), rtol=1e-12, atol=1e-12)
+    assert mm2 is mm and mv2 is mv  # evaluation leaves the moving statistics alone
+
+
+def test_seed_code_stores_the_biased_variance() -> None:
+    """Negative control: the original's moving variance differs from torch.nn's."""
+    X = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    ones, zeros = torch.ones(1, 3, 1, 1, dtype=X.dtype), torch.zeros(1, 3, 1, 1, dtype=X.dtype)
+    _, _, seed_var = seed_batch_norm(X, ones, zeros, zeros, ones)
+    _, _, our_var = T.batch_norm(X, ones, zeros, zeros, ones)
+    ref = nn.BatchNorm2d(3, dtype=X.dtype)
+    ref(X)
+    torch.testing.assert_close(our_var.view(-1), ref.running_var)
+    assert not torch.allclose(seed_var.view(-1), ref.running_var)
+
+
+def test_training_is_decided_by_the_argument_not_grad_mode() -> None:
+    X = torch.randn(16, 3) * 4 + 2
+    ones, zeros = torch.ones(1, 3), torch.zeros(1, 3)
+    with torch.no_grad():
+        Y, mm, _ = T.batch_norm(X, ones, zeros, zeros, ones, training=True)
+        seed_Y, seed_mm, _ = seed_batch_norm(X, ones, zeros, zeros, ones)
+    torch.testing.assert_close(Y.mean(0), torch.zeros(3), atol=1e-5, rtol=0)  # batch stats
+    assert not torch.equal(mm, zeros)  # and the moving statistics moved
+    torch.testing.assert_close(seed_Y, X / torch.sqrt(torch.tensor(1 + 1e-5)))  # the bug
+    assert torch.equal(seed_mm, zeros)
+    Xg = X.clone().requires_grad_()
+    Y, mm, _ = T.batch_norm(Xg, ones, zeros, zeros, ones, training=False)  # grad on, eval
+    torch.testing.assert_close(Y, Xg / torch.sqrt(torch.tensor(1 + 1e-5)))
+    assert torch.equal(mm, zeros)
+
+
+def test_moving_statistics_carry_no_graph() -> None:
+    X = torch.randn(8, 3, 2, 2, requires_grad=True)
+    gamma = torch.ones(1, 3, 1, 1, requires_grad=True)
+    beta = torch.zeros(1, 3, 1, 1, requires_grad=True)
+    zeros, ones = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    Y, mm, mv = T.batch_norm(X, gamma, beta, zeros, ones)
+    assert Y.grad_fn is not None
+    assert mm.grad_fn is None and mv.grad_fn is None
+    assert not mm.requires_grad and not mv.requires_grad
+    _, seed_mm, _ = seed_batch_norm(X, gamma, beta, zeros, ones)
+    assert seed_mm.grad_fn is not None  # the original's moving mean drags the graph along
+
+
+@pytest.mark.parametrize(
+    ("shape", "kwargs", "text"),
+    [
+        ((2, 3, 4), {}, "2D \\(N, C\\) or 4D"),
+        ((1, 3), {}, "Expected more than 1 value per channel when training"),
+        ((4, 3), {"eps": 0.0}, "eps must be positive"),
+        ((4, 5), {}, "moving_mean has 3 elements but X has 5 channels"),
+    ],
+)
+def test_batch_norm_errors_are_value_errors(
+    shape: tuple[int, ...], kwargs: dict[str, float], text: str
+) -> None:
+    ones, zeros = torch.ones(1, 3), torch.zeros(1, 3)
+    with pytest.raises(ValueError, match=text):
+        T.batch_norm(torch.randn(shape), ones, zeros, zeros, ones, **kwargs)
+
+
+def test_one_value_per_channel_message_equals_torch() -> None:
+    X = torch.randn(1, 3)
+    with pytest.raises(ValueError) as ref:
+        nn.BatchNorm1d(3)(X)
+    with pytest.raises(ValueError) as ours:
+        T.BatchNorm(3, num_dims=2)(X)
+    assert str(ours.value) == str(ref.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm: the module
+# ---------------------------------------------------------------------------------------------
+
+
+def test_module_matches_torch_over_training_and_eval() -> None:
+    g = torch.Generator().manual_seed(1)
+    ours = T.BatchNorm(4, num_dims=4).double()
+    ref = nn.BatchNorm2d(4, dtype=torch.float64)
+    for step in range(4):
+        for m in (ours, ref):
+            m.train(step < 3)
+        X = torch.randn(6, 4, 3, 3, generator=g, dtype=torch.float64) * 2 + 1
+        results = []
+        for m in (ours, ref):
+            x = X.clone().requires_grad_()
+            y = m(x)
+            (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view(y.shape)).sum().backward()
+            grads = [p.grad.reshape(-1).clone() for p in m.parameters()]
+            m.zero_grad()
+            results.append([y.detach(), x.grad, *grads])
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.moving_mean.view(-1), ref.running_mean)
+    torch.testing.assert_close(ours.moving_var.view(-1), ref.running_var)
+
+
+def test_moving_statistics_are_buffers() -> None:
+    bn = T.BatchNorm(3, num_dims=4)
+    bn(torch.randn(4, 3, 2, 2) + 5)
+    state = bn.state_dict()
+    assert sorted(state) == ["beta", "gamma", "moving_mean", "moving_var"]
+    fresh = T.BatchNorm(3, num_dims=4)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.moving_mean, bn.moving_mean)
+    assert not torch.equal(fresh.moving_mean, torch.zeros(1, 3, 1, 1))
+    moved = fresh.to(torch.float64).to("meta")  # .to() moves buffers with the parameters
+    assert moved.moving_mean.dtype == torch.float64 and moved.moving_var.device.type == "meta"
+    assert "moving_mean" not in SeedBatchNorm(3, 4).state_dict()  # the original lost them
+
+
+def test_module_train_eval_from_self_training_not_grad_mode() -> None:
+    bn = T.BatchNorm(3, num_dims=2)
+    X = torch.randn(32, 3) * 3 + 4
+    with torch.no_grad():
+        Y = bn(X)  # training mode: batch statistics, even without grad
+    torch.testing.assert_close(Y.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    moved = bn.moving_mean.clone()
+    bn.eval()
+    Y = bn(X.requires_grad_())  # eval mode: moving statistics, even with grad
+    expected = (X - bn.moving_mean) / torch.sqrt(bn.moving_var + 1e-5)
+    torch.testing.assert_close(Y, expected)
+    assert torch.equal(bn.moving_mean, moved)
+
+
+def test_module_errors() -> None:
+    with pytest.raises(ValueError, match=r"num_dims=2 after nn\.Linear"):
+        T.BatchNorm(3, num_dims=3)
+    with pytest.raises(ValueError, match=r"expected 4D input \(got 2D input\)"):
+        T.BatchNorm(3, num_dims=4)(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="positive integer"):
+        T.BatchNorm(0, num_dims=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: flat for the corrected layer, growing graph for the original
+# ---------------------------------------------------------------------------------------------
+
+
+def graph_nodes(tensors: list[torch.Tensor]) -> int:
+    """Number of autograd nodes reachable from ``tensors`` (what a stored graph keeps alive)."""
+    seen: set[object] = set()
+    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return len(seen)
+
+
+def _train(bn: nn.Module, steps: int) -> list[int]:
+    """Train a scale -> norm pipeline; return the graph size held by the layer's statistics."""
+    torch.manual_seed(0)
+    scale = nn.Parameter(torch.ones(1, 6, 1, 1))
+    opt = torch.optim.SGD([scale, *bn.parameters()], lr=0.01)
+    x = torch.randn(32, 6, 12, 12)
+    sizes = []
+    for _ in range(steps):
+        loss = bn(x * scale).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sizes.append(graph_nodes([bn.moving_mean, bn.moving_var]))
+    return sizes
+
+
+def test_memory_stays_flat_and_the_original_grows() -> None:
+    rss = []
+    bn = T.BatchNorm(6, num_dims=4)
+    for _ in range(3):
+        assert _train(bn, 100) == [0] * 100
+        try:
+            with open("/proc/self/statm") as f:
+                rss.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+        except OSError:
+            pass
+    if len(rss) == 3:  # Linux: resident memory flat over the last 200 steps
+        assert rss[2] - rss[0] < 4e6
+    seed = _train(SeedBatchNorm(6, 4), 50)  # negative control: one more graph per step
+    assert seed[-1] >= seed[0] + 49 and all(b > a for a, b in itertools.pairwise(seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# The LeNets and print_bn_parameters
+# ---------------------------------------------------------------------------------------------
+
+
+def test_lenets_use_the_tutorial_layers() -> None:
+    scratch, reference = T.BNLeNetScratch(), T.BNLeNet(num_classes=7)
+    dims = [m.num_dims for _, m in scratch.norm_layers()]
+    assert dims == [4, 4, 2, 2]
+    assert all(isinstance(m, T.BatchNorm) for _, m in scratch.norm_layers())
+    kinds = [type(m) for _, m in reference.norm_layers()]
+    assert kinds == [nn.BatchNorm2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.BatchNorm1d]
+    assert reference(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+    assert "layers.1.moving_mean" in scratch.state_dict()
+
+
+def test_scratch_lenet_equals_torch_lenet() -> None:
+    """Same weights in float64: the scratch and the torch.nn LeNet train and infer alike."""
+    torch.manual_seed(2)
+    scratch, reference = T.BNLeNetScratch().double(), T.BNLeNet().double()
+    state = {
+        k: v.view(-1) if ".gamma" in k or ".beta" in k else v
+        for k, v in scratch.state_dict().items()
+    }
+    renamed = {
+        k.replace("gamma", "weight").replace("beta", "bias"): v
+        for k, v in state.items()
+        if "moving" not in k
+    }
+    reference.load_state_dict(renamed, strict=False)
+    X = torch.randn(16, 1, 28, 28, dtype=torch.float64)
+    for train in (True, True, False):
+        scratch.train(train)
+        reference.train(train)
+        torch.testing.assert_close(scratch(X), reference(X), rtol=1e-10, atol=1e-10)
+
+
+def test_print_bn_parameters_table() -> None:
+    model = T.BNLeNetScratch()
+    with torch.no_grad():
+        model.layers[5].gamma.copy_(torch.linspace(0.5, 2.0, 16).view(1, 16, 1, 1))
+    out = io.StringIO()
+    T.print_bn_parameters(model, file=out)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 + 4  # two header lines, one line per norm layer
+    row = next(line for line in lines if line.startswith("layers.5 "))
+    fields = row.split()
+    assert fields[1:3] == ["BatchNorm", "16"]
+    assert float(fields[3]) == pytest.approx(1.25, abs=1e-4)  # mean of linspace(0.5, 2, 16)
+    assert float(fields[5]) == pytest.approx(0.5) and float(fields[6]) == pytest.approx(2.0)
+
+
+def test_print_bn_parameters_works_for_any_norm_layer() -> None:
+    model = nn.Sequential(nn.Linear(4, 5), ours_nn.BatchNorm1d(5), nn.LayerNorm(5), nn.ReLU())
+    out = io.StringIO()
+    T.print_bn_parameters(model, file=out)
+    names = [line.split()[0] for line in out.getvalue().splitlines()[2:]]
+    assert names == ["1", "2"]  # the linear layer's 2D weight is not a norm's gamma
+    out = io.StringIO()
+    T.print_bn_parameters(nn.Linear(2, 2), file=out)
+    assert "no normalization layers" in out.getvalue()
+
+
+def test_train_and_evaluate_prints_the_epoch_mean_loss_and_returns_accuracy() -> None:
+    import copy
+
+    from normlab.data import batches, synthetic_dataset
+
+    data = synthetic_dataset(num_train=96, num_test=40, seed=1)
+    train = list(batches(data.train_images, data.train_labels, 32, shuffle=True, seed=3))
+    test = list(batches(data.test_images, data.test_labels, 16, shuffle=False))
+    torch.manual_seed(0)
+    model = T.BNLeNetScratch()
+    twin = copy.deepcopy(model)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
+    out = io.StringIO()
+    accuracy = T.train_and_evaluate(model, train, test, criterion, optimizer, 1, file=out)
+
+    # the same step by step, by hand: the printed loss is the mean over examples
+    twin_optimizer = torch.optim.SGD(twin.parameters(), lr=0.03, momentum=0.9)
+    twin.train()
+    losses = []
+    for x, y in train:
+        twin_optimizer.zero_grad()
+        loss = criterion(twin(x), y)
+        loss.backward()
+        twin_optimizer.step()
+        losses.append(loss.item())
+    assert f"Loss: {sum(losses) / len(losses):.4f}" in out.getvalue()
+    twin.eval()
+    with torch.no_grad():
+        correct = sum(int((twin(x).argmax(1) == y).sum()) for x, y in test)
+    assert accuracy == pytest.approx(100 * correct / 40)
+    assert f"Accuracy: {accuracy:.2f}%" in out.getvalue()
+    assert not model.training
+    with pytest.raises(ValueError, match="num_epochs"):
+        T.train_and_evaluate(model, train, test, criterion, optimizer, 0)
