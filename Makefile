@@ -21,18 +21,19 @@ test: install kernels data
 	$(PY) -m pytest -q
 	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q $(NUMERICAL_TESTS)
 
-# torch is pinned and installed first so that pip takes the CPU build from local disk.
+# torch is pinned (constraints.txt) and installed first so that pip takes the CPU build from
+# local disk; the package itself accepts any torch it supports (pyproject.toml).
 install: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt torch
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 # normlab's fused CPU kernels (C++, linked against the installed torch): about 25 s once.
 kernels: $(KERNELS)
 $(KERNELS): $(STAMP) $(wildcard src/normlab/kernels/cpu/*.cpp src/normlab/kernels/cpu/*.h)
-	$(PY) -m normlab.kernels.cpu.build --force
+	$(PY) -m normlab.kernels.cpu --force
 
 data: install
 	bash tools/provision-data.sh

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from normlab.data import batches, normalize_images, num_batches
+from normlab.data import batches, final_batch_size, normalize_images, num_batches
 from normlab.errors import UsageError
 
 
@@ -176,3 +176,15 @@ def test_bad_tensors() -> None:
         batches(images.float(), labels, 4, shuffle=True)
     with pytest.raises(ValueError, match=r"one label per image: \(9,\) labels for 10 images"):
         batches(images, labels[:9], 4, shuffle=True)
+
+
+@pytest.mark.parametrize(
+    "n,size,world", [(65, 32, 1), (64, 32, 1), (66, 32, 1), (7, 3, 2), (1, 4, 1)]
+)
+def test_final_batch_size_is_the_last_batch_yielded(n: int, size: int, world: int) -> None:
+    images = torch.zeros(n, 2, 2, dtype=torch.uint8)
+    labels = torch.zeros(n, dtype=torch.int64)
+    for rank in range(world):
+        stream = batches(images, labels, size, shuffle=False, rank=rank, world_size=world)
+        *_, (x, _) = stream
+        assert final_batch_size(n, size, world_size=world) == len(x)

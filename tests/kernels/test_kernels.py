@@ -17,7 +17,7 @@ from normlab.kernels.cpu import build
 
 
 def test_the_kernels_are_built_and_loaded() -> None:
-    assert build.LIBRARY.is_file(), "run make (python -m normlab.kernels.cpu.build)"
+    assert build.LIBRARY.is_file(), "run make (python -m normlab.kernels.cpu)"
     assert not build.is_stale()
     ops = kernels.ops()
     assert ops is not None

@@ -3,6 +3,7 @@ evaluation in float64, exact resume, divergence handling."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -272,3 +273,26 @@ def test_until_step_out_of_range_is_refused(tmp_path: Path, data: Dataset, until
 def test_until_step_needs_a_run(data: Dataset) -> None:
     with pytest.raises(UsageError, match="until_step needs a run"):
         fit(build_model(SMALL), data, SMALL, progress=False, until_step=1)
+
+
+@pytest.mark.parametrize("norm", ["batch", "torch-batch"])
+def test_a_final_batch_of_one_image_is_dropped(norm: str) -> None:
+    """65 images in batches of 32: 32 + 32 + 1. Batch norm cannot train on one image (its
+    BatchNorm1d layers would see one value per channel), so that image is left out."""
+    config = dataclasses.replace(SMALL, norm=norm, epochs=1, train_subset=65)
+    data = synthetic_dataset(num_train=65, num_test=64, seed=0)
+    history = fit(build_model(config), data, config, progress=False)
+    assert history.steps_per_epoch == 2
+    assert history.epochs[-1].steps == 2
+
+
+def test_a_final_batch_of_two_images_is_kept() -> None:
+    config = dataclasses.replace(SMALL, epochs=1, train_subset=66)
+    data = synthetic_dataset(num_train=66, num_test=64, seed=0)
+    assert fit(build_model(config), data, config, progress=False).steps_per_epoch == 3
+
+
+def test_batch_size_one_with_batch_norm_is_refused_before_training() -> None:
+    with pytest.raises(UsageError, match=r"--batch-size 1 .* use --batch-size 2 or more"):
+        dataclasses.replace(SMALL, batch_size=1).validate()
+    dataclasses.replace(SMALL, batch_size=1, norm="group").validate()  # per-sample: fine

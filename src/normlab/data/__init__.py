@@ -15,7 +15,13 @@ Modules: :mod:`~normlab.data.idx` (IDX reader/writer and checks),
 :mod:`~normlab.data.batches` (mini-batches, normalisation).
 """
 
-from normlab.data.batches import batches, epoch_order, normalize_images, num_batches
+from normlab.data.batches import (
+    batches,
+    epoch_order,
+    final_batch_size,
+    normalize_images,
+    num_batches,
+)
 from normlab.data.dataset import Dataset, load_dataset, synthetic_dataset, write_dataset
 from normlab.data.discovery import (
     DataNotFoundError,
@@ -43,6 +49,7 @@ __all__ = [
     "cache_dir",
     "download_dataset",
     "epoch_order",
+    "final_batch_size",
     "find_dataset",
     "get_spec",
     "load_dataset",

@@ -110,6 +110,15 @@ def num_batches(
     return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
 
 
+def final_batch_size(num_examples: int, batch_size: int, *, world_size: int = 1) -> int:
+    """Size of the last batch :func:`batches` yields per epoch on each rank (``drop_last``
+    off): ``n - (ceil(n / batch_size) - 1) * batch_size`` with ``n = ceil(num_examples /
+    world_size)``; 0 for no examples."""
+    per_rank = math.ceil(num_examples / world_size)
+    count = num_batches(num_examples, batch_size, world_size=world_size)
+    return per_rank - (count - 1) * batch_size if count else 0
+
+
 def batches(
     images: torch.Tensor,
     labels: torch.Tensor,

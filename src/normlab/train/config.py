@@ -26,6 +26,9 @@ from normlab.errors import UsageError
 DATASETS = ("fashion-mnist", "mnist", "synthetic")  # synthetic: tiny learnable fake data
 
 
+BATCH_STATISTICS_NORMS = ("batch", "torch-batch")  # the norms that need 2+ images per batch
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides the numbers a training run produces.
@@ -86,6 +89,12 @@ class TrainConfig:
             raise UsageError(
                 f"sync_bn synchronises batch norm, and norm {self.norm!r} has none; "
                 "use --norm batch or drop --sync-bn"
+            )
+        if self.batch_size == 1 and self.norm in BATCH_STATISTICS_NORMS:
+            raise UsageError(
+                f"--batch-size 1 gives norm {self.norm!r} one image per batch, whose batch "
+                "statistics are undefined; use --batch-size 2 or more, or a per-sample norm "
+                "(--norm group, layer, instance or rms)"
             )
         _check_device(self.device)
 

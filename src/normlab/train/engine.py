@@ -281,8 +281,12 @@ def fit(
     train_count = len(data.train_labels)
     if train_count == 0:
         raise UsageError("the training set is empty; check --train-subset")
+    # A final batch of one image is dropped: batch statistics over one image are undefined
+    # (torch.nn raises), and whatever the norm, every arm of a comparison sees the same batches.
+    drop_last = nd.final_batch_size(train_count, config.batch_size, world_size=world_size) == 1
+    drop_last = drop_last and config.batch_size > 1
     steps_per_epoch = nd.num_batches(
-        train_count, config.batch_size, rank=rank, world_size=world_size
+        train_count, config.batch_size, rank=rank, world_size=world_size, drop_last=drop_last
     )
     total_steps = config.epochs * steps_per_epoch
     stop = total_steps if until_step is None else until_step
@@ -375,6 +379,7 @@ def fit(
             start=start_step,
             rank=rank,
             world_size=world_size,
+            drop_last=drop_last,
             device=device,
         )
         for step_in_epoch, (x, y) in enumerate(stream, start=start_step):

@@ -1,6 +1,6 @@
 """Compile normlab's CPU kernels (``*.cpp`` here) into one shared library, with g++.
 
-``python -m normlab.kernels.cpu.build`` (``make`` runs it) writes ``_kernels.so`` next to the
+``python -m normlab.kernels.cpu`` (``make`` runs it) writes ``_kernels.so`` next to the
 sources. It links against the installed torch (headers, ``libtorch``, ``libc10``, and the
 OpenMP runtime torch ships) and rebuilds only when a source is newer than the library.
 Without a compiler the build fails with a one-line message and normlab keeps using its
@@ -102,7 +102,7 @@ def build(*, force: bool = False, quiet: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prog = "python -m normlab.kernels.cpu.build"
+    prog = "python -m normlab.kernels.cpu"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = parser.parse_args(argv)
