@@ -53,7 +53,7 @@ def code_path(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
         return
     if request.param == "kernels":
         assert kernels.ops() is not None, (
-            "kernels not built: run make (or python -m normlab.kernels.cpu.build)"
+            "kernels not built: run make (or python -m normlab.kernels.cpu)"
         )
     kernels.set_enabled(request.param == "kernels", gpu=False)
     yield request.param
