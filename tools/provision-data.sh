@@ -5,6 +5,12 @@
 # 3. else a clear message: `normlab data download` fetches the official files into the cache.
 set -uo pipefail
 
+if [[ -n ${NORMLAB_DATA:-} && ! -d $NORMLAB_DATA ]]; then
+  echo "Fashion-MNIST: NORMLAB_DATA=$NORMLAB_DATA is not a folder; unset it, or point it to" \
+       "a folder holding the four IDX files." >&2
+  exit 1
+fi
+
 places=(
   "${NORMLAB_DATA:-}"
   "${NORMLAB_DATA:+$NORMLAB_DATA/fashion-mnist}"

@@ -1,14 +1,16 @@
-"""The dispatcher: every command registered, one-line usage errors, --threads."""
+"""The dispatcher: every command registered, one-line usage errors, --threads, bad
+environment variables (exit code 2 and one line, never a traceback)."""
 
 from __future__ import annotations
 
 import pkgutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from normlab import cli as commands
-from normlab.cli.main import build_parser, main
+from normlab.cli.main import DEFAULT_THREADS, build_parser, main, threads_from_env
 
 
 def test_every_command_module_is_a_subcommand() -> None:
@@ -40,3 +42,54 @@ def test_threads(capsys) -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", "-1", "2x"])
+def test_bad_threads_variable_keeps_help_and_fails_commands_in_one_line(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NORMLAB_THREADS", value)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    assert "NORMLAB_THREADS" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "status"])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1
+    assert f"NORMLAB_THREADS must be a whole number >= 0, got {value!r}" in lines[0]
+    assert "unset it or set e.g. NORMLAB_THREADS=1" in lines[0]
+
+
+def test_threads_flag_overrides_a_bad_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NORMLAB_THREADS", "abc")
+    monkeypatch.delenv("NORMLAB_DATA", raising=False)
+    assert main(["--threads", "0", "data", "status", "--data-dir", str(tmp_path)]) == 0
+    assert "NORMLAB_THREADS" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("value", "threads"), [("", DEFAULT_THREADS), (" 3 ", 3), ("0", 0)])
+def test_threads_variable_values(value: str, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NORMLAB_THREADS", value)
+    assert threads_from_env() == threads
+    monkeypatch.delenv("NORMLAB_THREADS")
+    assert threads_from_env() == DEFAULT_THREADS
+
+
+def test_data_variable_naming_no_folder_is_one_line_exit_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nonexistent"
+    monkeypatch.setenv("NORMLAB_DATA", str(missing))
+    for argv in (["data", "status"], ["data", "verify"]):
+        assert main(["--threads", "0", *argv]) == 2
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1, captured.err
+        assert f"NORMLAB_DATA={missing} is not a folder; unset it" in lines[0]
+        assert "Traceback" not in captured.err

@@ -126,6 +126,26 @@ def test_missing_data_dir_message(isolated: Path) -> None:
         require_dataset("fashion-mnist", isolated / "nope")
 
 
+def test_env_naming_no_folder_is_an_error(
+    make_data: Callable[..., DatasetSpec], isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_data(isolated / "debian" / "fashion-mnist")  # found, were the variable skipped
+    (isolated / "a-file").write_text("not a folder")
+    for value in (isolated / "nonexistent", isolated / "a-file"):
+        monkeypatch.setenv("NORMLAB_DATA", str(value))
+        expected = rf"^NORMLAB_DATA={value} is not a folder; unset it, or point it to a folder"
+        for look in (find_dataset, require_dataset, candidate_folders):
+            with pytest.raises(DataNotFoundError, match=expected) as info:
+                look("fashion-mnist")
+            assert isinstance(info.value, UsageError) and "\n" not in str(info.value)
+        # an explicit --data-dir is searched alone: the variable does not matter then
+        assert find_dataset("fashion-mnist", isolated / "debian") == isolated / "debian" / (
+            "fashion-mnist"
+        )
+    monkeypatch.setenv("NORMLAB_DATA", "")  # empty: unset
+    assert find_dataset("fashion-mnist") == isolated / "debian" / "fashion-mnist"
+
+
 def test_not_found_lists_places_and_ways_out(isolated: Path) -> None:
     with pytest.raises(DataNotFoundError) as info:
         require_dataset("mnist")

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         dest="global_threads",
         type=int,
-        default=int(os.environ.get("NORMLAB_THREADS", DEFAULT_THREADS)),
+        default=None,  # resolved in main: a bad $NORMLAB_THREADS must not break --help
         metavar="N",
         help=f"CPU threads per process (default {DEFAULT_THREADS}, or $NORMLAB_THREADS; 0: "
         "torch's default). LeNet's tensors are small: one thread is as fast as two on an idle "
@@ -58,6 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{cli.__name__}.{info.name}")
         module.add_parser(subparsers)
     return parser
+
+
+def threads_from_env() -> int:
+    """``$NORMLAB_THREADS`` as a whole number >= 0, or ``DEFAULT_THREADS`` when unset or empty.
+
+    Raises:
+        UsageError: the variable holds anything else (the message names it and the way out).
+    """
+    value = os.environ.get("NORMLAB_THREADS", "").strip()
+    if not value:
+        return DEFAULT_THREADS
+    if not (value.isascii() and value.isdigit()):  # "1.5", "-1", "abc", "²": not a count
+        raise UsageError(
+            f"NORMLAB_THREADS must be a whole number >= 0, got {value!r}; unset it or set "
+            f"e.g. NORMLAB_THREADS={DEFAULT_THREADS}"
+        )
+    return int(value)
 
 
 def set_threads(threads: int) -> None:
@@ -77,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        set_threads(args.global_threads)
+        threads = args.global_threads
+        set_threads(threads_from_env() if threads is None else threads)
     except UsageError as error:
         parser.error(str(error))
     if getattr(args, "trains", False):

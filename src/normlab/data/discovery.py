@@ -6,7 +6,8 @@ Order (the first folder holding all four files wins):
    torchvision's ``<data_dir>/<FashionMNIST|MNIST>/raw``. When given, *only* these are
    searched: asking for a folder and silently getting data from elsewhere would hide
    a mistake;
-2. ``$NORMLAB_DATA``: the folder itself or ``$NORMLAB_DATA/<name>``;
+2. ``$NORMLAB_DATA``: the folder itself or ``$NORMLAB_DATA/<name>``; set to something that
+   is not a folder, it is an error (like a missing ``--data-dir``), not silently skipped;
 3. Debian's package: ``/usr/share/datasets/<name>`` (``DEBIAN_ROOT``, patchable);
 4. torchvision's layout under the working directory: ``./data/FashionMNIST/raw``;
 5. the user cache ``~/.cache/normlab/<name>`` (``$XDG_CACHE_HOME`` respected), where
@@ -54,6 +55,25 @@ def cache_dir(name: str | DatasetSpec) -> Path:
     return cache_root() / get_spec(name).name
 
 
+def env_data_root(spec: DatasetSpec) -> Path | None:
+    """The folder ``$NORMLAB_DATA`` names, or None when it is unset or empty.
+
+    Raises:
+        DataNotFoundError: it names something that is not a folder (a typo would otherwise
+            silently fall through to the other places).
+    """
+    value = os.environ.get("NORMLAB_DATA")
+    if not value:
+        return None
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        raise DataNotFoundError(
+            f"NORMLAB_DATA={value} is not a folder; unset it, or point it to a folder holding "
+            f"{spec.name}'s four IDX files"
+        )
+    return root
+
+
 def candidate_folders(
     name: str | DatasetSpec, data_dir: str | Path | None = None
 ) -> list[tuple[Path, str]]:
@@ -66,9 +86,8 @@ def candidate_folders(
             folders.append((root / spec.torchvision_dir / "raw", "--data-dir"))
         return folders
     folders = []
-    env = os.environ.get("NORMLAB_DATA")
-    if env:
-        root = Path(env).expanduser()
+    root = env_data_root(spec)
+    if root is not None:
         folders += [(root, "$NORMLAB_DATA"), (root / spec.name, "$NORMLAB_DATA")]
     folders.append((DEBIAN_ROOT / spec.name, "Debian package"))
     if spec.torchvision_dir:
@@ -102,7 +121,8 @@ def search(name: str | DatasetSpec, data_dir: str | Path | None = None) -> list[
 
 def find_dataset(name: str | DatasetSpec, data_dir: str | Path | None = None) -> Path | None:
     """The first folder holding all of the dataset's files, or None. Discovery only:
-    nothing is read or verified."""
+    nothing is read or verified. A ``$NORMLAB_DATA`` that is not a folder raises
+    DataNotFoundError."""
     spec = get_spec(name)
     for place in search(spec, data_dir):
         if place.complete(spec):
