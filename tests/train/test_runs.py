@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from pathlib import Path
 
@@ -128,9 +129,13 @@ def test_missing_or_damaged_checkpoint_is_a_usage_error(tmp_path: Path) -> None:
     run = Run.create(tmp_path, "none", TrainConfig())
     with pytest.raises(UsageError, match=r"has no checkpoint.pt yet"):
         run.load_checkpoint()
-    (run.path / "checkpoint.pt").write_bytes(b"garbage")
-    with pytest.raises(UsageError, match=r"cannot read .*checkpoint.pt"):
-        run.load_checkpoint()
+    torch.save({"step": torch.arange(1000)}, run.path / "checkpoint.pt")
+    whole = (run.path / "checkpoint.pt").read_bytes()
+    damaged = [whole[: len(whole) // 2], b"garbage" * 10, b"", pickle.dumps(object), b"\x80"]
+    for content in [*damaged, pickle.dumps([1, 2])]:
+        (run.path / "checkpoint.pt").write_bytes(content)
+        with pytest.raises(UsageError, match=r"checkpoint .*checkpoint.pt is corrupt or trunc"):
+            run.load_checkpoint()
 
 
 def test_log_file_and_summary(tmp_path: Path) -> None:

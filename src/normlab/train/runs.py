@@ -29,8 +29,10 @@ import datetime as _dt
 import json
 import logging
 import os
+import pickle
 import platform
 import sys
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,16 @@ from normlab.train.config import TrainConfig
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "train.log"
+# what torch.load raises for a truncated zip, a foreign pickle, an empty or unreadable file
+UNREADABLE_CHECKPOINT = (
+    RuntimeError,
+    pickle.UnpicklingError,
+    EOFError,
+    KeyError,
+    IndexError,
+    zipfile.BadZipFile,
+    OSError,
+)
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 DEFAULT_CHECKPOINT_EVERY = 200  # steps between mid-epoch checkpoints (~0.5 s of LeNet training)
@@ -189,11 +201,17 @@ class Run:
             raise UsageError(f"{self.path} has no {CHECKPOINT_FILE} yet; the run saved none")
         try:
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a foreign or damaged file: unpickling errors vary
-            raise UsageError(f"cannot read {self.checkpoint_path}: {error}") from None
+        except UNREADABLE_CHECKPOINT:  # how torch.load reports a damaged or foreign file
+            raise UsageError(self._unreadable_checkpoint()) from None
         if not isinstance(state, dict):
-            raise UsageError(f"{self.checkpoint_path} is not a normlab checkpoint")
+            raise UsageError(self._unreadable_checkpoint())
         return state
+
+    def _unreadable_checkpoint(self) -> str:
+        return (
+            f"checkpoint {self.checkpoint_path} is corrupt or truncated (normlab writes it "
+            "atomically, so something else changed it); start the run again without --resume"
+        )
 
     # ----------------------------------------------------------------- metrics
     def append_metrics(self, record: Mapping[str, Any]) -> None:
