@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from normlab.data.idx import (
+    IMAGES_MAGIC,
+    LABELS_MAGIC,
     check_images,
     check_labels,
     idx_bytes,
@@ -84,6 +86,20 @@ def test_truncated_header() -> None:
 def test_truncated_body() -> None:
     data = idx_bytes(np.zeros((3, 2, 2), np.uint8))
     _bad(data[:-1], r"truncated: 27 bytes, the header \(3, 2, 2\) says 28")
+
+
+def test_labels_file_holding_images_names_the_wrong_magic() -> None:
+    """The images' header on a labels file: named by its magic, before any size check."""
+    images = idx_bytes(np.zeros((3, 2, 2), np.uint8))
+    labels_size = len(idx_bytes(np.zeros((3,), np.uint8)))
+    for data in (images, images[:labels_size]):
+        with pytest.raises(
+            ValueError,
+            match=r"magic number 0x00000803 \(the magic of images\) "
+            r"where labels need 0x00000801",
+        ):
+            parse_idx(data, "labels", LABELS_MAGIC)
+    assert parse_idx(images, "images", IMAGES_MAGIC).shape == (3, 2, 2)
 
 
 def test_trailing_bytes() -> None:

@@ -71,7 +71,14 @@ def gunzip(data: bytes, path: str | Path) -> bytes:
     return out
 
 
-def parse_idx(data: bytes, name: str | Path = "<bytes>") -> np.ndarray:
+IMAGES_MAGIC = 0x00000803  # uint8, 3 dimensions: (N, H, W)
+LABELS_MAGIC = 0x00000801  # uint8, 1 dimension: (N,)
+_KIND = {IMAGES_MAGIC: "images", LABELS_MAGIC: "labels"}
+
+
+def parse_idx(
+    data: bytes, name: str | Path = "<bytes>", expected_magic: int | None = None
+) -> np.ndarray:
     """Parse the decompressed bytes of an IDX file into an array in native byte order.
 
     Validates the magic number (two zero bytes, a known type code, at least one
@@ -80,6 +87,8 @@ def parse_idx(data: bytes, name: str | Path = "<bytes>") -> np.ndarray:
     Args:
         data: the whole decompressed file.
         name: how errors name the file.
+        expected_magic: when given, a file with another magic number is refused before
+            its size is checked (a labels file holding images names the wrong magic).
 
     Returns:
         A read-only view for uint8 data (no copy); other dtypes are converted to native
@@ -95,6 +104,14 @@ def parse_idx(data: bytes, name: str | Path = "<bytes>") -> np.ndarray:
         raise ValueError(f"{name}: unknown IDX type code 0x{code:02x} in magic number {magic}")
     if ndim == 0:
         raise ValueError(f"{name}: IDX magic number {magic} declares 0 dimensions")
+    found = int.from_bytes(data[:4], "big")
+    if expected_magic is not None and found != expected_magic:
+        wanted = _KIND.get(expected_magic, "this file")
+        holds = f" (the magic of {_KIND[found]})" if found in _KIND else ""
+        raise ValueError(
+            f"{name}: IDX magic number {magic}{holds} where {wanted} need "
+            f"0x{expected_magic:08x}; the files may be swapped or renamed"
+        )
     header = 4 + 4 * ndim
     if len(data) < header:
         raise ValueError(

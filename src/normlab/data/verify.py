@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from normlab.data.discovery import require_dataset
-from normlab.data.idx import check_images, check_labels, parse_idx, read_idx_bytes
+from normlab.data.idx import (
+    IMAGES_MAGIC,
+    LABELS_MAGIC,
+    check_images,
+    check_labels,
+    parse_idx,
+    read_idx_bytes,
+)
 from normlab.data.sources import DatasetSpec, FileSpec, get_spec
 
 
@@ -51,8 +58,9 @@ def check_content(
     Raises:
         ValueError: the bytes are not a valid IDX file at all.
     """
-    array = parse_idx(data, path)
-    if file.role.endswith("images"):
+    images = file.role.endswith("images")
+    array = parse_idx(data, path, IMAGES_MAGIC if images else LABELS_MAGIC)
+    if images:
         check_images(array, path, spec.image_size)
     else:
         check_labels(array, path, spec.num_classes)
