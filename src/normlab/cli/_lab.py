@@ -86,9 +86,11 @@ def parse_list(flag: str, text: str | None) -> tuple[str, ...] | None:
     """``"a,b, c"`` -> ``("a", "b", "c")``; None when not given."""
     if text is None:
         return None
-    items = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not items:
+    items = tuple(part.strip() for part in text.split(","))
+    if not any(items):
         raise UsageError(f"{flag} needs a comma-separated list, got {text!r}")
+    if not all(items):
+        raise UsageError(f"{flag} has an empty item in {text!r}; write e.g. {flag} 0.1,0.2")
     return items
 
 
