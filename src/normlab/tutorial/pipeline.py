@@ -412,7 +412,8 @@ def conclusions(result: TutorialResult) -> list[str]:
         a, b = 100 * ours.final.test_accuracy, 100 * plain.final.test_accuracy
         verb = "beat" if a > b else "did not beat"
         sentences.append(
-            f"After {epochs} epoch{'' if epochs == 1 else 's'}, LeNet with batch norm reached {a:.1f} % test accuracy and "
+            f"After {epochs} epoch{'' if epochs == 1 else 's'}, LeNet with batch norm reached "
+            f"{a:.1f} % test accuracy and "
             f"{verb} the same network without normalization ({b:.1f} %)."
         )
         first_gap = 100 * (
