@@ -93,3 +93,31 @@ def test_data_variable_naming_no_folder_is_one_line_exit_2(
         assert len(lines) == 1, captured.err
         assert f"NORMLAB_DATA={missing} is not a folder; unset it" in lines[0]
         assert "Traceback" not in captured.err
+
+
+def test_an_internal_type_error_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TypeError is a bug, not bad input: the CLI must not hide it behind exit code 2."""
+    from normlab.cli import shift
+
+    def broken(args: object) -> int:
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(shift, "run", broken)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["shift"])
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """``normlab --version``-style output into a reader that has gone: no traceback."""
+    import subprocess
+    import sys
+
+    code = "import sys; from normlab.cli.main import main; sys.exit(main(['info']))"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert reader.stdout is not None
+    reader.stdout.close()  # the reader goes away before normlab writes
+    _, err = reader.communicate(timeout=120)
+    assert reader.returncode == 0, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err

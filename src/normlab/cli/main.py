@@ -8,8 +8,9 @@ subcommand. It defines
 
 Commands that train set ``trains=True`` in their defaults: for them, torch's CPU allocator
 caches freed blocks (:func:`normlab.kernels.cache_cpu_memory`). Errors a user can fix
-(``ValueError``, ``TypeError``, ``OSError``) print one line on stderr and exit with code 2;
-Ctrl-C exits with 130.
+(``ValueError``, :class:`~normlab.errors.UsageError` among them, and ``OSError``) print one
+line on stderr and exit with code 2; any other exception is a bug and keeps its traceback.
+Ctrl-C exits with 130; a closed pipe (``normlab info | head``) ends quietly.
 """
 
 from __future__ import annotations
@@ -107,7 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("normlab: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError) as error:
+    except BrokenPipeError:  # the reader went away (normlab ... | head): nothing to report
+        # point stdout at /dev/null so that the interpreter's final flush stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ValueError, OSError) as error:  # bad values and unusable files; a TypeError is
+        # a bug in normlab (or in code a user handed it) and keeps its traceback
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         print(f"normlab {args.command}: error: {message}", file=sys.stderr)
         return 2
