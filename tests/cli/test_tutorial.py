@@ -65,3 +65,12 @@ def test_out_must_be_a_directory(tmp_path, capsys) -> None:
     target.write_text("x")
     assert main(["tutorial", *QUICK, "--out", str(target)]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_help_names_each_default_once(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["tutorial", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text
+    assert "(default: discovered) (default:" not in text
+    assert "epochs per arm (default: 5)" in text

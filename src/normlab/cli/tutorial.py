@@ -19,12 +19,22 @@ from typing import Any
 from normlab.errors import UsageError
 
 
+class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to a flag's help only where the help does not already say
+    its default and the default is a value (not None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "tutorial",
         help="the whole tutorial: covariate shift, LeNet with/without batch norm, report",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsOnce,
     )
     parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist or mnist")
     parser.add_argument("--data-dir", help="folder with the IDX files (default: discovered)")
@@ -38,8 +48,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="batch,torch-batch,none",
         help="comma-separated arms (registry names)",
     )
-    parser.add_argument("--train-subset", type=int, help="use the first N training images")
-    parser.add_argument("--test-subset", type=int, help="use the first N test images")
+    parser.add_argument(
+        "--train-subset", type=int, help="use the first N training images (default: all)"
+    )
+    parser.add_argument(
+        "--test-subset", type=int, help="use the first N test images (default: all)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="root of run dirs")
