@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import normlab.nn
+from normlab.testing.tolerance import assert_close_sum
 
 CLASSES = ["LayerNorm", "GroupNorm", "RMSNorm", "LocalResponseNorm"]
 
@@ -285,3 +286,26 @@ def test_layers_train_in_a_network_like_torch() -> None:
             losses.append(loss.item())
         assert losses[0] == pytest.approx(losses[1], rel=1e-12, abs=1e-12)
     assert losses[1] < 0.9 * torch.log(torch.tensor(3.0)).item()  # it learned something
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 3, 3), (2, 6, 1, 1), (3, 4, 5, 2)])
+def test_group_norm_backward_of_channels_last_tensors(code_path: str, shape: tuple) -> None:
+    """A channels_last input and gradient (as a conv net in that format sends them): the
+    same gradients as torch.nn's, within the rounding of the sums they take."""
+    ours, theirs = normlab.nn.GroupNorm(2, shape[1]).double(), torch.nn.GroupNorm(2, shape[1])
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 2.0)
+    theirs.double().load_state_dict(ours.state_dict())
+    x = torch.randn(shape, dtype=torch.float64).to(memory_format=torch.channels_last)
+    g = torch.randn(shape, dtype=torch.float64).to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    mine = torch.autograd.grad(ours(x), [x, ours.weight, ours.bias], g)
+    reference = torch.autograd.grad(theirs(x), [x, theirs.weight, theirs.bias], g)
+    # every value sums at most max(group size, N * positions) terms, each bounded by
+    # |g| (1 + |xhat|) |w| rstd; xhat of standard normal data stays below sqrt(group size)
+    group, samples_positions = shape[1] // 2 * shape[2] * shape[3], shape[0] * shape[2] * shape[3]
+    terms = max(group, samples_positions)
+    rstd = 1 / x.detach().reshape(shape[0], 2, -1).std(-1, unbiased=False).min().item()
+    term = g.abs().max().item() * (1 + group**0.5) * 2.0 * max(1.0, rstd)
+    for a, b in zip(mine, reference, strict=True):
+        assert_close_sum(a, b, terms=terms, abs_sum=terms * term)

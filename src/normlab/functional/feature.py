@@ -527,6 +527,7 @@ def _group_norm_grads(
         dx = (rstd * w_c) * g - rstd * (a + b * xhat) / S
     """
     need_x, need_w, need_b = needs
+    g = g.contiguous()  # a channels_last gradient arrives as a strided view; gx is viewed below
     n, c, positions = g.shape
     gx = g * xhat.view(n, c, positions)
     if positions == 1:
