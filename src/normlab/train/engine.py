@@ -283,8 +283,8 @@ def fit(
         raise UsageError("the training set is empty; check --train-subset")
     # A final batch of one image is dropped: batch statistics over one image are undefined
     # (torch.nn raises), and whatever the norm, every arm of a comparison sees the same batches.
-    drop_last = nd.final_batch_size(train_count, config.batch_size, world_size=world_size) == 1
-    drop_last = drop_last and config.batch_size > 1
+    last = nd.final_batch_size(train_count, config.batch_size, world_size=world_size)
+    drop_last = last == 1 and config.batch_size > 1
     steps_per_epoch = nd.num_batches(
         train_count, config.batch_size, rank=rank, world_size=world_size, drop_last=drop_last
     )
