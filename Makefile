@@ -7,7 +7,7 @@ export MPLBACKEND := Agg
 
 KERNELS := src/normlab/kernels/cpu/_kernels.so
 
-.PHONY: run test install kernels data lint clean
+.PHONY: run test install kernels data docs lint clean
 
 run: install kernels data
 	$(VENV)/bin/normlab tutorial
@@ -20,6 +20,7 @@ test: install kernels data
 	$(VENV)/bin/ruff check src tests
 	$(PY) -m pytest -q
 	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q $(NUMERICAL_TESTS)
+	$(MAKE) --no-print-directory docs
 
 # torch is pinned (constraints.txt) and installed first so that pip takes the CPU build from
 # local disk; the package itself accepts any torch it supports (pyproject.toml).
@@ -38,8 +39,12 @@ $(KERNELS): $(STAMP) $(wildcard src/normlab/kernels/cpu/*.cpp src/normlab/kernel
 data: install
 	bash tools/provision-data.sh
 
+# The documentation site (docs/, mkdocs.yml) into site/; a warning fails the build.
+docs: install
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
 lint: install
 	$(VENV)/bin/ruff check src tests
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache $(KERNELS)
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache $(KERNELS)

@@ -1,0 +1,58 @@
+"""A griffe extension for the API reference: docstrings as Python sees them.
+
+Some normlab classes complete their docstrings when their module is imported (the batch
+norms share one body of Args and Shape; ``_NormBase`` fills placeholders such as
+``{args}``). Read from the source alone they would be empty or hold the placeholders. For
+every class and function of ``normlab`` this extension imports the module and, where the
+imported object's ``__doc__`` differs from the one in the source, uses the imported one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+import griffe
+
+
+def _runtime_doc(path: str) -> str | None:
+    """The ``__doc__`` of the object at dotted ``path``, or None if it cannot be reached."""
+    module_path, _, qualname = path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_path)
+    except ImportError:
+        return None
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            return None
+    doc = target.__doc__
+    return inspect.cleandoc(doc) if isinstance(doc, str) else None
+
+
+def _split(obj: griffe.Object) -> str:
+    """``package.module:Class.method`` for a griffe object."""
+    module = obj.module.path
+    return f"{module}:{obj.path[len(module) + 1:]}"
+
+
+class RuntimeDocstrings(griffe.Extension):
+    """Replace each normlab class's or function's docstring by its imported ``__doc__``."""
+
+    def _update(self, obj: griffe.Object) -> None:
+        if not obj.path.startswith("normlab."):
+            return
+        doc = _runtime_doc(_split(obj))
+        if not doc or (obj.docstring is not None and obj.docstring.value == doc):
+            return
+        if obj.docstring is None:
+            obj.docstring = griffe.Docstring(doc, parent=obj)
+        else:
+            obj.docstring.value = doc
+
+    def on_class(self, *, cls: griffe.Class, **kwargs: Any) -> None:
+        self._update(cls)
+
+    def on_function(self, *, func: griffe.Function, **kwargs: Any) -> None:
+        self._update(func)
