@@ -124,6 +124,20 @@ def test_workers_give_the_same_numbers(result, tmp_path) -> None:
         run_tutorial(result.config, data, tmp_path, progress=False, workers=0)
 
 
+def test_workers_split_epochs_that_drop_a_final_image(tmp_path) -> None:
+    """65 images in batches of 32: the epoch has 2 steps (the final image is dropped); the
+    workers' half-epoch pieces must follow the engine's count, not 3."""
+    config = TutorialConfig(
+        dataset="synthetic", epochs=1, batch_size=32, lr=0.1, norms=("batch", "none")
+    )
+    data = synthetic_dataset(num_train=65, num_test=64, seed=0)
+    parallel = run_tutorial(config, data, tmp_path / "two", progress=False, workers=2)
+    alone = run_tutorial(config, data, tmp_path / "one", progress=False, workers=1)
+    for ours, reference in zip(parallel.arms, alone.arms, strict=True):
+        assert len(ours.history.step_losses) == 2
+        assert ours.history.step_losses == reference.history.step_losses
+
+
 def test_the_result_says_which_normlab_code_ran(result, tmp_path) -> None:
     from normlab import kernels
     from normlab.tutorial.pipeline import code_path

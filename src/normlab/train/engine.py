@@ -34,6 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normlab.data import (
+    batches,
+    final_batch_size,
+    load_dataset,
+    num_batches,
+    synthetic_dataset,
+)
 from normlab.errors import UsageError
 from normlab.models.lenet import LeNet
 from normlab.train.config import TrainConfig
@@ -173,8 +180,6 @@ def load_data(config: TrainConfig, data_dir: str | None = None) -> Any:
     ``dataset="synthetic"`` builds the small learnable fake data (seed 0, so every model
     seed sees the same data); its sizes are the subsets when given.
     """
-    from normlab import data as nd
-
     config.validate()
     if config.dataset == "synthetic":
         sizes = {}
@@ -182,9 +187,9 @@ def load_data(config: TrainConfig, data_dir: str | None = None) -> Any:
             sizes["num_train"] = config.train_subset
         if config.test_subset is not None:
             sizes["num_test"] = config.test_subset
-        dataset = nd.synthetic_dataset(**sizes, seed=0)
+        dataset = synthetic_dataset(**sizes, seed=0)
     else:
-        dataset = nd.load_dataset(config.dataset, data_dir=data_dir)
+        dataset = load_dataset(config.dataset, data_dir=data_dir)
     if config.train_subset is not None or config.test_subset is not None:
         dataset = dataset.subset(train=config.train_subset, test=config.test_subset)
     return dataset
@@ -208,8 +213,6 @@ def evaluate(
 
     The model's train/eval mode is restored afterwards.
     """
-    from normlab.data import batches
-
     if batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
     count = len(labels)
@@ -227,6 +230,116 @@ def evaluate(
     finally:
         model.train(was_training)
     return float(total_loss) / count, int(correct) / count
+
+
+def drops_last_image(train_count: int, batch_size: int, world_size: int = 1) -> bool:
+    """Whether an epoch leaves out its final batch because it would hold one image.
+
+    Batch statistics over one image are undefined (torch.nn raises), and whatever the norm,
+    every arm of a comparison must see the same batches: so a final batch of one image is
+    dropped for every norm (never with ``batch_size == 1``, where every batch has one).
+    """
+    last = final_batch_size(train_count, batch_size, world_size=world_size)
+    return last == 1 and batch_size > 1
+
+
+def steps_per_epoch(
+    train_count: int, batch_size: int, *, rank: int = 0, world_size: int = 1
+) -> int:
+    """Optimizer steps in one epoch of ``train_count`` examples (see :func:`drops_last_image`)."""
+    drop_last = drops_last_image(train_count, batch_size, world_size)
+    return num_batches(
+        train_count, batch_size, rank=rank, world_size=world_size, drop_last=drop_last
+    )
+
+
+@dataclass
+class PartialEpoch:
+    """The running sums of the unfinished epoch, kept in checkpoints for exact resumes."""
+
+    losses: list[float] = field(default_factory=list)  # this epoch's step losses so far
+    sizes: list[int] = field(default_factory=list)  # batch size of each of those steps
+    correct: int = 0  # training examples classified right so far
+    train_seconds: float = 0.0  # training time of this epoch so far
+
+    def to_state(self) -> dict[str, Any]:
+        """The checkpoint's ``partial``: the losses are not repeated (they end the history's)."""
+        return {
+            "sizes": torch.tensor(self.sizes, dtype=torch.int64),
+            "correct": self.correct,
+            "train_seconds": self.train_seconds,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], step_losses: list[float]) -> PartialEpoch:
+        sizes = [int(n) for n in state["sizes"].tolist()]
+        losses = step_losses[len(step_losses) - len(sizes) :] if sizes else []
+        return cls(losses, sizes, int(state["correct"]), float(state["train_seconds"]))
+
+
+@dataclass
+class TrainState:
+    """Where a training run stands: exactly what its checkpoint holds.
+
+    :meth:`to_checkpoint` writes these fields (the model and optimizer as state dicts, the
+    history's step losses as one float64 tensor) plus the process's global RNG states
+    (torch, Python, NumPy, CUDA), which live in the process rather than here; :meth:`restore`
+    reads them all back. Training from a restored state gives, bit for bit, the numbers of
+    a run that was never stopped.
+    """
+
+    config: TrainConfig
+    train_count: int  # training examples (a resume on other data is refused)
+    steps_per_epoch: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    history: History
+    epoch: int = 0  # epochs finished, i.e. the 0-based index of the epoch in progress
+    step_in_epoch: int = 0  # optimizer steps done in the epoch in progress
+    partial: PartialEpoch = field(default_factory=PartialEpoch)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps done over the whole run."""
+        return self.epoch * self.steps_per_epoch + self.step_in_epoch
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint: tensors and plain containers only (``weights_only``-safe)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "train_count": self.train_count,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_states(),
+            "history": _history_to_state(self.history),
+            "partial": self.partial.to_state(),
+        }
+
+    @classmethod
+    def restore(
+        cls, checkpoint: Mapping[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> TrainState:
+        """The state ``checkpoint`` holds: loads ``model`` and ``optimizer`` and sets the
+        process's RNG states."""
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        _set_rng_states(checkpoint["rng"])
+        history = _history_from_state(checkpoint["history"])
+        return cls(
+            config=TrainConfig.from_dict(checkpoint["config"]),
+            train_count=int(checkpoint["train_count"]),
+            steps_per_epoch=int(checkpoint["steps_per_epoch"]),
+            model=model,
+            optimizer=optimizer,
+            history=history,
+            epoch=int(checkpoint["epoch"]),
+            step_in_epoch=int(checkpoint["step_in_epoch"]),
+            partial=PartialEpoch.from_state(checkpoint["partial"], history.step_losses),
+        )
 
 
 def fit(
@@ -270,212 +383,332 @@ def fit(
         ``diverged=True``; the model's weights are then not finite, and the run's last
         good checkpoint is kept.
     """
-    from normlab import data as nd
-
     config.validate()
-    device = torch.device(config.device)
-    model.to(device)
-    net = parallel.wrap(model) if parallel is not None else model
-    net = torch.compile(net) if config.compile else net
-    optimizer = make_optimizer(model, config)
-    train_count = len(data.train_labels)
-    if train_count == 0:
-        raise UsageError("the training set is empty; check --train-subset")
-    # A final batch of one image is dropped: batch statistics over one image are undefined
-    # (torch.nn raises), and whatever the norm, every arm of a comparison sees the same batches.
-    last = nd.final_batch_size(train_count, config.batch_size, world_size=world_size)
-    drop_last = last == 1 and config.batch_size > 1
-    steps_per_epoch = nd.num_batches(
-        train_count, config.batch_size, rank=rank, world_size=world_size, drop_last=drop_last
-    )
-    total_steps = config.epochs * steps_per_epoch
+    loop = _Loop.prepare(
+        model, data, config, run,
+        progress=progress, on_step=on_step, on_epoch=on_epoch,
+        rank=rank, world_size=world_size, parallel=parallel, until_step=until_step,
+    )  # fmt: skip
+    state = _start_state(loop, model, run)
+    model.train()
+    try:
+        while state.epoch < config.epochs and state.step < loop.stop:
+            if _train_epoch(loop, state):
+                return state.history  # stopped mid-epoch at until_step, after a checkpoint
+            _finish_epoch(loop, state)
+    except _Diverged as diverged:
+        return _record_divergence(loop, state, diverged)
+    if loop.writer is not None and loop.stop == loop.total_steps:
+        loop.writer.write_summary(_summary("finished", state.history))
+    return state.history
+
+
+# --------------------------------------------------------------------------- fit's steps
+@dataclass
+class _Loop:
+    """What one ``fit`` call holds fixed: the network, the data on the device, the stop
+    step, where checkpoints go and who is told about progress."""
+
+    config: TrainConfig
+    device: torch.device
+    net: nn.Module  # the model as it trains: DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    steps_per_epoch: int
+    drop_last: bool  # see drops_last_image
+    total_steps: int
+    stop: int  # the global step to stop at (total_steps unless until_step)
+    writer: Any | None  # the run, on rank 0 only
+    checkpoint_every: int  # steps between mid-epoch checkpoints (0: only at epoch ends)
+    progress: bool
+    on_step: Callable[[StepInfo], None] | None
+    on_epoch: Callable[[EpochMetrics], None] | None
+    rank: int
+    world_size: int
+    parallel: Any | None
+
+    @classmethod
+    def prepare(
+        cls,
+        model: nn.Module,
+        data: Any,
+        config: TrainConfig,
+        run: Any | None,
+        *,
+        progress: bool,
+        on_step: Callable[[StepInfo], None] | None,
+        on_epoch: Callable[[EpochMetrics], None] | None,
+        rank: int,
+        world_size: int,
+        parallel: Any | None,
+        until_step: int | None,
+    ) -> _Loop:
+        """Check the call's arguments, move model and data to the device, wrap the model."""
+        train_count = len(data.train_labels)
+        if train_count == 0:
+            raise UsageError("the training set is empty; check --train-subset")
+        per_epoch = steps_per_epoch(
+            train_count, config.batch_size, rank=rank, world_size=world_size
+        )
+        total_steps = config.epochs * per_epoch
+        stop = _stop_step(until_step, total_steps, run)
+        _check_run_config(run, config)
+        device = torch.device(config.device)
+        model.to(device)
+        net = parallel.wrap(model) if parallel is not None else model
+        # The data moves to the device once (47 MB of uint8 for Fashion-MNIST); a no-op on CPU.
+        return cls(
+            config=config,
+            device=device,
+            net=torch.compile(net) if config.compile else net,
+            optimizer=make_optimizer(model, config),
+            train_images=data.train_images.to(device),
+            train_labels=data.train_labels.to(device),
+            test_images=data.test_images.to(device),
+            test_labels=data.test_labels.to(device),
+            steps_per_epoch=per_epoch,
+            drop_last=drops_last_image(train_count, config.batch_size, world_size),
+            total_steps=total_steps,
+            stop=stop,
+            writer=run if run is not None and rank == 0 else None,
+            checkpoint_every=run.checkpoint_every if run is not None else 0,
+            progress=progress,
+            on_step=on_step,
+            on_epoch=on_epoch,
+            rank=rank,
+            world_size=world_size,
+            parallel=parallel,
+        )
+
+
+class _Diverged(Exception):
+    """Raised inside ``fit``'s steps when training stops being finite; ``fit`` records it."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(reason)
+        self.step, self.reason = step, reason
+
+
+def _stop_step(until_step: int | None, total_steps: int, run: Any | None) -> int:
     stop = total_steps if until_step is None else until_step
     if not isinstance(stop, int) or not 1 <= stop <= total_steps:
         raise UsageError(f"until_step must be in 1..{total_steps}, got {until_step!r}")
     if stop < total_steps and run is None:
         raise UsageError("until_step needs a run: the next call continues from its checkpoint")
-    writer = run if run is not None and rank == 0 else None
-    every = run.checkpoint_every if run is not None else 0
-    # The data moves to the device once (47 MB of uint8 for Fashion-MNIST); a no-op on CPU.
-    train_images, train_labels = data.train_images.to(device), data.train_labels.to(device)
-    test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
+    return stop
 
+
+def _check_run_config(run: Any | None, config: TrainConfig) -> None:
     if run is not None and run.meta.get("kind", "train") == "train" and run.config != config:
         raise UsageError(
             f"the config given to fit differs from {run.path}/config.json; "
             "pass the run's own config (run.config)"
         )
-    history = History(steps_per_epoch=steps_per_epoch)
-    start_epoch, start_step = 0, 0
-    partial = _Partial()
-    if run is not None and run.has_checkpoint():
-        checkpoint = run.load_checkpoint()
-        _check_compatible(checkpoint, config, train_count, steps_per_epoch, run)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        _set_rng_states(checkpoint["rng"])
-        history = _history_from_state(checkpoint["history"])
-        start_epoch, start_step = int(checkpoint["epoch"]), int(checkpoint["step_in_epoch"])
-        partial = _Partial.from_state(checkpoint["partial"], history.step_losses)
-        history.resumed_at_step = start_epoch * steps_per_epoch + start_step
-        logger.info("resuming %s at epoch %d, step %d", run.path, start_epoch + 1, start_step)
-        if writer is not None:  # the checkpoint is the truth: drop lines written after it
-            writer.remove_stale_temp_files()
-            writer.write_metrics([e.to_dict() for e in history.epochs])
-    else:
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        _numpy_seed(config.seed)
 
-    def save(epoch: int, step_in_epoch: int) -> None:
-        if writer is None:
-            return
-        writer.save_checkpoint(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "config": config.to_dict(),
-                "train_count": train_count,
-                "steps_per_epoch": steps_per_epoch,
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": _rng_states(),
-                "history": _history_to_state(history),
-                "partial": partial.to_state(),
-            }
-        )
 
-    def diverge(step: int, reason: str) -> History:
-        history.diverged, history.diverged_at_step = True, step
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        message = (
-            f"training diverged: {reason} at step {step} (epoch {epoch + 1}, step "
-            f"{in_epoch + 1} of {steps_per_epoch}); try a lower learning rate than {config.lr}"
+def _start_state(loop: _Loop, model: nn.Module, run: Any | None) -> TrainState:
+    """A fresh state (RNGs seeded from the config), or the run's checkpoint restored."""
+    train_count = len(loop.train_labels)
+    if run is None or not run.has_checkpoint():
+        _seed_all(loop.config.seed)
+        return TrainState(
+            config=loop.config,
+            train_count=train_count,
+            steps_per_epoch=loop.steps_per_epoch,
+            model=model,
+            optimizer=loop.optimizer,
+            history=History(steps_per_epoch=loop.steps_per_epoch),
         )
-        if writer is not None:
-            message += f"; the last good checkpoint is kept in {writer.path}"
-            writer.write_summary(_summary("diverged", history))
-        logger.warning(message)
-        return history
+    checkpoint = run.load_checkpoint()
+    _check_compatible(checkpoint, loop.config, train_count, loop.steps_per_epoch, run)
+    state = TrainState.restore(checkpoint, model, loop.optimizer)
+    state.history.resumed_at_step = state.step
+    logger.info("resuming %s at epoch %d, step %d", run.path, state.epoch + 1, state.step_in_epoch)
+    if loop.writer is not None:  # the checkpoint is the truth: drop lines written after it
+        loop.writer.remove_stale_temp_files()
+        loop.writer.write_metrics([e.to_dict() for e in state.history.epochs])
+    return state
 
-    model.train()
-    for epoch in range(start_epoch, config.epochs):
-        if epoch * steps_per_epoch + start_step >= stop:
-            break
-        lr = float(optimizer.param_groups[0]["lr"])
-        started = time.perf_counter()
-        pending: list[torch.Tensor] = []
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        bar = _progress_bar(epoch, config.epochs, steps_per_epoch, start_step, progress, rank)
-        first_step = epoch * steps_per_epoch
-        stream = nd.batches(
-            train_images,
-            train_labels,
-            config.batch_size,
-            shuffle=True,
-            seed=config.seed,
-            epoch=epoch,
-            start=start_step,
-            rank=rank,
-            world_size=world_size,
-            drop_last=drop_last,
-            device=device,
-        )
-        for step_in_epoch, (x, y) in enumerate(stream, start=start_step):
-            optimizer.zero_grad(set_to_none=True)
-            out = net(x)
-            loss = F.cross_entropy(out, y)
-            loss.backward()
-            optimizer.step()
-            loss = loss.detach()
-            size, hits = int(y.shape[0]), (out.detach().argmax(dim=1) == y).sum()
-            if parallel is not None:  # the global batch's mean loss, hits and size
-                loss, hits, size = parallel.reduce_step(loss, hits, size)
-            pending.append(loss)
-            partial.sizes.append(size)
-            correct += hits
-            if on_step is not None:
-                on_step(
-                    StepInfo(
-                        first_step + step_in_epoch,
-                        epoch + 1,
-                        step_in_epoch,
-                        loss,
-                        model,
-                        optimizer,
-                        x,
-                        y,
-                    )
-                )
-            bar.update(1)
-            done = step_in_epoch + 1
-            stopping = first_step + done == stop and done < steps_per_epoch
-            checkpoint_due = stopping or (
-                every > 0 and done % every == 0 and done < steps_per_epoch
-            )
-            if done % READ_EVERY == 0 or checkpoint_due or done == steps_per_epoch:
-                bad = _read_losses(pending, history, partial)  # one sync per READ_EVERY steps
-                if bad is not None:
-                    bar.close()
-                    step, value = first_step + done - bad[0], bad[1]
-                    return diverge(step, f"the loss is {value}")
-                bar.set_postfix(loss=f"{history.step_losses[-1]:.4f}", refresh=False)
-            if checkpoint_due:  # on every rank (same decisions); only rank 0 writes
-                partial.correct += int(correct)
-                correct.zero_()
-                partial.train_seconds += time.perf_counter() - started
-                started = time.perf_counter()
-                if not _all_finite(model):
-                    bar.close()
-                    return diverge(first_step + done, "the weights are not finite")
-                save(epoch, done)
-                if stopping:
-                    bar.close()
-                    return history
-        bar.close()
-        bad = _read_losses(pending, history, partial)  # nothing left unless batches ran short
+
+class _InFlight:
+    """The epoch in progress's numbers not yet in the :class:`PartialEpoch`: loss tensors
+    not yet read (reading costs a device sync), hits not yet counted, the running clock."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.started = time.perf_counter()
+
+    def read_losses(self, state: TrainState) -> None:
+        """Move the pending losses into the history and the partial sums (one sync).
+
+        Raises:
+            _Diverged: at the first loss that is not finite (which ends the recorded losses).
+        """
+        bad = _read_losses(self.losses, state.history, state.partial)
         if bad is not None:
-            return diverge(first_step + len(partial.sizes) - bad[0], f"the loss is {bad[1]}")
-        partial.correct += int(correct)
-        train_seconds = partial.train_seconds + time.perf_counter() - started
-        if not _all_finite(model):
-            return diverge(first_step + steps_per_epoch, "the weights are not finite")
-        eval_started = time.perf_counter()
-        test_loss, test_accuracy = evaluate(
-            model,
-            test_images,
-            test_labels,
-            batch_size=config.eval_batch_size,
-            device=device,
-        )
-        eval_seconds = time.perf_counter() - eval_started
-        examples = sum(partial.sizes)
-        metrics = EpochMetrics(
-            epoch=epoch + 1,
-            train_loss=math.fsum(v * n for v, n in zip(partial.losses, partial.sizes, strict=True))
-            / examples,
-            train_accuracy=partial.correct / examples,
-            test_loss=test_loss,
-            test_accuracy=test_accuracy,
-            seconds=train_seconds + eval_seconds,
-            lr=lr,
-            train_seconds=train_seconds,
-            eval_seconds=eval_seconds,
-            steps=len(partial.sizes),
-            examples=examples,
-        )
-        history.epochs.append(metrics)
-        partial = _Partial()
-        start_step = 0
-        save(epoch + 1, 0)
-        if writer is not None:
-            writer.append_metrics(metrics.to_dict())
-        logger.info(format_epoch(metrics, config.epochs))
-        if on_epoch is not None:
-            on_epoch(metrics)
-    if writer is not None and stop == total_steps:
-        writer.write_summary(_summary("finished", history))
+            back, value = bad
+            raise _Diverged(state.step - back, f"the loss is {value}")
+
+    def bank(self, partial: PartialEpoch) -> None:
+        """Add the hits and the time since the last bank to ``partial``."""
+        partial.correct += int(self.correct)
+        self.correct.zero_()
+        now = time.perf_counter()
+        partial.train_seconds += now - self.started
+        self.started = now
+
+
+def _train_epoch(loop: _Loop, state: TrainState) -> bool:
+    """Train the rest of the epoch in progress, checkpointing as the run asks.
+
+    Returns True when ``until_step`` stopped it before its end (after a checkpoint).
+    """
+    flight = _InFlight(loop.device)
+    bar = _progress_bar(
+        state.epoch, loop.config.epochs, loop.steps_per_epoch, state.step_in_epoch,
+        loop.progress, loop.rank,
+    )  # fmt: skip
+    try:
+        for x, y in _remaining_batches(loop, state):
+            loss, hits, size = _train_step(loop, x, y)
+            flight.losses.append(loss)
+            flight.correct += hits
+            state.partial.sizes.append(size)
+            if loop.on_step is not None:
+                info = StepInfo(
+                    state.step, state.epoch + 1, state.step_in_epoch, loss,
+                    state.model, state.optimizer, x, y,
+                )  # fmt: skip
+                loop.on_step(info)
+            state.step_in_epoch += 1
+            bar.update(1)
+            if _after_step(loop, state, flight, bar):
+                return True
+    finally:
+        bar.close()
+    flight.read_losses(state)  # nothing left unless the batches ran short
+    flight.bank(state.partial)
+    _check_weights(state)
+    return False
+
+
+def _remaining_batches(loop: _Loop, state: TrainState) -> Any:
+    """This rank's batches of the epoch in progress from its next step on; the order
+    depends only on ``(seed, epoch)``."""
+    return batches(
+        loop.train_images,
+        loop.train_labels,
+        loop.config.batch_size,
+        shuffle=True,
+        seed=loop.config.seed,
+        epoch=state.epoch,
+        start=state.step_in_epoch,
+        rank=loop.rank,
+        world_size=loop.world_size,
+        drop_last=loop.drop_last,
+        device=loop.device,
+    )
+
+
+def _train_step(
+    loop: _Loop, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One SGD step on the batch ``(x, y)``: its detached mean loss, hits and size (over
+    every process's batch with ``parallel``)."""
+    loop.optimizer.zero_grad(set_to_none=True)
+    out = loop.net(x)
+    loss = F.cross_entropy(out, y)
+    loss.backward()
+    loop.optimizer.step()
+    loss = loss.detach()
+    size, hits = int(y.shape[0]), (out.detach().argmax(dim=1) == y).sum()
+    if loop.parallel is not None:  # the global batch's mean loss, hits and size
+        loss, hits, size = loop.parallel.reduce_step(loss, hits, size)
+    return loss, hits, size
+
+
+def _after_step(loop: _Loop, state: TrainState, flight: _InFlight, bar: Any) -> bool:
+    """Read the losses every ``READ_EVERY`` steps and checkpoint when due (on every rank:
+    the same decisions; only rank 0 writes). True when ``until_step`` is reached mid-epoch."""
+    done, per_epoch = state.step_in_epoch, loop.steps_per_epoch
+    stopping = state.step == loop.stop and done < per_epoch
+    every = loop.checkpoint_every
+    checkpoint_due = stopping or (every > 0 and done % every == 0 and done < per_epoch)
+    if done % READ_EVERY == 0 or checkpoint_due or done == per_epoch:
+        flight.read_losses(state)  # one sync per READ_EVERY steps
+        bar.set_postfix(loss=f"{state.history.step_losses[-1]:.4f}", refresh=False)
+    if checkpoint_due:
+        flight.bank(state.partial)
+        _check_weights(state)
+        _save(loop, state)
+    return stopping
+
+
+def _check_weights(state: TrainState) -> None:
+    if not _all_finite(state.model):
+        raise _Diverged(state.step, "the weights are not finite")
+
+
+def _save(loop: _Loop, state: TrainState) -> None:
+    if loop.writer is not None:
+        loop.writer.save_checkpoint(state.to_checkpoint())
+
+
+def _finish_epoch(loop: _Loop, state: TrainState) -> None:
+    """Evaluate, record the epoch's metrics, start the next epoch, checkpoint, report."""
+    eval_started = time.perf_counter()
+    test_loss, test_accuracy = evaluate(
+        state.model,
+        loop.test_images,
+        loop.test_labels,
+        batch_size=loop.config.eval_batch_size,
+        device=loop.device,
+    )
+    eval_seconds = time.perf_counter() - eval_started
+    partial = state.partial
+    examples = sum(partial.sizes)
+    train_loss = math.fsum(v * n for v, n in zip(partial.losses, partial.sizes, strict=True))
+    metrics = EpochMetrics(
+        epoch=state.epoch + 1,
+        train_loss=train_loss / examples,
+        train_accuracy=partial.correct / examples,
+        test_loss=test_loss,
+        test_accuracy=test_accuracy,
+        seconds=partial.train_seconds + eval_seconds,
+        lr=float(state.optimizer.param_groups[0]["lr"]),
+        train_seconds=partial.train_seconds,
+        eval_seconds=eval_seconds,
+        steps=len(partial.sizes),
+        examples=examples,
+    )
+    state.history.epochs.append(metrics)
+    state.epoch, state.step_in_epoch, state.partial = state.epoch + 1, 0, PartialEpoch()
+    _save(loop, state)
+    if loop.writer is not None:
+        loop.writer.append_metrics(metrics.to_dict())
+    logger.info(format_epoch(metrics, loop.config.epochs))
+    if loop.on_epoch is not None:
+        loop.on_epoch(metrics)
+
+
+def _record_divergence(loop: _Loop, state: TrainState, diverged: _Diverged) -> History:
+    """Mark the history diverged at ``diverged.step``, write the run's summary, warn."""
+    history = state.history
+    history.diverged, history.diverged_at_step = True, diverged.step
+    epoch, in_epoch = divmod(diverged.step, loop.steps_per_epoch)
+    message = (
+        f"training diverged: {diverged.reason} at step {diverged.step} (epoch {epoch + 1}, "
+        f"step {in_epoch + 1} of {loop.steps_per_epoch}); try a lower learning rate than "
+        f"{loop.config.lr}"
+    )
+    if loop.writer is not None:
+        message += f"; the last good checkpoint is kept in {loop.writer.path}"
+        loop.writer.write_summary(_summary("diverged", history))
+    logger.warning(message)
     return history
 
 
@@ -490,31 +723,8 @@ def format_epoch(metrics: EpochMetrics, epochs: int) -> str:
 
 
 # --------------------------------------------------------------------------- internals
-@dataclass
-class _Partial:
-    """The running sums of the unfinished epoch, kept in checkpoints for exact resumes."""
-
-    losses: list[float] = field(default_factory=list)  # this epoch's step losses so far
-    sizes: list[int] = field(default_factory=list)  # batch size of each of those steps
-    correct: int = 0
-    train_seconds: float = 0.0
-
-    def to_state(self) -> dict[str, Any]:
-        return {
-            "sizes": torch.tensor(self.sizes, dtype=torch.int64),
-            "correct": self.correct,
-            "train_seconds": self.train_seconds,
-        }
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any], step_losses: list[float]) -> _Partial:
-        sizes = [int(n) for n in state["sizes"].tolist()]
-        losses = step_losses[len(step_losses) - len(sizes) :] if sizes else []
-        return cls(losses, sizes, int(state["correct"]), float(state["train_seconds"]))
-
-
 def _read_losses(
-    pending: list[torch.Tensor], history: History, partial: _Partial
+    pending: list[torch.Tensor], history: History, partial: PartialEpoch
 ) -> tuple[int, float] | None:
     """Move the pending loss tensors into the history as floats (one device sync).
 
@@ -609,9 +819,12 @@ def _progress_bar(
     )
 
 
-def _numpy_seed(seed: int) -> None:
+def _seed_all(seed: int) -> None:
+    """Seed torch's, Python's and NumPy's global RNGs (a fresh run's start)."""
     import numpy as np
 
+    torch.manual_seed(seed)
+    random.seed(seed)
     np.random.seed(seed)
 
 

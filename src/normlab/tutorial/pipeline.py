@@ -33,7 +33,7 @@ from normlab.errors import UsageError
 from normlab.lab.experiments.shift import ShiftResult, covariate_shift
 from normlab.lab.params import NormParams, norm_parameters
 from normlab.train.config import TrainConfig
-from normlab.train.engine import EpochMetrics, History, build_model, fit
+from normlab.train.engine import EpochMetrics, History, build_model, fit, steps_per_epoch
 from normlab.train.resources import peak_rss_bytes, reset_peak_rss
 from normlab.train.runs import Run
 
@@ -263,14 +263,12 @@ def _train_arms_in_workers(
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-    from normlab.data import num_batches
-
     runs = {
         norm: Run.create(run_dir, norm, config.train_config(norm), checkpoint_every=0).path
         for norm in config.norms
     }
-    steps_per_epoch = num_batches(len(data.train_labels), config.batch_size)
-    total = config.epochs * steps_per_epoch
+    per_epoch = steps_per_epoch(len(data.train_labels), config.batch_size)
+    total = config.epochs * per_epoch
     done = dict.fromkeys(config.norms, 0)  # steps trained per arm
     epochs_reported = dict.fromkeys(config.norms, 0)
     finished: dict[str, _PieceDone] = {}
@@ -284,8 +282,8 @@ def _train_arms_in_workers(
 
     def piece_end(norm: str) -> int:
         """Half an epoch on, never across the end of an epoch."""
-        epoch_end = (done[norm] // steps_per_epoch + 1) * steps_per_epoch
-        return min(done[norm] + (steps_per_epoch + 1) // 2, epoch_end)
+        epoch_end = (done[norm] // per_epoch + 1) * per_epoch
+        return min(done[norm] + (per_epoch + 1) // 2, epoch_end)
 
     # fork, not spawn: the workers start at once with torch imported and the data shared.
     # Safe here: this process runs one torch thread, so there is no OpenMP pool to inherit.
