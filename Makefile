@@ -16,7 +16,7 @@ run: install kernels data
 # so that a reduction order chosen by another CPU (AVX2, AVX-512) cannot surprise us.
 NUMERICAL_TESTS := tests/functional tests/nn tests/kernels
 
-test: install kernels data
+test: install kernels data browser
 	$(VENV)/bin/ruff check src tests
 	$(PY) -m pytest -q
 	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q $(NUMERICAL_TESTS)
@@ -38,6 +38,21 @@ $(KERNELS): $(STAMP) $(wildcard src/normlab/kernels/cpu/*.cpp src/normlab/kernel
 
 data: install
 	bash tools/provision-data.sh
+
+# headless Chromium and its driver for the browser tests (Debian's packages)
+browser:
+	bash tools/provision-browser.sh
+
+# Small reports of every kind (and the docs site when built), opened in headless Chromium at
+# 1280 and 800 px: prints what overflows, by section. Screenshots in build/browser-check/.
+browser-check: install kernels data browser
+	rm -rf build/browser-check
+	$(VENV)/bin/normlab tutorial --train-subset 512 --test-subset 256 --epochs 1 --no-progress \
+	  --out build/browser-check/runs
+	$(VENV)/bin/normlab study --quick --seeds 1 --workers 2 --no-progress \
+	  --out build/browser-check/runs
+	$(PY) -m normlab.testing.browser build/browser-check/runs/*/report.html \
+	  $(wildcard site) --screenshots build/browser-check/screenshots
 
 # The documentation site (docs/, mkdocs.yml) into site/; a warning fails the build.
 docs: install

@@ -4,6 +4,10 @@ Nothing is loaded from elsewhere: the CSS is inline, figures are ``data:image/pn
 images, there are no scripts, fonts or links to other sites. Every piece of text is
 HTML-escaped; a span in backticks becomes ``<code>``. Tables are striped, numbers
 right-aligned in tabular figures, figures at most as wide as the page.
+
+The page never scrolls sideways, at a laptop's width or a narrow window's: words in tables
+wrap (a finding and its verdict stay side by side), numbers do not; a table too wide even
+then scrolls inside its own box. Printing gives the whole page, tables unclipped.
 """
 
 from __future__ import annotations
@@ -46,18 +50,22 @@ nav.toc ol { margin: .25rem 0; padding-left: 1.25rem; }
 .table-wrap { overflow-x: auto; margin: 1.25rem 0; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: .95rem; }
 caption { caption-side: top; text-align: left; color: var(--muted); padding-bottom: .4rem; }
-th, td { padding: .4rem .8rem; text-align: left; border-bottom: 1px solid var(--rule);
-         white-space: nowrap; }
-th { border-bottom: 2px solid var(--fg); font-weight: 600; }
+th, td { padding: .4rem .8rem; text-align: left; vertical-align: top;
+         border-bottom: 1px solid var(--rule); overflow-wrap: break-word; }
+th { border-bottom: 2px solid var(--fg); font-weight: 600; vertical-align: bottom; }
 tbody tr:nth-child(even) { background: var(--stripe); }
-.num { text-align: right; }
+td.num { text-align: right; white-space: nowrap; }
+th.num { text-align: right; }
+@media (max-width: 60rem) { th, td { padding: .35rem .5rem; } }
 figure { margin: 1.75rem 0; }
 figure img { display: block; max-width: 100%; height: auto; margin: 0 auto; }
 figcaption { color: var(--muted); font-size: .95rem; margin-top: .5rem; }
 .label { color: var(--fg); font-weight: 600; }
 footer { margin-top: 3rem; padding-top: .75rem; border-top: 1px solid var(--rule);
          color: var(--muted); font-size: .85rem; }
-@media print { nav.toc { display: none; } figure, table { break-inside: avoid; } }
+@media print { nav.toc { display: none; } main { max-width: none; padding: 0; }
+               .table-wrap { overflow: visible; } pre { white-space: pre-wrap; }
+               figure, tr { break-inside: avoid; } h2, h3 { break-after: avoid; } }
 """.strip()
 
 
@@ -144,6 +152,7 @@ def render_html(report: Report) -> str:
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(report.title)}</title>",
+        '<link rel="icon" href="data:,">',  # no request for a favicon the page does not have
         f"<style>\n{CSS}\n</style>",
         "</head>",
         "<body>",
