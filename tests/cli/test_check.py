@@ -32,6 +32,7 @@ def test_full_grid_passes(capsys: pytest.CaptureFixture[str]) -> None:
         "grad",
         "buffers",
         "result",
+        "oracle",
     ]
     rows = [line.split() for line in lines[header + 2 : header + 2 + 2 * len(parity.LAYERS)]]
     assert [(r[0], r[1]) for r in rows] == [
@@ -42,6 +43,8 @@ def test_full_grid_passes(capsys: pytest.CaptureFixture[str]) -> None:
         tolerance = 1e-5 if row[1] == "float32" else 1e-10
         assert all(float(v) <= tolerance for v in row[3:6]), row
         assert row[6] == "pass"
+        oracle = " ".join(row[7:])
+        assert oracle == parity.configurations([row[0]])[0].oracle_name, row
     codes = [line for line in lines if line.startswith("code: ")]
     assert len(codes) == 2  # the kernels' table, then the tensor code's
     assert "code: normlab's fused CPU kernels" in out and "code: normlab's tensor code" in out
@@ -117,7 +120,8 @@ def test_a_difference_fails_with_exit_1(
     out = capsys.readouterr().out
     rms = next(line for line in out.splitlines() if line.startswith("RMSNorm "))
     layer = next(line for line in out.splitlines() if line.startswith("LayerNorm "))
-    assert rms.endswith(f"FAIL ({len(parity.configurations(['RMSNorm']))})")
-    assert layer.endswith("pass")
+    configs = len(parity.configurations(["RMSNorm"]))
+    assert rms.split()[6:] == ["FAIL", f"({configs})", "torch.nn.RMSNorm"]
+    assert layer.split()[6:] == ["pass", "torch.nn.LayerNorm"]
     assert "FAIL RMSNorm(6) on (8, 6) [float64]: training step 1 output: difference" in out
     assert "checks FAILED" in out

@@ -42,11 +42,13 @@ def test_grid_covers_every_layer_class() -> None:
 
 
 def test_grid_exercises_every_constructor_option() -> None:
-    """Every keyword of every torch constructor (but device/dtype) appears off its default."""
+    """Every keyword of every constructor (torch's where it has the layer, else ours; but
+    device/dtype) appears off its default."""
     import inspect
 
     for layer in parity.LAYERS:
-        signature = inspect.signature(getattr(torch.nn, layer).__init__)
+        library = torch.nn if hasattr(torch.nn, layer) else normlab.nn  # no twin: our options
+        signature = inspect.signature(getattr(library, layer).__init__)
         options = {
             name
             for name, p in signature.parameters.items()
@@ -212,3 +214,26 @@ def test_configs_the_installed_torch_cannot_build_are_skipped_not_failed(
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"pass, {len(skipped)} skipped" in out and f"{len(skipped)} skipped: torch " in out
+
+
+def test_layers_torch_lacks_name_their_oracle() -> None:
+    """A layer without a torch.nn twin is compared with what it reduces to or its formula,
+    and the row says which."""
+    names = {c.layer: c.oracle_name for c in parity.GRID if not hasattr(torch.nn, c.layer)}
+    assert names["FrozenBatchNorm2d"] == "torch.nn.functional.batch_norm, eval"
+    for config in parity.GRID:
+        assert config.oracle in parity.ORACLES
+        if hasattr(torch.nn, config.layer):
+            assert config.oracle_name == f"torch.nn.{config.layer}"
+
+
+@pytest.mark.parametrize("layer", ["FrozenBatchNorm2d"])
+def test_checker_fails_a_broken_layer_without_a_torch_twin(
+    layer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cls = getattr(normlab.nn, layer)
+    forward = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, x: forward(self, x) * (1 + 1e-6))
+    result = parity.check(parity.configurations([layer])[0], torch.float64)
+    assert not result.passed
+    assert "training step 1 output" in result.details[0]

@@ -1,4 +1,7 @@
-"""``normlab check``: every normlab layer against ``torch.nn`` on this machine.
+"""``normlab check``: every normlab layer against its oracle on this machine.
+
+The oracle is the ``torch.nn`` twin of the same name, or for the layers ``torch.nn`` lacks,
+the ``torch.nn`` layer they reduce to or the paper's formula (named in each row).
 
 Runs the grid of :mod:`normlab.testing.parity` (three training steps, an eval step and a
 ``state_dict`` round trip per configuration) once per code path (the fused CPU kernels of
@@ -30,9 +33,12 @@ _CUDA_KERNELS = (
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "check",
-        help="check every layer against torch.nn (forward, gradients, buffers, state_dict)",
+        help="check every layer against torch.nn or its oracle (forward, gradients, buffers, "
+        "state_dict)",
         description=(
-            "Run every normlab layer and its torch.nn twin over a grid of configurations: "
+            "Run every normlab layer and its oracle (its torch.nn twin, or for layers torch.nn "
+            "lacks the torch.nn layer they reduce to or the paper's formula, named in the "
+            "table) over a grid of configurations: "
             "three training steps, an eval step and a state_dict round trip each; print the "
             "largest differences. Exit code 1 if any configuration differs."
         ),
@@ -94,7 +100,7 @@ def _format_diff(value: float) -> str:
 
 
 def _table(rows: Sequence[Summary]) -> list[str]:
-    header = ("layer", "dtype", "configs", "forward", "grad", "buffers", "result")
+    header = ("layer", "dtype", "configs", "forward", "grad", "buffers", "result", "oracle")
     body = [
         (
             row.layer,
@@ -105,6 +111,7 @@ def _table(rows: Sequence[Summary]) -> list[str]:
             _format_diff(row.buffer_diff),
             ("pass" if row.failed == 0 else f"FAIL ({row.failed})")
             + (f", {row.skipped} skipped" if row.skipped else ""),
+            row.oracle,
         )
         for row in rows
     ]
@@ -112,7 +119,7 @@ def _table(rows: Sequence[Summary]) -> list[str]:
     lines = []
     for line in (header, *body):
         cells = [
-            cell.ljust(width) if i in (0, 1, 6) else cell.rjust(width)
+            cell.ljust(width) if i in (0, 1, 6, 7) else cell.rjust(width)
             for i, (cell, width) in enumerate(zip(line, widths, strict=True))
         ]
         lines.append("  ".join(cells).rstrip())
@@ -150,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         return tqdm(work, desc="normlab check", unit="config", leave=False, disable=None)
 
     print(f"normlab layers against torch {torch.__version__} on {device}")
-    print("differences: max|normlab - torch| / max(1, max|torch|) over all steps")
+    print("differences: max|normlab - oracle| / max(1, max|oracle|) over all steps")
     results: list[Result] = []
     for path in paths:
         kernels.set_enabled(path == "kernels")

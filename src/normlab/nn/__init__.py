@@ -6,6 +6,7 @@ keys, ``extra_repr`` and errors as ``torch.nn``; the maths lives in
 """
 
 from normlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from normlab.nn.frozen import FrozenBatchNorm2d, freeze_batch_norm
 from normlab.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from normlab.nn.normalization import GroupNorm, LayerNorm, LocalResponseNorm, RMSNorm
 from normlab.nn.registry import create_norm_layer, norm_names  # last: it reads the above
@@ -15,6 +16,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "FrozenBatchNorm2d",
     "GroupNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",
@@ -25,5 +27,6 @@ __all__ = [
     "SyncBatchNorm",
     "convert_sync_batchnorm",
     "create_norm_layer",
+    "freeze_batch_norm",
     "norm_names",
 ]

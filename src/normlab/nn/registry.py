@@ -25,7 +25,17 @@ name           convolutional features (dims >= 1)     fully connected features (
 ``none``       ``nn.Identity()``                      ``nn.Identity()``
 =============  =====================================  ==================================
 
-Every name also exists as ``torch-<name>``, built the same way from ``torch.nn``.
+Every name above also exists as ``torch-<name>``, built the same way from ``torch.nn``.
+
+Layers ``torch.nn`` lacks (normlab only, no ``torch-`` twin); a layer defined for images
+takes fully connected features as 1x1 images (:class:`AsImage`) and refuses ``dims`` 1, 3:
+
+================  ==========================================================================
+name              layer
+================  ==========================================================================
+``frozen-batch``  ``FrozenBatchNorm2d(C)``: fixed statistics (running mean 0, variance 1
+                  until a ``state_dict`` is loaded), evaluation-mode batch norm
+================  ==========================================================================
 An unknown name raises ``ValueError`` listing the valid names.
 """
 
@@ -100,8 +110,50 @@ def _builders(lib: ModuleType) -> dict[str, NormBuilder]:
     }
 
 
+class AsImage(nn.Module):
+    """Applies a layer of images to fully connected features: ``(N, C)`` is seen as
+    ``(N, C, 1, 1)``, a 1x1 image per sample, and the output viewed back as ``(N, C)``.
+
+    Used for layers defined on images only (frozen batch norm, FRN, EvoNorm) at ``dims=0``.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.layer(input[:, :, None, None]).flatten(1)
+
+
+def _images_only(name: str, build: Callable[..., nn.Module]) -> NormBuilder:
+    """A builder for a layer of ``(N, C, H, W)`` images: as is at ``dims=2``, through
+    :class:`AsImage` at ``dims=0``, refused at ``dims`` 1 and 3."""
+
+    def builder(c: int, dims: int, **kw: Any) -> nn.Module:
+        if dims == 2:
+            return build(c, **kw)
+        if dims == 0:
+            return AsImage(build(c, **kw))
+        raise ValueError(
+            f"norm layer {name!r} is defined for images (dims=2) and fully "
+            f"connected features (dims=0), not dims={dims}"
+        )
+
+    return builder
+
+
+def _beyond_torch() -> dict[str, NormBuilder]:
+    """normlab's layers that ``torch.nn`` lacks (no ``torch-`` twin)."""
+    from normlab.nn.frozen import FrozenBatchNorm2d
+
+    return {
+        "frozen-batch": _images_only("frozen-batch", FrozenBatchNorm2d),
+    }
+
+
 NORM_LAYERS: dict[str, NormBuilder] = {
     **_builders(normlab_nn),
+    **_beyond_torch(),
     **{f"torch-{name}": builder for name, builder in _builders(nn).items() if name != "none"},
 }
 

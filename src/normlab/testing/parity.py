@@ -20,6 +20,13 @@ different orders (each order is off by up to ~n/2 ulps in the worst case, ~sqrt(
 and the error compounds over three training steps; a real bug (biased instead of unbiased
 variance, a missing term in a gradient, a wrong momentum) is off by 1e-3 or more.
 
+Layers that ``torch.nn`` lacks are checked against an **oracle** named per configuration
+(:data:`ORACLES`): the ``torch.nn`` layer they reduce to where an identity holds (a frozen
+batch norm is ``torch.nn.functional.batch_norm`` in evaluation mode; batch renorm with
+``rmax=1, dmax=0`` and ghost batch norm with one virtual batch are ``torch.nn``'s batch
+norm), else the paper's formula written directly in torch operations
+(:mod:`normlab.testing.references`). An oracle has the same ``state_dict`` keys as our layer.
+
 Everything here returns data; :mod:`normlab.cli.check` prints it.
 """
 
@@ -48,6 +55,7 @@ LAYERS: tuple[str, ...] = (
     "GroupNorm",
     "RMSNorm",
     "LocalResponseNorm",
+    "FrozenBatchNorm2d",
 )
 
 #: Largest allowed difference (see the module docstring for the scale) per dtype.
@@ -70,6 +78,7 @@ class Config:
     kwargs: tuple[tuple[str, Any], ...] = ()
     scale: float = 1.5  # input standard deviation
     offset: float = 0.5  # input mean
+    oracle: str = "torch.nn"  # a key of ORACLES: what the layer is compared with
 
     @property
     def name(self) -> str:
@@ -88,11 +97,65 @@ class Config:
             kwargs.update(device=device, dtype=dtype)
         return getattr(library, self.layer)(*self.args, **kwargs)
 
+    def build_reference(self, dtype: torch.dtype, device: torch.device) -> nn.Module:
+        """The oracle this configuration is compared with (see :data:`ORACLES`)."""
+        return ORACLES[self.oracle].build(self, dtype, device)
+
+    @property
+    def oracle_name(self) -> str:
+        """What the layer is compared with, e.g. ``torch.nn.BatchNorm2d``."""
+        return ORACLES[self.oracle].label.format(layer=self.layer, dims=self.layer[-2:])
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """How to build what a configuration is compared with, and what to call it.
+
+    ``label`` may hold ``{layer}`` (the class name) and ``{dims}`` (its ``1d``/``2d``/``3d``
+    suffix); ``build(config, dtype, device)`` returns a module with the same ``state_dict``
+    keys as the normlab layer.
+    """
+
+    label: str
+    build: Callable[[Config, torch.dtype, torch.device], nn.Module]
+
+
+def _torch_twin(config: Config, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    return config.build(nn, dtype, device)
+
+
+#: Constructor options of normlab's batch norm variants that ``torch.nn``'s batch norm lacks.
+_VARIANT_OPTIONS = frozenset({"rmax", "dmax", "warmup", "virtual_batch_size"})
+
+
+def _torch_batch_norm(config: Config, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """``torch.nn.BatchNorm{dims}d`` with the variant's batch norm options: batch renorm with
+    ``rmax=1, dmax=0`` and ghost batch norm over one virtual batch are batch norm."""
+    kwargs = {k: v for k, v in config.kwargs if k not in _VARIANT_OPTIONS}
+    layer = getattr(nn, f"BatchNorm{config.layer[-2:]}")
+    return layer(config.args[0], **kwargs, device=device, dtype=dtype)
+
+
+def _formula(config: Config, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    from normlab.testing import references
+
+    return config.build(references, dtype, device)
+
+
+#: Oracles by key (a configuration's ``oracle``).
+ORACLES: dict[str, Oracle] = {
+    "torch.nn": Oracle("torch.nn.{layer}", _torch_twin),
+    "torch batch norm": Oracle("torch.nn.BatchNorm{dims}", _torch_batch_norm),
+    "eval batch norm": Oracle("torch.nn.functional.batch_norm, eval", _formula),
+    "formula": Oracle("the paper's formula (normlab.testing.references)", _formula),
+}
+
 
 def _c(layer: str, args: tuple[Any, ...], shape: tuple[int, ...], **kwargs: Any) -> Config:
     scale = kwargs.pop("scale", 1.5)
     offset = kwargs.pop("offset", 0.5)
-    return Config(layer, args, shape, tuple(kwargs.items()), scale, offset)
+    oracle = kwargs.pop("oracle", "torch.nn")
+    return Config(layer, args, shape, tuple(kwargs.items()), scale, offset, oracle)
 
 
 #: The grid: for every layer, the default, each option off its default, inputs with and
@@ -167,6 +230,10 @@ GRID: tuple[Config, ...] = (
     _c("LocalResponseNorm", (2,), (4, 5, 7), alpha=1.0, beta=0.5, k=2.0),
     _c("LocalResponseNorm", (5,), (2, 8, 3, 3, 3), alpha=0.5),
     _c("LocalResponseNorm", (10,), (2, 3, 4, 4), alpha=0.5, beta=1.0),
+    # frozen batch norm: evaluation-mode batch norm in both modes; far from zero
+    _c("FrozenBatchNorm2d", (3,), (4, 3, 5, 5), oracle="eval batch norm"),
+    _c("FrozenBatchNorm2d", (2,), (2, 2, 3, 4), eps=1e-3, oracle="eval batch norm"),
+    _c("FrozenBatchNorm2d", (3,), (2, 3, 4, 4), scale=1.0, offset=10.0, oracle="eval batch norm"),
 )
 
 
@@ -257,7 +324,10 @@ def _randomise(module: nn.Module, generator: torch.Generator) -> None:
             base = 1.0 if name.endswith("weight") else 0.0
             parameter.copy_(base + 0.5 * noise)
         for name, buffer in module.named_buffers():
-            if name.endswith("running_mean"):
+            if name.endswith(("weight", "bias")):  # a frozen layer's affine is buffers
+                noise = torch.randn(buffer.shape, generator=generator, dtype=torch.float64)
+                buffer.copy_((1.0 if name.endswith("weight") else 0.0) + 0.5 * noise)
+            elif name.endswith("running_mean"):
                 buffer.copy_(0.3 * torch.randn(buffer.shape, generator=generator))
             elif name.endswith("running_var"):
                 buffer.copy_(0.5 + torch.rand(buffer.shape, generator=generator))
@@ -301,14 +371,14 @@ def _sgd_step(module: nn.Module) -> None:
 def _state_dict_round_trip(
     config: Config, trained: nn.Module, dtype: torch.dtype, device: torch.device
 ) -> str | None:
-    """torch -> fresh normlab -> fresh torch: same keys, equal values. None when it holds."""
+    """oracle -> fresh normlab -> fresh oracle: same keys, equal values. None when it holds."""
     import normlab.nn as ours_nn
 
     source = trained.state_dict()
     middle = config.build(ours_nn, dtype, device)
     middle.load_state_dict(source)
     through = middle.state_dict()
-    target = config.build(nn, dtype, device)
+    target = config.build_reference(dtype, device)
     target.load_state_dict(through)
     back = target.state_dict()
     if list(through) != list(source) or list(back) != list(source):
@@ -323,7 +393,7 @@ def _torch_lacks(config: Config, dtype: torch.dtype, device: torch.device) -> st
     """Why the installed ``torch.nn`` cannot build ``config`` (an argument of a later torch
     version, such as ``bias=False`` for the norm layers before torch 2.12), or None."""
     try:
-        config.build(nn, dtype, device)
+        config.build_reference(dtype, device)
     except TypeError as error:
         if "unexpected keyword argument" in str(error):
             argument = str(error).rsplit("argument ", 1)[-1]
@@ -340,7 +410,7 @@ def check(
     seed: int = 0,
     steps: int = 3,
 ) -> Result:
-    """Compare ``normlab.nn`` with ``torch.nn`` for one configuration (see module docstring)."""
+    """Compare ``normlab.nn`` with the configuration's oracle (see the module docstring)."""
     import normlab.nn as ours_nn
 
     device = torch.device(device)
@@ -351,12 +421,12 @@ def check(
     generator = torch.Generator().manual_seed(seed)
     tracker = _Tracker(tolerance)
     try:
-        reference = config.build(nn, dtype, device)
+        reference = config.build_reference(dtype, device)
         ours = config.build(ours_nn, dtype, device)
         _randomise(reference, generator)
         ref_keys, our_keys = list(reference.state_dict()), list(ours.state_dict())
         if ref_keys != our_keys:
-            raise UsageError(f"state_dict keys differ: torch {ref_keys}, normlab {our_keys}")
+            raise UsageError(f"state_dict keys differ: oracle {ref_keys}, normlab {our_keys}")
         ours.load_state_dict(reference.state_dict())
         for step, mode in enumerate(["train"] * steps + ["eval"], start=1):
             reference.train(mode == "train")
@@ -425,6 +495,7 @@ class Summary:
     buffer_diff: float
     failed: int
     skipped: int = 0  # configurations the installed torch.nn cannot build
+    oracle: str = ""  # what the layer was compared with ("; " between several)
 
 
 def summarize(results: Sequence[Result]) -> list[Summary]:
@@ -447,6 +518,7 @@ def summarize(results: Sequence[Result]) -> list[Summary]:
                 max((r.buffer_diff for r in compared), default=0.0),
                 sum(not r.passed for r in group),
                 len(group) - len(compared),
+                "; ".join(dict.fromkeys(r.config.oracle_name for r in group)),
             )
         )
     return rows
