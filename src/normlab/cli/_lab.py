@@ -1,6 +1,11 @@
 """What the lab's commands (compare, sweep, probe, study) share: flags, value parsing
 with one-line errors, and running one experiment into a run directory with a report.
 
+The commands know no experiment by name: each experiment of the plan
+(:data:`normlab.lab.plan.EXPERIMENTS`) says which command runs it
+(:attr:`~normlab.lab.experiment.Experiment.command`) and which flags set its config
+(:attr:`~normlab.lab.experiment.Experiment.options`).
+
 Values are parsed here rather than by argparse ``type=`` so that a bad value is one
 line (``normlab sweep: error: --lrs must be positive numbers, got 'x'``) and exit code 2,
 like every other user error.
@@ -10,10 +15,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from normlab.errors import UsageError
+
+if TYPE_CHECKING:
+    from normlab.lab.experiment import Experiment, ExperimentResult
+    from normlab.lab.verdicts import Finding
 
 # flag -> config field, for the flags every lab experiment has
 COMMON_FIELDS = {
@@ -146,11 +155,68 @@ def build_config(
     return config
 
 
-def quick_config(name: str, args: argparse.Namespace) -> Any:
+PARSERS: dict[str, Callable[[str, str | None], Any]] = {
+    "int": lambda flag, text: parse_int(flag, text),
+    "int>=2": lambda flag, text: parse_int(flag, text, 2),
+    "float": parse_float,
+    "str": lambda flag, text: text,
+    "list": parse_list,
+    "float-list": parse_float_list,
+    "int-list": parse_int_list,
+}
+
+
+def experiments_of(command: str) -> list[Experiment]:
+    """The plan's experiments that ``normlab <command>`` runs, in the plan's order."""
+    from normlab.lab.plan import EXPERIMENTS
+
+    return [e for e in EXPERIMENTS if e.command[0] == command]
+
+
+def add_experiment_flags(parser: Any, experiments: Sequence[Experiment]) -> None:
+    """Every flag of ``experiments`` (a flag several share is added once, with the first
+    one's help)."""
+    seen: set[str] = set()
+    for experiment in experiments:
+        for option in experiment.options:
+            if option.flag not in seen:
+                seen.add(option.flag)
+                parser.add_argument(
+                    option.flag, dest=_dest(option.flag), metavar=option.metavar, help=option.help
+                )
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def experiment_changes(
+    experiment: Experiment, args: argparse.Namespace, others: Sequence[Experiment] = ()
+) -> dict[str, Any]:
+    """The config changes the flags ask for, parsed with one-line errors.
+
+    A flag of another experiment of the same command (``others``) is refused: with the
+    experiment's own reason (:attr:`~normlab.lab.experiment.Experiment.refused`) or as
+    one that does not apply.
+    """
+    own = {option.flag for option in experiment.options}
+    refused = dict(experiment.refused)
+    words = " ".join(experiment.command)
+    for flag in dict.fromkeys(o.flag for other in others for o in other.options):
+        if flag not in own and getattr(args, _dest(flag), None) is not None:
+            raise UsageError(refused.get(flag, f"{flag} does not apply to `{words}`; drop it"))
+    return {
+        option.field: PARSERS[option.parse](option.flag, getattr(args, _dest(option.flag)))
+        for option in experiment.options
+    }
+
+
+def quick_config(experiment: Experiment, args: argparse.Namespace) -> Any:
     """The experiment's config in the study's plan (``--quick``: the reduced one)."""
     from normlab.lab.study import default_plan
 
     dataset = args.dataset or "fashion-mnist"
+    name = experiment.name
     return default_plan(quick=args.quick, dataset=dataset, experiments=(name,))[name]
 
 
@@ -167,40 +233,45 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_and_print(name: str, config: Any, args: argparse.Namespace) -> int:
-    """Run one experiment into ``--out``, print its table and findings, then the report's
-    path (last line)."""
+def run_and_print(
+    experiment: Experiment, args: argparse.Namespace, others: Sequence[Experiment] = ()
+) -> int:
+    """Build the experiment's config from the flags, run it into ``--out``, print its
+    table and findings, then the report's path (last line)."""
     from normlab.lab.study import run_single
 
-    print(f"normlab {name}: {_cells_line(name, config)}", flush=True)
-    result = run_single(name, config, out=args.out, data_dir=args.data_dir, **run_options(args))
+    config = build_config(
+        quick_config(experiment, args), args, experiment_changes(experiment, args, others)
+    )
+    print(f"normlab {experiment.name}: {_cells_line(experiment, config)}", flush=True)
+    result = run_single(
+        experiment.name, config, out=args.out, data_dir=args.data_dir, **run_options(args)
+    )
     print_summary(result.summaries, result.findings)
     print(f"run directory: {result.run_dir}")
     print(result.report_html)
     return 0
 
 
-def _cells_line(name: str, config: Any) -> str:
-    from normlab.lab.study import EXPERIMENTS, estimate_plan_seconds
+def _cells_line(experiment: Experiment, config: Any) -> str:
+    from normlab.lab.study import estimate_plan_seconds
     from normlab.report.stats import format_duration
 
-    cells = EXPERIMENTS[name].cells(config)
-    return (
-        f"{len(cells)} runs, about {format_duration(estimate_plan_seconds({name: config}))} "
-        "of training on one idle core"
-    )
+    cells = experiment.cells(config)
+    seconds = estimate_plan_seconds({experiment.name: config})
+    return f"{len(cells)} runs, about {format_duration(seconds)} of training on one idle core"
 
 
-def print_summary(summaries: dict[str, Any], findings: Sequence[Any]) -> None:
+def print_summary(results: Mapping[str, ExperimentResult], findings: Sequence[Finding]) -> None:
     """Each experiment's terminal table, then every finding."""
-    from normlab.lab.report import experiment_rows
-    from normlab.lab.study import EXPERIMENTS
+    from normlab.lab.plan import experiment_named
     from normlab.report import format_table
 
-    for name, summary in summaries.items():
-        rows, columns = experiment_rows(name, summary)
+    for name, result in results.items():
+        experiment = experiment_named(name)
+        table = experiment.table(result.summary)
         print()
-        print(format_table(rows, columns, title=f"{EXPERIMENTS[name].title} ({name})"))
+        print(format_table(table.rows, table.columns, title=f"{experiment.title} ({name})"))
     if findings:
         print()
         print("Findings:")

@@ -29,16 +29,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "seconds per epoch; write the figures and a report."
         ),
     )
-    parser.add_argument(
-        "--norms",
-        metavar="A,B,...",
-        help="comma-separated registry names (default: batch,torch-batch,layer,group,"
-        "instance,rms,none)",
-    )
-    parser.add_argument("--lr", metavar="LR", help="SGD learning rate (default 0.03)")
-    parser.add_argument("--batch-size", metavar="N", help="examples per step (default 64)")
-    parser.add_argument("--activation", help="sigmoid (default), relu, tanh, gelu")
-    from normlab.cli._lab import add_common_flags
+    from normlab.cli._lab import add_common_flags, add_experiment_flags, experiments_of
+
+    add_experiment_flags(parser, experiments_of("compare"))
 
     add_common_flags(parser)
     parser.set_defaults(func=run, trains=True)
@@ -46,23 +39,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from normlab.cli._lab import (
-        build_config,
-        parse_float,
-        parse_int,
-        parse_list,
-        quick_config,
-        run_and_print,
-    )
+    from normlab.cli._lab import experiments_of, run_and_print
 
-    config = build_config(
-        quick_config("compare", args),
-        args,
-        {
-            "norms": parse_list("--norms", args.norms),
-            "lr": parse_float("--lr", args.lr),
-            "batch_size": parse_int("--batch-size", args.batch_size, 2),
-            "activation": args.activation,
-        },
-    )
-    return run_and_print("compare", config, args)
+    (experiment,) = experiments_of("compare")
+    return run_and_print(experiment, args)

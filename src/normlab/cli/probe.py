@@ -20,7 +20,7 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from normlab.cli._lab import add_common_flags
+    from normlab.cli._lab import add_common_flags, add_experiment_flags, experiments_of
 
     parser = subparsers.add_parser(
         "probe",
@@ -31,42 +31,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "shift' picture) and Santurkar et al.'s smoothness measures."
         ),
     )
-    parser.add_argument("--norms", metavar="A,B,...", help="norms to probe (default batch,none)")
-    parser.add_argument("--probes", metavar="N", help="probe points over training (default 9)")
-    parser.add_argument(
-        "--probe-batch", metavar="N", help="training images every probe uses (default 256)"
-    )
-    parser.add_argument(
-        "--step-sizes",
-        metavar="A,B,...",
-        help="steps along the gradient, in multiples of lr (default 0.5,1,2,4)",
-    )
-    parser.add_argument("--lr", metavar="LR", help="SGD learning rate (default 0.03)")
+    add_experiment_flags(parser, experiments_of("probe"))
     add_common_flags(parser)
     parser.set_defaults(func=run, trains=True)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from normlab.cli._lab import (
-        build_config,
-        parse_float,
-        parse_float_list,
-        parse_int,
-        parse_list,
-        quick_config,
-        run_and_print,
-    )
+    from normlab.cli._lab import experiments_of, run_and_print
 
-    config = build_config(
-        quick_config("probe", args),
-        args,
-        {
-            "norms": parse_list("--norms", args.norms),
-            "probes": parse_int("--probes", args.probes, 2),
-            "probe_batch": parse_int("--probe-batch", args.probe_batch, 2),
-            "step_sizes": parse_float_list("--step-sizes", args.step_sizes),
-            "lr": parse_float("--lr", args.lr),
-        },
-    )
-    return run_and_print("probe", config, args)
+    (experiment,) = experiments_of("probe")
+    return run_and_print(experiment, args)

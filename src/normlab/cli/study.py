@@ -19,14 +19,17 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from normlab.lab.plan import EXPERIMENTS, names
+
     parser = subparsers.add_parser(
         "study",
         help="all lab experiments into one run directory with one HTML report",
         description=(
-            "Run the comparison of norms, the learning-rate and batch-size sweeps, the "
-            "probes, the placement and the momentum experiments into one run directory, "
-            "and write one self-contained report.html (and report.md) whose conclusions are "
-            "generated from the numbers and compared with the literature."
+            "Run every lab experiment ("
+            + "; ".join(e.title.lower() for e in EXPERIMENTS)
+            + ") into one run directory, and write one self-contained report.html (and "
+            "report.md) whose conclusions are generated from the numbers and compared with "
+            "the literature."
         ),
     )
     parser.add_argument("--quick", action="store_true", help="the reduced budget (< 2 min)")
@@ -34,12 +37,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         metavar="A,B,...",
-        help="a subset of: compare, sweep-lr, sweep-batch-size, probe, placement, momentum",
+        help=f"a subset of: {', '.join(names())}",
     )
     parser.add_argument(
         "--syncbn",
         action="store_true",
-        help="add SyncBN arms (2 processes, with and without sync) to the batch-size sweep",
+        help="add the multi-process arms where an experiment has them (SyncBN, 2 processes)",
     )
     parser.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted study in RUN_DIR"

@@ -213,6 +213,7 @@ class CellTask:
     config: Any  # the experiment's frozen config dataclass
     data: Any | None = None  # a Dataset to use; None: load config.dataset in the worker
     data_dir: str | None = None  # where to look for config.dataset
+    experiment: Any | None = None  # the Experiment whose run_cell computes the cell
 
 
 def config_dict(config: Any) -> dict[str, Any]:

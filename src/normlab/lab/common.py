@@ -1,15 +1,8 @@
-"""What every lab experiment shares: the experiment contract, data, training one cell,
-and summaries across seeds.
+"""What every lab experiment shares: data, training one cell, summaries across seeds,
+table cells and config checks.
 
-An :class:`Experiment` is four plain functions over a frozen config dataclass:
-
-- ``cells(config) -> list[Cell]``: the work, one cell per setting x seed;
-- ``run_cell(config, data, cell) -> dict``: one training run, JSON-ready numbers;
-- ``summarize(config, cells, results) -> dict``: mean ± std across seeds, JSON-ready;
-- ``run(config, data=None, store=None, progress=True) -> dict``: all of it.
-
-Nothing here draws or writes a report; :mod:`normlab.lab.study` and the
-commands do that.
+The experiment contract itself is :class:`normlab.lab.experiment.Experiment`; nothing
+here draws or writes a report.
 """
 
 from __future__ import annotations
@@ -17,80 +10,32 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from normlab.errors import UsageError
-from normlab.lab.cells import Cell, CellStore, config_dict
+from normlab.lab.cells import config_dict
+from normlab.lab.experiment import Curve, SeedStats
 
 __all__ = [
-    "Experiment",
     "accuracy_with_batch_stats",
     "check_choices",
     "check_positive_int",
     "config_dict",
+    "curve_mean_std",
     "cut",
     "downsample",
     "history_record",
     "lab_data",
-    "mean_std_dict",
-    "run_experiment",
+    "pm",
+    "seed_stats",
     "train_config",
 ]
 
 CHANCE_MARGIN = 0.05  # an accuracy within 5 points of chance counts as "did not learn"
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One lab experiment: its name, title and the four functions of the contract."""
-
-    name: str  # "compare", "sweep-lr", ...: the cell directory and report anchor
-    title: str  # "Which normalization?": the report section
-    config_type: type
-    cells: Callable[[Any], list[Cell]]
-    run_cell: Callable[[Any, Any, Cell], Mapping[str, Any]]
-    summarize: Callable[[Any, list[Cell], Mapping[str, Mapping[str, Any]]], dict[str, Any]]
-
-
-def run_experiment(
-    experiment: Experiment,
-    config: Any,
-    data: Any | None = None,
-    *,
-    store: CellStore | None = None,
-    progress: bool = True,
-    data_dir: str | None = None,
-    workers: int = 1,
-    threads: int | None = 1,
-) -> dict[str, Any]:
-    """Run every cell of ``experiment`` (skipping those in ``store``) and summarise.
-
-    Args:
-        data: a :class:`normlab.data.Dataset` to use instead of loading
-            ``config.dataset``; it is cut to ``config``'s subsets.
-        store: keeps finished cells (and finds them when resuming).
-        data_dir: where to look for the dataset (default: the usual discovery).
-        workers: processes computing cells at once.
-        threads: torch threads per process (None: torch's default).
-    """
-    from normlab.lab.study import run_plan_cells
-
-    config.validate()
-    summaries = run_plan_cells(
-        {experiment.name: config},
-        store=store,
-        data=data,
-        data_dir=data_dir,
-        progress=progress,
-        workers=workers,
-        threads=threads,
-    )
-    return summaries[experiment.name]
 
 
 # ----------------------------------------------------------------------------- data
@@ -227,29 +172,40 @@ def accuracy_with_batch_stats(
 
 
 # --------------------------------------------------------------------------- summaries
-def mean_std_dict(values: Sequence[float | None]) -> dict[str, Any]:
-    """``{"mean", "std", "n", "values"}`` of the finite values (one per seed); mean and
-    std are None when no value is finite."""
+def seed_stats(values: Sequence[float | None]) -> SeedStats:
+    """Mean and std (ddof=1) of the finite values (one per seed); mean and std are None
+    when no value is finite."""
     from normlab.report.stats import summarize
 
     finite = [float(v) for v in values if v is not None and math.isfinite(v)]
     if not finite:
-        return {"mean": None, "std": None, "n": 0, "values": list(values)}
+        return SeedStats(mean=None, std=None, n=0, values=list(values))
     summary = summarize(finite)
-    return {"mean": summary.mean, "std": summary.std, "n": summary.n, "values": list(values)}
+    return SeedStats(mean=summary.mean, std=summary.std, n=summary.n, values=list(values))
 
 
-def curve_mean_std(curves: Sequence[Sequence[float]]) -> dict[str, list]:
+def curve_mean_std(curves: Sequence[Sequence[float]]) -> Curve:
     """Pointwise mean and std (ddof=1) of curves, one per seed, cut to the shortest;
     ``values`` keeps the curves themselves (``(seeds, T)``, for plots)."""
     from normlab.report.stats import mean_std
 
     length = min((len(c) for c in curves), default=0)
     if length == 0:
-        return {"mean": [], "std": [], "values": []}
+        return Curve(mean=[], std=[], values=[])
     values = [[float(v) for v in list(c)[:length]] for c in curves]
     mean, std = mean_std(values)
-    return {"mean": mean.tolist(), "std": std.tolist(), "values": values}
+    return Curve(mean=mean.tolist(), std=std.tolist(), values=values)
+
+
+def pm(stat: SeedStats, scale: float = 100.0, unit: str = "%") -> str | None:
+    """A table cell ``"87.3 ± 0.4 %"`` from seed statistics (None when nothing finished)."""
+    from normlab.report.stats import MeanStd, format_mean_std
+
+    if stat.mean is None or stat.std is None:
+        return None
+    return format_mean_std(
+        MeanStd(scale * stat.mean, scale * stat.std, stat.n), digits=3, unit=unit
+    )
 
 
 # ------------------------------------------------------------------------- validation

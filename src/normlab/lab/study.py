@@ -1,12 +1,14 @@
 """``normlab study``: every lab experiment into one run directory with one report.
 
-The study is a *plan* (one config per experiment, :func:`default_plan`) turned into
+The study is a *plan* (one config per experiment of :data:`normlab.lab.plan.EXPERIMENTS`,
+:func:`default_plan`) turned into
 cells (:mod:`normlab.lab.cells`): one experiment x one setting x one seed each,
 run in order under one progress bar with a time-left estimate. Every finished cell is
 saved atomically under ``<run>/cells/``, so an interrupted study resumes
 (:func:`run_study` with ``resume=``) without redoing a finished cell. At the end every
-experiment is summarised, the findings are generated from the numbers
-(:mod:`normlab.lab.conclusions`), and the run directory receives::
+experiment is summarised, the findings are generated from the numbers (each
+experiment's :meth:`~normlab.lab.experiment.Experiment.findings`), and the run directory
+receives::
 
     config.json      the plan (every experiment's config) and the machine
     cells/           one JSON file per finished cell
@@ -26,42 +28,34 @@ import dataclasses
 import json
 import os
 import time
-import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from normlab.errors import UsageError
 from normlab.lab.cells import Cell, CellStore, CellTask, config_dict, run_cells
-from normlab.lab.common import Experiment, cut, lab_data
-from normlab.lab.experiments.compare import COMPARE, CompareConfig
-from normlab.lab.experiments.momentum import MOMENTUM, MomentumConfig
-from normlab.lab.experiments.placement import PLACEMENT, PlacementConfig
-from normlab.lab.experiments.probes import PROBE, ProbeConfig
-from normlab.lab.experiments.sweeps import (
-    BATCH_SIZE_SWEEP,
-    LR_SWEEP,
-    BatchSizeSweepConfig,
-    LrSweepConfig,
-)
+from normlab.lab.common import cut, lab_data
+from normlab.lab.experiment import Experiment, ExperimentResult
+from normlab.lab.plan import EXPERIMENTS, experiment_named, names
+from normlab.lab.report import RESULTS_FILE, write_study_outputs
+from normlab.lab.serialize import from_jsonable
+from normlab.lab.verdicts import Finding
 
 __all__ = [
-    "EXPERIMENTS",
     "StudyResult",
     "default_plan",
     "estimate_plan_seconds",
+    "load_results",
     "plan_from_dict",
     "plan_to_dict",
+    "run_experiment",
     "run_single",
     "run_study",
     "torch_threads",
 ]
 
-EXPERIMENTS: dict[str, Experiment] = {
-    e.name: e for e in (COMPARE, LR_SWEEP, BATCH_SIZE_SWEEP, PROBE, PLACEMENT, MOMENTUM)
-}
-RESULTS_FILE = "results.json"
+Plan = Mapping[str, Any]  # experiment name -> its config, in the plan's order
 
 
 def default_workers() -> int:
@@ -81,7 +75,8 @@ def default_plan(
     experiments: tuple[str, ...] | None = None,
     syncbn: bool = False,
 ) -> dict[str, Any]:
-    """The study's config for each experiment.
+    """The study's config for each experiment (each experiment's
+    :meth:`~normlab.lab.experiment.Experiment.study_config`), in the plan's order.
 
     Args:
         quick: the reduced budget (< 2 minutes): 2 000 training images, 1 epoch, fewer
@@ -89,47 +84,20 @@ def default_plan(
             epochs, 2-3 seeds (< 20 minutes).
         seeds: override the number of seeds of every experiment.
         dataset: ``fashion-mnist`` (default) or ``mnist``.
-        experiments: a subset of :data:`EXPERIMENTS` (default: all, in order).
-        syncbn: add the ``syncbn`` and ``localbn`` arms (2 processes each, from
-            :mod:`normlab.lab.syncbn_arm`) to the batch-size sweep.
+        experiments: names of a subset of the plan (default: all, in order).
+        syncbn: add the multi-process arms where an experiment has them (the
+            ``syncbn`` and ``localbn`` arms of the batch-size sweep).
     """
-    common: dict[str, Any] = {"dataset": dataset, "device": device}
-    if quick:
-        small = {**common, "train_subset": 2_000, "test_subset": 500}
-        plan = {
-            "compare": CompareConfig(**small, seeds=2, epochs=1),
-            "sweep-lr": LrSweepConfig(**small, lrs=(0.03, 0.3, 1.0, 3.0), seeds=2, epochs=1),
-            "sweep-batch-size": BatchSizeSweepConfig(
-                **{**small, "train_subset": 1_024},
-                batch_sizes=(2, 8, 32, 128),
-                arms=("batch", "group"),
-                seeds=2,
-            ),
-            "probe": ProbeConfig(**small, seeds=2, epochs=1, probes=5),
-            "placement": PlacementConfig(**small, seeds=2, epochs=1),
-            "momentum": MomentumConfig(**small, seeds=2, evaluations=6),
-        }
-    else:
-        plan = {
-            "compare": CompareConfig(**common),
-            "sweep-lr": LrSweepConfig(**common),
-            "sweep-batch-size": BatchSizeSweepConfig(**common),
-            "probe": ProbeConfig(**common),
-            "placement": PlacementConfig(**common),
-            "momentum": MomentumConfig(**common),
-        }
+    if experiments is not None:
+        for name in experiments:
+            experiment_named(name)
+    plan = {
+        e.name: e.study_config(quick=quick, dataset=dataset, device=device, syncbn=syncbn)
+        for e in EXPERIMENTS
+        if experiments is None or e.name in experiments
+    }
     if seeds is not None:
         plan = {name: dataclasses.replace(c, seeds=seeds) for name, c in plan.items()}
-    if syncbn:
-        sweep = plan["sweep-batch-size"]
-        plan["sweep-batch-size"] = dataclasses.replace(
-            sweep, arms=(*sweep.arms, "syncbn", "localbn")
-        )
-    if experiments is not None:
-        unknown = [e for e in experiments if e not in EXPERIMENTS]
-        if unknown:
-            raise UsageError(f"unknown experiment {unknown[0]!r}; valid: {', '.join(EXPERIMENTS)}")
-        plan = {name: plan[name] for name in EXPERIMENTS if name in experiments}
     for config in plan.values():
         config.validate()
     return plan
@@ -140,34 +108,21 @@ def plan_to_dict(plan: Mapping[str, Any]) -> dict[str, Any]:
     return {name: config_dict(config) for name, config in plan.items()}
 
 
-def config_from_dict(config_type: type, values: Mapping[str, Any]) -> Any:
-    """Rebuild a frozen experiment config from :func:`plan_to_dict`'s dict (lists become
-    the tuples the config declares); unknown keys are an error."""
-    hints = typing.get_type_hints(config_type)
-    names = {f.name for f in dataclasses.fields(config_type)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise UsageError(f"unknown {config_type.__name__} key(s): {', '.join(unknown)}")
-    kwargs = {}
-    for key, value in values.items():
-        is_tuple = "tuple" in str(hints.get(key, ""))
-        kwargs[key] = tuple(value) if is_tuple and isinstance(value, list) else value
-    return config_type(**kwargs)
-
-
 def plan_from_dict(values: Mapping[str, Any]) -> dict[str, Any]:
     """The inverse of :func:`plan_to_dict`."""
     plan = {}
     for name, config in values.items():
-        if name not in EXPERIMENTS:
+        if name not in names():
             raise UsageError(f"unknown experiment {name!r} in the study's plan")
-        plan[name] = config_from_dict(EXPERIMENTS[name].config_type, config)
+        plan[name] = from_jsonable(experiment_named(name).config_type, config)
     return plan
 
 
 def estimate_plan_seconds(plan: Mapping[str, Any]) -> float:
     """The estimated seconds of every cell of the plan (the progress bar's total)."""
-    return sum(c.cost for name, config in plan.items() for c in EXPERIMENTS[name].cells(config))
+    return sum(
+        c.cost for name, config in plan.items() for c in experiment_named(name).cells(config)
+    )
 
 
 @contextlib.contextmanager
@@ -197,8 +152,8 @@ class StudyResult:
     """What :func:`run_study` produced."""
 
     run_dir: Path
-    summaries: dict[str, dict[str, Any]]  # experiment -> summary
-    findings: list[Any]  # conclusions.Finding
+    summaries: dict[str, ExperimentResult]  # experiment name -> its result
+    findings: list[Finding]
     report_html: Path
     report_md: Path
     seconds: float  # wall time of this invocation
@@ -207,7 +162,7 @@ class StudyResult:
 
 
 def run_study(
-    plan: Mapping[str, Any] | None = None,
+    plan: Plan | None = None,
     *,
     out: str | os.PathLike[str] = "runs",
     resume: str | os.PathLike[str] | None = None,
@@ -282,8 +237,6 @@ def run_study(
             on_cell=count,
         )
     seconds = time.perf_counter() - started
-    from normlab.lab.report import write_study_outputs
-
     findings, html, md = write_study_outputs(
         run.path,
         summaries,
@@ -314,25 +267,25 @@ def compute_cell(task: CellTask) -> dict[str, Any]:
         data = cut(task.data, config)
     else:
         data = lab_data(config, data_dir=task.data_dir, cache=_DATA_CACHE)
-    return dict(EXPERIMENTS[task.cell.experiment].run_cell(config, data, task.cell))
+    return dict(task.experiment.run_cell(config, data, task.cell))
 
 
-def _init_worker(threads: int | None, arms: Mapping[str, Any]) -> None:
-    """A worker's set-up: its torch threads, the caching CPU allocator and the batch-size
-    sweep's registered arms."""
+def _init_worker(threads: int | None, states: Sequence[tuple[Experiment, Any]]) -> None:
+    """A worker's set-up: its torch threads, the caching CPU allocator and each
+    experiment's process-wide state (e.g. registered arms)."""
     import torch
 
     from normlab import kernels
-    from normlab.lab.experiments.sweeps import BATCH_SIZE_ARMS
 
     kernels.cache_cpu_memory()
     if threads is not None:
         torch.set_num_threads(threads)
-    BATCH_SIZE_ARMS.update(arms)
+    for experiment, state in states:
+        experiment.set_worker_state(state)
 
 
 def run_plan_cells(
-    plan: Mapping[str, Any],
+    plan: Plan,
     *,
     store: CellStore | None = None,
     data: Any | None = None,
@@ -341,22 +294,23 @@ def run_plan_cells(
     workers: int = 1,
     threads: int | None = 1,
     on_cell: Callable[[Cell, Mapping[str, Any], bool], None] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Compute (or load from ``store``) every cell of ``plan``; each experiment's summary."""
-    from normlab.lab.experiments.sweeps import BATCH_SIZE_ARMS
+    experiments: Mapping[str, Experiment] | None = None,
+) -> dict[str, ExperimentResult]:
+    """Compute (or load from ``store``) every cell of ``plan``; each experiment's result.
 
+    ``experiments`` names the experiment objects (default: the plan's,
+    :func:`~normlab.lab.plan.experiment_named`).
+    """
+    chosen = {name: (experiments or {}).get(name) or experiment_named(name) for name in plan}
     tasks: list[CellTask] = []
     cells_of: dict[str, list[Cell]] = {}
-    for experiment_name, config in plan.items():
-        if experiment_name not in EXPERIMENTS:
-            raise UsageError(
-                f"unknown experiment {experiment_name!r}; valid: {', '.join(EXPERIMENTS)}"
-            )
+    for name, config in plan.items():
         config.validate()
-        cells = EXPERIMENTS[experiment_name].cells(config)
-        cells_of[experiment_name] = cells
-        tasks.extend(CellTask(cell, config, data, data_dir) for cell in cells)
+        cells = chosen[name].cells(config)
+        cells_of[name] = cells
+        tasks.extend(CellTask(cell, config, data, data_dir, chosen[name]) for cell in cells)
 
+    states = [(e, e.worker_state()) for e in chosen.values()]
     with torch_threads(threads):
         results = run_cells(
             tasks,
@@ -367,21 +321,65 @@ def run_plan_cells(
             on_cell=on_cell,
             workers=workers,
             worker_init=_init_worker,
-            worker_args=(threads, dict(BATCH_SIZE_ARMS)),
+            worker_args=(threads, states),
         )
-    summaries = {}
-    for experiment_name, config in plan.items():
-        cells = cells_of[experiment_name]
-        summary = EXPERIMENTS[experiment_name].summarize(
-            config, cells, {c.key: results[c.key] for c in cells}
+    out: dict[str, ExperimentResult] = {}
+    for name, config in plan.items():
+        cells = cells_of[name]
+        out[name] = ExperimentResult(
+            experiment=name,
+            config=config,
+            cells=len(cells),
+            summary=chosen[name].summarize(config, cells, {c.key: results[c.key] for c in cells}),
+            cell_seconds=None if store is None else _cell_seconds(store, cells),
         )
-        summary["experiment"] = experiment_name
-        summary["config"] = config_dict(config)
-        summary["cells"] = len(cells)
-        if store is not None:
-            summary["cell_seconds"] = _cell_seconds(store, cells)
-        summaries[experiment_name] = summary
-    return summaries
+    return out
+
+
+def run_experiment(
+    experiment: Experiment,
+    config: Any | None = None,
+    data: Any | None = None,
+    *,
+    store: CellStore | None = None,
+    progress: bool = True,
+    data_dir: str | None = None,
+    workers: int = 1,
+    threads: int | None = 1,
+) -> ExperimentResult:
+    """Run every cell of one experiment (skipping those in ``store``) and summarise.
+
+    Args:
+        experiment: e.g. :data:`normlab.lab.experiments.compare.COMPARE`.
+        config: its config (default: the study's full-budget config on Fashion-MNIST).
+        data: a :class:`normlab.data.Dataset` to use instead of loading
+            ``config.dataset``; it is cut to ``config``'s subsets.
+        store: keeps finished cells (and finds them when resuming).
+        data_dir: where to look for the dataset (default: the usual discovery).
+        workers: processes computing cells at once.
+        threads: torch threads per process (None: torch's default).
+
+    Example::
+
+        >>> result = run_experiment(COMPARE, CompareConfig(seeds=2, epochs=1))
+        >>> result.summary.norms["batch"].final_test_accuracy.mean   # doctest: +SKIP
+    """
+    if config is None:
+        config = experiment.study_config(
+            quick=False, dataset="fashion-mnist", device="cpu", syncbn=False
+        )
+    config.validate()
+    results = run_plan_cells(
+        {experiment.name: config},
+        store=store,
+        data=data,
+        data_dir=data_dir,
+        progress=progress,
+        workers=workers,
+        threads=threads,
+        experiments={experiment.name: experiment},
+    )
+    return results[experiment.name]
 
 
 def _load_average() -> list[float] | None:
@@ -415,9 +413,8 @@ def run_single(
 ) -> StudyResult:
     """One experiment into its own run directory with its own small report (what the
     ``compare``, ``sweep`` and ``probe`` commands run)."""
-    if name not in EXPERIMENTS:
-        raise UsageError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")
-    title = f"normlab {name.replace('-', ' ')}: {EXPERIMENTS[name].title.lower()}"
+    experiment = experiment_named(name)
+    title = f"normlab {name.replace('-', ' ')}: {experiment.title.lower()}"
     return run_study(
         {name: config},
         out=out,
@@ -431,9 +428,20 @@ def run_single(
     )
 
 
-def load_results(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """results.json of a finished study."""
+def load_results(run_dir: str | os.PathLike[str]) -> dict[str, ExperimentResult]:
+    """Every experiment's result in results.json of a finished study, typed again."""
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
         raise UsageError(f"{path} does not exist; the study has not finished")
-    return json.loads(path.read_text(encoding="utf-8"))
+    stored = json.loads(path.read_text(encoding="utf-8"))["summaries"]
+    results = {}
+    for name, values in stored.items():
+        experiment = experiment_named(name)
+        results[name] = ExperimentResult(
+            experiment=name,
+            config=from_jsonable(experiment.config_type, values["config"]),
+            cells=int(values["cells"]),
+            summary=from_jsonable(experiment.summary_type, values["summary"]),
+            cell_seconds=values.get("cell_seconds"),
+        )
+    return results

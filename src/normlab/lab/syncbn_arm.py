@@ -118,8 +118,8 @@ def run_syncbn_arm(
 ) -> dict[str, Any]:
     """One cell of the batch-size sweep: global batch ``batch_size`` over ``processes``.
 
-    The :data:`normlab.lab.experiments.sweeps.BatchSizeArm` signature, plus ``sync`` and
-    ``processes`` (bind them with ``functools.partial``; :func:`register_syncbn_arms`
+    The :data:`~normlab.lab.experiments.sweep_batch_size.BatchSizeArm` signature, plus
+    ``sync`` and ``processes`` (bind them with ``functools.partial``; :func:`register_syncbn_arms`
     does). The learning rate is ``config.lr_for(batch_size)``, as the one-process arms at
     the same ``batch_size``.
 
@@ -157,7 +157,7 @@ def run_syncbn_arm(
 
 def register_syncbn_arms(processes: int = PROCESSES) -> list[str]:
     """Add the ``syncbn`` and ``localbn`` arms to the batch-size sweep; their names."""
-    from normlab.lab.experiments.sweeps import register_batch_size_arm
+    from normlab.lab.experiments.sweep_batch_size import register_batch_size_arm
 
     for name, sync in ARMS.items():
         register_batch_size_arm(name, partial(run_syncbn_arm, sync=sync, processes=processes))

@@ -27,33 +27,55 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from normlab.errors import UsageError
-from normlab.lab.cells import Cell, CellStore, estimate_seconds, seed_list
+from normlab.lab.cells import Cell, estimate_seconds, seed_list
 from normlab.lab.common import (
-    Experiment,
     check_choices,
     check_common,
     check_positive_int,
     curve_mean_std,
     history_record,
-    run_experiment,
+    pm,
+    seed_stats,
     train_config,
 )
+from normlab.lab.experiment import Curve, Experiment, FigureSpec, Option, TableSpec
+from normlab.lab.figures import percent
+from normlab.lab.verdicts import (
+    AGREES,
+    DISAGREES,
+    INCONCLUSIVE,
+    Finding,
+    fmt3,
+    fmt_num,
+    fmt_pct,
+    label,
+    pct,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from normlab.data import Dataset
 
 __all__ = [
     "PROBE",
+    "LayerCurves",
     "LayerStats",
+    "Probe",
     "ProbeConfig",
+    "ProbeRuns",
+    "ProbeSummary",
     "Smoothness",
     "layer_statistics",
     "probe_steps",
-    "run_probe",
     "smoothness",
 ]
 
@@ -257,64 +279,219 @@ class ProbeConfig:
             )
 
 
-def probe_cells(config: ProbeConfig) -> list[Cell]:
-    """One cell per activation x norm x seed."""
-    examples = config.epochs * (config.train_subset or 60_000)
-    probe_cost = config.probes * (1 + len(config.step_sizes)) * 3 * config.probe_batch
-    return [
-        Cell(
-            "probe",
-            (("activation", activation), ("norm", norm)),
-            seed,
-            estimate_seconds(examples, config.batch_size, norm)
-            + estimate_seconds(probe_cost, config.probe_batch, norm),
-        )
-        for activation in config.activations
-        for norm in config.norms
-        for seed in seed_list(config.seeds)
-    ]
+@dataclass(frozen=True)
+class LayerCurves:
+    """One layer's pre-activations along the probe steps, mean ± std across seeds."""
+
+    mean: Curve
+    std: Curve
+    saturation: Curve  # fraction of flat units (saturated sigmoid, zero ReLU)
+    percentiles_seed0: list[list[float]]  # per step: 15th, 50th, 85th (seed 0)
 
 
-def run_probe_cell(config: ProbeConfig, data: Any, cell: Cell) -> dict[str, Any]:
-    """Train one LeNet and probe it at evenly spread steps."""
-    from normlab.data import normalize_images, num_batches
-    from normlab.train.engine import StepInfo, build_model, fit
+@dataclass(frozen=True)
+class ProbeRuns:
+    """Every seed of one activation x norm, along the probe steps."""
 
-    params = cell.params
-    train = train_config(
-        config, norm=params["norm"], activation=params["activation"], seed=cell.seed
+    steps: list[int]
+    smoothness: dict[str, Curve]  # measure (SMOOTHNESS_KEYS) -> curve
+    trajectory_mean: dict[str, float | None]  # measure -> mean over the probes after 0
+    layers: dict[str, LayerCurves]  # "conv1", ... -> its curves
+    diverged: int
+    final_test_accuracy: list[float | None]  # per seed
+    final_test_loss: list[float | None]  # per seed
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class ActivationProbes:
+    """One activation: per norm, its runs."""
+
+    norms: dict[str, ProbeRuns]
+
+
+@dataclass(frozen=True)
+class ProbeSummary:
+    """Per activation, per norm, the probes; the step sizes along the gradient."""
+
+    activations: dict[str, ActivationProbes]
+    step_sizes: list[float]  # eta = multiple x lr
+
+
+class Probe(Experiment[ProbeConfig, ProbeSummary]):
+    """Train every activation x norm for every seed, probing along the way."""
+
+    name = "probe"
+    title = "Inside the network"
+    introduction = (
+        "What batch norm changes inside the network, with the tutorial's sigmoid and with "
+        "ReLU (Santurkar et al.'s VGG): the pre-activations of each layer on a fixed batch "
+        "of training images (Ioffe & Szegedy's 'internal covariate shift' picture: "
+        "percentiles, spread, and the fraction of flat units: a sigmoid within 0.05 of 0 "
+        "or 1, a ReLU at 0), and Santurkar et al. (2018)'s loss-landscape measures: "
+        "stepping along the gradient by several step sizes, the range of the loss (loss "
+        "variation), the largest change of the gradient (ℓ2) and that change per unit "
+        "step (effective β-smoothness)."
     )
-    model = build_model(train)
-    batch = min(config.probe_batch, len(data.train_labels))
-    x = normalize_images(data.train_images[:batch]).to(train.device)
-    y = data.train_labels[:batch].to(train.device)
-    steps_per_epoch = num_batches(len(data.train_labels), train.batch_size)
-    when = set(probe_steps(steps_per_epoch * train.epochs, config.probes))
-    step_sizes = [eta * train.lr for eta in config.step_sizes]
-    records: list[dict[str, Any]] = []
+    config_type = ProbeConfig
+    summary_type = ProbeSummary
+    command = ("probe",)
+    options = (
+        Option("--norms", "norms", "list", "norms to probe (default batch,none)", "A,B,..."),
+        Option("--probes", "probes", "int>=2", "probe points over training (default 9)", "N"),
+        Option("--probe-batch", "probe_batch", "int>=2",
+               "training images every probe uses (default 256)", "N"),
+        Option("--step-sizes", "step_sizes", "float-list",
+               "steps along the gradient, in multiples of lr (default 0.5,1,2,4)", "A,B,..."),
+        Option("--lr", "lr", "float", "SGD learning rate (default 0.03)", "LR"),
+    )  # fmt: skip
 
-    def probe(step: int) -> None:
-        stats = layer_statistics(model, x, config.saturation_eps)
-        smooth = smoothness(model, x, y, step_sizes)
-        records.append(
-            {
-                "step": step,
-                "layers": [_layer_dict(s) for s in stats],
-                "smoothness": {k: getattr(smooth, k) for k in Smoothness.__dataclass_fields__},
-            }
+    def study_config(self, *, quick: bool, dataset: str, device: str, syncbn: bool) -> ProbeConfig:
+        if quick:
+            return ProbeConfig(
+                dataset=dataset, device=device, train_subset=2_000, test_subset=500,
+                seeds=2, epochs=1, probes=5,
+            )  # fmt: skip
+        return ProbeConfig(dataset=dataset, device=device)
+
+    def cells(self, config: ProbeConfig) -> list[Cell]:
+        """One cell per activation x norm x seed."""
+        examples = config.epochs * (config.train_subset or 60_000)
+        probe_cost = config.probes * (1 + len(config.step_sizes)) * 3 * config.probe_batch
+        return [
+            Cell(
+                self.name,
+                (("activation", activation), ("norm", norm)),
+                seed,
+                estimate_seconds(examples, config.batch_size, norm)
+                + estimate_seconds(probe_cost, config.probe_batch, norm),
+            )
+            for activation in config.activations
+            for norm in config.norms
+            for seed in seed_list(config.seeds)
+        ]
+
+    def run_cell(self, config: ProbeConfig, data: Dataset, cell: Cell) -> dict[str, Any]:
+        """Train one LeNet and probe it at evenly spread steps."""
+        from normlab.data import normalize_images, num_batches
+        from normlab.train.engine import StepInfo, build_model, fit
+
+        params = cell.params
+        train = train_config(
+            config, norm=params["norm"], activation=params["activation"], seed=cell.seed
+        )
+        model = build_model(train)
+        batch = min(config.probe_batch, len(data.train_labels))
+        x = normalize_images(data.train_images[:batch]).to(train.device)
+        y = data.train_labels[:batch].to(train.device)
+        steps_per_epoch = num_batches(len(data.train_labels), train.batch_size)
+        when = set(probe_steps(steps_per_epoch * train.epochs, config.probes))
+        step_sizes = [eta * train.lr for eta in config.step_sizes]
+        records: list[dict[str, Any]] = []
+
+        def probe(step: int) -> None:
+            stats = layer_statistics(model, x, config.saturation_eps)
+            smooth = smoothness(model, x, y, step_sizes)
+            records.append(
+                {
+                    "step": step,
+                    "layers": [_layer_dict(s) for s in stats],
+                    "smoothness": {k: getattr(smooth, k) for k in Smoothness.__dataclass_fields__},
+                }
+            )
+
+        def on_step(info: StepInfo) -> None:
+            if info.step + 1 in when:  # after the update of step k: k + 1 updates done
+                probe(info.step + 1)
+
+        if 0 in when:
+            probe(0)
+        history = fit(model, data, train, progress=False, on_step=on_step)
+        record = history_record(history)
+        record["probes"] = records
+        record["num_classes"] = len(data.classes)
+        return record
+
+    def summarize(
+        self, config: ProbeConfig, cells: list[Cell], results: Mapping[str, Mapping[str, Any]]
+    ) -> ProbeSummary:
+        """Per activation and norm: each measure along the probe steps, mean ± std across
+        seeds, and its mean over the steps after the first (the trajectory, not the
+        initialisation)."""
+        activations: dict[str, ActivationProbes] = {}
+        for activation in config.activations:
+            norms: dict[str, ProbeRuns] = {}
+            for norm in config.norms:
+                runs = [
+                    results[c.key]
+                    for c in cells
+                    if c.params == {"activation": activation, "norm": norm}
+                ]
+                norms[norm] = _summarize_runs(runs)
+            activations[activation] = ActivationProbes(norms=norms)
+        return ProbeSummary(
+            activations=activations, step_sizes=[eta * config.lr for eta in config.step_sizes]
         )
 
-    def on_step(info: StepInfo) -> None:
-        if info.step + 1 in when:  # after the update of step k: k + 1 updates done
-            probe(info.step + 1)
+    def findings(self, summary: ProbeSummary) -> list[Finding]:
+        return probe_findings(summary)
 
-    if 0 in when:
-        probe(0)
-    history = fit(model, data, train, progress=False, on_step=on_step)
-    record = history_record(history)
-    record["probes"] = records
-    record["num_classes"] = len(data.classes)
-    return record
+    def table(self, summary: ProbeSummary) -> TableSpec:
+        from normlab.report import Column
+
+        rows = []
+        for activation, group in summary.activations.items():
+            for norm, s in group.norms.items():
+                t = s.trajectory_mean
+                layers = s.layers
+                flat = max(v.saturation.mean[-1] for v in layers.values()) if layers else None
+                rows.append(
+                    {
+                        "activation": activation,
+                        "norm": norm,
+                        "loss_variation": t.get("loss_variation"),
+                        "gradient_change": t.get("gradient_change"),
+                        "beta": t.get("beta_smoothness"),
+                        "flat": flat,
+                        "accuracy": pm(seed_stats(s.final_test_accuracy)),
+                    }
+                )
+        columns = [
+            Column("activation"),
+            Column("norm"),
+            Column("loss_variation", "loss variation"),
+            Column("gradient_change", "gradient change"),
+            Column("beta", "β-smoothness"),
+            Column("flat", "max saturated/inactive (end)", fmt="percent"),
+            Column("accuracy", "test accuracy", align="right"),
+        ]
+        return TableSpec(rows, columns)
+
+    def figures(self, summary: ProbeSummary) -> list[FigureSpec]:
+        figures = [
+            FigureSpec(
+                "probe-smoothness",
+                probe_smoothness_figure(summary),
+                "Loss-landscape smoothness along the trajectory (Santurkar et al. 2018): "
+                "lower is smoother.",
+            )
+        ]
+        for activation in summary.activations:
+            caption = (
+                f"Pre-activations of each layer during training ({activation}): percentiles "
+                "(seed 0), standard deviation and the fraction of flat units."
+            )
+            figures.append(
+                FigureSpec(
+                    f"probe-layers-{activation}",
+                    probe_layers_figure(summary, activation),
+                    caption,
+                )
+            )
+        return figures
+
+
+PROBE = Probe()
 
 
 def _layer_dict(stats: LayerStats) -> dict[str, Any]:
@@ -328,60 +505,9 @@ def _layer_dict(stats: LayerStats) -> dict[str, Any]:
 
 
 SMOOTHNESS_KEYS = ("loss_variation", "gradient_change", "beta_smoothness", "loss")
+
+
 LAYER_KEYS = ("mean", "std", "saturation")
-
-
-def summarize_probe(
-    config: ProbeConfig, cells: list[Cell], results: Mapping[str, Mapping[str, Any]]
-) -> dict[str, Any]:
-    """Per activation and norm: each measure along the probe steps, mean ± std across
-    seeds, and its mean over the steps after the first (the trajectory, not the
-    initialisation)."""
-    activations: dict[str, Any] = {}
-    for activation in config.activations:
-        norms: dict[str, Any] = {}
-        for norm in config.norms:
-            runs = [
-                results[c.key]
-                for c in cells
-                if c.params == {"activation": activation, "norm": norm}
-            ]
-            norms[norm] = _summarize_runs(runs)
-        activations[activation] = {"norms": norms}
-    return {
-        "activations": activations,
-        "step_sizes": [eta * config.lr for eta in config.step_sizes],
-    }
-
-
-def _summarize_runs(runs: list[Mapping[str, Any]]) -> dict[str, Any]:
-    common = min(len(r["probes"]) for r in runs)
-    steps = [p["step"] for p in runs[0]["probes"][:common]]
-    smooth = {
-        key: curve_mean_std([[p["smoothness"][key] for p in r["probes"][:common]] for r in runs])
-        for key in SMOOTHNESS_KEYS
-    }
-    layer_names = [s["layer"] for s in runs[0]["probes"][0]["layers"]] if common else []
-    layers = {
-        name: {
-            key: curve_mean_std([[p["layers"][i][key] for p in r["probes"][:common]] for r in runs])
-            for key in LAYER_KEYS
-        }
-        | {"percentiles_seed0": [p["layers"][i]["percentiles"] for p in runs[0]["probes"]]}
-        for i, name in enumerate(layer_names)
-    }
-    return {
-        "steps": steps,
-        "smoothness": smooth,
-        "trajectory_mean": {key: _mean_after_start(smooth[key]["mean"]) for key in SMOOTHNESS_KEYS},
-        "layers": layers,
-        "diverged": sum(bool(r["diverged"]) for r in runs),
-        "final_test_accuracy": [
-            None if r["final"] is None else r["final"]["test_accuracy"] for r in runs
-        ],
-        "final_test_loss": [None if r["final"] is None else r["final"]["test_loss"] for r in runs],
-        "num_classes": runs[0]["num_classes"],
-    }
 
 
 def _mean_after_start(values: Sequence[float]) -> float | None:
@@ -390,32 +516,247 @@ def _mean_after_start(values: Sequence[float]) -> float | None:
     return math.fsum(rest) / len(rest) if rest else None
 
 
-PROBE = Experiment(
-    name="probe",
-    title="Inside the network",
-    config_type=ProbeConfig,
-    cells=probe_cells,
-    run_cell=run_probe_cell,
-    summarize=summarize_probe,
-)
+def _summarize_runs(runs: list[Mapping[str, Any]]) -> ProbeRuns:
+    common = min(len(r["probes"]) for r in runs)
+    steps = [p["step"] for p in runs[0]["probes"][:common]]
+    smooth = {
+        key: curve_mean_std([[p["smoothness"][key] for p in r["probes"][:common]] for r in runs])
+        for key in SMOOTHNESS_KEYS
+    }
+    layer_names = [s["layer"] for s in runs[0]["probes"][0]["layers"]] if common else []
 
+    def layer_curve(i: int, key: str) -> Curve:
+        return curve_mean_std([[p["layers"][i][key] for p in r["probes"][:common]] for r in runs])
 
-def run_probe(
-    config: ProbeConfig | None = None,
-    data: Any | None = None,
-    *,
-    store: CellStore | None = None,
-    progress: bool = True,
-    data_dir: str | None = None,
-) -> dict[str, Any]:
-    """Train every activation x norm for every seed, probing along the way; the summary.
-
-    Returns:
-        ``{"activations": {act: {"norms": {name: {"steps": [...], "smoothness":
-        {measure: {mean, std, values}}, "trajectory_mean": {measure: value}, "layers":
-        {layer: {mean|std|saturation: {mean, std, values}, "percentiles_seed0": [...]}},
-        "final_test_loss": [...]}}}}, "step_sizes": [...]}``.
-    """
-    return run_experiment(
-        PROBE, config or ProbeConfig(), data, store=store, progress=progress, data_dir=data_dir
+    layers = {
+        name: LayerCurves(
+            mean=layer_curve(i, "mean"),
+            std=layer_curve(i, "std"),
+            saturation=layer_curve(i, "saturation"),
+            percentiles_seed0=[p["layers"][i]["percentiles"] for p in runs[0]["probes"]],
+        )
+        for i, name in enumerate(layer_names)
+    }
+    return ProbeRuns(
+        steps=steps,
+        smoothness=smooth,
+        trajectory_mean={key: _mean_after_start(smooth[key].mean) for key in SMOOTHNESS_KEYS},
+        layers=layers,
+        diverged=sum(bool(r["diverged"]) for r in runs),
+        final_test_accuracy=[
+            None if r["final"] is None else r["final"]["test_accuracy"] for r in runs
+        ],
+        final_test_loss=[None if r["final"] is None else r["final"]["test_loss"] for r in runs],
+        num_classes=runs[0]["num_classes"],
     )
+
+
+# ================================================================================ findings
+SMOOTHNESS_NAMES = {
+    "loss_variation": "loss variation",
+    "gradient_change": "gradient change",
+    "beta_smoothness": "effective beta-smoothness",
+}
+
+
+def probe_findings(summary: ProbeSummary) -> list[Finding]:
+    """Per activation: Santurkar et al.'s smoothness with and without batch norm,
+    saturation (sigmoid) or inactive units (ReLU), and the drift of the pre-activations."""
+    findings: list[Finding] = []
+    for activation, group in summary.activations.items():
+        findings.extend(_probe_activation_findings(activation, group.norms))
+    return findings
+
+
+def _probe_activation_findings(activation: str, norms: Mapping[str, ProbeRuns]) -> list[Finding]:
+    findings: list[Finding] = []
+    if "batch" in norms and "none" in norms:
+        with_bn, without = norms["batch"].trajectory_mean, norms["none"].trajectory_mean
+        parts, smaller, numbers = [], 0, {}
+        compared = 0
+        for key, name in SMOOTHNESS_NAMES.items():
+            a, b = with_bn.get(key), without.get(key)
+            if a is None or b is None:
+                continue
+            compared += 1
+            smaller += a < b
+            ratio = b / a if a > 0 else math.inf
+            parts.append(f"{name} {fmt_num(a)} with batch norm vs {fmt_num(b)} without "
+                         f"({fmt_num(ratio)}x)")  # fmt: skip
+            numbers[f"{key}_batch"] = float(fmt_num(a))
+            numbers[f"{key}_none"] = float(fmt_num(b))
+        if compared:
+            plateau = _plateau_note(norms["none"])
+            if plateau:
+                verdict = INCONCLUSIVE  # a network that does not learn is no comparison
+            elif smaller == compared:
+                verdict = AGREES
+            elif smaller == 0:
+                verdict = DISAGREES
+            else:
+                verdict = INCONCLUSIVE
+            findings.append(
+                Finding(
+                    "probe",
+                    f"With {activation}, along the training trajectory (mean over the probes "
+                    "after step 0): " + "; ".join(parts) + "." + plateau,
+                    claim=(
+                        "Santurkar et al. (2018) find all three much smaller with batch norm: "
+                        "a smoother loss landscape, not less internal covariate shift, is what "
+                        "helps."
+                    ),
+                    verdict=verdict,
+                    numbers=numbers,
+                )
+            )
+    flat_units = "saturated" if activation in ("sigmoid", "tanh") else "inactive (zero)"
+    for norm in ("none", "batch"):
+        if norm not in norms or not norms[norm].layers:
+            continue
+        layers = norms[norm].layers
+        final = {name: stats.saturation.mean[-1] for name, stats in layers.items()}
+        start = {name: stats.saturation.mean[0] for name, stats in layers.items()}
+        worst = max(final, key=final.get)
+        findings.append(
+            Finding(
+                "probe",
+                f"With {activation} and {label(norm)}, the layer with the most {flat_units} "
+                f"units at the end is {worst}: {fmt_pct(final[worst])} (at the start: "
+                f"{fmt_pct(start[worst])}).",
+                numbers={"final_fraction": pct(final[worst]), "start_fraction": pct(start[worst])},
+            )
+        )
+    if "batch" in norms and "none" in norms and norms["none"].layers:
+        drift = {}
+        for norm in ("batch", "none"):
+            stds = {name: s.std.mean for name, s in norms[norm].layers.items()}
+            drift[norm] = {name: (v[0], v[-1]) for name, v in stds.items()}
+        layer = max(drift["none"], key=lambda n: _log_ratio(*drift["none"][n]))
+        a0, a1 = drift["none"][layer]
+        b0, b1 = drift["batch"][layer]
+        findings.append(
+            Finding(
+                "probe",
+                f"With {activation}, the spread of the {layer} pre-activations moves most without "
+                f"normalization: its std goes from {fmt3(a0)} to {fmt3(a1)}; with batch norm "
+                f"from {fmt3(b0)} to {fmt3(b1)}.",
+                claim=(
+                    "Ioffe & Szegedy (2015) motivate batch norm by this drift of each layer's "
+                    "input distribution during training (their Figure 1: a sigmoid's input, "
+                    "drifting without batch norm, stable with it)."
+                ),
+                verdict=AGREES if _log_ratio(a0, a1) > _log_ratio(b0, b1) else DISAGREES,
+                numbers={
+                    "none_start": float(fmt3(a0)),
+                    "none_end": float(fmt3(a1)),
+                    "batch_start": float(fmt3(b0)),
+                    "batch_end": float(fmt3(b1)),
+                },
+            )
+        )
+    return findings
+
+
+def _log_ratio(start: float, end: float) -> float:
+    """``|ln(end / start)|``: how far a positive quantity moved, up or down (0 if unknown)."""
+    if not (start > 0 and end > 0 and math.isfinite(start) and math.isfinite(end)):
+        return 0.0
+    return abs(math.log(end / start))
+
+
+PLATEAU_TOLERANCE = 0.05  # nats from ln(classes): the loss of a uniform guess
+
+
+def _plateau_note(plain: ProbeRuns) -> str:
+    """A sentence when the plain network's test loss never left the uniform-guess plateau
+    (a flat landscape is smooth for the wrong reason), else ""."""
+    losses = [v for v in plain.final_test_loss if v is not None and math.isfinite(v)]
+    classes = plain.num_classes
+    if not losses or not classes:
+        return ""
+    loss = math.fsum(losses) / len(losses)
+    uniform = math.log(classes)
+    if abs(loss - uniform) > PLATEAU_TOLERANCE:
+        return ""
+    return (
+        f" Without normalization the test loss ended at {loss:.3f}, within "
+        f"{PLATEAU_TOLERANCE} of ln {classes} = {uniform:.3f} (a uniform guess): that "
+        "landscape is flat because training has not left the initial plateau."
+    )
+
+
+# ================================================================================= figures
+def probe_smoothness_figure(summary: ProbeSummary) -> Figure:
+    """Santurkar et al.'s three measures along the training steps, with and without
+    batch norm (log scale); one row per activation."""
+    keys = (
+        ("loss_variation", "loss variation"),
+        ("gradient_change", "gradient change (ℓ2)"),
+        ("beta_smoothness", "effective β-smoothness"),
+    )
+    from normlab.report.plots import new_figure, plot_lines, style
+
+    activations = summary.activations
+    rows = max(len(activations), 1)
+    with style():
+        fig, axes = new_figure(nrows=rows, ncols=3, width=15.0, height=3.9 * rows)
+        grid = axes.reshape(rows, 3)
+        for r, (activation, group) in enumerate(activations.items()):
+            for c, (key, title) in enumerate(keys):
+                ax = grid[r, c]
+                series, steps = {}, None
+                for norm, s in group.norms.items():
+                    values = np.asarray(s.smoothness[key].values, dtype=np.float64)
+                    if values.size:
+                        steps = s.steps[: values.shape[1]]
+                        series[label(norm)] = np.where(values > 0, values, np.nan)
+                if series and steps is not None:
+                    plot_lines(ax, steps, series)
+                    ax.legend(fontsize=8)
+                ax.set_yscale("log")
+                ax.set_title(f"{title} ({activation})")
+                if r == rows - 1:
+                    ax.set_xlabel("training step")
+    return fig
+
+
+def probe_layers_figure(summary: ProbeSummary, activation: str) -> Figure:
+    """Per layer (columns), for one activation: the pre-activations' median with the
+    15-85th percentile band (seed 0), their std, and the fraction of flat units
+    (saturated sigmoid, zero ReLU), along the steps, with and without batch norm."""
+    from normlab.report.plots import PALETTE, new_figure, plot_lines, style
+
+    norms = summary.activations[activation].norms
+    layer_names = next((list(s.layers) for s in norms.values() if s.layers), [])
+    cols = max(len(layer_names), 1)
+    flat = "saturated" if activation in ("sigmoid", "tanh") else "inactive"
+    with style():
+        fig, axes = new_figure(nrows=3, ncols=cols, width=3.6 * cols + 1, height=8.5)
+        grid = axes.reshape(3, cols)
+        for c, layer in enumerate(layer_names):
+            for index, (norm, s) in enumerate(norms.items()):
+                if layer not in s.layers:
+                    continue
+                stats = s.layers[layer]
+                color = PALETTE[index % len(PALETTE)]
+                steps = s.steps
+                pcts = np.asarray(stats.percentiles_seed0, dtype=np.float64)
+                n = min(len(steps), len(pcts))
+                grid[0, c].plot(steps[:n], pcts[:n, 1], color=color, label=label(norm))
+                grid[0, c].fill_between(steps[:n], pcts[:n, 0], pcts[:n, 2], color=color,
+                                        alpha=0.2, lw=0)  # fmt: skip
+                std_values = np.asarray(stats.std.values)
+                flat_values = percent(stats.saturation.values)
+                if std_values.size:
+                    plot_lines(grid[1, c], steps[: std_values.shape[1]],
+                               {label(norm): std_values}, colors=[color])  # fmt: skip
+                    plot_lines(grid[2, c], steps[: flat_values.shape[1]],
+                               {label(norm): flat_values}, colors=[color])  # fmt: skip
+            grid[0, c].set_title(f"{layer} ({activation})")
+            grid[2, c].set_xlabel("training step")
+        if layer_names:
+            grid[0, 0].set_ylabel("pre-activation\n15/50/85th pct")
+            grid[1, 0].set_ylabel("pre-activation std")
+            grid[2, 0].set_ylabel(f"{flat} units (%)")
+            grid[0, 0].legend(fontsize=8)
+    return fig

@@ -1,0 +1,205 @@
+"""The experiment contract: one class per experiment module, one object in the plan.
+
+An experiment is a subclass of :class:`Experiment` that says, in one place, everything
+the lab needs to run it and report it:
+
+- ``name``, ``title``, ``introduction``: its cell directory and report anchor, its
+  report section, the paragraph that opens the section;
+- ``config_type``: a frozen dataclass with a ``validate()`` method (its settings);
+- :meth:`Experiment.study_config`: the config the study runs (full or quick budget);
+- :meth:`Experiment.cells`: the work, one :class:`~normlab.lab.cells.Cell` per
+  setting x seed;
+- :meth:`Experiment.run_cell`: one training run; a JSON-ready dict kept in the cell file;
+- :meth:`Experiment.summarize`: the cells' results as the experiment's own summary
+  dataclass (mean ± std across seeds);
+- :meth:`Experiment.findings`: sentences computed from the summary, set against the
+  literature (:mod:`normlab.lab.verdicts`);
+- :meth:`Experiment.table` and :meth:`Experiment.figures`: what the terminal and the
+  report show;
+- ``command`` and ``options``: how ``normlab`` runs it on its own.
+
+The plan (:mod:`normlab.lab.plan`) lists the experiment objects in order; the runner
+(:mod:`normlab.lab.study`), the report (:mod:`normlab.lab.report`) and the commands
+iterate over it and know no experiment by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from normlab.lab.cells import Cell
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from normlab.data import Dataset
+    from normlab.lab.verdicts import Finding
+    from normlab.report import Column
+
+__all__ = [
+    "Curve",
+    "Experiment",
+    "ExperimentResult",
+    "FigureSpec",
+    "Option",
+    "SeedStats",
+    "TableSpec",
+]
+
+ConfigT = TypeVar("ConfigT")
+SummaryT = TypeVar("SummaryT")
+
+
+@dataclass(frozen=True)
+class SeedStats:
+    """One number measured once per seed: mean and std (ddof=1) over the finite values.
+
+    ``values`` keeps every seed's value in seed order (None where a seed did not finish);
+    ``mean`` and ``std`` are None when no value is finite.
+    """
+
+    mean: float | None
+    std: float | None
+    n: int
+    values: list[float | None]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A curve measured once per seed, cut to the shortest: pointwise mean and std
+    (ddof=1) and the curves themselves.
+
+    Shape:
+        ``mean``, ``std``: ``(T,)``; ``values``: ``(seeds, T)``.
+    """
+
+    mean: list[float]
+    std: list[float]
+    values: list[list[float]]
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One figure of an experiment: its file stem (``figures/<stem>.png``), the figure
+    and its caption."""
+
+    stem: str
+    figure: Figure
+    caption: str
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """An experiment's table: rows (column key -> value) and the columns to show."""
+
+    rows: list[dict[str, Any]]
+    columns: list[Column]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line flag that sets one config field.
+
+    Args:
+        flag: ``"--lrs"``.
+        field: the config field it sets, ``"lrs"``.
+        parse: ``parse(flag, text) -> value`` (None: the flag was not given); the
+            parsers are in :mod:`normlab.cli._lab`, named here by kind: ``"int"``,
+            ``"int>=2"``, ``"float"``, ``"str"``, ``"list"``, ``"float-list"``,
+            ``"int-list"``.
+        help: the flag's help line.
+        metavar: shown in ``--help``.
+    """
+
+    flag: str
+    field: str
+    parse: str
+    help: str
+    metavar: str | None = None
+
+
+@dataclass(frozen=True)
+class ExperimentResult(Generic[ConfigT, SummaryT]):
+    """What running one experiment gives: its config, the summary and the bookkeeping.
+
+    ``cell_seconds`` is the measured compute time summed over the cells (across resumes;
+    None when no cell files were kept).
+    """
+
+    experiment: str
+    config: ConfigT
+    cells: int
+    summary: SummaryT
+    cell_seconds: float | None = None
+
+
+class Experiment(Generic[ConfigT, SummaryT]):
+    """The base class of every lab experiment (subclass it once per experiment module).
+
+    Class attributes to set: ``name``, ``title``, ``introduction``, ``config_type``,
+    ``summary_type``, ``command``, ``options``. Methods to write: :meth:`study_config`,
+    :meth:`cells`, :meth:`run_cell`, :meth:`summarize`, :meth:`findings`,
+    :meth:`table`, :meth:`figures`. Instances hold no state: the plan keeps one.
+    """
+
+    name: ClassVar[str]  # "compare", "sweep-lr": cell directory, report anchor, --only
+    title: ClassVar[str]  # "Which normalization?": the report section
+    introduction: ClassVar[str]  # the section's first paragraph (Markdown)
+    config_type: ClassVar[type]  # a frozen dataclass with validate()
+    summary_type: ClassVar[type]  # the dataclass summarize() returns
+    command: ClassVar[tuple[str, ...]]  # ("compare",) or ("sweep", "lr"): the CLI words
+    options: ClassVar[tuple[Option, ...]] = ()  # the command's experiment-specific flags
+    refused: ClassVar[tuple[tuple[str, str], ...]] = ()  # (flag, why the command refuses it)
+
+    def study_config(self, *, quick: bool, dataset: str, device: str, syncbn: bool) -> ConfigT:
+        """The config ``normlab study`` runs: the default budget, or the reduced one
+        (``quick``: under 2 minutes for the whole study). ``syncbn`` asks for the
+        multi-process arms where an experiment has them."""
+        raise NotImplementedError
+
+    def cells(self, config: ConfigT) -> list[Cell]:
+        """One cell per setting x seed, each with its estimated seconds."""
+        raise NotImplementedError
+
+    def run_cell(self, config: ConfigT, data: Dataset, cell: Cell) -> dict[str, Any]:
+        """One training run; its numbers as a JSON-ready dict (stored in the cell file)."""
+        raise NotImplementedError
+
+    def summarize(
+        self, config: ConfigT, cells: list[Cell], results: Mapping[str, Mapping[str, Any]]
+    ) -> SummaryT:
+        """The cells' results (``{cell.key: result}``) as the summary dataclass."""
+        raise NotImplementedError
+
+    def findings(self, summary: SummaryT) -> list[Finding]:
+        """Sentences generated from the summary, each with its claim and verdict."""
+        raise NotImplementedError
+
+    def table(self, summary: SummaryT) -> TableSpec:
+        """The rows and columns printed in the terminal and in the report."""
+        raise NotImplementedError
+
+    def figures(self, summary: SummaryT) -> list[FigureSpec]:
+        """The report's figures (import matplotlib inside: it is optional and slow)."""
+        raise NotImplementedError
+
+    # Process-wide state a worker process needs (e.g. registered arms): taken in the
+    # parent, given to each spawned worker before it computes a cell.
+    def worker_state(self) -> Any:
+        return None
+
+    def set_worker_state(self, state: Any) -> None:
+        del state
+
+    def __repr__(self) -> str:
+        return f"<experiment {self.name}>"
+
+    def __reduce__(self) -> tuple[Callable[[], Experiment], tuple[()]]:
+        return (type(self), ())
+
+
+def finished_values(runs: Sequence[Mapping[str, Any]], key: str) -> list[float | None]:
+    """``run["final"][key]`` per run (None where the run did not finish an epoch)."""
+    return [None if r["final"] is None else r["final"][key] for r in runs]
