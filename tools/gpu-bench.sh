@@ -41,7 +41,7 @@ echo "   exit $?"; grep -v "^       " "$out/profile.txt" | tail -n 40
 TAIL=40 step check 100 check --device cuda
 step bandwidth 60 bench bandwidth --device cuda
 FILE=bandwidth TAIL=8 step bandwidth-bf16 40 bench bandwidth --device cuda --dtype bfloat16
-for layers in "batch instance" "layer group" "rms lrn"; do  # one process each: one failure
+for layers in "batch,instance" "layer,group" "rms,lrn"; do  # one process each: one failure
   FILE=layers TAIL=24 step "layers: $layers" 60 bench layers --device cuda --repeats 7 --layers $layers
 done
 step train 60 bench train --device cuda

@@ -24,11 +24,12 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import normlab.nn as lab
-from normlab.bench.layers import LAYERS, SHAPE_SETS, cases, fwd_bwd_step
+from normlab.bench.layers import FAMILIES, build_twins, cases, fwd_bwd_step
 from normlab.kernels import triton as gpu
 from normlab.kernels.triton import batch_norm as tbn
 
-SHAPES = SHAPE_SETS["all"]  # the shapes of `bench layers`
+CONV_FAMILIES = [FAMILIES["lenet"], FAMILIES["resnet"]]  # the shapes of `bench layers`
+SHAPES = [shape for family in CONV_FAMILIES for shape in family.shapes]
 DEVICE = torch.device("cuda")
 
 
@@ -68,13 +69,14 @@ def step_of(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[]
 
 def part_layers() -> None:
     print("\n== forward+backward per call, microseconds (wall / gpu / wall - gpu)")
-    for kind, shape in cases(("batch", "layer", "group"), SHAPES):  # bench layers' modules
+    for case in cases(("batch", "layer", "group"), CONV_FAMILIES):  # bench layers' modules
+        kind, shape = case.layer, case.shape
         x = torch.randn(shape, device=DEVICE, requires_grad=True)
         dy = torch.randn(shape, device=DEVICE)
         row = []
         kernels = []
-        for lib in (lab, nn):
-            step = step_of(LAYERS[kind](lib, shape).to(DEVICE), x, dy)
+        for module in build_twins(case):
+            step = step_of(module.to(DEVICE), x, dy)
             wall = per_call_us(step)
             on_gpu, names = gpu_us(step)
             row.append((wall, on_gpu))
@@ -136,7 +138,7 @@ def part_plans() -> None:
         for key, value in defaults.items():
             setattr(tbn, key, value)
         tbn.plan.cache_clear()
-        ref = LAYERS["batch"](nn, shape).to(DEVICE)
+        ref = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d)(shape[1]).to(DEVICE)
         try:
             theirs = f"{graph_us(step_of(ref, x.clone().requires_grad_(), dy)):6.1f}"
         except Exception as exc:  # a diagnostic: report and go on

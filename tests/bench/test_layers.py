@@ -1,49 +1,82 @@
-"""``bench layers``: the case grid, the twins it builds, one measured case."""
+"""``bench layers``: the registry's layers, the shape families, the twins, measured cases."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-import normlab.nn as nl
-from normlab.bench import layers
+from normlab.bench import layers, references, report
+from normlab.bench.layers import Case, ShapeFamily
 from normlab.errors import UsageError
+from normlab.nn import registry
+from normlab.testing.tolerance import assert_close_sum
+
+LENET, RESNET, TOKENS = (layers.FAMILIES[n] for n in ("lenet", "resnet", "tokens"))
 
 
-def test_the_shape_grid_is_the_tutorials_and_resnet_like() -> None:
-    assert layers.select_shapes("lenet") == ((64, 6, 24, 24), (64, 16, 8, 8), (64, 120), (64, 84))
-    assert layers.select_shapes("resnet") == ((128, 64, 32, 32), (32, 256, 14, 14))
-    assert layers.select_shapes("all") == layers.SHAPE_SETS["lenet"] + layers.SHAPE_SETS["resnet"]
+def test_the_shape_families_are_lenet_resnet_and_transformer_tokens() -> None:
+    assert LENET.shapes == ((64, 6, 24, 24), (64, 16, 8, 8), (64, 120), (64, 84))
+    assert RESNET.shapes[:2] == ((128, 64, 32, 32), (32, 256, 14, 14))
+    assert TOKENS.shapes == ((64, 50, 128), (16, 197, 384), (8, 256, 768)) and TOKENS.tokens
+    assert not LENET.tokens and not RESNET.tokens
+    assert layers.select_families(None) == [LENET, RESNET, TOKENS]
+    assert layers.select_families(["tokens", "lenet", "tokens"]) == [TOKENS, LENET]
 
 
-def test_cases_skip_layers_that_do_not_apply_to_fully_connected_features() -> None:
-    grid = layers.cases(["batch", "instance", "lrn"], [(64, 6, 24, 24), (64, 120)])
-    assert grid == [
-        ("batch", (64, 6, 24, 24)),
-        ("batch", (64, 120)),
-        ("instance", (64, 6, 24, 24)),
-        ("lrn", (64, 6, 24, 24)),
-    ]
+def test_every_layer_of_the_registry_is_measured_with_the_extra_ones() -> None:
+    names = layers.layer_names()
+    mine = [n for n in registry.norm_names() if n != "none" and not n.startswith("torch-")]
+    assert names == [*mine, "lrn", "sync"]
+    assert {"batch", "layer", "group", "instance", "rms"} <= set(names)
+
+
+def test_a_layer_added_to_the_registry_is_measured_without_touching_the_bench(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def dyt(c: int, dims: int, **kw: object) -> nn.Module:
+        return DynamicTanh(c)
+
+    monkeypatch.setitem(registry.NORM_LAYERS, "dyt", dyt)
+    assert "dyt" in layers.layer_names()
+    grid = layers.cases(["dyt"], [TOKENS])
+    assert [c.shape for c in grid] == list(TOKENS.shapes)
+    _, theirs = layers.build_twins(grid[0])
+    assert isinstance(theirs, references.Reference)
+    assert layers.missing_twins(["dyt"], [TOKENS]) == []
+
+
+def test_every_registry_layer_has_a_twin_on_every_shape() -> None:
+    assert layers.missing_twins(layers.layer_names(), layers.select_families(None)) == []
+
+
+def test_tokens_are_only_for_layers_over_the_last_dimension_and_repeats_are_dropped() -> None:
+    grid = layers.cases(["batch", "layer", "instance", "rms", "lrn"], [LENET, TOKENS])
+    by_layer = {name: [c.shape for c in grid if c.layer == name] for name in layers.layer_names()}
+    assert by_layer["batch"] == list(LENET.shapes)  # no tokens: BatchNorm1d has channels at 1
+    assert by_layer["layer"] == [*LENET.shapes, *TOKENS.shapes]
+    assert by_layer["rms"] == [*LENET.shapes, *TOKENS.shapes]
+    # instance of (N, C) is LayerNorm(C), measured once already as "layer"
+    assert by_layer["instance"] == list(LENET.shapes[:2])
+    assert by_layer["lrn"] == list(LENET.shapes[:2])  # convolutional features only
 
 
 @pytest.mark.parametrize(
-    ("layer", "shape", "expected"),
+    ("case", "expected"),
     [
-        ("batch", (64, 6, 24, 24), "BatchNorm2d(6, eps=1e-05, momentum=0.1, affine=True"),
-        ("batch", (64, 120), "BatchNorm1d(120,"),
-        ("instance", (64, 16, 8, 8), "InstanceNorm2d(16, eps=1e-05, momentum=0.1, affine=True"),
-        ("layer", (64, 16, 8, 8), "LayerNorm((16, 8, 8),"),
-        ("group", (64, 6, 24, 24), "GroupNorm(3, 6,"),  # largest G <= 32 with 2+ per group
-        ("group", (32, 256, 14, 14), "GroupNorm(32, 256,"),
-        ("rms", (64, 84), "RMSNorm((84,),"),
-        ("lrn", (64, 6, 24, 24), "LocalResponseNorm(5,"),
+        (Case("batch", (64, 6, 24, 24), "lenet", False), "BatchNorm2d(6, eps=1e-05"),
+        (Case("batch", (64, 120), "lenet", False), "BatchNorm1d(120,"),
+        (Case("layer", (64, 50, 128), "tokens", True), "LayerNorm((128,),"),
+        (Case("group", (32, 256, 14, 14), "resnet", False), "GroupNorm(32, 256,"),
+        (Case("rms", (16, 197, 384), "tokens", True), "RMSNorm((384,),"),
+        (Case("lrn", (64, 6, 24, 24), "lenet", False), "LocalResponseNorm(5,"),
+        (Case("sync", (64, 16, 8, 8), "lenet", False), "SyncBatchNorm(16,"),
     ],
 )
-def test_twins_are_the_same_layer_from_both_libraries(
-    layer: str, shape: tuple[int, ...], expected: str
-) -> None:
-    ours, theirs = layers._twins(layer, shape, nl)
+def test_twins_are_the_same_layer_from_both_libraries(case: Case, expected: str) -> None:
+    ours, theirs = layers.build_twins(case)
     assert type(ours).__module__.startswith("normlab.nn")
     assert type(theirs).__module__.startswith("torch.nn")
     assert repr(ours).startswith(expected) and repr(theirs).startswith(expected)
@@ -51,11 +84,67 @@ def test_twins_are_the_same_layer_from_both_libraries(
         assert torch.equal(p, q) and not torch.all(p == 1)  # equal, and not the default init
 
 
+class DynamicTanh(nn.Module):
+    """A stand-in with DyT's parameters (``alpha``, ``weight``, ``bias``), computed in float64
+    from the paper's formula: the reference must agree with it."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.normalized_shape = (d,)
+        self.alpha = nn.Parameter(torch.full((1,), 0.5))
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.weight.double() * torch.tanh(self.alpha.double() * x.double()) + self.bias.double()
+        return y.to(x.dtype)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """A stand-in with torchvision's buffers: the reference must be eval-mode batch norm."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.eps = 1e-5
+        for name, value in [("weight", 1.5), ("bias", 0.25), ("running_mean", 0.5)]:
+            self.register_buffer(name, torch.full((c,), value))
+        self.register_buffer("running_var", torch.rand(c) + 0.5)
+
+
+def test_references_compute_the_formula() -> None:
+    dyt = DynamicTanh(8)
+    with torch.no_grad():
+        for p in dyt.parameters():
+            p.uniform_(0.5, 1.5)
+    x = torch.randn(4, 3, 8)
+    reference = references.reference_for(dyt)
+    assert reference is not None
+    assert_close_sum(reference(x), dyt(x), terms=2, abs_sum=dyt(x).abs() + 2, dtype=torch.float32)
+    frozen = FrozenBatchNorm2d(3)
+    bn = nn.BatchNorm2d(3).eval()
+    bn.load_state_dict(frozen.state_dict(), strict=False)
+    image = torch.randn(2, 3, 4, 4)
+    frozen_ref = references.reference_for(frozen)
+    assert frozen_ref is not None
+    expected = bn.double()(image.double())
+    assert_close_sum(frozen_ref(image), expected, terms=4, abs_sum=expected.abs() + 2)
+
+
+def test_a_layer_without_twin_nor_reference_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Mystery(nn.LayerNorm):
+        """A layer over the last dimension that neither torch.nn nor the references know."""
+
+    monkeypatch.setitem(registry.NORM_LAYERS, "mystery", lambda c, dims, **kw: Mystery(c))
+    assert layers.missing_twins(["mystery"], [TOKENS]) == ["mystery (Mystery)"]
+    with pytest.raises(UsageError, match="'mystery' \\(Mystery\\) has no torch twin nor reference"):
+        layers.build_twins(Case("mystery", (64, 50, 128), "tokens", True))
+
+
 def test_a_measured_case_has_ratios_from_its_timings_and_saved_bytes() -> None:
-    result = layers.bench_case(
-        "batch", (16, 4, 6, 6), nl, repeats=3, warmup=1, target_seconds=0.001
-    )
-    assert (result.module, result.shape) == ("BatchNorm2d", (16, 4, 6, 6))
+    case = Case("batch", (16, 4, 6, 6), "lenet", False)
+    result = layers.bench_case(case, repeats=3, warmup=1, target_seconds=0.001)
+    assert (result.module, result.shape, result.threads) == ("BatchNorm2d", (16, 4, 6, 6), 1)
+    assert result.twin == "torch.nn.BatchNorm2d"
     assert result.eager.of_medians == pytest.approx(
         result.ours_eager.median / result.torch_eager.median
     )
@@ -63,22 +152,54 @@ def test_a_measured_case_has_ratios_from_its_timings_and_saved_bytes() -> None:
     # both keep at least the input (16*4*6*6 float32) for their backward
     assert result.saved_ours >= 16 * 4 * 6 * 6 * 4 and result.saved_torch >= 16 * 4 * 6 * 6 * 4
     assert result.compiled is None and set(result.targets_met()) == {"eager", "memory"}
-    assert result.eager_target == 1.25 and result.compiled_target == 1.0
 
 
-def test_torch_against_itself_saves_the_same_bytes() -> None:
-    result = layers.bench_case("group", (8, 4, 5, 5), nn, repeats=1, warmup=0, number=1)
-    assert result.saved_ours == result.saved_torch > 0
-    assert result.targets_met()["memory"]
-    assert result.eager_target == 1.5 and result.compiled_target is None
+def test_each_thread_count_is_measured_and_the_count_restored() -> None:
+    tiny = ShapeFamily("tiny", ((8, 4, 5, 5), (8, 6)))
+    results = layers.bench_layers(
+        ["batch", "group"], [tiny], threads=(2, 1), repeats=1, warmup=0, number=1
+    )
+    assert [(r.threads, r.layer, r.shape) for r in results] == [
+        (t, layer, shape) for t in (2, 1) for layer in ("batch", "group") for shape in tiny.shapes
+    ]
+    assert torch.get_num_threads() == 1
+    summaries = report.summarize(results)
+    assert [(s.threads, s.layer, s.shapes) for s in summaries] == [
+        (2, "batch", 2), (2, "group", 2), (1, "batch", 2), (1, "group", 2)
+    ]  # fmt: skip
+    batch = [r for r in results if r.threads == 2 and r.layer == "batch"]
+    worst = max(batch, key=lambda r: r.eager.of_medians)
+    assert summaries[0].eager.worst == worst.eager.of_medians
+    assert summaries[0].eager.worst_shape == worst.shape
+
+
+def test_the_results_page_keeps_other_sections_and_replaces_its_own(tmp_path: Path) -> None:
+    tiny = ShapeFamily("tiny", ((8, 4, 5, 5),))
+    results = layers.bench_layers(["batch"], [tiny], repeats=1, warmup=0, number=1)
+    page = tmp_path / "bench-layers.md"
+    for label in ("before", "after", "before"):
+        section = report.layers_markdown(results, {"repeats": 1}, label, note=f"run {label}")
+        report.write_section(page, label, section)
+    text = page.read_text()
+    assert text.startswith(report.RESULTS_TITLE)
+    assert text.count("## before") == 1 and text.count("## after") == 1
+    assert text.index("## before") < text.index("## after")
+    assert "| 1 | batch | BatchNorm2d | torch.nn.BatchNorm2d | 1 |" in text
 
 
 @pytest.mark.parametrize(
     ("call", "message"),
     [
         (lambda: layers.select_layers(["batch", "bogus"]), "unknown layer 'bogus'; valid: batch"),
-        (lambda: layers.select_shapes("vgg"), "unknown shape set 'vgg'; valid: lenet, resnet, all"),
-        (lambda: layers._twins("lrn", (64, 120), nl), "'lrn' does not apply to shape"),
+        (
+            lambda: layers.select_families(["vgg"]),
+            "unknown shape family 'vgg'; valid: lenet, resnet, tokens",
+        ),
+        (
+            lambda: layers.build_twins(Case("lrn", (64, 120), "lenet", False)),
+            "'lrn' does not apply to shape",
+        ),
+        (lambda: layers.bench_layers(["batch"], [LENET], threads=(0,)), "at least 1, got 0"),
     ],
 )
 def test_bad_names_are_usage_errors(call, message: str) -> None:

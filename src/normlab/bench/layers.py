@@ -1,23 +1,33 @@
-"""``normlab bench layers``: forward+backward time and saved memory, normlab vs torch.nn.
+"""``normlab bench layers``: forward+backward time and saved memory, normlab vs its twin.
 
-For every layer and input shape, normlab's layer and its ``torch.nn`` twin (same
-constructor arguments) run forward+backward on the same input and output gradient::
+Every layer of normlab's registry (:mod:`normlab.nn.registry`, each name but ``none``
+and the ``torch-`` copies) plus the layers it does not hold (:data:`EXTRA_LAYERS`) is
+timed against a *twin*: the registry's ``torch-<name>`` where it exists (the same layer
+from ``torch.nn``), else the straightforward torch code of the same formula
+(:mod:`normlab.bench.references`). Both run forward+backward on the same input and
+output gradient::
 
     step() = autograd.grad(layer(x), [x, *layer.parameters()], dy)
 
 timed interleaved in one process (:mod:`normlab.bench.timing`). With ``compiled=True``
-both layers are also wrapped in ``torch.compile`` and all four candidates (ours/torch x
-eager/compiled) are measured in the same rounds. The ratios reported are times,
-normlab over torch: below 1 means normlab is faster.
+both layers are also wrapped in ``torch.compile`` and all four candidates (ours/twin x
+eager/compiled) are measured in the same rounds. Each thread count asked for is set
+with ``torch.set_num_threads`` and the whole grid measured at it. The ratios are times,
+normlab over the twin: below 1 means normlab is faster.
 
-- ``eager``: ours eager / torch eager.
-- ``compiled``: ours compiled / torch compiled.
-- ``compiled/eager``: ours compiled / torch eager (what compiling buys a user of ours).
+- ``eager``: ours eager / twin eager.
+- ``compiled``: ours compiled / twin compiled.
+- ``compiled/eager``: ours compiled / twin eager (what compiling buys a user of ours).
 
 Plus the bytes each saves for backward (:mod:`normlab.bench.memory`).
 
-Targets (issue 5): batch norm eager <= 1.25, compiled <= 1.0; the other layers eager
-<= 1.5; saved bytes no larger than torch's.
+Shape families (:data:`FAMILIES`): ``lenet`` (the tutorial's features), ``resnet``
+(convolutional maps and the pooled features of ResNet-like networks) and ``tokens``
+(``(N, L, D)`` transformer tokens, normalised over ``D``: only layers whose
+fully connected form has a ``normalized_shape``, i.e. layer/RMS/DyT-like).
+
+Targets: per layer, the median eager ratio over its shapes <= 1.0 and no shape above
+1.15; compiled, the median <= 1.0; saved bytes no larger than the twin's.
 """
 
 from __future__ import annotations
@@ -25,79 +35,184 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 
+import normlab.nn as normlab_nn
 from normlab.bench.memory import saved_bytes
+from normlab.bench.references import Reference, reference_for
 from normlab.bench.timing import Ratio, Summary, compare, measure
 from normlab.errors import UsageError
-from normlab.nn.registry import default_num_groups
+from normlab.nn.registry import NORM_LAYERS, create_norm_layer
 
 Shape = tuple[int, ...]
 
-SHAPE_SETS: dict[str, tuple[Shape, ...]] = {
+
+@dataclass(frozen=True)
+class ShapeFamily:
+    """Input shapes measured together; ``tokens``: ``(N, L, D)`` normalised over ``D``."""
+
+    name: str
+    shapes: tuple[Shape, ...]
+    tokens: bool = False
+
+
+FAMILIES: dict[str, ShapeFamily] = {
     # the tutorial's LeNet on 64 Fashion-MNIST images: two conv features, two fc features
-    "lenet": ((64, 6, 24, 24), (64, 16, 8, 8), (64, 120), (64, 84)),
-    # ResNet-like conv features: a CIFAR stage at batch 128, an ImageNet stage at batch 32
-    "resnet": ((128, 64, 32, 32), (32, 256, 14, 14)),
+    "lenet": ShapeFamily("lenet", ((64, 6, 24, 24), (64, 16, 8, 8), (64, 120), (64, 84))),
+    # a CIFAR stage at batch 128, an ImageNet stage at batch 32, ResNet-18's pooled
+    # features at batch 256
+    "resnet": ShapeFamily("resnet", ((128, 64, 32, 32), (32, 256, 14, 14), (256, 512))),
+    # ViT-tiny-like tokens at batch 64, ViT-S/16 at 224 px, a 256-token GPT-2-small batch
+    "tokens": ShapeFamily("tokens", ((64, 50, 128), (16, 197, 384), (8, 256, 768)), True),
 }
-SHAPE_SETS["all"] = SHAPE_SETS["lenet"] + SHAPE_SETS["resnet"]
-
-EAGER_TARGET = {"batch": 1.25}  # every other layer: DEFAULT_EAGER_TARGET
-DEFAULT_EAGER_TARGET = 1.5
-COMPILED_TARGET = {"batch": 1.0}  # the issue sets no compiled target for the others
-
-Builder = Callable[[ModuleType, Shape], nn.Module | None]
-
-
-def _batch(lib: ModuleType, shape: Shape) -> nn.Module | None:
-    return getattr(lib, f"BatchNorm{max(len(shape) - 2, 1)}d")(shape[1])
-
-
-def _instance(lib: ModuleType, shape: Shape) -> nn.Module | None:
-    if len(shape) < 3:
-        return None  # one value per channel and sample: no instance statistics
-    return getattr(lib, f"InstanceNorm{len(shape) - 2}d")(shape[1], affine=True)
-
-
-def _layer(lib: ModuleType, shape: Shape) -> nn.Module | None:
-    return lib.LayerNorm(list(shape[1:]))
-
-
-def _group(lib: ModuleType, shape: Shape) -> nn.Module | None:
-    return lib.GroupNorm(default_num_groups(shape[1]), shape[1])
-
-
-def _rms(lib: ModuleType, shape: Shape) -> nn.Module | None:
-    return lib.RMSNorm(list(shape[1:]))
-
-
-def _lrn(lib: ModuleType, shape: Shape) -> nn.Module | None:
-    if len(shape) < 3:
-        return None  # torch's LocalResponseNorm needs (N, C, *) with at least one spatial dim
-    return lib.LocalResponseNorm(5)  # AlexNet's size; torch's defaults for alpha, beta, k
-
-
-LAYERS: dict[str, Builder] = {
-    "batch": _batch,  # BatchNorm1d for (N, C), BatchNorm2d for (N, C, H, W)
-    "instance": _instance,  # InstanceNorm2d(C, affine=True)
-    "layer": _layer,  # LayerNorm(shape[1:]): over each sample's features
-    "group": _group,  # GroupNorm(G, C), the registry's default G
-    "rms": _rms,  # RMSNorm(shape[1:])
-    "lrn": _lrn,  # LocalResponseNorm(5)
+# --quick: one small conv map and one fully connected shape, the smaller ResNet map, the
+# smallest tokens
+QUICK_SHAPES: dict[str, tuple[Shape, ...]] = {
+    "lenet": ((64, 16, 8, 8), (64, 120)),
+    "resnet": ((32, 256, 14, 14),),
+    "tokens": ((64, 50, 128),),
 }
+
+EAGER_MEDIAN_TARGET = 1.0
+EAGER_SHAPE_LIMIT = 1.15
+COMPILED_MEDIAN_TARGET = 1.0
+
+
+def _lrn(lib: Any, channels: int, dims: int) -> nn.Module | None:
+    # torch's LocalResponseNorm needs (N, C, *) with at least one spatial dim
+    return lib.LocalResponseNorm(5) if dims >= 1 else None  # AlexNet's size
+
+
+def _sync(lib: Any, channels: int, dims: int) -> nn.Module | None:
+    return lib.SyncBatchNorm(channels)  # one process, no process group: local statistics
+
+
+# normlab layers the registry does not hold: name -> builder(library, C, dims), built
+# from normlab.nn and from torch.nn
+EXTRA_LAYERS: dict[str, Callable[[Any, int, int], nn.Module | None]] = {
+    "lrn": _lrn,
+    "sync": _sync,
+}
+
+
+def layer_names() -> list[str]:
+    """Every layer ``bench layers`` measures: the registry's, then :data:`EXTRA_LAYERS`."""
+    registry = [n for n in NORM_LAYERS if n != "none" and not n.startswith("torch-")]
+    return [*registry, *EXTRA_LAYERS]
+
+
+def select_layers(names: Sequence[str] | None) -> list[str]:
+    """Validate ``--layers`` names (all when empty or None)."""
+    valid = layer_names()
+    if not names:
+        return valid
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise UsageError(f"unknown layer {unknown[0]!r}; valid: {', '.join(valid)}")
+    return list(dict.fromkeys(names))
+
+
+def select_families(names: Sequence[str] | None) -> list[ShapeFamily]:
+    """Validate ``--shapes`` family names (all when empty or None)."""
+    if not names:
+        return list(FAMILIES.values())
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        raise UsageError(f"unknown shape family {unknown[0]!r}; valid: {', '.join(FAMILIES)}")
+    return [FAMILIES[n] for n in dict.fromkeys(names)]
+
+
+def quick(families: Iterable[ShapeFamily]) -> list[ShapeFamily]:
+    """A few shapes of each family (:data:`QUICK_SHAPES`, else its first): a short run."""
+    return [ShapeFamily(f.name, QUICK_SHAPES.get(f.name, f.shapes[:1]), f.tokens) for f in families]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One layer on one input shape."""
+
+    layer: str
+    shape: Shape
+    family: str
+    tokens: bool
+
+    @property
+    def features(self) -> int:
+        """The layer's ``num_features``: C of ``(N, C, *)``, D of tokens ``(N, L, D)``."""
+        return self.shape[-1] if self.tokens else self.shape[1]
+
+    @property
+    def dims(self) -> int:
+        """The registry's ``dims``: spatial dimensions (0 for fully connected and tokens)."""
+        return 0 if self.tokens else len(self.shape) - 2
+
+
+def _build(layer: str, case: Case, torch_twin: bool) -> nn.Module | None:
+    if layer in EXTRA_LAYERS:
+        return EXTRA_LAYERS[layer](nn if torch_twin else normlab_nn, case.features, case.dims)
+    name = f"torch-{layer}" if torch_twin else layer
+    return create_norm_layer(name, case.features, dims=case.dims)
+
+
+def ours(case: Case) -> nn.Module | None:
+    """Our layer for ``case``, or None where it does not apply (tokens: only layers with a
+    ``normalized_shape``; LRN: only convolutional features)."""
+    module = _build(case.layer, case, torch_twin=False)
+    if module is None or (case.tokens and not hasattr(module, "normalized_shape")):
+        return None
+    return module
+
+
+def twin(layer: str, module: nn.Module, case: Case) -> nn.Module | None:
+    """The module ``module`` is timed against: ``torch-<layer>`` (or ``torch.nn``'s for an
+    extra layer), else the registry entry's ``reference(module)``, else
+    :func:`normlab.bench.references.reference_for`; None when there is none."""
+    if layer in EXTRA_LAYERS or f"torch-{layer}" in NORM_LAYERS:
+        return _build(layer, case, torch_twin=True)
+    own = getattr(NORM_LAYERS[layer], "reference", None)
+    return own(module) if own is not None else reference_for(module)
+
+
+def cases(layers: Iterable[str], families: Iterable[ShapeFamily]) -> list[Case]:
+    """Every (layer, shape) pair where the layer applies, without repeats: a layer that is
+    the same module as an earlier one on a shape (``instance`` of fully connected features
+    is ``LayerNorm``, as ``layer`` is) is measured once."""
+    grid, seen = [], set()
+    for layer in layers:
+        for family in families:
+            for shape in family.shapes:
+                case = Case(layer, tuple(shape), family.name, family.tokens)
+                module = ours(case)
+                if module is None or (shape, repr(module)) in seen:
+                    continue
+                seen.add((shape, repr(module)))
+                grid.append(case)
+    return grid
+
+
+def missing_twins(layers: Iterable[str], families: Iterable[ShapeFamily]) -> list[str]:
+    """Layers with a case but no twin to time against (add a reference for them)."""
+    missing = []
+    for case in cases(layers, families):
+        module = ours(case)
+        if module is not None and twin(case.layer, module, case) is None:
+            missing.append(f"{case.layer} ({type(module).__name__})")
+    return list(dict.fromkeys(missing))
 
 
 @dataclass(frozen=True)
 class LayerResult:
-    """One layer on one shape: timings (seconds per fwd+bwd), ratios, saved bytes."""
+    """One layer on one shape at one thread count: seconds per fwd+bwd, ratios, saved bytes."""
 
     layer: str
     module: str
+    twin: str
     shape: Shape
+    family: str
+    threads: int
     ours_eager: Summary
     torch_eager: Summary
     eager: Ratio
@@ -108,50 +223,13 @@ class LayerResult:
     compiled: Ratio | None = None
     compiled_vs_eager: Ratio | None = None
 
-    @property
-    def eager_target(self) -> float:
-        return EAGER_TARGET.get(self.layer, DEFAULT_EAGER_TARGET)
-
-    @property
-    def compiled_target(self) -> float | None:
-        return COMPILED_TARGET.get(self.layer)
-
     def targets_met(self) -> dict[str, bool]:
-        """Each target that applies to this result -> whether it is met."""
-        met = {
-            "eager": self.eager.of_medians <= self.eager_target,
+        """This shape's own targets: eager ratio <= :data:`EAGER_SHAPE_LIMIT`, no more
+        saved bytes than the twin (the medians' targets are per layer: :func:`summarize`)."""
+        return {
+            "eager": self.eager.of_medians <= EAGER_SHAPE_LIMIT,
             "memory": self.saved_ours <= self.saved_torch,
         }
-        if self.compiled is not None and self.compiled_target is not None:
-            met["compiled"] = self.compiled.of_medians <= self.compiled_target
-        return met
-
-
-def select_layers(names: Sequence[str] | None) -> list[str]:
-    """Validate ``--layers`` names (all when empty or None)."""
-    if not names:
-        return list(LAYERS)
-    unknown = [n for n in names if n not in LAYERS]
-    if unknown:
-        raise UsageError(f"unknown layer {unknown[0]!r}; valid: {', '.join(LAYERS)}")
-    return list(dict.fromkeys(names))
-
-
-def select_shapes(name: str) -> tuple[Shape, ...]:
-    """The shape grid called ``name`` (``lenet``, ``resnet`` or ``all``)."""
-    if name not in SHAPE_SETS:
-        raise UsageError(f"unknown shape set {name!r}; valid: {', '.join(SHAPE_SETS)}")
-    return SHAPE_SETS[name]
-
-
-def cases(layers: Iterable[str], shapes: Iterable[Shape]) -> list[tuple[str, Shape]]:
-    """Every (layer, shape) pair where the layer applies to the shape."""
-    return [
-        (layer, shape)
-        for layer in layers
-        for shape in shapes
-        if LAYERS[layer](nn, shape) is not None
-    ]
 
 
 def fwd_bwd_step(
@@ -170,51 +248,65 @@ def fwd_bwd_step(
     return step
 
 
-def _twins(layer: str, shape: Shape, ours_lib: ModuleType) -> tuple[nn.Module, nn.Module]:
-    ours, theirs = LAYERS[layer](ours_lib, shape), LAYERS[layer](nn, shape)
-    if ours is None or theirs is None:
-        raise UsageError(f"layer {layer!r} does not apply to shape {shape}")
-    with torch.no_grad():  # same (non-trivial) affine parameters in both
-        for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+def build_twins(case: Case) -> tuple[nn.Module, nn.Module]:
+    """Our layer and its twin for ``case``, in training mode, with equal parameters drawn
+    from U(0.5, 1.5) (not the default init, which hides a swapped weight and bias)."""
+    mine = ours(case)
+    if mine is None:
+        raise UsageError(f"layer {case.layer!r} does not apply to shape {case.shape}")
+    with torch.no_grad():
+        for p in mine.parameters():
             p.uniform_(0.5, 1.5)
+    theirs = twin(case.layer, mine, case)
+    if theirs is None:
+        raise UsageError(
+            f"layer {case.layer!r} ({type(mine).__name__}) has no torch twin nor reference; "
+            "add one to normlab.bench.references.FORMULAS"
+        )
+    with torch.no_grad():
+        for p, q in zip(mine.parameters(), theirs.parameters(), strict=True):
             q.copy_(p)
-    return ours.train(), theirs.train()
+    return mine.train(), theirs.train()
+
+
+def _twin_name(module: nn.Module) -> str:
+    """``torch.nn.<class>``, or the name of the reference formula (a wrapper's too)."""
+    for part in module.modules():
+        if isinstance(part, Reference):
+            return part.name
+    return f"torch.nn.{type(module).__name__}"
 
 
 def bench_case(
-    layer: str,
-    shape: Shape,
-    ours_lib: ModuleType,
+    case: Case,
     compiled: bool = False,
     device: torch.device | str = "cpu",
     **timing: Any,
 ) -> LayerResult:
-    """Measure one layer on one shape; ``timing`` goes to :func:`timing.measure`.
+    """Measure one case at the current thread count; ``timing`` goes to
+    :func:`timing.measure`.
 
     The input is ``x ~ N(0.5, 2^2)`` (float32, requires grad) and the output gradient
-    ``dy ~ N(0, 1)``, the same for both layers; their affine parameters are equal and
-    drawn from U(0.5, 1.5). Both layers are in training mode.
+    ``dy ~ N(0, 1)``, the same for both layers (see :func:`build_twins`).
     """
     device = torch.device(device)
-    ours, theirs = (m.to(device) for m in _twins(layer, shape, ours_lib))
+    mine, theirs = (m.to(device) for m in build_twins(case))
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=generator).mul_(2.0).add_(0.5)
+    x = torch.randn(case.shape, generator=generator).mul_(2.0).add_(0.5)
     x = x.to(device).requires_grad_()
-    dy = torch.randn(shape, generator=generator).to(device)
+    dy = torch.randn(case.shape, generator=generator).to(device)
     if device.type == "cuda":
         timing.setdefault("sync", torch.cuda.synchronize)
-    ours_params, torch_params = list(ours.parameters()), list(theirs.parameters())
+    ours_params, torch_params = list(mine.parameters()), list(theirs.parameters())
     candidates = {
-        "ours": fwd_bwd_step(ours, ours_params, x, dy),
+        "ours": fwd_bwd_step(mine, ours_params, x, dy),
         "torch": fwd_bwd_step(theirs, torch_params, x, dy),
     }
     if compiled:
         torch._dynamo.reset()  # a fresh cache: no recompile limit reached across cases
-        candidates["ours-compiled"] = fwd_bwd_step(torch.compile(ours), ours_params, x, dy)
+        candidates["ours-compiled"] = fwd_bwd_step(torch.compile(mine), ours_params, x, dy)
         candidates["torch-compiled"] = fwd_bwd_step(torch.compile(theirs), torch_params, x, dy)
     result = measure(candidates, **timing)
-    saved_ours = saved_bytes(lambda: ours(x))
-    saved_torch = saved_bytes(lambda: theirs(x))
     extra: dict[str, Any] = {}
     if compiled:
         extra = {
@@ -224,14 +316,17 @@ def bench_case(
             "compiled_vs_eager": compare(result, "ours-compiled", "torch"),
         }
     return LayerResult(
-        layer=layer,
-        module=type(theirs).__name__,
-        shape=tuple(shape),
+        layer=case.layer,
+        module=type(mine).__name__,
+        twin=_twin_name(theirs),
+        shape=case.shape,
+        family=case.family,
+        threads=torch.get_num_threads(),
         ours_eager=result["ours"].summary,
         torch_eager=result["torch"].summary,
         eager=compare(result, "ours", "torch"),
-        saved_ours=saved_ours,
-        saved_torch=saved_torch,
+        saved_ours=saved_bytes(lambda: mine(x)),
+        saved_torch=saved_bytes(lambda: theirs(x)),
         **extra,
     )
 
@@ -243,32 +338,44 @@ def geometric_mean(values: Iterable[float]) -> float:
 
 def bench_layers(
     layers: Sequence[str],
-    shapes: Sequence[Shape],
-    ours_lib: ModuleType | None = None,
+    families: Sequence[ShapeFamily],
+    threads: Sequence[int] = (),
     compiled: bool = False,
     progress: bool = False,
     device: torch.device | str = "cpu",
     **timing: Any,
 ) -> list[LayerResult]:
-    """Measure every applicable (layer, shape) pair; see :func:`bench_case`.
+    """Measure every applicable (layer, shape) pair at each thread count; see
+    :func:`bench_case`.
 
     Args:
-        layers: names from :data:`LAYERS`.
-        shapes: input shapes ``(N, C, *)``.
-        ours_lib: the module holding our layers (default :mod:`normlab.nn`).
+        layers: names from :func:`layer_names`.
+        families: shape families (:data:`FAMILIES`, or :func:`quick` of them).
+        threads: ``torch.set_num_threads`` values, each measured in turn (empty: the
+            current one); the current value is restored afterwards.
         compiled: also measure both layers under ``torch.compile``.
         progress: a tqdm bar on stderr.
         device: where the layers and tensors live.
         timing: passed to :func:`normlab.bench.timing.measure` (repeats, warmup, ...).
+
+    Raises:
+        UsageError: a thread count below 1.
     """
-    if ours_lib is None:
-        import normlab.nn as ours_lib
-    todo = cases(select_layers(layers), shapes)
+    for count in threads:
+        if count < 1:
+            raise UsageError(f"thread counts must be at least 1, got {count}")
+    before = torch.get_num_threads()
+    grid = [(count, case) for count in (threads or (before,)) for case in cases(layers, families)]
+    todo: Iterable[tuple[int, Case]] = grid
     if progress:
         from tqdm import tqdm
 
-        todo = tqdm(todo, desc="bench layers", unit="case", leave=False)
-    return [
-        bench_case(layer, shape, ours_lib, compiled=compiled, device=device, **timing)
-        for layer, shape in todo
-    ]
+        todo = tqdm(grid, desc="bench layers", unit="case", leave=False)
+    results = []
+    try:
+        for count, case in todo:
+            torch.set_num_threads(count)
+            results.append(bench_case(case, compiled=compiled, device=device, **timing))
+    finally:
+        torch.set_num_threads(before)
+    return results

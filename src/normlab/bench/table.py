@@ -44,3 +44,26 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """``rows`` under ``headers`` as a GitHub-flavoured Markdown table; a column whose cells
+    all look numeric is right-aligned.
+
+    Example::
+
+        >>> print(markdown_table(["a", "n"], [["x", 1.5]]))
+        | a | n |
+        | --- | ---: |
+        | x | 1.5 |
+    """
+    cells = [[str(c).replace("|", "\\|") for c in row] for row in rows]
+    for row in cells:
+        if len(row) != len(headers):
+            raise ValueError(f"row has {len(row)} cells for {len(headers)} columns: {row}")
+    numeric = [
+        bool(cells) and all(_is_number(row[i]) for row in cells) for i in range(len(headers))
+    ]
+    rule = ["---:" if num else "---" for num in numeric]
+    lines = [headers, rule, *cells]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)

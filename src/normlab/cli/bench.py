@@ -12,12 +12,13 @@ speed for ``train`` (above 1: the first named is faster).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-LAYER_NAMES = ("batch", "instance", "layer", "group", "rms", "lrn")  # bench.layers.LAYERS
-SHAPE_SET_NAMES = ("lenet", "resnet", "all")  # bench.layers.SHAPE_SETS
+SHAPE_FAMILIES = ("lenet", "resnet", "tokens")  # bench.layers.FAMILIES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,19 +31,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     layers = which.add_parser(
         "layers",
-        help="forward+backward time and saved memory of each layer vs torch.nn",
-        description="Forward+backward time of each normlab layer against its torch.nn twin, "
-        "interleaved in one process, as time ratios normlab/torch (min/median/max over "
-        "repeats), plus the bytes each saves for backward.",
+        help="forward+backward time and saved memory of each layer vs its torch twin",
+        description="Forward+backward time of every layer of normlab's registry against its "
+        "twin (the torch.nn layer of the same name, else the plain torch code of the same "
+        "formula), interleaved in one process, as time ratios normlab/twin (median "
+        "[min-max] over repeats), per layer the median over shapes and the worst shape, "
+        "plus the bytes each saves for backward.",
     )
     layers.add_argument(
-        "--shapes", choices=SHAPE_SET_NAMES, default="all",
-        help="input shapes: the tutorial's LeNet features, ResNet-like ones, or both "
-        "(default: all)",
+        "--shapes", default=None, metavar="FAMILIES",
+        help=f"comma-separated shape families: {', '.join(SHAPE_FAMILIES)} (default: all); "
+        "tokens only for layers over the last dimension (layer, RMS, DyT-like)",
     )  # fmt: skip
     layers.add_argument(
-        "--layers", nargs="+", choices=LAYER_NAMES, metavar="LAYER",
-        help=f"layers to measure (default: all): {', '.join(LAYER_NAMES)}",
+        "--layers", default=None, metavar="LAYERS",
+        help="comma-separated layers (default: every layer of the registry, plus lrn, sync)",
+    )  # fmt: skip
+    layers.add_argument(
+        "--thread-counts", default=None, metavar="COUNTS",
+        help="comma-separated torch thread counts, each measured in turn, e.g. 1,2 "
+        "(default: the current count, normlab --threads)",
     )  # fmt: skip
     layers.add_argument(
         "--compile", action="store_true",
@@ -51,7 +59,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     layers.add_argument(
         "--repeats", type=int, default=None, help="timings per candidate (default: 9; quick: 3)"
     )
-    _common(layers)
+    layers.add_argument(
+        "--write-results", default=None, metavar="PATH",
+        help="also write the tables as a Markdown section of the page PATH (replacing the "
+        "section of the same --label)",
+    )  # fmt: skip
+    layers.add_argument(
+        "--label", default=None,
+        help="the section's title in --write-results (default: the settings and the date)",
+    )  # fmt: skip
+    layers.add_argument("--note", default="", help="a sentence printed under the section's title")
+    _common(layers, quick="a few short repeats on the first shapes of each family (smoke test)")
     layers.set_defaults(func=run, trains=True)
 
     train = which.add_parser(
@@ -110,10 +128,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--quick", action="store_true", help="a few short repeats (smoke test, noisy numbers)"
-    )
+def _common(
+    parser: argparse.ArgumentParser,
+    quick: str = "a few short repeats (smoke test, noisy numbers)",
+) -> None:
+    parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
 
@@ -159,9 +178,16 @@ def _run_layers(args: argparse.Namespace) -> int:
     _positive("repeats", args.repeats)
     device = _device(args.device)
     from normlab.bench import layers, report
+    from normlab.cli._lab import parse_int_list, parse_list
 
-    shapes = layers.select_shapes(args.shapes)
-    names = layers.select_layers(args.layers)
+    families = layers.select_families(parse_list("--shapes", args.shapes))
+    if args.quick:
+        families = layers.quick(families)
+    names = layers.select_layers(parse_list("--layers", args.layers))
+    threads = parse_int_list("--thread-counts", args.thread_counts) or ()
+    for count in threads:
+        _positive("thread-counts", count)
+    results_page = _results_page(args.write_results)  # checked before the long run
     timing: dict[str, Any] = {
         "repeats": args.repeats or (3 if args.quick else 9),
         "warmup": 1 if args.quick else 3,
@@ -169,27 +195,48 @@ def _run_layers(args: argparse.Namespace) -> int:
     }
     results = layers.bench_layers(
         names,
-        shapes,
+        families,
+        threads=threads,
         compiled=args.compile,
         progress=not args.json,
         device=device,
         **timing,
     )
+    settings = {"shapes": [f.name for f in families], "layers": names, "compile": args.compile,
+                "device": str(device), "quick": args.quick, **timing}  # fmt: skip
+    if results_page is not None:
+        label = (
+            args.label or f"{datetime.date.today().isoformat()}: {', '.join(settings['shapes'])}"
+        )
+        section = report.layers_markdown(results, settings, label, note=args.note)
+        report.write_section(results_page, label, section)
     if args.json:
-        settings = {"shapes": args.shapes, "layers": names, "compile": args.compile,
-                    "device": str(device), **timing}  # fmt: skip
         json.dump(report.layers_json(results, settings), sys.stdout, indent=1)
         print()
         return 0
     print(
-        f"normlab / torch.nn, forward+backward, time ratio median [min-max] over "
+        f"normlab / twin, forward+backward, time ratio median [min-max] over "
         f"{timing['repeats']} interleaved repeats (below 1: normlab is faster); "
-        f"{_threads()}"
+        + (f"thread counts {', '.join(map(str, threads))}" if threads else _threads())
     )
     print(report.layers_table(results))
     print()
     print(report.layers_summary(results))
     return 0
+
+
+def _results_page(path: str | None) -> Path | None:
+    """``--write-results``' page; a folder or a missing parent folder is refused."""
+    from normlab.errors import UsageError
+
+    if path is None:
+        return None
+    page = Path(path)
+    if page.is_dir():
+        raise UsageError(f"--write-results names a folder, not a file: {page}")
+    if not page.parent.is_dir():
+        raise UsageError(f"--write-results: no folder {page.parent}; create it first")
+    return page
 
 
 def _run_train(args: argparse.Namespace) -> int:
