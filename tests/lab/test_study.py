@@ -4,6 +4,7 @@ embeds every figure; findings that cite the summaries' numbers; workers change n
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import re
@@ -17,10 +18,12 @@ from normlab.lab.experiments.compare import CompareConfig
 from normlab.lab.experiments.momentum import MomentumConfig
 from normlab.lab.experiments.placement import PlacementConfig
 from normlab.lab.experiments.probes import ProbeConfig
-from normlab.lab.experiments.sweeps import BatchSizeSweepConfig, LrSweepConfig
+from normlab.lab.experiments.sweep_batch_size import BatchSizeSweepConfig
+from normlab.lab.experiments.sweep_lr import LrSweepConfig
+from normlab.lab.plan import EXPERIMENTS, names
 from normlab.lab.study import (
-    EXPERIMENTS,
     default_plan,
+    load_results,
     plan_from_dict,
     plan_to_dict,
     run_plan_cells,
@@ -102,7 +105,7 @@ def test_report_embeds_every_figure(resumed: dict) -> None:
     markdown = result.report_md.read_text(encoding="utf-8")
     for figure in figures:
         assert f"figures/{figure.name}" in markdown
-    for experiment in EXPERIMENTS.values():
+    for experiment in EXPERIMENTS:
         assert experiment.title in html
 
 
@@ -114,26 +117,31 @@ def test_findings_cite_the_numbers_of_the_summaries(resumed: dict) -> None:
         printed = [float(n) for n in re.findall(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?", finding.text)]
         for value in finding.numbers.values():
             assert any(math.isclose(value, p, abs_tol=1e-9) for p in printed), finding.text
-    compare = result.summaries["compare"]["norms"]
+    compare = result.summaries["compare"].summary.norms
     best = next(f for f in result.findings if "best_accuracy" in f.numbers)
-    top = max(s["final_test_accuracy"]["mean"] for s in compare.values())
+    top = max(s.final_test_accuracy.mean for s in compare.values())
     assert best.numbers["best_accuracy"] == round(100 * top, 1)
+
+
+def test_results_json_reads_back_as_the_typed_results(resumed: dict) -> None:
+    result = resumed["result"]
+    assert load_results(result.run_dir) == result.summaries  # configs, summaries, cells
 
 
 def test_workers_give_the_same_numbers() -> None:
     plan = {"compare": CompareConfig(**TINY, norms=("batch", "group"), seeds=1, batch_size=16)}
-    serial = run_plan_cells(plan, data=DATA, progress=False, workers=1)["compare"]["norms"]
-    parallel = run_plan_cells(plan, data=DATA, progress=False, workers=2)["compare"]["norms"]
+    serial = run_plan_cells(plan, data=DATA, progress=False, workers=1)["compare"]
+    parallel = run_plan_cells(plan, data=DATA, progress=False, workers=2)["compare"]
     for norm in ("batch", "group"):
-        assert (
-            serial[norm]["final_test_loss"]["values"] == parallel[norm]["final_test_loss"]["values"]
-        )
+        ours, theirs = serial.summary.norms[norm], parallel.summary.norms[norm]
+        # every number but the measured seconds
+        assert dataclasses.replace(ours, seconds_per_epoch=theirs.seconds_per_epoch) == theirs
 
 
 def test_plans_roundtrip_and_budgets() -> None:
     for quick in (False, True):
         plan = default_plan(quick=quick)
-        assert list(plan) == list(EXPERIMENTS)
+        assert list(plan) == list(names())
         assert plan_from_dict(json.loads(json.dumps(plan_to_dict(plan)))) == plan
     assert all(c.seeds == 5 for c in default_plan(seeds=5).values())
     assert list(default_plan(experiments=("probe", "compare"))) == ["compare", "probe"]

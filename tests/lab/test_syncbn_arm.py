@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from normlab.data import batches, synthetic_dataset
 from normlab.lab.common import accuracy_with_batch_stats, train_config
-from normlab.lab.experiments import sweeps
-from normlab.lab.experiments.sweeps import BatchSizeSweepConfig
+from normlab.lab.experiments import sweep_batch_size
+from normlab.lab.experiments.sweep_batch_size import BatchSizeSweepConfig
 from normlab.lab.syncbn_arm import register_syncbn_arms, run_syncbn_arm
 from normlab.train import engine
 
@@ -78,7 +78,7 @@ def test_combinations_that_cannot_train_are_reported_not_run() -> None:
 
 
 def test_register_adds_both_arms_to_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sweeps, "BATCH_SIZE_ARMS", {})  # leave the real registry alone
+    monkeypatch.setattr(sweep_batch_size, "BATCH_SIZE_ARMS", {})  # leave the real registry alone
     assert register_syncbn_arms() == ["syncbn", "localbn"]
-    assert set(sweeps.BATCH_SIZE_ARMS) == {"syncbn", "localbn"}
+    assert set(sweep_batch_size.BATCH_SIZE_ARMS) == {"syncbn", "localbn"}
     replace(SWEEP, arms=("batch", "syncbn", "localbn")).validate()

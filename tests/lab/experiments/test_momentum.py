@@ -11,14 +11,15 @@ from normlab.data import synthetic_dataset
 from normlab.errors import UsageError
 from normlab.lab.common import accuracy_with_batch_stats
 from normlab.lab.experiments.momentum import (
+    MOMENTUM,
     MomentumConfig,
     closed_at,
     eval_steps,
     remaining_init_weight,
-    run_momentum,
     set_norm_momentum,
     steps_to_forget,
 )
+from normlab.lab.study import run_experiment
 from normlab.models.lenet import LeNet
 
 DATA = synthetic_dataset(64, 32, seed=0)
@@ -70,22 +71,22 @@ def test_momentum_experiment_invariants() -> None:
         dataset="synthetic", train_subset=64, test_subset=32, momenta=(0.1, 1.0), seeds=2,
         evaluations=3, batch_size=16,
     )  # fmt: skip
-    result = run_momentum(config, DATA, progress=False)
-    first, second = result["momenta"]
-    assert [m["momentum"] for m in result["momenta"]] == [0.1, 1.0]
-    for item in result["momenta"]:
-        assert item["steps"] == [0, 1, 4]  # 0, then 4 ** (0, 1)
+    summary = run_experiment(MOMENTUM, config, DATA, progress=False).summary
+    first, second = summary.momenta
+    assert [m.momentum for m in summary.momenta] == [0.1, 1.0]
+    for item in summary.momenta:
+        assert item.steps == [0, 1, 4]  # 0, then 4 ** (0, 1)
         for seed in range(2):  # gap = batch-stats accuracy - eval-mode accuracy, per point
-            gaps = item["gap"]["values"][seed]
-            evals = item["eval_accuracy"]["values"][seed]
-            batch = item["batch_stats_accuracy"]["values"][seed]
+            gaps = item.gap.values[seed]
+            evals = item.eval_accuracy.values[seed]
+            batch = item.batch_stats_accuracy.values[seed]
             assert gaps == pytest.approx([b - e for b, e in zip(batch, evals, strict=True)])
-        assert item["steps_to_forget"] == pytest.approx(steps_to_forget(item["momentum"]))
-        assert len(item["gap"]["std"]) == 3
+        assert item.steps_to_forget == pytest.approx(steps_to_forget(item.momentum))
+        assert len(item.gap.std) == 3
     # step 0: both momenta start from the same weights and the same initial statistics
-    assert first["eval_accuracy"]["values"][0][0] == second["eval_accuracy"]["values"][0][0]
+    assert first.eval_accuracy.values[0][0] == second.eval_accuracy.values[0][0]
     # batch statistics do not depend on the running averages' momentum
-    assert first["batch_stats_accuracy"]["values"] == second["batch_stats_accuracy"]["values"]
+    assert first.batch_stats_accuracy.values == second.batch_stats_accuracy.values
 
 
 def test_momentum_config_errors() -> None:

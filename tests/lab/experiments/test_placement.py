@@ -7,7 +7,8 @@ from torch import nn
 
 from normlab.data import synthetic_dataset
 from normlab.errors import UsageError
-from normlab.lab.experiments.placement import PlacementConfig, placement_cells, run_placement
+from normlab.lab.experiments.placement import PLACEMENT, PlacementConfig
+from normlab.lab.study import run_experiment
 from normlab.train.config import TrainConfig
 from normlab.train.engine import build_model
 
@@ -23,24 +24,24 @@ def test_placement_summary() -> None:
     config = PlacementConfig(
         dataset="synthetic", train_subset=64, test_subset=32, epochs=1, batch_size=16, seeds=2
     )
-    assert [c.key for c in placement_cells(config)][:3] == [
+    assert [c.key for c in PLACEMENT.cells(config)][:3] == [
         "placement/activation=sigmoid,placement=before/seed=0",
         "placement/activation=sigmoid,placement=before/seed=1",
         "placement/activation=sigmoid,placement=after/seed=0",
     ]
-    result = run_placement(config, synthetic_dataset(64, 32, seed=0), progress=False)
-    rows = result["rows"]
-    assert [(r["activation"], r["placement"]) for r in rows] == [
+    result = run_experiment(PLACEMENT, config, synthetic_dataset(64, 32, seed=0), progress=False)
+    rows = result.summary.rows
+    assert [(r.activation, r.placement) for r in rows] == [
         ("sigmoid", "before"),
         ("sigmoid", "after"),
         ("relu", "before"),
         ("relu", "after"),
     ]
     for row in rows:
-        assert row["test_accuracy"]["n"] == 2 and row["seeds"] == 2
-        assert row["test_loss"]["values"][0] != row["test_loss"]["values"][1]  # seeds differ
+        assert row.test_accuracy.n == 2 and row.seeds == 2
+        assert row.test_loss.values[0] != row.test_loss.values[1]  # seeds differ
     # the same seed, another placement: another network, other numbers
-    assert rows[2]["test_loss"]["values"] != rows[3]["test_loss"]["values"]
+    assert rows[2].test_loss.values != rows[3].test_loss.values
 
 
 def test_placement_config_errors() -> None:

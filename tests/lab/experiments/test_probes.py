@@ -13,15 +13,15 @@ from torch.func import functional_call
 from normlab.data import normalize_images, synthetic_dataset
 from normlab.errors import UsageError
 from normlab.lab.cells import Cell
-from normlab.lab.experiments.compare import CompareConfig, run_compare_cell
+from normlab.lab.experiments.compare import COMPARE, CompareConfig
 from normlab.lab.experiments.probes import (
+    PROBE,
     ProbeConfig,
     layer_statistics,
     probe_steps,
-    run_probe,
-    run_probe_cell,
     smoothness,
 )
+from normlab.lab.study import run_experiment
 from normlab.models.lenet import LeNet
 
 DATA = synthetic_dataset(64, 32, seed=0)
@@ -107,8 +107,8 @@ def test_a_probed_run_trains_exactly_like_an_unprobed_one() -> None:
     config = ProbeConfig(**TINY, probes=3, probe_batch=16, norms=("batch",), seeds=1)
     config.validate()
     cell = Cell("probe", (("activation", "sigmoid"), ("norm", "batch")), 0)
-    probed = run_probe_cell(config, DATA, cell)
-    plain = run_compare_cell(
+    probed = PROBE.run_cell(config, DATA, cell)
+    plain = COMPARE.run_cell(
         CompareConfig(**TINY, norms=("batch",), seeds=1),
         DATA,
         Cell("compare", (("norm", "batch"),), 0),
@@ -120,22 +120,22 @@ def test_a_probed_run_trains_exactly_like_an_unprobed_one() -> None:
 
 def test_probe_summary_structure() -> None:
     config = ProbeConfig(**TINY, probes=3, probe_batch=16, seeds=2)
-    result = run_probe(config, DATA, progress=False)
-    assert list(result["activations"]) == ["sigmoid", "relu"]
-    assert result["step_sizes"] == pytest.approx([0.5 * 0.03, 0.03, 0.06, 0.12])
-    for group in result["activations"].values():
-        assert set(group["norms"]) == {"batch", "none"}
-        for summary in group["norms"].values():
-            assert summary["steps"] == [0, 2, 4]
-            variation = summary["smoothness"]["loss_variation"]
-            assert len(variation["values"]) == 2 and len(variation["std"]) == 3  # seeds, probes
-            assert summary["trajectory_mean"]["loss_variation"] == pytest.approx(
-                sum(variation["mean"][1:]) / 2
+    result = run_experiment(PROBE, config, DATA, progress=False).summary
+    assert list(result.activations) == ["sigmoid", "relu"]
+    assert result.step_sizes == pytest.approx([0.5 * 0.03, 0.03, 0.06, 0.12])
+    for group in result.activations.values():
+        assert set(group.norms) == {"batch", "none"}
+        for summary in group.norms.values():
+            assert summary.steps == [0, 2, 4]
+            variation = summary.smoothness["loss_variation"]
+            assert len(variation.values) == 2 and len(variation.std) == 3  # seeds, probes
+            assert summary.trajectory_mean["loss_variation"] == pytest.approx(
+                sum(variation.mean[1:]) / 2
             )
-            assert list(summary["layers"]) == ["conv1", "conv2", "fc1", "fc2"]
-            for layer in summary["layers"].values():
-                assert all(0 <= v <= 1 for v in layer["saturation"]["mean"])
-    sigmoid = result["activations"]["sigmoid"]["norms"]["batch"]["smoothness"]["loss"]["values"]
-    relu = result["activations"]["relu"]["norms"]["batch"]["smoothness"]["loss"]["values"]
+            assert list(summary.layers) == ["conv1", "conv2", "fc1", "fc2"]
+            for layer in summary.layers.values():
+                assert all(0 <= v <= 1 for v in layer.saturation.mean)
+    sigmoid = result.activations["sigmoid"].norms["batch"].smoothness["loss"].values
+    relu = result.activations["relu"].norms["batch"].smoothness["loss"].values
     assert sigmoid[0] != sigmoid[1]  # seeds differ
     assert sigmoid[0][1:] != relu[0][1:]  # the activation really changed

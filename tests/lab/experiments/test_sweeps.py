@@ -9,17 +9,14 @@ import pytest
 from normlab.data import synthetic_dataset
 from normlab.errors import UsageError
 from normlab.lab.cells import Cell
-from normlab.lab.experiments import sweeps
-from normlab.lab.experiments.sweeps import (
+from normlab.lab.experiments import sweep_batch_size
+from normlab.lab.experiments.sweep_batch_size import (
+    BATCH_SIZE_SWEEP,
     BatchSizeSweepConfig,
-    LrSweepConfig,
-    log_grid,
     register_batch_size_arm,
-    run_batch_size_cell,
-    run_batch_size_sweep,
-    run_lr_cell,
-    run_lr_sweep,
 )
+from normlab.lab.experiments.sweep_lr import LR_SWEEP, LrSweepConfig, log_grid
+from normlab.lab.study import run_experiment
 
 DATA = synthetic_dataset(64, 32, seed=0)
 TINY = dict(dataset="synthetic", train_subset=64, test_subset=32, epochs=1)
@@ -42,7 +39,7 @@ def test_lr_sweep_diverged_flags_are_consistent_with_the_losses() -> None:
     records = {}
     for norm, lr in (("batch", 0.1), ("batch", 1e30), ("none", 0.1)):
         cell = Cell("sweep-lr", (("norm", norm), ("lr", lr)), 0)
-        records[(norm, lr)] = run_lr_cell(config, DATA, cell)
+        records[(norm, lr)] = LR_SWEEP.run_cell(config, DATA, cell)
     assert records[("batch", 1e30)]["diverged"]  # the case the test is about exists
     assert not records[("batch", 0.1)]["diverged"]
     for record in records.values():
@@ -61,28 +58,28 @@ def test_lr_sweep_diverged_flags_are_consistent_with_the_losses() -> None:
 
 def test_lr_sweep_summary_counts() -> None:
     config = LrSweepConfig(**TINY, lrs=(0.1, 1e30), norms=("batch",), seeds=2, batch_size=16)
-    result = run_lr_sweep(config, DATA, progress=False)
-    points = result["norms"]["batch"]
-    assert [p["lr"] for p in points] == [0.1, 1e30]
-    assert points[1]["diverged"] == 2 and points[1]["test_accuracy"]["mean"] is None
-    assert points[0]["diverged"] == 0 and points[0]["test_accuracy"]["n"] == 2
-    assert result["chance"] == pytest.approx(0.1)
+    result = run_experiment(LR_SWEEP, config, DATA, progress=False).summary
+    points = result.norms["batch"]
+    assert [p.lr for p in points] == [0.1, 1e30]
+    assert points[1].diverged == 2 and points[1].test_accuracy.mean is None
+    assert points[0].diverged == 0 and points[0].test_accuracy.n == 2
+    assert result.chance == pytest.approx(0.1)
 
 
 def test_batch_size_sweep_fixed_examples_scaled_lr_and_eval_modes() -> None:
     config = BatchSizeSweepConfig(
         **TINY, batch_sizes=(4, 16), arms=("batch", "group"), seeds=2, lr=0.1, base_batch_size=32
     )
-    result = run_batch_size_sweep(config, DATA, progress=False)
-    assert result["examples_seen"] == 64
-    for arm, points in result["arms"].items():
-        assert [p["batch_size"] for p in points] == [4, 16]
-        assert [p["steps"] for p in points] == [[16, 16], [4, 4]]  # same examples, more steps
-        assert [p["lr"] for p in points] == pytest.approx([0.1 * 4 / 32, 0.1 * 16 / 32])
+    result = run_experiment(BATCH_SIZE_SWEEP, config, DATA, progress=False).summary
+    assert result.examples_seen == 64
+    for arm, points in result.arms.items():
+        assert [p.batch_size for p in points] == [4, 16]
+        assert [p.steps for p in points] == [[16, 16], [4, 4]]  # same examples, more steps
+        assert [p.lr for p in points] == pytest.approx([0.1 * 4 / 32, 0.1 * 16 / 32])
         for p in points:
-            assert p["eval_accuracy"]["n"] == 2 and p["batch_stats_accuracy"]["n"] == 2
+            assert p.eval_accuracy.n == 2 and p.batch_stats_accuracy.n == 2
             if arm == "group":  # no running statistics: both modes are the same network
-                assert p["eval_accuracy"]["values"] == p["batch_stats_accuracy"]["values"]
+                assert p.eval_accuracy.values == p.batch_stats_accuracy.values
 
 
 def test_registered_arm_runs_in_the_sweep() -> None:
@@ -90,16 +87,16 @@ def test_registered_arm_runs_in_the_sweep() -> None:
 
     def reference_arm(config, data, batch_size, seed):  # torch.nn's BN as a stand-in arm
         calls.append((batch_size, seed))
-        return sweeps._train_norm_arm(config, data, "torch-batch", batch_size, seed)
+        return sweep_batch_size._train_norm_arm(config, data, "torch-batch", batch_size, seed)
 
     register_batch_size_arm("reference", reference_arm)
     try:
         config = BatchSizeSweepConfig(**TINY, batch_sizes=(8,), arms=("reference",), seeds=1)
         config.validate()
-        record = run_batch_size_cell(
+        record = BATCH_SIZE_SWEEP.run_cell(
             config, DATA, Cell("sweep-batch-size", (("arm", "reference"), ("batch_size", 8)), 0)
         )
-        plain = run_batch_size_cell(
+        plain = BATCH_SIZE_SWEEP.run_cell(
             config, DATA, Cell("sweep-batch-size", (("arm", "torch-batch"), ("batch_size", 8)), 0)
         )
         assert calls == [(8, 0)]
@@ -107,7 +104,7 @@ def test_registered_arm_runs_in_the_sweep() -> None:
         with pytest.raises(UsageError, match="must be new"):
             register_batch_size_arm("batch", reference_arm)
     finally:
-        sweeps.BATCH_SIZE_ARMS.pop("reference", None)
+        sweep_batch_size.BATCH_SIZE_ARMS.pop("reference", None)
 
 
 @pytest.mark.parametrize(

@@ -1,26 +1,39 @@
-"""Conclusions are generated from the numbers: parse each sentence back and compare with
-the data; flip the data and the verdict flips."""
+"""Each experiment's findings are generated from the numbers: parse each sentence back and
+compare with the data; flip the data and the verdict flips."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from typing import Any
 
 import pytest
 
-from normlab.lab.conclusions import (
-    AGREES,
-    DISAGREES,
-    INCONCLUSIVE,
-    Finding,
-    batch_size_findings,
-    compare_findings,
-    lr_findings,
-    momentum_findings,
-    placement_findings,
-    probe_findings,
+from normlab.lab.experiment import Curve, SeedStats
+from normlab.lab.experiments.compare import COMPARE, CompareSummary, EpochCurves, NormRuns
+from normlab.lab.experiments.momentum import MOMENTUM, MomentumPoint, MomentumSummary
+from normlab.lab.experiments.placement import PLACEMENT, PlacementRow, PlacementSummary
+from normlab.lab.experiments.probes import (
+    PROBE,
+    ActivationProbes,
+    LayerCurves,
+    ProbeRuns,
+    ProbeSummary,
 )
+from normlab.lab.experiments.sweep_batch_size import (
+    BATCH_SIZE_SWEEP,
+    BatchSizePoint,
+    BatchSizeSummary,
+)
+from normlab.lab.experiments.sweep_lr import LR_SWEEP, LrPoint, LrSummary
+from normlab.lab.verdicts import AGREES, DISAGREES, INCONCLUSIVE, Finding
+
+lr_findings = LR_SWEEP.findings
+batch_size_findings = BATCH_SIZE_SWEEP.findings
+compare_findings = COMPARE.findings
+probe_findings = PROBE.findings
+placement_findings = PLACEMENT.findings
+momentum_findings = MOMENTUM.findings
 
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
@@ -38,37 +51,45 @@ def assert_numbers_cited(finding: Finding) -> None:
         )
 
 
-def stat(values: list[float | None]) -> dict[str, Any]:
+def stat(values: list[float | None]) -> SeedStats:
     finite = [v for v in values if v is not None]
     if not finite:
-        return {"mean": None, "std": None, "n": 0, "values": values}
+        return SeedStats(mean=None, std=None, n=0, values=values)
     mean = sum(finite) / len(finite)
     std = (
         math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
         if len(finite) > 1
         else 0.0
     )
-    return {"mean": mean, "std": std, "n": len(finite), "values": values}
+    return SeedStats(mean=mean, std=std, n=len(finite), values=values)
+
+
+def curve(mean: list[float]) -> Curve:
+    """A curve of one seed (std 0)."""
+    return Curve(mean=mean, std=[0.0] * len(mean), values=[mean])
 
 
 # ------------------------------------------------------------------------------ lr sweep
-def lr_point(lr: float, accs: list[float | None], diverged: int = 0) -> dict:
+def lr_point(lr: float, accs: list[float | None], diverged: int = 0) -> LrPoint:
     learned = sum(a is not None and a > 0.15 for a in accs)
-    return {"lr": lr, "test_accuracy": stat(accs), "test_loss": stat([1.0] * len(accs)),
-            "diverged": diverged, "learned": learned, "seeds": len(accs)}  # fmt: skip
+    return LrPoint(lr=lr, test_accuracy=stat(accs), test_loss=stat([1.0] * len(accs)),
+                   diverged=diverged, learned=learned, seeds=len(accs),
+                   diverged_at_step=[None] * len(accs), loss_curves=[])  # fmt: skip
 
 
-def lr_summary(batch_ok_up_to: float, none_ok_up_to: float) -> dict:
+def lr_summary(batch_ok_up_to: float, none_ok_up_to: float) -> LrSummary:
     lrs = (0.1, 1.0, 3.0)
 
-    def points(limit: float, acc: float) -> list[dict]:
+    def points(limit: float, acc: float) -> list[LrPoint]:
         return [
             lr_point(lr, [acc, acc + 0.01]) if lr <= limit else lr_point(lr, [None, None], 2)
             for lr in lrs
         ]
 
-    return {"norms": {"batch": points(batch_ok_up_to, 0.85), "none": points(none_ok_up_to, 0.7)},
-            "chance": 0.1}  # fmt: skip
+    return LrSummary(
+        norms={"batch": points(batch_ok_up_to, 0.85), "none": points(none_ok_up_to, 0.7)},
+        chance=0.1,
+    )
 
 
 def test_lr_sentence_cites_the_rate_and_accuracy_where_only_batch_norm_trained() -> None:
@@ -80,9 +101,9 @@ def test_lr_sentence_cites_the_rate_and_accuracy_where_only_batch_norm_trained()
         match = re.match(r"Batch norm trained at lr ([\d.]+) \(([\d.]+) ± ([\d.]+) %\) "
                          r"where the plain network diverged\.", f.text)  # fmt: skip
         assert match, f.text
-        point = next(p for p in summary["norms"]["batch"] if p["lr"] == float(match[1]))
-        assert float(match[2]) == pytest.approx(100 * point["test_accuracy"]["mean"], abs=0.05)
-        assert float(match[3]) == pytest.approx(100 * point["test_accuracy"]["std"], abs=0.05)
+        point = next(p for p in summary.norms["batch"] if p.lr == float(match[1]))
+        assert float(match[2]) == pytest.approx(100 * point.test_accuracy.mean, abs=0.05)
+        assert float(match[3]) == pytest.approx(100 * point.test_accuracy.std, abs=0.05)
         assert_numbers_cited(f)
     highest = next(f for f in findings if f.claim)
     assert highest.verdict == AGREES and "Ioffe & Szegedy" in highest.claim
@@ -92,7 +113,7 @@ def test_lr_sentence_cites_the_rate_and_accuracy_where_only_batch_norm_trained()
 
 def test_lr_failure_wording_counts_seeds() -> None:
     summary = lr_summary(batch_ok_up_to=3.0, none_ok_up_to=1.0)
-    summary["norms"]["none"][2] = lr_point(3.0, [0.5, 0.1])  # one seed learned, one did not
+    summary.norms["none"][2] = lr_point(3.0, [0.5, 0.1])  # one seed learned, one did not
     text = next(f.text for f in lr_findings(summary) if f.text.startswith("Batch norm trained"))
     assert "the plain network learned in only 1 of 2 seeds, stayed near chance otherwise" in text
 
@@ -106,8 +127,10 @@ def test_lr_verdict_follows_the_data() -> None:
 
 def test_lr_plain_network_that_never_learned_is_no_evidence() -> None:
     summary = lr_summary(batch_ok_up_to=3.0, none_ok_up_to=3.0)
-    for point in summary["norms"]["none"]:
-        point.update(test_accuracy=stat([0.11, 0.1]), learned=0)
+    summary.norms["none"] = [
+        dataclasses.replace(point, test_accuracy=stat([0.11, 0.1]), learned=0)
+        for point in summary.norms["none"]
+    ]
     findings = lr_findings(summary)
     assert not [f for f in findings if f.text.startswith("Batch norm trained at lr")]
     nowhere = next(f for f in findings if f.text.startswith("Without normalization"))
@@ -116,16 +139,19 @@ def test_lr_plain_network_that_never_learned_is_no_evidence() -> None:
 
 
 # ---------------------------------------------------------------------------- batch size
-def bs_summary(bn_small: float, gn_small: float, large: float = 0.8) -> dict:
-    def points(small: float, large: float) -> list[dict]:
+def bs_summary(bn_small: float, gn_small: float, large: float = 0.8) -> BatchSizeSummary:
+    def points(small: float, large: float) -> list[BatchSizePoint]:
         return [
-            {"batch_size": b, "lr": 0.1, "steps": [1], "eval_accuracy": stat([a, a]),
-             "batch_stats_accuracy": stat([a - 0.1, a - 0.1]), "diverged": 0, "seeds": 2}
+            BatchSizePoint(batch_size=b, lr=0.1, steps=[1], eval_accuracy=stat([a, a]),
+                           batch_stats_accuracy=stat([a - 0.1, a - 0.1]), diverged=0, seeds=2)
             for b, a in ((2, small), (32, (small + large) / 2), (128, large))
         ]  # fmt: skip
 
-    return {"arms": {"batch": points(bn_small, large), "group": points(gn_small, large)},
-            "examples_seen": 1000, "chance": 0.1}  # fmt: skip
+    return BatchSizeSummary(
+        arms={"batch": points(bn_small, large), "group": points(gn_small, large)},
+        examples_seen=1000,
+        chance=0.1,
+    )
 
 
 def test_batch_size_findings_cite_their_numbers_and_compare_with_wu_and_he() -> None:
@@ -149,22 +175,29 @@ def test_batch_size_findings_cite_their_numbers_and_compare_with_wu_and_he() -> 
 
 def test_syncbn_arms_are_compared_when_present() -> None:
     summary = bs_summary(0.55, 0.79)
-    summary["arms"]["syncbn"] = bs_summary(0.7, 0.7)["arms"]["batch"]
-    summary["arms"]["localbn"] = bs_summary(0.3, 0.3)["arms"]["batch"]
+    summary.arms["syncbn"] = bs_summary(0.7, 0.7).arms["batch"]
+    summary.arms["localbn"] = bs_summary(0.3, 0.3).arms["batch"]
     finding = next(f for f in batch_size_findings(summary) if "synchronised" in f.text)
     assert finding.numbers == {"syncbn_accuracy": 70.0, "localbn_accuracy": 30.0}
     assert_numbers_cited(finding)
 
 
 # ------------------------------------------------------------------------------- compare
-def compare_summary(accs: dict[str, list[float]]) -> dict:
-    return {
-        "norms": {
-            n: {"final_test_accuracy": stat(a), "seconds_per_epoch": stat([1.0 + i, 1.2 + i]),
-                "per_epoch": {"test_accuracy": {"mean": [0.5, sum(a) / len(a)]}}}
-            for i, (n, a) in enumerate(accs.items())
-        }
-    }  # fmt: skip
+def compare_summary(accs: dict[str, list[float]]) -> CompareSummary:
+    def runs(i: int, a: list[float]) -> NormRuns:
+        return NormRuns(
+            seeds=len(a), diverged=0, final_test_accuracy=stat(a),
+            final_test_loss=stat([1.0] * len(a)), final_train_loss=stat([1.0] * len(a)),
+            seconds_per_epoch=stat([1.0 + i, 1.2 + i]),
+            per_epoch=EpochCurves(test_accuracy=curve([0.5, sum(a) / len(a)]),
+                                  test_loss=curve([]), train_loss=curve([]),
+                                  train_accuracy=curve([])),
+            loss_curves=[],
+        )  # fmt: skip
+
+    return CompareSummary(
+        norms={n: runs(i, a) for i, (n, a) in enumerate(accs.items())}, steps_per_epoch=10
+    )
 
 
 def test_compare_ranking_against_wu_and_he() -> None:
@@ -189,19 +222,23 @@ def test_compare_ranking_against_wu_and_he() -> None:
 
 
 # -------------------------------------------------------------------------------- probes
-def probe_summary(bn: float, plain: float, plain_loss: float) -> dict:
-    def norm(scale: float, loss: float, std_end: float) -> dict:
-        return {
-            "trajectory_mean": {"loss_variation": scale, "gradient_change": 10 * scale,
-                                "beta_smoothness": 100 * scale},
-            "layers": {"fc1": {"saturation": {"mean": [0.0, 0.2]},
-                               "std": {"mean": [1.0, std_end]}}},
-            "final_test_loss": [loss, loss],
-            "num_classes": 10,
-        }  # fmt: skip
+def probe_summary(bn: float, plain: float, plain_loss: float) -> ProbeSummary:
+    def norm(scale: float, loss: float, std_end: float) -> ProbeRuns:
+        return ProbeRuns(
+            steps=[0, 10],
+            smoothness={},
+            trajectory_mean={"loss_variation": scale, "gradient_change": 10 * scale,
+                             "beta_smoothness": 100 * scale},
+            layers={"fc1": LayerCurves(mean=curve([0.0, 0.0]), std=curve([1.0, std_end]),
+                                       saturation=curve([0.0, 0.2]), percentiles_seed0=[])},
+            diverged=0,
+            final_test_accuracy=[0.8, 0.8],
+            final_test_loss=[loss, loss],
+            num_classes=10,
+        )  # fmt: skip
 
     norms = {"batch": norm(bn, 0.5, 1.1), "none": norm(plain, plain_loss, 3.0)}
-    return {"activations": {"sigmoid": {"norms": norms}}}
+    return ProbeSummary(activations={"sigmoid": ActivationProbes(norms=norms)}, step_sizes=[])
 
 
 def test_probe_smoothness_verdict_and_plateau_note() -> None:
@@ -224,13 +261,18 @@ def test_probe_smoothness_verdict_and_plateau_note() -> None:
 
 # ----------------------------------------------------------------------------- placement
 def test_placement_difference_against_seed_spread() -> None:
+    def row(activation: str, placement: str, accs: list[float]) -> PlacementRow:
+        return PlacementRow(activation=activation, placement=placement,
+                            test_accuracy=stat(accs), test_loss=stat([1.0, 1.0]),
+                            per_epoch_test_accuracy=curve([]), diverged=0, seeds=2)  # fmt: skip
+
     rows = [
-        {"activation": "relu", "placement": "before", "test_accuracy": stat([0.80, 0.81])},
-        {"activation": "relu", "placement": "after", "test_accuracy": stat([0.85, 0.86])},
-        {"activation": "sigmoid", "placement": "before", "test_accuracy": stat([0.80, 0.90])},
-        {"activation": "sigmoid", "placement": "after", "test_accuracy": stat([0.82, 0.86])},
+        row("relu", "before", [0.80, 0.81]),
+        row("relu", "after", [0.85, 0.86]),
+        row("sigmoid", "before", [0.80, 0.90]),
+        row("sigmoid", "after", [0.82, 0.86]),
     ]
-    relu, sigmoid = placement_findings({"rows": rows, "norm": "batch"})
+    relu, sigmoid = placement_findings(PlacementSummary(rows=rows, norm="batch"))
     assert relu.numbers["difference"] == 5.0 and relu.verdict == AGREES  # Mishkin et al.
     assert sigmoid.verdict == INCONCLUSIVE and "within the spread" in sigmoid.text
     for f in (relu, sigmoid):
@@ -239,18 +281,23 @@ def test_placement_difference_against_seed_spread() -> None:
 
 # ------------------------------------------------------------------------------ momentum
 def test_momentum_findings() -> None:
-    def item(m: float, closed: int | None) -> dict:
-        return {"momentum": m, "steps": [0, 10, 100], "max_gap_after_start": 0.3,
-                "closed_at_step": closed, "steps_to_forget": math.log(0.05) / math.log(1 - m),
-                "gap": {"mean": [0.1, 0.3, 0.0 if closed else 0.2]}}  # fmt: skip
+    def item(m: float, closed: int | None) -> MomentumPoint:
+        return MomentumPoint(momentum=m, steps=[0, 10, 100], eval_accuracy=curve([]),
+                             batch_stats_accuracy=curve([]),
+                             gap=curve([0.1, 0.3, 0.0 if closed else 0.2]),
+                             max_gap_after_start=0.3, closed_at_step=closed,
+                             steps_to_forget=math.log(0.05) / math.log(1 - m), diverged=0,
+                             seeds=1)  # fmt: skip
 
-    findings = momentum_findings({"momenta": [item(0.01, None), item(0.5, 10)],
-                                  "tolerance": 0.01})  # fmt: skip
+    findings = momentum_findings(
+        MomentumSummary(momenta=[item(0.01, None), item(0.5, 10)], tolerance=0.01)
+    )
     for f in findings[:2]:
         assert_numbers_cited(f)
     assert findings[0].numbers["steps_to_forget"] == 298
     assert "had not closed by step 100 (last gap 20.0 points)" in findings[0].text
     assert findings[-1].verdict == AGREES
-    backwards = momentum_findings({"momenta": [item(0.01, 10), item(0.5, None)],
-                                   "tolerance": 0.01})  # fmt: skip
+    backwards = momentum_findings(
+        MomentumSummary(momenta=[item(0.01, 10), item(0.5, None)], tolerance=0.01)
+    )
     assert backwards[-1].verdict == DISAGREES
