@@ -1,4 +1,4 @@
-"""The re-created original pipeline keeps the seed's architecture, data path and defects."""
+"""The re-created course pipeline keeps the course's architecture, data path and defects."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from torch import nn
 
 from normlab.bench import original
 
-# LeNet-5 as the seed builds it: conv 1->6 5x5, BN(6), conv 6->16 5x5, BN(16),
+# LeNet-5 as the course builds it: conv 1->6 5x5, BN(6), conv 6->16 5x5, BN(16),
 # fc 256->120, BN(120), fc 120->84, BN(84), fc 84->10; a BN has gamma and beta per channel.
-SEED_PARAMETERS = (
+COURSE_PARAMETERS = (
     (1 * 6 * 25 + 6) + 2 * 6
     + (6 * 16 * 25 + 16) + 2 * 16
     + (256 * 120 + 120) + 2 * 120
@@ -19,9 +19,9 @@ SEED_PARAMETERS = (
 )  # fmt: skip
 
 
-def test_the_scratch_lenet_has_the_seeds_layers_and_parameter_count() -> None:
+def test_the_scratch_lenet_has_the_courses_layers_and_parameter_count() -> None:
     model = original.BNLeNetScratch()
-    assert sum(p.numel() for p in model.parameters()) == SEED_PARAMETERS == 44878
+    assert sum(p.numel() for p in model.parameters()) == COURSE_PARAMETERS == 44878
     kinds = [type(m).__name__ for m in model.layers]
     assert kinds == [
         "Conv2d", "BatchNorm", "Sigmoid", "AvgPool2d",
@@ -45,7 +45,7 @@ def test_the_scratch_lenet_matches_torch_nn_bn_lenet_in_parameters() -> None:
     assert [s for s in ours if s] == list(theirs)
 
 
-def test_the_seeds_batch_norm_defects_are_kept() -> None:
+def test_the_courses_batch_norm_defects_are_kept() -> None:
     torch.manual_seed(0)
     bn = original.BatchNorm(3, num_dims=4)
     x = (torch.randn(8, 3, 5, 5) * 2 + 1).requires_grad_()  # as if from a conv
@@ -61,6 +61,16 @@ def test_the_seeds_batch_norm_defects_are_kept() -> None:
         y_eval = bn.train()(x)
     moving_mean, moving_var = bn.moving_mean.detach(), bn.moving_var.detach()
     torch.testing.assert_close(y_eval, (x - moving_mean) / (moving_var + 1e-5).sqrt())
+
+
+def test_the_courses_input_checks_are_an_assert_and_a_silent_batch_of_one() -> None:
+    bn = original.BatchNorm(3, num_dims=4)
+    with pytest.raises(AssertionError):
+        bn(torch.randn(4, 3, 5))
+    with torch.no_grad():
+        bn.beta.fill_(0.25)
+    y = bn(torch.randn(1, 3, 1, 1).requires_grad_())  # one value per channel: var = 0
+    torch.testing.assert_close(y, torch.full((1, 3, 1, 1), 0.25), rtol=0, atol=0)
 
 
 def test_the_dataset_does_totensor_and_normalize_per_sample() -> None:
@@ -85,7 +95,7 @@ def test_the_loader_yields_shuffled_batches_of_64() -> None:
     torch.testing.assert_close(x[:, 0, 0, 0], (y.float() / 255 - 0.5) / 0.5)
 
 
-def test_train_steps_runs_the_seed_loop_across_epochs() -> None:
+def test_train_steps_runs_the_course_loop_across_epochs() -> None:
     torch.manual_seed(0)
     images = torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, 10, (100,))
