@@ -34,7 +34,8 @@ def _check_constructor(factory: Callable[..., nn.Module], kind: Kind, name: str)
     except Exception as error:  # any failure here is the user's constructor
         raise UsageError(
             f"{name}({arguments}) raised {describe(error)}; the layer is built with the "
-            f"arguments of torch.nn.{kind.signature}"
+            f"arguments of torch.nn.{kind.signature} (give other arguments with a factory "
+            "function, or --kwarg NAME=VALUE)"
         ) from error
     if not isinstance(layer, nn.Module):
         raise UsageError(
