@@ -21,7 +21,7 @@ Example::
 
     >>> from normlab.lab.syncbn_arm import register_syncbn_arms
     >>> register_syncbn_arms()        # "syncbn" and "localbn" join BatchSizeSweepConfig.arms
-    >>> run_batch_size_sweep(BatchSizeSweepConfig(arms=("batch", "syncbn", "localbn")))
+    >>> run_experiment(BATCH_SIZE_SWEEP, BatchSizeSweepConfig(arms=("batch", "syncbn", "localbn")))
 """
 
 from __future__ import annotations
