@@ -7,16 +7,23 @@ keys, ``extra_repr`` and errors as ``torch.nn``; the maths lives in
 
 from normlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from normlab.nn.frozen import FrozenBatchNorm2d, freeze_batch_norm
+from normlab.nn.ghost import GhostBatchNorm1d, GhostBatchNorm2d
 from normlab.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from normlab.nn.normalization import GroupNorm, LayerNorm, LocalResponseNorm, RMSNorm
 from normlab.nn.registry import create_norm_layer, norm_names  # last: it reads the above
+from normlab.nn.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
 from normlab.nn.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
     "FrozenBatchNorm2d",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
     "GroupNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",

@@ -35,6 +35,10 @@ name              layer
 ================  ==========================================================================
 ``frozen-batch``  ``FrozenBatchNorm2d(C)``: fixed statistics (running mean 0, variance 1
                   until a ``state_dict`` is loaded), evaluation-mode batch norm
+``renorm``        ``BatchRenorm{dims}d(C)`` (``1d`` for fully connected): batch renorm,
+                  ``rmax=3``, ``dmax=5``, momentum 0.01 (Ioffe 2017)
+``ghost``         ``GhostBatchNorm{dims}d(C, 16)`` (``1d`` for fully connected): batch norm
+                  over each chunk of 16 samples (Hoffer et al. 2017); not for ``dims=3``
 ================  ==========================================================================
 An unknown name raises ``ValueError`` listing the valid names.
 """
@@ -53,6 +57,7 @@ import normlab.nn as normlab_nn
 NormBuilder = Callable[..., nn.Module]
 
 MAX_GROUPS = 32  # Wu & He (2018) use 32 groups by default
+GHOST_VIRTUAL_BATCH_SIZE = 16  # the "ghost" entry's: four chunks of the lab's batch of 64
 
 
 def default_num_groups(num_channels: int) -> int:
@@ -144,10 +149,23 @@ def _images_only(name: str, build: Callable[..., nn.Module]) -> NormBuilder:
 
 def _beyond_torch() -> dict[str, NormBuilder]:
     """normlab's layers that ``torch.nn`` lacks (no ``torch-`` twin)."""
+    from normlab.nn import renorm
     from normlab.nn.frozen import FrozenBatchNorm2d
+    from normlab.nn.ghost import GhostBatchNorm1d, GhostBatchNorm2d
+
+    def batch_renorm(c: int, dims: int, **kw: Any) -> nn.Module:
+        return getattr(renorm, f"BatchRenorm{max(dims, 1)}d")(c, **kw)
+
+    def ghost(c: int, dims: int, **kw: Any) -> nn.Module:
+        if dims == 3:
+            raise ValueError("norm layer 'ghost' is defined for dims 0, 1 and 2, not dims=3")
+        layer = GhostBatchNorm2d if dims == 2 else GhostBatchNorm1d
+        return layer(c, GHOST_VIRTUAL_BATCH_SIZE, **kw)
 
     return {
         "frozen-batch": _images_only("frozen-batch", FrozenBatchNorm2d),
+        "renorm": batch_renorm,
+        "ghost": ghost,
     }
 
 

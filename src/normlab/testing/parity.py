@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from normlab.errors import UsageError
+from normlab.functional.renorm import RenormWarmup
 
 #: Every layer class of :mod:`normlab.nn`, checked against the ``torch.nn`` class of that name.
 LAYERS: tuple[str, ...] = (
@@ -56,6 +57,11 @@ LAYERS: tuple[str, ...] = (
     "RMSNorm",
     "LocalResponseNorm",
     "FrozenBatchNorm2d",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
 )
 
 #: Largest allowed difference (see the module docstring for the scale) per dtype.
@@ -133,7 +139,7 @@ def _torch_batch_norm(config: Config, dtype: torch.dtype, device: torch.device) 
     ``rmax=1, dmax=0`` and ghost batch norm over one virtual batch are batch norm."""
     kwargs = {k: v for k, v in config.kwargs if k not in _VARIANT_OPTIONS}
     layer = getattr(nn, f"BatchNorm{config.layer[-2:]}")
-    return layer(config.args[0], **kwargs, device=device, dtype=dtype)
+    return layer(config.args[0], **kwargs, device=device, dtype=dtype)  # (C, V): V dropped
 
 
 def _formula(config: Config, dtype: torch.dtype, device: torch.device) -> nn.Module:
@@ -234,6 +240,75 @@ GRID: tuple[Config, ...] = (
     _c("FrozenBatchNorm2d", (3,), (4, 3, 5, 5), oracle="eval batch norm"),
     _c("FrozenBatchNorm2d", (2,), (2, 2, 3, 4), eps=1e-3, oracle="eval batch norm"),
     _c("FrozenBatchNorm2d", (3,), (2, 3, 4, 4), scale=1.0, offset=10.0, oracle="eval batch norm"),
+    # batch renorm: rmax=1, dmax=0 is torch.nn's batch norm; else Ioffe's formula, clipping
+    # active (tight limits), a warm-up, every batch norm option
+    _c("BatchRenorm1d", (4,), (8, 4), rmax=1.0, dmax=0.0, momentum=0.1, oracle="torch batch norm"),
+    _c("BatchRenorm1d", (3,), (5, 3, 4), oracle="formula"),
+    _c("BatchRenorm1d", (3,), (5, 3, 4), rmax=1.2, dmax=0.1, affine=False, oracle="formula"),
+    _c(
+        "BatchRenorm2d",
+        (3,),
+        (4, 3, 5, 5),
+        rmax=1.0,
+        dmax=0.0,
+        momentum=None,
+        oracle="torch batch norm",
+    ),
+    _c("BatchRenorm2d", (3,), (4, 3, 5, 5), oracle="formula"),
+    _c("BatchRenorm2d", (3,), (4, 3, 4, 4), rmax=1.1, dmax=0.05, momentum=0.3, oracle="formula"),
+    _c("BatchRenorm2d", (3,), (4, 3, 4, 4), scale=1.0, offset=10.0, oracle="formula"),
+    _c("BatchRenorm2d", (2,), (3, 2, 3, 3), eps=1e-3, bias=False, momentum=None, oracle="formula"),
+    _c(
+        "BatchRenorm3d",
+        (2,),
+        (3, 2, 3, 4, 4),
+        rmax=1.0,
+        dmax=0.0,
+        momentum=0.01,  # torch's batch norm has its own default
+        oracle="torch batch norm",
+    ),
+    _c("BatchRenorm3d", (2,), (3, 2, 2, 3, 3), warmup=RenormWarmup(1, 3, 2), oracle="formula"),
+    _c("BatchRenorm3d", (2,), (2, 2, 2, 3, 3), rmax=1.2, dmax=0.2, oracle="formula"),
+    _c(
+        "BatchRenorm3d",
+        (2,),
+        (2, 2, 2, 3, 3),
+        eps=1e-3,
+        momentum=None,
+        affine=False,
+        oracle="formula",
+    ),
+    _c("BatchRenorm3d", (2,), (2, 2, 2, 2, 3), bias=False, momentum=0.3, oracle="formula"),
+    _c(
+        "BatchRenorm1d",
+        (3,),
+        (6, 3),
+        eps=1e-3,
+        bias=False,
+        warmup=RenormWarmup(1, 2, 2),
+        oracle="formula",
+    ),
+    _c(
+        "BatchRenorm2d",
+        (2,),
+        (3, 2, 3, 3),
+        affine=False,
+        warmup=RenormWarmup(0, 2, 1),
+        oracle="formula",
+    ),
+    # ghost batch norm: one virtual batch is torch.nn's batch norm; several, with a smaller
+    # last one, are the chunks' formula
+    _c("GhostBatchNorm1d", (4, 8), (8, 4), oracle="torch batch norm"),
+    _c("GhostBatchNorm1d", (4, 3), (8, 4), oracle="formula"),
+    _c("GhostBatchNorm1d", (3, 2), (6, 3, 5), momentum=None, affine=False, oracle="formula"),
+    _c("GhostBatchNorm2d", (3, 4), (4, 3, 5, 5), momentum=0.3, oracle="torch batch norm"),
+    _c("GhostBatchNorm2d", (3, 2), (5, 3, 4, 4), oracle="formula"),
+    _c("GhostBatchNorm2d", (3, 2), (4, 3, 4, 4), track_running_stats=False, oracle="formula"),
+    _c("GhostBatchNorm2d", (2, 3), (6, 2, 3, 3), eps=1e-3, bias=False, oracle="formula"),
+    _c("GhostBatchNorm2d", (3, 2), (4, 3, 4, 4), scale=1.0, offset=10.0, oracle="formula"),
+    _c("GhostBatchNorm2d", (3, 3), (7, 3, 2, 2), affine=False, oracle="formula"),
+    _c("GhostBatchNorm1d", (3, 4), (10, 3), eps=1e-3, bias=False, oracle="formula"),
+    _c("GhostBatchNorm1d", (3, 4), (10, 3, 2), track_running_stats=False, oracle="formula"),
 )
 
 

@@ -12,6 +12,12 @@ class                      formula (``x``: the input, ``(N, C, *)``)
 =========================  ==========================================================
 ``FrozenBatchNorm2d``      ``torch.nn.functional.batch_norm(x, ..., training=False)``:
                            ``torch.nn.BatchNorm2d`` in evaluation mode
+``BatchRenorm{1,2,3}d``     Ioffe (2017): ``(x - mu_B) / sigma_B * r + d``, ``r`` and
+                           ``d`` clipped and detached; running statistics as batch
+                           norm's; a warm-up moves the limits linearly
+``GhostBatchNorm{1,2}d``   ``F.batch_norm`` of each ``x.split(V)`` chunk with the shared
+                           affine; running statistics once per call from the chunks'
+                           size-weighted mean and unbiased variance
 =========================  ==========================================================
 """
 
@@ -46,3 +52,176 @@ class FrozenBatchNorm2d(nn.Module):
         return F.batch_norm(
             x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
         )
+
+
+def _channel(v: Tensor, ndim: int) -> Tensor:
+    return v.reshape(-1, *[1] * (ndim - 2))
+
+
+def _momentum(module: nn.Module) -> float:
+    """Count the batch; this step's weight of the batch (cumulative for ``momentum=None``)."""
+    module.num_batches_tracked += 1
+    if module.momentum is None:
+        return 1.0 / float(module.num_batches_tracked)
+    return float(module.momentum)
+
+
+class _Affine(nn.Module):
+    """``weight``/``bias`` parameters (ones and zeros) when ``affine``, else ``None``."""
+
+    def _affine(self, c: int, affine: bool, bias: bool, factory: dict[str, Any]) -> None:
+        self.weight = nn.Parameter(torch.ones(c, **factory)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(c, **factory)) if affine and bias else None
+
+    def _apply_affine(self, xhat: Tensor) -> Tensor:
+        if self.weight is not None:
+            xhat = xhat * _channel(self.weight, xhat.dim())
+        if self.bias is not None:
+            xhat = xhat + _channel(self.bias, xhat.dim())
+        return xhat
+
+
+class _BatchRenorm(_Affine):
+    """Ioffe (2017), Algorithm 1, with ``torch.nn``'s running-statistics conventions."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.01,
+        affine: bool = True,
+        rmax: float = 3.0,
+        dmax: float = 5.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+        warmup: Any = None,
+    ) -> None:
+        super().__init__()
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.eps, self.momentum, self.rmax, self.dmax, self.warmup = (
+            eps,
+            momentum,
+            rmax,
+            dmax,
+            warmup,
+        )
+        self._affine(num_features, affine, bias, factory)
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer("running_var", torch.ones(num_features, **factory))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def _limits(self) -> tuple[float, float]:
+        """The warm-up: (1, 0) up to ``start``, then linear to (rmax, dmax)."""
+        if self.warmup is None:
+            return self.rmax, self.dmax
+        step = int(self.num_batches_tracked) - 1
+        w = self.warmup
+
+        def ramp(end: int) -> float:
+            if step <= w.start:
+                return 0.0
+            return 1.0 if step >= end else (step - w.start) / (end - w.start)
+
+        return 1 + (self.rmax - 1) * ramp(w.rmax_at), self.dmax * ramp(w.dmax_at)
+
+    def forward(self, x: Tensor) -> Tensor:
+        ndim, dims = x.dim(), [0, *range(2, x.dim())]
+        if not self.training:
+            xhat = (x - _channel(self.running_mean, ndim)) / _channel(
+                (self.running_var + self.eps).sqrt(), ndim
+            )
+            return self._apply_affine(xhat)
+        factor = _momentum(self)
+        rmax, dmax = self._limits()
+        mean_b = x.mean(dims)
+        var_b = x.var(dims, correction=0)
+        sigma_b = (var_b + self.eps).sqrt()
+        sigma = (self.running_var + self.eps).sqrt()
+        r = (sigma_b / sigma).detach().clamp(1 / rmax, rmax)
+        d = ((mean_b - self.running_mean) / sigma).detach().clamp(-dmax, dmax)
+        xhat = (x - _channel(mean_b, ndim)) / _channel(sigma_b, ndim) * _channel(
+            r, ndim
+        ) + _channel(d, ndim)
+        n = x.numel() // x.shape[1]
+        with torch.no_grad():
+            self.running_mean.mul_(1 - factor).add_(factor * mean_b)
+            self.running_var.mul_(1 - factor).add_(factor * var_b * n / (n - 1))
+        return self._apply_affine(xhat)
+
+
+class BatchRenorm1d(_BatchRenorm):
+    """Batch renorm of ``(N, C)`` or ``(N, C, L)``."""
+
+
+class BatchRenorm2d(_BatchRenorm):
+    """Batch renorm of ``(N, C, H, W)``."""
+
+
+class BatchRenorm3d(_BatchRenorm):
+    """Batch renorm of ``(N, C, D, H, W)``."""
+
+
+class _GhostBatchNorm(_Affine):
+    """Hoffer et al. (2017): ``torch.nn.functional.batch_norm`` per virtual batch."""
+
+    def __init__(
+        self,
+        num_features: int,
+        virtual_batch_size: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.virtual_batch_size, self.eps, self.momentum = virtual_batch_size, eps, momentum
+        self._affine(num_features, affine, bias, factory)
+        self.track_running_stats = track_running_stats
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training and self.track_running_stats:
+            return F.batch_norm(
+                x,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                False,
+                0.0,
+                self.eps,
+            )
+        chunks = x.split(self.virtual_batch_size)
+        y = torch.cat(
+            [
+                F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps)
+                for c in chunks
+            ]
+        )
+        if self.training and self.track_running_stats:
+            factor = _momentum(self)
+            dims = [0, *range(2, x.dim())]
+            with torch.no_grad():
+                mean = sum(c.shape[0] * c.mean(dims) for c in chunks) / x.shape[0]
+                var = sum(c.shape[0] * c.var(dims) for c in chunks) / x.shape[0]
+                self.running_mean.mul_(1 - factor).add_(factor * mean)
+                self.running_var.mul_(1 - factor).add_(factor * var)
+        return y
+
+
+class GhostBatchNorm1d(_GhostBatchNorm):
+    """Ghost batch norm of ``(N, C)`` or ``(N, C, L)``."""
+
+
+class GhostBatchNorm2d(_GhostBatchNorm):
+    """Ghost batch norm of ``(N, C, H, W)``."""
