@@ -34,7 +34,7 @@ def _runtime_doc(path: str) -> str | None:
 def _split(obj: griffe.Object) -> str:
     """``package.module:Class.method`` for a griffe object."""
     module = obj.module.path
-    return f"{module}:{obj.path[len(module) + 1:]}"
+    return f"{module}:{obj.path[len(module) + 1 :]}"
 
 
 class RuntimeDocstrings(griffe.Extension):
