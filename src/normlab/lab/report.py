@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,22 @@ from normlab.lab.verdicts import Finding
 from normlab.report import Column, Report
 from normlab.report.stats import format_duration
 
-__all__ = ["all_findings", "build_report", "experiment_table", "write_study_outputs"]
+__all__ = ["StudyTiming", "all_findings", "build_report", "experiment_table", "write_study_outputs"]
 
 RESULTS_FILE = "results.json"
+
+
+@dataclass(frozen=True)
+class StudyTiming:
+    """How one invocation of a study ran (the report's last section)."""
+
+    wall_seconds: float
+    cells: int  # every cell of the plan
+    workers: int  # processes computing cells at once
+    load_average: list[float] | None  # the machine's 1/5/15-minute load (None: no such OS call)
+    cells_computed: int  # by this invocation
+    cells_loaded: int  # found finished in the run directory
+    threads: int | None  # torch threads per process (None: torch's default)
 
 
 def experiment_table(result: ExperimentResult) -> TableSpec:
@@ -55,7 +69,7 @@ def build_report(
     figures: Mapping[str, Sequence[tuple[Path, str]]],
     *,
     title: str,
-    timing: Mapping[str, Any] | None = None,
+    timing: StudyTiming | None = None,
 ) -> tuple[Report, list[Finding]]:
     """The report of a study: a summary of the findings, then one section per experiment
     (introduction, figures, table, findings), then how it was run."""
@@ -95,18 +109,18 @@ def build_report(
         mine = experiment.findings(result.summary)
         if mine:
             report.bullets(_finding_items(mine))
-    if timing:
+    if timing is not None:
         report.section("How this was run")
         report.paragraph(
-            f"{timing['cells']} cells (one experiment x one setting x one seed); this "
-            f"invocation computed {timing['cells_computed']} and found "
-            f"{timing['cells_loaded']} already finished. Wall time "
-            f"{format_duration(timing['wall_seconds'])} with {timing.get('threads')} torch "
-            f"thread(s) per worker, {timing.get('workers', 1)} worker process(es), on "
+            f"{timing.cells} cells (one experiment x one setting x one seed); this "
+            f"invocation computed {timing.cells_computed} and found "
+            f"{timing.cells_loaded} already finished. Wall time "
+            f"{format_duration(timing.wall_seconds)} with {timing.threads} torch "
+            f"thread(s) per worker, {timing.workers} worker process(es), on "
             f"{platform.machine()} with {_cpu_count()} CPUs"
             + (
-                f" (load average over the last 15 minutes: {timing['load_average'][2]:.1f})."
-                if timing.get("load_average")
+                f" (load average over the last 15 minutes: {timing.load_average[2]:.1f})."
+                if timing.load_average
                 else "."
             )
         )
@@ -144,7 +158,7 @@ def write_study_outputs(
     summaries: Mapping[str, ExperimentResult],
     *,
     title: str,
-    timing: Mapping[str, Any] | None = None,
+    timing: StudyTiming | None = None,
 ) -> tuple[list[Finding], Path, Path]:
     """Write figures/*.png, results.json, report.html and report.md into ``run_dir``."""
     from normlab.lab.figures import compact_png
@@ -160,7 +174,7 @@ def write_study_outputs(
     results = {
         "summaries": dict(summaries),
         "findings": list(findings),
-        "timing": dict(timing or {}),
+        "timing": timing if timing is not None else {},
     }
     text = json.dumps(to_jsonable(results), indent=1, allow_nan=True, default=_as_text)
     write_text_atomic(run_dir / RESULTS_FILE, text + "\n")

@@ -38,7 +38,7 @@ from normlab.lab.cells import Cell, CellStore, CellTask, config_dict, run_cells
 from normlab.lab.common import cut, lab_data
 from normlab.lab.experiment import Experiment, ExperimentResult
 from normlab.lab.plan import EXPERIMENTS, experiment_named, names
-from normlab.lab.report import RESULTS_FILE, write_study_outputs
+from normlab.lab.report import RESULTS_FILE, StudyTiming, write_study_outputs
 from normlab.lab.serialize import from_jsonable
 from normlab.lab.verdicts import Finding
 
@@ -241,15 +241,15 @@ def run_study(
         run.path,
         summaries,
         title=title,
-        timing={
-            "wall_seconds": seconds,
-            "cells": counts["computed"] + counts["loaded"],
-            "workers": workers,
-            "load_average": _load_average(),
-            "cells_computed": counts["computed"],
-            "cells_loaded": counts["loaded"],
-            "threads": threads,
-        },
+        timing=StudyTiming(
+            wall_seconds=seconds,
+            cells=counts["computed"] + counts["loaded"],
+            workers=workers,
+            load_average=_load_average(),
+            cells_computed=counts["computed"],
+            cells_loaded=counts["loaded"],
+            threads=threads,
+        ),
     )
     return StudyResult(
         run.path, summaries, findings, html, md, seconds, counts["computed"], counts["loaded"]
