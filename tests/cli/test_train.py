@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,124 @@ def test_sigkill_mid_epoch_then_resume_gives_exactly_the_same_metrics(tmp_path: 
     for key, tensor in reference["model"].items():
         assert torch.equal(final["model"][key], tensor), key
     assert final["history"]["step_losses"].tolist() == reference["history"]["step_losses"].tolist()
+
+
+# ----------------------------------------------------------------------------- SIGINT/SIGTERM
+def wait_for_checkpoint(process: subprocess.Popen, root: Path) -> None:
+    """Poll until a run under ``root`` holds a checkpoint (the run is then mid-training)."""
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if list(root.glob("*/checkpoint.pt")):
+            return
+        time.sleep(0.002)
+
+
+def continue_command(err: str, command: str) -> list[str]:
+    """The resume command the last line of ``err`` names, as arguments of ``normlab``."""
+    _, _, command_line = err.strip().splitlines()[-1].partition("; to continue: normlab ")
+    words = shlex.split(command_line)
+    assert words[0] == command, err
+    return words
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("straight")
+    process = train_process(*KILL_ARGS, "--out", str(root))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    return only_run(root)
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_an_interrupted_run_names_its_resume_command_which_ends_it_exactly(
+    tmp_path: Path, straight_run: Path, signum: int, code: int, word: str
+) -> None:
+    """Ctrl-C or SIGTERM mid-epoch: no traceback, one line naming the resume command, and
+    that command finishes the run to the metrics of an uninterrupted one, bit for bit."""
+    stopped = train_process(*KILL_ARGS, "--out", str(tmp_path))
+    wait_for_checkpoint(stopped, tmp_path)
+    stopped.send_signal(signum)
+    _, err = stopped.communicate(timeout=60)
+    assert stopped.returncode == code, f"the run ended before the signal: {err}"
+    assert "Traceback" not in err
+    run_dir = only_run(tmp_path)
+    assert err.strip().splitlines()[-1] == (
+        f"normlab train: {word}; to continue: normlab train --resume {run_dir}"
+    )
+    assert not (run_dir / "summary.json").exists()
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "normlab", *continue_command(err, "train"), "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=ENV,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics_without_timing(run_dir) == metrics_without_timing(straight_run)
+    final = Run.open(run_dir).load_checkpoint()["history"]["step_losses"]
+    reference = Run.open(straight_run).load_checkpoint()["history"]["step_losses"]
+    assert final.tolist() == reference.tolist()
+
+
+def test_resume_refuses_out(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "a")]) == 0
+    run_dir = only_run(tmp_path / "a")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"normlab train: error: --resume continues the run in its own directory {run_dir}; "
+        "drop --out (a run cannot move)\n"
+    )
+    assert not (tmp_path / "b").exists()
+
+
+def test_train_subset_all_is_every_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["--dataset", "synthetic", "--train-subset", "all", "--test-subset", "ALL"]
+    args += ["--epochs", "1", "--norm", "none", "--no-progress", "--out", str(tmp_path)]
+    assert main(["train", *args]) == 0
+    config = Run.open(only_run(tmp_path)).config
+    assert (config.train_subset, config.test_subset) == (None, None)
+    assert "(1000 train, 200 test)" in capsys.readouterr().out  # synthetic's full size
+    with pytest.raises(SystemExit):
+        main(["train", "--train-subset", "most"])
+    assert "give a number of images or 'all'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder no one can create files in: mode 0o500, or immutable for root."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("root without chattr +i cannot make an unwritable folder")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("where", ["file", "under-file", "unwritable"])
+def test_an_unusable_out_is_one_line_naming_the_way_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture, where: str, request: pytest.FixtureRequest
+) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    out, problem = {
+        "file": (a_file, "is a file"),
+        "under-file": (a_file / "runs", "lies under a file"),
+        "unwritable": (None, "is not writable ("),
+    }[where]
+    if out is None:
+        out = request.getfixturevalue("unwritable_dir") / "runs"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"normlab train: error: --out {out} {problem}") and err.count("\n") == 1
+    assert err.endswith("; pass --out with a folder you can write to\n")

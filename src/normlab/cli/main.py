@@ -10,17 +10,25 @@ Commands that train set ``trains=True`` in their defaults: for them, torch's CPU
 caches freed blocks (:func:`normlab.kernels.cache_cpu_memory`). Errors a user can fix
 (``ValueError``, :class:`~normlab.errors.UsageError` among them, and ``OSError``) print one
 line on stderr and exit with code 2; any other exception is a bug and keeps its traceback.
-Ctrl-C exits with 130; a closed pipe (``normlab info | head``) ends quietly.
+Ctrl-C (SIGINT) exits with 130 and SIGTERM with 143, both without a traceback: SIGTERM is
+raised as a :class:`Terminated` (a ``KeyboardInterrupt``), so a command's clean-ups run the
+same way for both, and a command that can be continued says how on the same line (a note
+``to continue: normlab ... --resume DIR`` added to the interrupt). A closed pipe
+(``normlab info | head``) ends quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pkgutil
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import NoReturn
 
 from normlab import __version__, cli
@@ -91,6 +99,45 @@ def set_threads(threads: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C's ``KeyboardInterrupt`` is."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` in this process.
+
+    A child forked meanwhile inherits the handler; there SIGTERM keeps its default action
+    (the child ends at once), since only this process runs the clean-ups.
+    """
+    if threading.current_thread() is not threading.main_thread():  # handlers live there
+        yield
+        return
+    owner = os.getpid()
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted(command: str, interrupt: KeyboardInterrupt) -> int:
+    """Say that ``command`` was interrupted (and how to continue it); its exit code."""
+    terminated = isinstance(interrupt, Terminated)
+    what = "terminated" if terminated else "interrupted"
+    notes = getattr(interrupt, "__notes__", [])
+    print(f"normlab {command}: {'; '.join([what, *notes])}", file=sys.stderr, flush=True)
+    return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -104,10 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         kernels.cache_cpu_memory()  # each step's fresh tensors reuse memory: no page faults
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("normlab: interrupted", file=sys.stderr)
-        return 130
+        with sigterm_as_interrupt():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as interrupt:
+        return interrupted(args.command, interrupt)
     except BrokenPipeError:  # the reader went away (normlab ... | head): nothing to report
         # point stdout at /dev/null so that the interpreter's final flush stays quiet
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

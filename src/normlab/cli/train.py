@@ -17,13 +17,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 from normlab.errors import UsageError
 from normlab.train.config import DATASETS, TrainConfig
 
 DEFAULTS = TrainConfig()
+DEFAULT_OUT = "runs"
+ALL = "all"  # --train-subset all: every image
 # flag -> config field, for every flag that changes the numbers (not allowed with --resume)
 CONFIG_FLAGS = {
     "--dataset": "dataset",
@@ -117,13 +121,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--data-dir", metavar="DIR", help="folder with the IDX files (default: search)"
     )
     data.add_argument(
-        "--train-subset", type=int, metavar="N", help="use only the first N training images"
+        "--train-subset",
+        type=subset,
+        metavar="N",
+        help="use only the first N training images ('all': every one, the default)",
     )
     data.add_argument(
-        "--test-subset", type=int, metavar="N", help="use only the first N test images"
+        "--test-subset",
+        type=subset,
+        metavar="N",
+        help="use only the first N test images ('all': every one, the default)",
     )
     out = parser.add_argument_group("run directory")
-    out.add_argument("--out", default="runs", help="parent folder of run directories (runs)")
+    out.add_argument(
+        "--out", help=f"parent folder of run directories (default {DEFAULT_OUT}; not with --resume)"
+    )
     out.add_argument("--name", help="run name (default lenet-<norm>)")
     out.add_argument(
         "--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint"
@@ -140,14 +152,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` the flags describe (unset flags keep the defaults)."""
-    changes = {
-        field: getattr(args, field)
-        for field in CONFIG_FLAGS.values()
+def subset(text: str) -> int | str:
+    """``--train-subset``/``--test-subset``: a number of images, or ``all`` (kept as
+    ``"all"`` so that ``--resume`` can tell the flag was given; the config holds None)."""
+    if text.strip().lower() == ALL:
+        return ALL
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: give a number of images or 'all'"
+        ) from None
+
+
+def config_changes(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    """The config fields the given ``flags`` (flag -> field) set; ``all`` subsets are None."""
+    return {
+        field: None if getattr(args, field) == ALL else getattr(args, field)
+        for field in flags.values()
         if getattr(args, field, None) is not None
     }
-    return dataclasses.replace(DEFAULTS, **changes)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` the flags describe (unset flags keep the defaults)."""
+    return dataclasses.replace(DEFAULTS, **config_changes(args, CONFIG_FLAGS))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,6 +191,11 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise UsageError(
                 f"--resume continues the run with its own settings; drop {', '.join(given)}"
+            )
+        if args.out is not None:
+            raise UsageError(
+                f"--resume continues the run in its own directory {args.resume}; drop --out "
+                "(a run cannot move)"
             )
         the_run = Run.open(args.resume)
         config = the_run.config
@@ -192,8 +226,21 @@ def run(args: argparse.Namespace) -> int:
                 f"{ranks[1]}; use --nproc-per-node {config.world_size}"
             )
     data = engine.load_data(config, data_dir=data_dir)
+    root = out_root(args.out) if the_run is None else the_run.path.parent
     with distributed.process_group(device=config.device) as context:
-        return _train(args, config, data, data_dir, the_run, context)
+        return _train(args, config, data, data_dir, the_run, root, context)
+
+
+def out_root(out: str | Path | None) -> Path:
+    """``--out`` (default ``runs``), made if missing; a file or a folder that cannot be
+    written is refused in one line."""
+    from normlab.train.runs import unwritable_reason
+
+    root = Path(DEFAULT_OUT if out is None else out)
+    reason = unwritable_reason(root)
+    if reason is not None:
+        raise UsageError(f"--out {root} {reason}; pass --out with a folder you can write to")
+    return root
 
 
 def _train(
@@ -202,6 +249,7 @@ def _train(
     data: Any,
     data_dir: str | None,
     the_run: Any,
+    root: Path,
     context: Any,
 ) -> int:
     """Train on this process: alone, or as one rank of ``context`` (only rank 0 writes)."""
@@ -214,7 +262,7 @@ def _train(
         name = args.name or f"lenet-{config.norm}"
         created = None
         if context.is_main:
-            created = Run.create(args.out, name, config, data_dir=data_dir, checkpoint_every=every)
+            created = Run.create(root, name, config, data_dir=data_dir, checkpoint_every=every)
         path = distributed.broadcast_object(str(created.path) if created is not None else None)
         the_run = created if created is not None else Run.open(path)
     parallel = distributed.DataParallel(context) if context.distributed else None
@@ -246,23 +294,27 @@ def _train(
     def show(metrics: engine.EpochMetrics) -> None:
         print(engine.format_epoch(metrics, config.epochs), flush=True)
 
-    with (
-        the_run.logging_to_file(),
-        distributed.translate_failures("training", context.rank, context.world_size)
-        if context.distributed
-        else contextlib.nullcontext(),
-    ):
-        history = engine.fit(
-            model,
-            data,
-            config,
-            run=the_run,
-            progress=not args.no_progress,
-            on_epoch=show,
-            rank=context.rank,
-            world_size=context.world_size,
-            parallel=parallel,
-        )
+    try:
+        with (
+            the_run.logging_to_file(),
+            distributed.translate_failures("training", context.rank, context.world_size)
+            if context.distributed
+            else contextlib.nullcontext(),
+        ):
+            history = engine.fit(
+                model,
+                data,
+                config,
+                run=the_run,
+                progress=not args.no_progress,
+                on_epoch=show,
+                rank=context.rank,
+                world_size=context.world_size,
+                parallel=parallel,
+            )
+    except KeyboardInterrupt as interrupt:  # the checkpoint on disk is whole (atomic writes)
+        interrupt.add_note(f"to continue: {resume_command(the_run.path)}")
+        raise
     if history.diverged:
         print(
             f"normlab train: diverged at step {history.diverged_at_step}: the loss is not "
@@ -274,6 +326,11 @@ def _train(
         return 1
     print(f"run directory: {the_run.path}")
     return 0
+
+
+def resume_command(run_dir: Any) -> str:
+    """The command that continues the run in ``run_dir`` from its last checkpoint."""
+    return f"normlab train --resume {shlex.quote(str(run_dir))}"
 
 
 def _relaunch(args: argparse.Namespace, world_size: int) -> int:
@@ -289,7 +346,8 @@ def _relaunch(args: argparse.Namespace, world_size: int) -> int:
             if field == "world_size" or value is None:
                 continue
             argv += [flag] if value is True else [flag, str(value)]
-        argv += ["--out", args.out]
+        if args.out is not None:
+            argv += ["--out", args.out]
         for flag, value in (("--name", args.name), ("--checkpoint-every", args.checkpoint_every)):
             if value is not None:
                 argv += [flag, str(value)]

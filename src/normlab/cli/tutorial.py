@@ -9,13 +9,16 @@ the run directory ``runs/tutorial-<time>/``. The report's path is the last line 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from normlab.cli.train import config_changes, out_root, subset
 from normlab.errors import UsageError
 
 
@@ -29,34 +32,79 @@ class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+DEFAULT_OUT = Path("runs")
+# flag -> TutorialConfig field, for every flag that changes the numbers (not with --resume)
+CONFIG_FLAGS = {
+    "--dataset": "dataset",
+    "--epochs": "epochs",
+    "--seed": "seed",
+    "--lr": "lr",
+    "--momentum": "momentum",
+    "--batch-size": "batch_size",
+    "--norms": "norms",
+    "--train-subset": "train_subset",
+    "--test-subset": "test_subset",
+    "--device": "device",
+    "--compile": "compile",
+}
+
+
+# TutorialConfig's defaults, for --help without importing torch (a test keeps them equal)
+HELP_DEFAULTS = argparse.Namespace(
+    dataset="fashion-mnist", epochs=5, seed=0, lr=0.03, momentum=0.9, batch_size=64,
+    norms=("batch", "torch-batch", "none"), device="cpu",
+)  # fmt: skip
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    defaults = HELP_DEFAULTS
     parser = subparsers.add_parser(
         "tutorial",
         help="the whole tutorial: covariate shift, LeNet with/without batch norm, report",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
         formatter_class=_DefaultsOnce,
     )
-    parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist or mnist")
+    # The settings' defaults are None here (the flag was not given: --resume refuses given
+    # ones); the help says the real default.
+    parser.add_argument("--dataset", help=f"fashion-mnist or mnist (default: {defaults.dataset})")
     parser.add_argument("--data-dir", help="folder with the IDX files (default: discovered)")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs per arm")
-    parser.add_argument("--seed", type=int, default=0, help="weights and batch order")
-    parser.add_argument("--lr", type=float, default=0.03, help="SGD learning rate")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    parser.add_argument("--batch-size", type=int, default=64, help="examples per step")
+    parser.add_argument("--epochs", type=int, help=f"epochs per arm (default: {defaults.epochs})")
+    parser.add_argument(
+        "--seed", type=int, help=f"weights and batch order (default: {defaults.seed})"
+    )
+    parser.add_argument("--lr", type=float, help=f"SGD learning rate (default: {defaults.lr})")
+    parser.add_argument(
+        "--momentum", type=float, help=f"SGD momentum (default: {defaults.momentum})"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, help=f"examples per step (default: {defaults.batch_size})"
+    )
     parser.add_argument(
         "--norms",
-        default="batch,torch-batch,none",
-        help="comma-separated arms (registry names)",
+        help=f"comma-separated arms, registry names (default: {','.join(defaults.norms)})",
     )
     parser.add_argument(
-        "--train-subset", type=int, help="use the first N training images (default: all)"
+        "--train-subset",
+        type=subset,
+        help="use the first N training images, or 'all' (default: all)",
     )
     parser.add_argument(
-        "--test-subset", type=int, help="use the first N test images (default: all)"
+        "--test-subset", type=subset, help="use the first N test images, or 'all' (default: all)"
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--out", type=Path, default=Path("runs"), help="root of run dirs")
+    parser.add_argument("--device", help=f"cpu, cuda, cuda:1, ... (default: {defaults.device})")
+    parser.add_argument(
+        "--compile", action="store_const", const=True, help="torch.compile the model"
+    )
+    parser.add_argument(
+        "--out", type=Path, help=f"root of run dirs (default: {DEFAULT_OUT}; not with --resume)"
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted tutorial: its finished arms are kept, the others "
+        "continue from their last checkpoints, and the report is written",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -70,28 +118,51 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The validated :class:`TutorialConfig` the flags describe."""
+    """The validated :class:`TutorialConfig` the flags describe (unset flags: defaults)."""
     from normlab.tutorial.pipeline import TutorialConfig
 
-    config = TutorialConfig(
-        dataset=args.dataset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        seed=args.seed,
-        device=args.device,
-        train_subset=args.train_subset,
-        test_subset=args.test_subset,
-        compile=args.compile,
-        norms=tuple(n.strip() for n in args.norms.split(",") if n.strip()),
-    )
+    changes = config_changes(args, CONFIG_FLAGS)
+    if "norms" in changes:
+        changes["norms"] = tuple(n.strip() for n in changes["norms"].split(",") if n.strip())
+    config = dataclasses.replace(TutorialConfig(), **changes)
     config.validate()
-    if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {args.workers}")
-    if args.out.exists() and not args.out.is_dir():
+    _check_workers(args)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file; pass a directory")
     return config
+
+
+def resumed_config(args: argparse.Namespace) -> tuple[Path, Any, str | None]:
+    """``--resume``: the tutorial's run directory, its config, and where its data is."""
+    from normlab.train.runs import Run
+    from normlab.tutorial.pipeline import TutorialConfig
+
+    given = [flag for flag, field in CONFIG_FLAGS.items() if getattr(args, field) is not None]
+    given += ["--out"] if args.out is not None else []
+    if given:
+        raise UsageError(
+            f"--resume continues the tutorial with its own settings in its own directory; "
+            f"drop {', '.join(given)}"
+        )
+    _check_workers(args)
+    the_run = Run.open(args.resume)
+    if the_run.name != "tutorial":
+        raise UsageError(
+            f"{the_run.path} is a {the_run.name!r} run, not a tutorial's; resume it with "
+            "the command that made it"
+        )
+    data_dir = args.data_dir if args.data_dir is not None else the_run.data_dir
+    return the_run.path, TutorialConfig.from_dict(the_run.meta["config"]), data_dir
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the tutorial in ``run_dir``."""
+    return f"normlab tutorial --resume {shlex.quote(str(run_dir))}"
+
+
+def _check_workers(args: argparse.Namespace) -> None:
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
 
 
 def print_epoch(norm: str, metrics: Any, *, epochs: int) -> None:
@@ -103,7 +174,11 @@ def print_epoch(norm: str, metrics: Any, *, epochs: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    resuming = args.resume is not None
+    if resuming:
+        run_dir, config, data_dir = resumed_config(args)
+    else:
+        config, data_dir = config_from_args(args), args.data_dir
     from normlab.lab.experiments.shift import conclusion as shift_conclusion
     from normlab.lab.experiments.shift import summary_rows as shift_rows
     from normlab.lab.params import params_table
@@ -111,28 +186,43 @@ def run(args: argparse.Namespace) -> int:
     from normlab.report.tables import format_table
     from normlab.train.engine import load_data
     from normlab.train.runs import Run
-    from normlab.tutorial.pipeline import code_path, conclusions, run_tutorial, summary_rows
+    from normlab.tutorial.pipeline import (
+        code_path,
+        conclusions,
+        run_tutorial,
+        saved_arms,
+        summary_rows,
+    )
     from normlab.tutorial.report import build_report
 
     started = time.perf_counter()
-    data = load_data(config.train_config(config.norms[0]), data_dir=args.data_dir)
-    run_dir = Run.create(args.out, "tutorial", config.to_dict(), data_dir=args.data_dir).path
+    data = load_data(config.train_config(config.norms[0]), data_dir=data_dir)
+    if not resuming:
+        root = out_root(DEFAULT_OUT if args.out is None else args.out)
+        run_dir = Run.create(root, "tutorial", config.to_dict(), data_dir=data_dir).path
     print(
         f"normlab tutorial: LeNet on {data.name} ({len(data.train_labels)} train, "
         f"{len(data.test_labels)} test images), arms: {', '.join(config.norms)}; "
         f"normlab code: {code_path(config.device)}\n"
-        f"run directory: {run_dir}",
+        f"{'resuming in' if resuming else 'run directory:'} {run_dir}",
         flush=True,
     )
+    for norm, history in saved_arms(config, run_dir).items() if resuming else ():
+        for metrics in history.epochs:
+            print_epoch(norm, metrics, epochs=config.epochs)
 
-    result = run_tutorial(
-        config,
-        data,
-        run_dir,
-        progress=not args.no_progress,
-        on_epoch=functools.partial(print_epoch, epochs=config.epochs),
-        workers=args.workers,
-    )
+    try:
+        result = run_tutorial(
+            config,
+            data,
+            run_dir,
+            progress=not args.no_progress,
+            on_epoch=functools.partial(print_epoch, epochs=config.epochs),
+            workers=args.workers,
+        )
+    except KeyboardInterrupt as interrupt:  # the arms' checkpoints on disk are whole
+        interrupt.add_note(f"to continue: {resume_command(run_dir)}")
+        raise
 
     print()
     print(format_table(shift_rows(result.shift), SHIFT_COLUMNS, title="Covariate shift:"))

@@ -342,6 +342,14 @@ class TrainState:
         )
 
 
+def saved_history(run: Any) -> History:
+    """The :class:`History` in ``run``'s checkpoint (empty without one): its finished epochs,
+    and one loss per optimizer step done (a checkpoint follows a read of every loss)."""
+    if not run.has_checkpoint():
+        return History()
+    return _history_from_state(run.load_checkpoint()["history"])
+
+
 def fit(
     model: nn.Module,
     data: Any,

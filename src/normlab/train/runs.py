@@ -32,6 +32,7 @@ import os
 import pickle
 import platform
 import sys
+import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -72,6 +73,27 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def unwritable_reason(root: str | os.PathLike[str]) -> str | None:
+    """Why run directories cannot be made in ``root`` (e.g. ``"is a file"``,
+    ``"is not writable (Permission denied)"``), or None when they can.
+
+    The check is the real thing: ``root`` is created if missing and a temporary file is
+    made in it and removed (permission bits alone miss read-only file systems and root).
+    """
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        return "is a file"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        return "lies under a file"
+    except OSError as error:  # EACCES, EPERM, EROFS, ENOSPC...
+        return f"is not writable ({error.strerror or error})"
+    return None
 
 
 class Run:

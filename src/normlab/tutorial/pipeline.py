@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +35,16 @@ from normlab.errors import UsageError
 from normlab.lab.experiments.shift import ShiftResult, covariate_shift
 from normlab.lab.params import NormParams, norm_parameters
 from normlab.train.config import TrainConfig
-from normlab.train.engine import EpochMetrics, History, build_model, fit, steps_per_epoch
+from normlab.train.engine import (
+    EpochMetrics,
+    History,
+    build_model,
+    fit,
+    saved_history,
+    steps_per_epoch,
+)
 from normlab.train.resources import peak_rss_bytes, reset_peak_rss
-from normlab.train.runs import Run
+from normlab.train.runs import CONFIG_FILE, Run
 
 ARM_LABELS = {
     "batch": "normlab BatchNorm",
@@ -91,6 +100,17 @@ class TutorialConfig:
         values = dataclasses.asdict(self)
         values["norms"] = list(self.norms)
         return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TutorialConfig:
+        """The config :meth:`to_dict` wrote (a tutorial run's ``config.json``), validated."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UsageError(f"unknown tutorial setting(s) {', '.join(unknown)}")
+        config = cls(**{**values, "norms": tuple(values.get("norms", cls.norms))})
+        config.validate()
+        return config
 
     def command(self) -> str:
         """The ``normlab tutorial`` command line that reproduces this configuration."""
@@ -192,9 +212,10 @@ def train_arm(
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
 ) -> ArmResult:
-    """Train one arm (``norm``) into its own run directory inside ``run_dir``."""
+    """Train one arm (``norm``) into its own run directory inside ``run_dir``; an arm an
+    earlier call left there continues from its checkpoint (:func:`open_arm_run`)."""
     train_config = config.train_config(norm)
-    arm_run = Run.create(run_dir, norm, train_config, checkpoint_every=0)
+    arm_run = open_arm_run(config, norm, run_dir)
     model = build_model(train_config)
     reset_peak_rss()
     history = fit(
@@ -214,13 +235,43 @@ def train_arm(
     )
 
 
+def open_arm_run(config: TutorialConfig, norm: str, run_dir: Path) -> Run:
+    """The run directory of arm ``norm`` inside ``run_dir``: the one an earlier, interrupted
+    tutorial made there, or a new one (checkpoints at epoch ends only)."""
+    found = _find_arm_run(norm, run_dir)
+    if found is not None:
+        return found
+    return Run.create(run_dir, norm, config.train_config(norm), checkpoint_every=0)
+
+
+def saved_arms(config: TutorialConfig, run_dir: Path) -> dict[str, History]:
+    """What each arm of an earlier, interrupted tutorial in ``run_dir`` had saved (arms
+    that had not started are left out)."""
+    found = {norm: _find_arm_run(norm, run_dir) for norm in config.norms}
+    return {norm: saved_history(arm) for norm, arm in found.items() if arm is not None}
+
+
+def _find_arm_run(norm: str, run_dir: Path) -> Run | None:
+    for path in sorted(run_dir.glob(f"{norm}-*/{CONFIG_FILE}")):
+        arm = Run.open(path.parent)
+        if arm.name == norm:
+            return arm
+    return None
+
+
 _WORKER_DATA: Any = None  # the dataset, once per worker process (see _init_worker)
 
 
 def _init_worker(data: Any) -> None:
-    """A worker's set-up: the dataset, one torch thread, the caching CPU allocator."""
+    """A worker's set-up: the dataset, one torch thread, the caching CPU allocator.
+
+    A worker ignores Ctrl-C (the terminal sends it to the whole process group) and ends at
+    SIGTERM: the main process decides, and ends its workers itself when interrupted.
+    """
     from normlab import kernels
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     global _WORKER_DATA
     _WORKER_DATA = data
     torch.set_num_threads(1)
@@ -263,14 +314,12 @@ def _train_arms_in_workers(
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-    runs = {
-        norm: Run.create(run_dir, norm, config.train_config(norm), checkpoint_every=0).path
-        for norm in config.norms
-    }
+    runs = {norm: open_arm_run(config, norm, run_dir) for norm in config.norms}
     per_epoch = steps_per_epoch(len(data.train_labels), config.batch_size)
     total = config.epochs * per_epoch
-    done = dict.fromkeys(config.norms, 0)  # steps trained per arm
-    epochs_reported = dict.fromkeys(config.norms, 0)
+    saved = {norm: saved_history(arm) for norm, arm in runs.items()}  # an earlier call's
+    done = {norm: len(history.step_losses) for norm, history in saved.items()}  # steps
+    epochs_reported = {norm: len(history.epochs) for norm, history in saved.items()}
     finished: dict[str, _PieceDone] = {}
     peaks = dict.fromkeys(config.norms, 0)
     running: dict[Future[_PieceDone], tuple[str, int]] = {}
@@ -281,9 +330,10 @@ def _train_arms_in_workers(
         return max(idle, key=lambda n: total - done[n], default=None)  # first on ties
 
     def piece_end(norm: str) -> int:
-        """Half an epoch on, never across the end of an epoch."""
+        """Half an epoch on, never across the end of an epoch (a finished arm's piece
+        trains nothing and brings its results back)."""
         epoch_end = (done[norm] // per_epoch + 1) * per_epoch
-        return min(done[norm] + (per_epoch + 1) // 2, epoch_end)
+        return min(done[norm] + (per_epoch + 1) // 2, epoch_end, total)
 
     # fork, not spawn: the workers start at once with torch imported and the data shared.
     # Safe here: this process runs one torch thread, so there is no OpenMP pool to inherit.
@@ -300,33 +350,63 @@ def _train_arms_in_workers(
         initializer=_init_worker,
         initargs=(data,),
     ) as pool:
-        while True:
-            while len(running) < workers and (norm := next_arm()) is not None:
-                end = piece_end(norm)
-                running[pool.submit(_train_until, config, norm, runs[norm], end)] = (norm, end)
-            if not running:
-                break
-            completed, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in completed:
-                (norm, end), outcome = running.pop(future), future.result()
-                done[norm] = end
-                peaks[norm] = max(peaks[norm], outcome.peak_memory_bytes)
-                epochs = outcome.history.epochs
-                if on_epoch is not None and len(epochs) > epochs_reported[norm]:
-                    on_epoch(norm, epochs[-1])
-                epochs_reported[norm] = len(epochs)
-                if outcome.history.diverged or end == total:
-                    finished[norm] = outcome
+        try:
+            while True:
+                while len(running) < workers and (norm := next_arm()) is not None:
+                    end = piece_end(norm)
+                    future = pool.submit(_train_until, config, norm, runs[norm].path, end)
+                    running[future] = (norm, end)
+                if not running:
+                    break
+                completed, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in completed:
+                    (norm, end), outcome = running.pop(future), future.result()
+                    done[norm] = end
+                    peaks[norm] = max(peaks[norm], outcome.peak_memory_bytes)
+                    epochs = outcome.history.epochs
+                    if on_epoch is not None and len(epochs) > epochs_reported[norm]:
+                        on_epoch(norm, epochs[-1])
+                    epochs_reported[norm] = len(epochs)
+                    if outcome.history.diverged or end == total:
+                        finished[norm] = outcome
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the arms' checkpoints are whole
+            _end_workers(pool)
+            raise
     return [
         ArmResult(
             norm=norm,
             history=finished[norm].history,
             peak_memory_bytes=peaks[norm],
             params=finished[norm].params,
-            run_dir=runs[norm],
+            run_dir=runs[norm].path,
         )
         for norm in config.norms
     ]
+
+
+def _end_workers(pool: Any) -> None:
+    """End ``pool``'s workers at once and reap them, a second Ctrl-C notwithstanding.
+
+    A worker killed mid-piece leaves its arm's last checkpoint whole (atomic writes) and at
+    most a temporary file, which the resume removes. ``ProcessPoolExecutor`` can terminate
+    its workers only from Python 3.14 on; before, its processes are reached through
+    ``_processes``.
+    """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    try:
+        if hasattr(pool, "terminate_workers"):
+            pool.terminate_workers()
+        else:
+            processes = list((pool._processes or {}).values())
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 def run_tutorial(
@@ -344,6 +424,8 @@ def run_tutorial(
         config: the settings (the tutorial's by default).
         data: a :class:`normlab.data.Dataset` (already cut to the subsets).
         run_dir: the tutorial's run directory; each arm gets a run directory inside it.
+            Arms an earlier, interrupted call left there continue from their checkpoints
+            (a finished arm trains no more), to the numbers of an uninterrupted call.
         progress: tqdm bars while training (one worker only).
         on_epoch: called in this process as ``on_epoch(norm, metrics)`` after every epoch
             of every arm.
