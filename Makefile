@@ -56,7 +56,7 @@ browser-check: install kernels data browser
 
 # The documentation site (docs/, mkdocs.yml) into site/; a warning fails the build.
 docs: install
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
 lint: install
 	$(VENV)/bin/ruff check src tests
