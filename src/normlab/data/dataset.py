@@ -1,9 +1,10 @@
 """A dataset in memory: uint8 images and int64 labels as tensors, loaded once.
 
 :func:`load_dataset` finds the files (see :mod:`normlab.data.discovery`), reads each
-once, verifies it (IDX structure, size, sha256 of the decompressed bytes; ~40 ms for
-the 47 MB of training images) and returns a :class:`Dataset`. :func:`synthetic_dataset`
-makes a small learnable stand-in for fast tests of the other modules.
+once, verifies it (IDX structure, size, sha256 of the decompressed bytes) and returns a
+:class:`Dataset`; how long that takes is measured in ``docs/results/machine.md``.
+:func:`synthetic_dataset` makes a small learnable stand-in for fast tests of the other
+modules.
 """
 
 from __future__ import annotations
