@@ -2,7 +2,7 @@
 
 ``normlab audit TARGET --kind KIND`` imports ``TARGET`` (``package.module:Name`` or
 ``path/to/file.py:Name``: a layer class, or a function that builds one from the twin's
-constructor arguments), runs every check of :mod:`normlab.testing.audit` and prints the
+constructor arguments), runs every check of :mod:`normlab.testing.auditing` and prints the
 report card: one row per check with its measured number, and for each failure the pitfall
 behind it. ``--json`` prints the card as JSON, ``--html PATH`` also writes it as one
 self-contained page. Exit codes: 0 every required check passes, 1 some fail, 2 bad usage
@@ -124,9 +124,9 @@ def load_target(target: str) -> Callable[..., Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from normlab.testing.audit import audit
-    from normlab.testing.audit.card import format_card, to_report
-    from normlab.testing.audit.kinds import kind_named
+    from normlab.testing.auditing import audit
+    from normlab.testing.auditing.card import format_card, to_report
+    from normlab.testing.auditing.kinds import kind_named
 
     kind_named(args.kind)  # an unknown kind: one line before the import
     kwargs = parse_kwargs(args.kwarg)

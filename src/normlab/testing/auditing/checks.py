@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from normlab.testing.audit.bench import (
+from normlab.testing.auditing.bench import (
     DTYPE,
     Bench,
     Mismatch,
@@ -28,7 +28,7 @@ from normlab.testing.audit.bench import (
     sgd_update,
     step,
 )
-from normlab.testing.audit.result import Status
+from normlab.testing.auditing.result import Status
 from normlab.testing.tolerance import sum_tolerance, unit_roundoff
 
 __all__ = ["CHECKS", "Check", "Outcome"]

@@ -7,9 +7,9 @@ low precision, constant channels, bad input, ``torch.compile``, ``vmap``) and re
 for a failure, the pitfall behind it. ``normlab audit`` prints it.
 """
 
-from normlab.testing.audit.checks import CHECKS, Check
-from normlab.testing.audit.kinds import KINDS, Kind
-from normlab.testing.audit.result import AuditResult, CheckResult, Status
-from normlab.testing.audit.runner import audit
+from normlab.testing.auditing.checks import CHECKS, Check
+from normlab.testing.auditing.kinds import KINDS, Kind
+from normlab.testing.auditing.result import AuditResult, CheckResult, Status
+from normlab.testing.auditing.runner import audit
 
 __all__ = ["CHECKS", "KINDS", "AuditResult", "Check", "CheckResult", "Kind", "Status", "audit"]

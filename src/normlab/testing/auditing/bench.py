@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from normlab.testing.audit.kinds import Kind
+from normlab.testing.auditing.kinds import Kind
 from normlab.testing.tolerance import sum_tolerance
 
 __all__ = ["Bench", "Mismatch", "Step", "step"]
@@ -55,7 +55,8 @@ def step(layer: nn.Module, x: Tensor, upstream: Tensor | None) -> Step:
         torch.zeros(p.numel(), dtype=p.dtype) if p.grad is None else p.grad.detach().flatten()
         for p in layer.parameters()
     )
-    return Step(output.detach(), x.grad, grads)
+    input_grad = torch.zeros_like(x) if x.grad is None else x.grad  # no path: zero gradient
+    return Step(output.detach(), input_grad, grads)
 
 
 def max_difference(actual: Tensor, expected: Tensor) -> float:

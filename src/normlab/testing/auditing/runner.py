@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from torch import nn
 
 from normlab.errors import UsageError
-from normlab.testing.audit.bench import Bench, Mismatch, seeded
-from normlab.testing.audit.checks import CHECKS, Check, Outcome, describe, failed
-from normlab.testing.audit.kinds import Kind, kind_named
-from normlab.testing.audit.result import AuditResult, CheckResult, Status
+from normlab.testing.auditing.bench import Bench, Mismatch, seeded
+from normlab.testing.auditing.checks import CHECKS, Check, Outcome, describe, failed
+from normlab.testing.auditing.kinds import Kind, kind_named
+from normlab.testing.auditing.result import AuditResult, CheckResult, Status
 
 __all__ = ["audit"]
 
@@ -68,19 +68,33 @@ def _row(check: Check, outcome: Outcome) -> CheckResult:
     )
 
 
+def _select(names: Iterable[str] | None) -> tuple[Check, ...]:
+    if names is None:
+        return CHECKS
+    wanted = list(names)
+    known = {check.name for check in CHECKS}
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise UsageError(
+            f"unknown check {unknown[0]!r}; the checks are: {', '.join(c.name for c in CHECKS)}"
+        )
+    return tuple(check for check in CHECKS if check.name in wanted)
+
+
 def audit(
     factory: Callable[..., nn.Module],
     kind: str,
     *,
     target: str | None = None,
     seed: int = 0,
+    checks: Iterable[str] | None = None,
 ) -> AuditResult:
     """Grade a normalization layer against its ``torch.nn`` twin, check by check.
 
     ``factory`` is called like the twin's class (``BatchNorm2d(4)``, ``GroupNorm(3, 6)``,
     ``LayerNorm(8)``, ...; ``momentum=`` for the running-statistics checks): a layer
     class, or a function that builds one. Every check compares with the twin in float64
-    except those about float32 and bfloat16; see :data:`~normlab.testing.audit.CHECKS`.
+    except those about float32 and bfloat16; see :data:`~normlab.testing.auditing.CHECKS`.
 
     Args:
         factory: builds the layer from the twin's constructor arguments.
@@ -88,12 +102,14 @@ def audit(
             ``group``, ``rms``.
         target: the name shown on the card. Default: the factory's name.
         seed: seeds every input.
+        checks: names of the checks to run (``CHECKS[i].name``). Default: all.
 
     Returns:
         The report card; ``result.assert_passes()`` raises with the failed checks.
 
     Raises:
-        ValueError: an unknown kind, or a constructor that raises with the twin's arguments.
+        ValueError: an unknown kind or check name, or a constructor that raises with the
+            twin's arguments.
 
     Example:
         >>> from torch import nn
@@ -105,7 +121,8 @@ def audit(
     chosen = kind_named(kind)
     name = target or _name_of(factory)
     _check_constructor(factory, chosen, name)
+    selected = _select(checks)
     bench = Bench(factory, chosen, seed)
-    rows = tuple(_run(check, bench) for check in CHECKS)
+    rows = tuple(_run(check, bench) for check in selected)
     elapsed = time.perf_counter() - started
     return AuditResult(name, chosen.name, chosen.signature, rows, elapsed)

@@ -9,7 +9,7 @@ page has it in a column. JSON is :meth:`AuditResult.to_json`.
 from __future__ import annotations
 
 from normlab.report import Report, format_table
-from normlab.testing.audit.result import AuditResult, CheckResult, Status
+from normlab.testing.auditing.result import AuditResult, CheckResult, Status
 
 __all__ = ["format_card", "result_text", "to_report"]
 
