@@ -7,6 +7,17 @@ check and the forward. Names, shapes, dtypes and ``state_dict`` keys equal ``tor
 so a ``state_dict`` loads from ``torch.nn.BatchNorm2d`` into ``normlab.nn.BatchNorm2d`` and
 back.
 
+The classes are also subclasses of ``torch.nn``'s private bases (``_NormBase`` here,
+``_BatchNorm`` and ``_InstanceNorm`` in the subclasses' modules), only so that the tools
+that find normalization layers by ``isinstance`` find these ones too:
+``torch.optim.swa_utils.update_bn`` recomputing running statistics, weight-decay groups,
+fusion passes. None of torch's code runs: ``__init__`` builds the state itself (calling
+``nn.Module.__init__`` directly) and every method torch's bases define is overridden.
+
+The input checks shared by batch and instance norm (:func:`check_num_elements`,
+:func:`check_floating`, :func:`check_mixed_dtype`) raise torch's exception types with
+torch's messages, in torch's order.
+
 The docstring text shared by the layers is written once here (``NORM_ARGS``,
 ``MOMENTUM_NOTE``) and filled into each class with :func:`document`.
 """
@@ -19,6 +30,9 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 from torch.nn import init
+from torch.nn.modules import batchnorm as torch_batchnorm
+
+from normlab.functional import DtypeError, ShapeError
 
 T = TypeVar("T")
 
@@ -64,7 +78,64 @@ def document(**fields: str) -> Callable[[type[T]], type[T]]:
     return fill
 
 
-class _NormBase(nn.Module):
+# ---------------------------------------------------------------------------------------------
+# Input checks: torch's exception types and messages
+# ---------------------------------------------------------------------------------------------
+
+_REDUCED_FLOATS = (torch.float16, torch.bfloat16)
+
+
+def check_num_elements(named: tuple[tuple[str, Tensor | None], ...], expected: int) -> None:
+    """Each given tensor has ``expected`` elements (one per channel), else torch's error.
+
+    Raises:
+        ShapeError: a ``RuntimeError`` as torch's (and a ``ValueError``), with its message.
+    """
+    for name, tensor in named:
+        if tensor is not None and tensor.numel() != expected:
+            raise ShapeError(f"{name} should contain {expected} elements not {tensor.numel()}")
+
+
+def check_floating(input: Tensor, op: str) -> None:
+    """A floating-point input, else torch's ``"op" not implemented for 'Long'`` and the way out.
+
+    Raises:
+        DtypeError: a ``NotImplementedError`` as torch's (and a ``TypeError``).
+    """
+    if not input.is_floating_point():
+        raise DtypeError(
+            f'"{op}" not implemented for {input.dtype}: the input must be floating point; '
+            "convert it with input.float()"
+        )
+
+
+def check_mixed_dtype(input: Tensor, params: tuple[Tensor | None, ...]) -> None:
+    """torch's rule on the CPU: parameters in the input's dtype, or all float32 for a float16
+    or bfloat16 input ("mixed type"). The first defined parameter decides whether the call is
+    mixed, as in torch; other devices are not checked here.
+
+    Raises:
+        DtypeError: a ``NotImplementedError`` (so a ``RuntimeError``, as torch's) with
+            torch's message and the way out.
+    """
+    first = next((p for p in params if p is not None), None)
+    if first is None or first.dtype == input.dtype or not input.is_cpu:
+        return
+    for param in params:
+        if param is not None and param.dtype != torch.float32:
+            raise DtypeError(
+                "mixed dtype (CPU): expect parameter to have scalar type of Float; got a "
+                f"{input.dtype} input with {param.dtype} parameters: cast the module with "
+                f".to({input.dtype})"
+            )
+    if input.dtype not in _REDUCED_FLOATS:
+        raise DtypeError(
+            "mixed dtype (CPU): all inputs must share same datatype. Got a "
+            f"{input.dtype} input with {first.dtype} parameters: cast the input or the module"
+        )
+
+
+class _NormBase(torch_batchnorm._NormBase):
     """Common base of batch and instance norm layers: parameters, buffers, bookkeeping.
 
     Args:
@@ -102,7 +173,7 @@ class _NormBase(nn.Module):
         bias: bool = True,
     ) -> None:
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
-        super().__init__()
+        nn.Module.__init__(self)  # the state is built here, not by torch's initialiser
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum

@@ -7,16 +7,28 @@ other batch norms (a synchronised one, in its own module) can reuse it:
   of this step (``1 / num_batches_tracked`` for ``momentum=None``, a cumulative average);
 - :meth:`_BatchNorm._uses_batch_stats`: batch statistics in training, and in evaluation when
   there are no running statistics; decided by ``self.training`` only, never by grad mode;
-- :meth:`_BatchNorm._running_stats`: the buffers to read or update for this call.
+- :meth:`_BatchNorm._running_stats`: the buffers to read or update for this call;
+- :meth:`_BatchNorm._check_input`: torch's errors for a bad input (wrong channel count,
+  integer input, mixed dtypes), with a fast path for the common, valid call.
+
+``_BatchNorm`` is also a ``torch.nn.modules.batchnorm._BatchNorm`` (see
+:mod:`normlab.nn._base`), so that tools such as ``torch.optim.swa_utils.update_bn`` find it.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.nn.modules import batchnorm as torch_batchnorm
 
-from normlab.functional.batch import batch_norm
-from normlab.nn._base import _NormBase, document
+from normlab.functional import batch_norm
+from normlab.nn._base import (
+    _NormBase,
+    check_floating,
+    check_mixed_dtype,
+    check_num_elements,
+    document,
+)
 
 _BATCH_NORM_BODY = r"""
     .. math::
@@ -46,7 +58,7 @@ _BATCH_NORM_BODY = r"""
 """
 
 
-class _BatchNorm(_NormBase):
+class _BatchNorm(_NormBase, torch_batchnorm._BatchNorm):
     """Batch norm over ``(N, C, *)``: statistics over N and the spatial dimensions."""
 
     def __init__(
@@ -93,8 +105,34 @@ class _BatchNorm(_NormBase):
             return None, None
         return self.running_mean, self.running_var
 
-    def forward(self, input: Tensor) -> Tensor:
+    def _check_input(self, input: Tensor) -> None:
+        """torch.nn's checks, in its order: the rank (``ValueError``), one value per channel
+        in training (``ValueError``), one element per channel in each parameter and buffer
+        (``RuntimeError``), a floating-point input and the CPU's dtype rule
+        (``NotImplementedError``/``RuntimeError``).
+
+        The common call (the module's channel count, the first parameter's dtype) returns
+        after two comparisons.
+        """
         self._check_input_dim(input)
+        params = (self.weight, self.bias, self.running_mean, self.running_var)
+        first = next((t for t in params if t is not None), None)
+        if first is not None and input.shape[1] == self.num_features and input.dtype == first.dtype:
+            return
+        if input.numel() == 0:  # torch checks nothing more on an empty input
+            return
+        if self._uses_batch_stats() and input.numel() == input.shape[1]:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, "
+                f"got input size {input.size()}"
+            )
+        buffers = (("running_mean", self.running_mean), ("running_var", self.running_var))
+        check_num_elements((*buffers, ("weight", self.weight), ("bias", self.bias)), input.shape[1])
+        check_floating(input, "batch_norm")
+        check_mixed_dtype(input, params)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
         factor = self._exponential_average_factor()
         running_mean, running_var = self._running_stats()
         return batch_norm(
@@ -110,6 +148,7 @@ class _BatchNorm(_NormBase):
 
 
 def _check_dim(input: Tensor, valid: tuple[int, ...]) -> None:
+    """torch.nn's rank check and message (a ``ValueError``)."""
     if input.dim() not in valid:
         expected = " or ".join(f"{d}D" for d in valid)
         raise ValueError(f"expected {expected} input (got {input.dim()}D input)")

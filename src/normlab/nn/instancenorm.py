@@ -4,6 +4,10 @@ Each channel of each sample is normalised over its own spatial positions. Inputs
 batch dimension (``(C, L)``, ``(C, H, W)``, ``(C, D, H, W)``) are accepted as in ``torch.nn``.
 Unlike batch norm the defaults are ``affine=False`` and ``track_running_stats=False``, and
 ``num_batches_tracked`` is never advanced (``momentum=None`` means momentum 0).
+
+``_InstanceNorm`` is also a ``torch.nn.modules.instancenorm._InstanceNorm`` (see
+:mod:`normlab.nn._base`), so that tools that find instance norms by type find these ones.
+Bad inputs raise torch.nn's exception types with its messages, in its order.
 """
 
 from __future__ import annotations
@@ -13,9 +17,15 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.modules import instancenorm as torch_instancenorm
 
-from normlab.functional.batch import instance_norm
-from normlab.nn._base import _NormBase, document
+from normlab.functional import ShapeError, instance_norm
+from normlab.nn._base import (
+    _NormBase,
+    check_floating,
+    check_mixed_dtype,
+    document,
+)
 
 _INSTANCE_NORM_BODY = r"""
     .. math::
@@ -44,7 +54,7 @@ _INSTANCE_NORM_BODY = r"""
 """
 
 
-class _InstanceNorm(_NormBase):
+class _InstanceNorm(_NormBase, torch_instancenorm._InstanceNorm):
     """Instance norm over ``(N, C, *)`` or unbatched ``(C, *)`` input."""
 
     _no_batch_dim: int  # the input rank without a batch dimension
@@ -87,23 +97,68 @@ class _InstanceNorm(_NormBase):
             self.eps,
         )
 
-    def forward(self, input: Tensor) -> Tensor:
-        self._check_input_dim(input)
+    def _handle_no_batch_input(self, input: Tensor) -> Tensor:
+        """An unbatched ``(C, *)`` input normalised as a batch of one."""
+        return self._apply_instance_norm(input.unsqueeze(0)).squeeze(0)
+
+    def _check_num_features(self, input: Tensor) -> bool:
+        """Whether the channel count is ``num_features``: torch's ``ValueError`` if not, with
+        ``affine``, and its warning without (the count is not used then)."""
         feature_dim = input.dim() - self._no_batch_dim
-        if input.size(feature_dim) != self.num_features:
-            if self.affine:
-                raise ValueError(
-                    f"expected input's size at dim={feature_dim} to match num_features"
-                    f" ({self.num_features}), but got: {input.size(feature_dim)}."
-                )
-            warnings.warn(
-                f"input's size at dim={feature_dim} does not match num_features. "
-                "You can silence this warning by not passing in num_features, "
-                "which is not used because affine=False",
-                stacklevel=2,
+        if input.size(feature_dim) == self.num_features:
+            return True
+        if self.affine:
+            raise ValueError(
+                f"expected input's size at dim={feature_dim} to match num_features"
+                f" ({self.num_features}), but got: {input.size(feature_dim)}."
             )
+        warnings.warn(
+            f"input's size at dim={feature_dim} does not match num_features. "
+            "You can silence this warning by not passing in num_features, "
+            "which is not used because affine=False",
+            stacklevel=4,
+        )
+        return False
+
+    def _check_input(self, input: Tensor) -> None:
+        """torch.nn's checks, in its order: the rank and channel count (``ValueError``, or a
+        warning), more than one spatial element with instance statistics (``ValueError``),
+        running statistics of one element per channel (``RuntimeError``, counted per
+        sample and channel as torch does), a floating-point input and the CPU's dtype rule
+        for ``weight`` and ``bias`` (``NotImplementedError``/``RuntimeError``).
+
+        The common call (the module's channel count, a floating-point input in the dtype of
+        ``weight``) returns after a few comparisons.
+        """
+        self._check_input_dim(input)
+        channels_match = self._check_num_features(input)
+        first = self.weight if self.weight is not None else self.bias
+        if (
+            (channels_match or self.running_mean is None)
+            and input.is_floating_point()
+            and (first is None or input.dtype == first.dtype)
+        ):
+            return
+        if input.numel() == 0:
+            return
+        batched = input if input.dim() > self._no_batch_dim else input.unsqueeze(0)
+        if (self.training or not self.track_running_stats) and batched[0, 0].numel() == 1:
+            raise ValueError(
+                "Expected more than 1 spatial element when training, "
+                f"got input size {batched.size()}"
+            )
+        if not channels_match and self.running_mean is not None:
+            n, c = batched.shape[0], batched.shape[1]
+            raise ShapeError(
+                f"running_mean should contain {n * c} elements not {n * self.running_mean.numel()}"
+            )
+        check_floating(input, "batch_norm")
+        check_mixed_dtype(input, (self.weight, self.bias))
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
         if input.dim() == self._no_batch_dim:
-            return self._apply_instance_norm(input.unsqueeze(0)).squeeze(0)
+            return self._handle_no_batch_input(input)
         return self._apply_instance_norm(input)
 
     def _load_from_state_dict(

@@ -4,6 +4,9 @@ Same constructor signatures (``device``, ``dtype``, the keyword ``bias``), param
 ``state_dict`` keys, ``reset_parameters``, ``extra_repr`` and errors as ``torch.nn``; the
 maths is :mod:`normlab.functional.feature`. These layers compute their statistics from the
 input in training and in evaluation alike, so they hold no buffers.
+
+As torch's, ``GroupNorm`` and ``RMSNorm`` return a ``channels_last`` (``channels_last_3d``)
+output for such an input; other layouts give a contiguous output.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch.nn import init
 from torch.nn.parameter import Parameter
 
 from normlab.errors import UsageError
-from normlab.functional.feature import (
+from normlab.functional import (
     ShapeError,
     group_norm,
     layer_norm,
@@ -60,6 +63,18 @@ def _affine_parameters(
         module.bias = Parameter(torch.empty(shape, **factory_kwargs))
     else:
         module.register_parameter("bias", None)
+
+
+def _in_channels_last_of(input: Tensor, output: Tensor) -> Tensor:
+    """``output`` in ``input``'s channels-last memory format if ``input`` has one (4D or 5D,
+    strided channels-last and not contiguous), as torch's kernels allocate their outputs;
+    otherwise ``output`` itself. A contiguous input costs one call."""
+    if input.is_contiguous() or input.dim() not in (4, 5):
+        return output
+    layout = torch.channels_last if input.dim() == 4 else torch.channels_last_3d
+    if input.is_contiguous(memory_format=layout):
+        return output.contiguous(memory_format=layout)
+    return output
 
 
 def _reset_affine(module: nn.Module) -> None:
@@ -200,7 +215,8 @@ class GroupNorm(nn.Module):
         _reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
-        return group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        output = group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        return _in_channels_last_of(input, output)
 
     def extra_repr(self) -> str:
         return (
@@ -263,7 +279,7 @@ class RMSNorm(nn.Module):
             init.ones_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return rms_norm(x, self.normalized_shape, self.weight, self.eps)
+        return _in_channels_last_of(x, rms_norm(x, self.normalized_shape, self.weight, self.eps))
 
     def extra_repr(self) -> str:
         return (

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from normlab.functional.batch import batch_norm
-from normlab.functional.sync import SyncBatchNormFunction
+from normlab.functional import batch_norm
+from normlab.functional.sync_batchnorm import SyncBatchNormFunction
 from normlab.nn._base import document
 from normlab.nn.batchnorm import _BatchNorm
 
@@ -98,7 +98,7 @@ class SyncBatchNorm(_BatchNorm):
         return group if dist.get_world_size(group) > 1 else None
 
     def forward(self, input: Tensor) -> Tensor:
-        self._check_input_dim(input)
+        self._check_input(input)
         factor = self._exponential_average_factor()
         running_mean, running_var = self._running_stats()
         group = self._sync_group()
