@@ -1,4 +1,4 @@
-"""normlab.tutorial.api: the seed tutorial's API, corrected, against torch.nn and the original."""
+"""normlab.tutorial.api: the course tutorial's API, corrected, against torch.nn and the original."""
 
 from __future__ import annotations
 
@@ -11,44 +11,12 @@ import torch
 from torch import nn
 
 import normlab.nn as ours_nn
+from normlab.bench import original
+from normlab.testing.auditing.checks import graph_nodes
 from normlab.tutorial import api as T
 
-
-# The original code of the tutorial (shared/seed/batchnorm-tutorial.txt), verbatim apart from
-# formatting: the negative control for the defects the corrected module fixes.
-def seed_batch_norm(X, gamma, beta, moving_mean, moving_var, eps=1e-5, momentum=0.1):  # type: ignore[no-untyped-def]
-    if not torch.is_grad_enabled():
-        X_hat = (X - moving_mean) / torch.sqrt(moving_var + eps)
-    else:
-        if len(X.shape) == 2:
-            mean = X.mean(dim=0)
-            var = ((X - mean) ** 2).mean(dim=0)
-        else:
-            mean = X.mean(dim=(0, 2, 3), keepdim=True)
-            var = ((X - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
-        X_hat = (X - mean) / torch.sqrt(var + eps)
-        moving_mean = (1.0 - momentum) * moving_mean + momentum * mean
-        moving_var = (1.0 - momentum) * moving_var + momentum * var
-    return gamma * X_hat + beta, moving_mean, moving_var
-
-
-class SeedBatchNorm(nn.Module):
-    def __init__(self, num_features: int, num_dims: int) -> None:
-        super().__init__()
-        shape = (1, num_features, 1, 1) if num_dims == 4 else (1, num_features)
-        self.gamma = nn.Parameter(torch.ones(shape))
-        self.beta = nn.Parameter(torch.zeros(shape))
-        self.moving_mean = torch.zeros(shape)
-        self.moving_var = torch.ones(shape)
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        if self.moving_mean.device != X.device:
-            self.moving_mean = self.moving_mean.to(X.device)
-            self.moving_var = self.moving_var.to(X.device)
-        Y, self.moving_mean, self.moving_var = seed_batch_norm(
-            X, self.gamma, self.beta, self.moving_mean, self.moving_var
-        )
-        return Y
+# The negative control for the defects the corrected module fixes: the course's original
+# layer, re-created in normlab.bench.original.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,16 +57,16 @@ def test_batch_norm_equals_torch_nn_including_unbiased_moving_var(
     assert mm2 is mm and mv2 is mv  # evaluation leaves the moving statistics alone
 
 
-def test_seed_code_stores_the_biased_variance() -> None:
+def test_the_course_original_stores_the_biased_variance() -> None:
     """Negative control: the original's moving variance differs from torch.nn's."""
     X = torch.randn(4, 3, 2, 2, dtype=torch.float64)
     ones, zeros = torch.ones(1, 3, 1, 1, dtype=X.dtype), torch.zeros(1, 3, 1, 1, dtype=X.dtype)
-    _, _, seed_var = seed_batch_norm(X, ones, zeros, zeros, ones)
+    _, _, course_var = original.batch_norm_by_grad_mode(X, ones, zeros, zeros, ones)
     _, _, our_var = T.batch_norm(X, ones, zeros, zeros, ones)
     ref = nn.BatchNorm2d(3, dtype=X.dtype)
     ref(X)
     torch.testing.assert_close(our_var.view(-1), ref.running_var)
-    assert not torch.allclose(seed_var.view(-1), ref.running_var)
+    assert not torch.allclose(course_var.view(-1), ref.running_var)
 
 
 def test_training_is_decided_by_the_argument_not_grad_mode() -> None:
@@ -106,11 +74,11 @@ def test_training_is_decided_by_the_argument_not_grad_mode() -> None:
     ones, zeros = torch.ones(1, 3), torch.zeros(1, 3)
     with torch.no_grad():
         Y, mm, _ = T.batch_norm(X, ones, zeros, zeros, ones, training=True)
-        seed_Y, seed_mm, _ = seed_batch_norm(X, ones, zeros, zeros, ones)
+        course_Y, course_mm, _ = original.batch_norm_by_grad_mode(X, ones, zeros, zeros, ones)
     torch.testing.assert_close(Y.mean(0), torch.zeros(3), atol=1e-5, rtol=0)  # batch stats
     assert not torch.equal(mm, zeros)  # and the moving statistics moved
-    torch.testing.assert_close(seed_Y, X / torch.sqrt(torch.tensor(1 + 1e-5)))  # the bug
-    assert torch.equal(seed_mm, zeros)
+    torch.testing.assert_close(course_Y, X / torch.sqrt(torch.tensor(1 + 1e-5)))  # the bug
+    assert torch.equal(course_mm, zeros)
     Xg = X.clone().requires_grad_()
     Y, mm, _ = T.batch_norm(Xg, ones, zeros, zeros, ones, training=False)  # grad on, eval
     torch.testing.assert_close(Y, Xg / torch.sqrt(torch.tensor(1 + 1e-5)))
@@ -126,8 +94,8 @@ def test_moving_statistics_carry_no_graph() -> None:
     assert Y.grad_fn is not None
     assert mm.grad_fn is None and mv.grad_fn is None
     assert not mm.requires_grad and not mv.requires_grad
-    _, seed_mm, _ = seed_batch_norm(X, gamma, beta, zeros, ones)
-    assert seed_mm.grad_fn is not None  # the original's moving mean drags the graph along
+    _, course_mm, _ = original.batch_norm_by_grad_mode(X, gamma, beta, zeros, ones)
+    assert course_mm.grad_fn is not None  # the original's moving mean drags the graph along
 
 
 @pytest.mark.parametrize(
@@ -194,7 +162,7 @@ def test_moving_statistics_are_buffers() -> None:
     assert not torch.equal(fresh.moving_mean, torch.zeros(1, 3, 1, 1))
     moved = fresh.to(torch.float64).to("meta")  # .to() moves buffers with the parameters
     assert moved.moving_mean.dtype == torch.float64 and moved.moving_var.device.type == "meta"
-    assert "moving_mean" not in SeedBatchNorm(3, 4).state_dict()  # the original lost them
+    assert "moving_mean" not in original.BatchNorm(3, 4).state_dict()  # the original lost them
 
 
 def test_module_train_eval_from_self_training_not_grad_mode() -> None:
@@ -225,19 +193,6 @@ def test_module_errors() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def graph_nodes(tensors: list[torch.Tensor]) -> int:
-    """Number of autograd nodes reachable from ``tensors`` (what a stored graph keeps alive)."""
-    seen: set[object] = set()
-    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return len(seen)
-
-
 def _train(bn: nn.Module, steps: int) -> list[int]:
     """Train a scale -> norm pipeline; return the graph size held by the layer's statistics."""
     torch.manual_seed(0)
@@ -266,8 +221,8 @@ def test_memory_stays_flat_and_the_original_grows() -> None:
             pass
     if len(rss) == 3:  # Linux: resident memory flat over the last 200 steps
         assert rss[2] - rss[0] < 4e6
-    seed = _train(SeedBatchNorm(6, 4), 50)  # negative control: one more graph per step
-    assert seed[-1] >= seed[0] + 49 and all(b > a for a, b in itertools.pairwise(seed))
+    course = _train(original.BatchNorm(6, 4), 50)  # negative control: one more graph per step
+    assert course[-1] >= course[0] + 49 and all(b > a for a, b in itertools.pairwise(course))
 
 
 # ---------------------------------------------------------------------------------------------

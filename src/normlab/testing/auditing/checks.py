@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -451,7 +451,7 @@ class _Saved:
         self.tensor = tensor
 
 
-def graph_nodes(tensors: Iterator[Tensor]) -> int:
+def graph_nodes(tensors: Iterable[Tensor]) -> int:
     """Autograd nodes reachable from ``tensors``: the graph they keep alive."""
     seen: set[object] = set()
     stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
