@@ -26,8 +26,7 @@ import torch
 from torch import nn
 
 from normlab import kernels
-from normlab.nn.conv import Conv2d
-from normlab.nn.registry import create_norm_layer
+from normlab.nn.registry import conv_layer, create_norm_layer
 
 NormFactory = Callable[[int, int], nn.Module]  # (num_features, dims) -> layer
 
@@ -110,7 +109,9 @@ class LeNet(nn.Module):
 
     Args:
         num_classes: outputs of the last linear layer. Default: 10.
-        norm: a :func:`normlab.nn.create_norm_layer` name (default ``"batch"``), or a
+        norm: a :func:`normlab.nn.create_norm_layer` name (default ``"batch"``; a name such
+            as ``group-ws`` also picks the convolutions, see
+            :func:`normlab.nn.registry.conv_layer`), or a
             callable ``norm(num_features, dims) -> nn.Module`` (dims: 2 conv, 0 linear).
         activation: ``sigmoid`` (default), ``relu``, ``tanh`` or ``gelu``.
         pool: ``avg`` (default) or ``max``, 2x2 with stride 2.
@@ -147,16 +148,17 @@ class LeNet(nn.Module):
                 f"norm must be a registry name or a callable, got {type(norm).__name__}"
             )
         self.activation, self.pool, self.placement = activation, pool, placement
+        conv = conv_layer(norm if isinstance(norm, str) else None)  # group-ws: StdConv2d
 
         def block(features: int, dims: int) -> list[nn.Module]:
             pair = [norm_factory(features, dims), ACTIVATIONS[activation]()]
             return pair if placement == "before" else pair[::-1]
 
         self.layers = nn.Sequential(
-            Conv2d(1, 6, kernel_size=5),
+            conv(1, 6, kernel_size=5),
             *block(6, dims=2),
             POOLS[pool](kernel_size=2, stride=2),
-            Conv2d(6, 16, kernel_size=5),
+            conv(6, 16, kernel_size=5),
             *block(16, dims=2),
             POOLS[pool](kernel_size=2, stride=2),
             nn.Flatten(),

@@ -39,6 +39,10 @@ name              layer
                   ``rmax=3``, ``dmax=5``, momentum 0.01 (Ioffe 2017)
 ``ghost``         ``GhostBatchNorm{dims}d(C, 16)`` (``1d`` for fully connected): batch norm
                   over each chunk of 16 samples (Hoffer et al. 2017); not for ``dims=3``
+``group-ws``      ``group``'s ``GroupNorm(G, C)``, and the model's convolutions become
+                  ``StdConv2d`` (weight standardization, Qiao et al. 2019): a registry
+                  name may bring its convolution (:data:`CONVOLUTIONS`,
+                  :func:`conv_layer`), which models built by name use
 ================  ==========================================================================
 An unknown name raises ``ValueError`` listing the valid names.
 """
@@ -149,7 +153,7 @@ def _images_only(name: str, build: Callable[..., nn.Module]) -> NormBuilder:
 
 def _beyond_torch() -> dict[str, NormBuilder]:
     """normlab's layers that ``torch.nn`` lacks (no ``torch-`` twin)."""
-    from normlab.nn import renorm
+    from normlab.nn import normalization, renorm
     from normlab.nn.frozen import FrozenBatchNorm2d
     from normlab.nn.ghost import GhostBatchNorm1d, GhostBatchNorm2d
 
@@ -162,18 +166,46 @@ def _beyond_torch() -> dict[str, NormBuilder]:
         layer = GhostBatchNorm2d if dims == 2 else GhostBatchNorm1d
         return layer(c, GHOST_VIRTUAL_BATCH_SIZE, **kw)
 
+    def group(c: int, dims: int, **kw: Any) -> nn.Module:
+        return normalization.GroupNorm(default_num_groups(c), c, **kw)
+
     return {
         "frozen-batch": _images_only("frozen-batch", FrozenBatchNorm2d),
         "renorm": batch_renorm,
         "ghost": ghost,
+        "group-ws": group,
     }
 
+
+def _std_conv() -> type[nn.Conv2d]:
+    from normlab.nn.std_conv import StdConv2d
+
+    return StdConv2d
+
+
+#: Norm names whose models swap their convolutions too (see :func:`conv_layer`).
+CONVOLUTIONS: dict[str, type[nn.Conv2d]] = {"group-ws": _std_conv()}
 
 NORM_LAYERS: dict[str, NormBuilder] = {
     **_builders(normlab_nn),
     **_beyond_torch(),
     **{f"torch-{name}": builder for name, builder in _builders(nn).items() if name != "none"},
 }
+
+
+def conv_layer(name: str | None) -> type[nn.Conv2d]:
+    """The convolution a model builds next to the norm layer ``name``: most norms leave the
+    convolutions as they are (normlab's ``Conv2d``, torch's numbers); a name in
+    :data:`CONVOLUTIONS` brings its own, e.g. ``group-ws``'s weight-standardized one.
+
+    Raises:
+        ValueError: an unknown ``name`` (``None``, a custom norm, gets the plain one).
+    """
+    from normlab.nn.conv import Conv2d
+
+    if name is not None and name not in NORM_LAYERS:
+        raise ValueError(f"unknown norm layer {name!r}; valid names: {', '.join(NORM_LAYERS)}")
+    return CONVOLUTIONS.get(name or "", Conv2d)
 
 
 def norm_names() -> list[str]:

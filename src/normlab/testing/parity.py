@@ -62,6 +62,7 @@ LAYERS: tuple[str, ...] = (
     "BatchRenorm3d",
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
+    "StdConv2d",
 )
 
 #: Largest allowed difference (see the module docstring for the scale) per dtype.
@@ -153,6 +154,7 @@ ORACLES: dict[str, Oracle] = {
     "torch.nn": Oracle("torch.nn.{layer}", _torch_twin),
     "torch batch norm": Oracle("torch.nn.BatchNorm{dims}", _torch_batch_norm),
     "eval batch norm": Oracle("torch.nn.functional.batch_norm, eval", _formula),
+    "standardized weight": Oracle("torch.nn.functional.batch_norm of the weight, conv2d", _formula),
     "formula": Oracle("the paper's formula (normlab.testing.references)", _formula),
 }
 
@@ -309,6 +311,28 @@ GRID: tuple[Config, ...] = (
     _c("GhostBatchNorm2d", (3, 3), (7, 3, 2, 2), affine=False, oracle="formula"),
     _c("GhostBatchNorm1d", (3, 4), (10, 3), eps=1e-3, bias=False, oracle="formula"),
     _c("GhostBatchNorm1d", (3, 4), (10, 3, 2), track_running_stats=False, oracle="formula"),
+    # weight-standardized convolution: each option of torch.nn.Conv2d, and eps
+    _c("StdConv2d", (3, 4, 3), (2, 3, 6, 6), oracle="standardized weight"),
+    _c(
+        "StdConv2d",
+        (4, 6, 3),
+        (2, 4, 7, 7),
+        stride=2,
+        padding=1,
+        groups=2,
+        oracle="standardized weight",
+    ),
+    _c(
+        "StdConv2d",
+        (3, 4, (3, 2)),
+        (2, 3, 8, 8),
+        dilation=2,
+        padding=2,
+        padding_mode="reflect",
+        bias=False,
+        eps=1e-3,
+        oracle="standardized weight",
+    ),
 )
 
 

@@ -18,6 +18,8 @@ class                      formula (``x``: the input, ``(N, C, *)``)
 ``GhostBatchNorm{1,2}d``   ``F.batch_norm`` of each ``x.split(V)`` chunk with the shared
                            affine; running statistics once per call from the chunks'
                            size-weighted mean and unbiased variance
+``StdConv2d``              ``conv2d(x, batch_norm(W.view(1, O, -1)).view_as(W))``: the
+                           weight standardized by ``torch.nn.functional.batch_norm``
 =========================  ==========================================================
 """
 
@@ -225,3 +227,18 @@ class GhostBatchNorm1d(_GhostBatchNorm):
 
 class GhostBatchNorm2d(_GhostBatchNorm):
     """Ghost batch norm of ``(N, C, H, W)``."""
+
+
+class StdConv2d(nn.Conv2d):
+    """Weight standardization (Qiao et al. 2019) as batch norm of the weight seen as
+    ``(1, O, fan_in)``: per output channel, biased variance, ``eps`` inside the root."""
+
+    def __init__(self, *args: Any, eps: float = 1e-6, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        o = self.weight.shape[0]
+        flat = self.weight.reshape(1, o, -1)
+        standardized = F.batch_norm(flat, None, None, training=True, momentum=0.0, eps=self.eps)
+        return self._conv_forward(x, standardized.reshape_as(self.weight), self.bias)
