@@ -125,6 +125,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     _common(bandwidth)
     bandwidth.set_defaults(func=run, trains=True)
+
+    fusion = which.add_parser(
+        "fusion",
+        help="LeNet inference with batch norms folded into conv/linear vs unfused",
+        description="The tutorial's LeNet in evaluation mode against normlab.nn."
+        "fuse_batch_norms of it (batch norms folded into the layers before them), normlab's "
+        "and torch's batch norm, timed interleaved per batch size, as time ratios "
+        "fused/unfused (below 1: fused is faster) with the largest logit difference.",
+    )
+    fusion.add_argument(
+        "--batch-sizes", default=None, metavar="SIZES",
+        help="comma-separated batch sizes (default: 1,64,1024; quick: 1,64)",
+    )  # fmt: skip
+    fusion.add_argument(
+        "--repeats", type=int, default=None, help="timings per candidate (default: 9; quick: 3)"
+    )
+    _common(fusion)
+    fusion.set_defaults(func=run, trains=True)
     return parser
 
 
@@ -171,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_layers(args)
     if args.benchmark == "bandwidth":
         return _run_bandwidth(args)
+    if args.benchmark == "fusion":
+        return _run_fusion(args)
     return _run_train(args)
 
 
@@ -302,4 +322,33 @@ def _run_bandwidth(args: argparse.Namespace) -> int:
     print(report.bandwidth_table(result))
     ratios = ", ".join(f"{k} {v:.2f}" for k, v in report.bandwidth_ratios(result).items())
     print(f"\nnormlab / torch.nn time: {ratios} (below 1: normlab is faster)")
+    return 0
+
+
+def _run_fusion(args: argparse.Namespace) -> int:
+    _positive("repeats", args.repeats)
+    device = _device(args.device)
+    from normlab.bench import fusion
+    from normlab.cli._lab import parse_int_list
+
+    sizes = parse_int_list("--batch-sizes", args.batch_sizes)
+    sizes = sizes or (fusion.QUICK_BATCH_SIZES if args.quick else fusion.BATCH_SIZES)
+    for size in sizes:
+        _positive("batch-sizes", size)
+    timing: dict[str, Any] = {
+        "repeats": args.repeats or (3 if args.quick else 9),
+        "warmup": 1 if args.quick else 3,
+        "target_seconds": 0.002 if args.quick else 0.05,
+    }
+    result = fusion.bench_fusion(sizes, device=device, progress=not args.json, **timing)
+    if args.json:
+        settings = {"batch_sizes": list(sizes), "device": str(device), **timing}
+        json.dump(fusion.fusion_json(result, settings), sys.stdout, indent=1)
+        print()
+        return 0
+    print(
+        f"LeNet inference (evaluation mode), fused / unfused in time, median [min-max] over "
+        f"{timing['repeats']} interleaved repeats (below 1: fused is faster); {_threads()}"
+    )
+    print(fusion.fusion_table(result))
     return 0
