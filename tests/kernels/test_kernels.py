@@ -25,7 +25,8 @@ def test_the_kernels_are_built_and_loaded() -> None:
                  "layer_norm_forward", "layer_norm_backward",
                  "group_norm_forward", "group_norm_backward",
                  "avg_pool2x2_forward", "avg_pool2x2_backward",
-                 "use_caching_cpu_allocator", "cached_cpu_bytes"):  # fmt: skip
+                 "use_caching_cpu_allocator", "cached_cpu_bytes",
+                 "batch_norm_train", "layer_norm", "group_norm"):  # fmt: skip
         assert hasattr(ops, name), name
 
 

@@ -1,0 +1,429 @@
+// Batch, layer and group norm as single operators with their backward in C++: the
+// forward and backward kernels of batch_norm.cpp, layer_norm.cpp and group_norm.cpp tied
+// together by a torch::autograd::Function, registered for the Autograd dispatch key.
+// A call costs one dispatch, and the backward runs on autograd's thread without Python:
+//
+//   normlab::batch_norm_train(input, weight?, bias?, running_mean!?, running_var!?,
+//                             momentum, eps) -> out
+//       training-mode batch norm of (N, C, *) over N and the spatial dims, per channel:
+//       out = (x - mean) / sqrt(var + eps) * weight + bias (biased var); the running
+//       statistics, when given, move by momentum towards mean and the unbiased var
+//   normlab::layer_norm(input, normalized_shape, weight?, bias?, eps) -> out
+//       over the trailing dims given by normalized_shape (weight, bias of that shape)
+//   normlab::group_norm(input, num_groups, weight?, bias?, eps) -> out
+//       (N, C, *) in num_groups groups of C / num_groups channels; weight, bias (C)
+//
+// Inputs: float32 or float64 CPU tensors of one dtype (any strides: made contiguous).
+// The backward is the kernels' closed form; when a graph of it is wanted (create_graph,
+// double backward) it is the same closed form in differentiable ATen operations instead.
+// Each forward and backward kernel also has a Meta implementation (shapes only), so the
+// operators trace under FakeTensor (torch.compile, torch.export).
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace normlab {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using Triple = std::tuple<Tensor, Tensor, Tensor>;
+using Pair = std::tuple<Tensor, Tensor>;
+using OptTensor = std::optional<Tensor>;
+
+// The kernels through the dispatcher: CPU tensors reach the loops, fake ones the Meta code.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+Triple bn_forward(const Tensor& x, const OptTensor& w, const OptTensor& b, const OptTensor& rm,
+                  const OptTensor& rv, double momentum, double eps) {
+  static auto handle = op<Triple(const Tensor&, const OptTensor&, const OptTensor&,
+                                 const OptTensor&, const OptTensor&, double, double)>(
+      "normlab::batch_norm_forward");
+  return handle.call(x, w, b, rm, rv, momentum, eps);
+}
+
+Triple bn_backward(const Tensor& dy, const Tensor& x, const Tensor& m, const Tensor& invstd,
+                   const OptTensor& w) {
+  static auto handle =
+      op<Triple(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&)>(
+          "normlab::batch_norm_backward");
+  return handle.call(dy, x, m, invstd, w);
+}
+
+Pair ln_forward(const Tensor& x, const OptTensor& w, const OptTensor& b, int64_t width,
+                double eps) {
+  static auto handle =
+      op<Pair(const Tensor&, const OptTensor&, const OptTensor&, int64_t, double)>(
+          "normlab::layer_norm_forward");
+  return handle.call(x, w, b, width, eps);
+}
+
+Triple ln_backward(const Tensor& dy, const Tensor& x, const Tensor& stats, const OptTensor& w,
+                   bool nx, bool nw, bool nb) {
+  static auto handle = op<Triple(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                 bool, bool, bool)>("normlab::layer_norm_backward");
+  return handle.call(dy, x, stats, w, nx, nw, nb);
+}
+
+Pair gn_forward(const Tensor& x, const OptTensor& w, const OptTensor& b, int64_t groups,
+                double eps) {
+  static auto handle =
+      op<Pair(const Tensor&, const OptTensor&, const OptTensor&, int64_t, double)>(
+          "normlab::group_norm_forward");
+  return handle.call(x, w, b, groups, eps);
+}
+
+Triple gn_backward(const Tensor& dy, const Tensor& x, const Tensor& stats, const OptTensor& w,
+                   int64_t groups, bool nx, bool nw, bool nb) {
+  static auto handle = op<Triple(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                 int64_t, bool, bool, bool)>("normlab::group_norm_backward");
+  return handle.call(dy, x, stats, w, groups, nx, nw, nb);
+}
+
+void check_input(const Tensor& x, const OptTensor& w, const OptTensor& b, const char* name) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, name,
+              ": expected a float32 or float64 input, got ", x.scalar_type());
+  for (const OptTensor& p : {w, b}) {
+    TORCH_CHECK(!p.has_value() || !p->defined() || p->scalar_type() == x.scalar_type(), name,
+                ": weight and bias must have the input's dtype ", x.scalar_type(), ", got ",
+                p->scalar_type());
+  }
+}
+
+OptTensor contiguous(const OptTensor& t) {
+  return t.has_value() && t->defined() ? OptTensor(t->contiguous()) : OptTensor();
+}
+
+Tensor or_undefined(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
+
+bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+// Which of (input, weight, bias) need a gradient. Autograd numbers only the tensor
+// arguments that were given: weight's edge is 1 when given, bias's follows it.
+struct Needs {
+  bool input, weight, bias;
+};
+
+Needs needs_of(AutogradContext* ctx) {
+  const bool has_weight = ctx->saved_data["has_weight"].toBool();
+  const bool has_bias = ctx->saved_data["has_bias"].toBool();
+  return {ctx->needs_input_grad(0), has_weight && ctx->needs_input_grad(1),
+          has_bias && ctx->needs_input_grad(has_weight ? 2 : 1)};
+}
+
+void remember_params(AutogradContext* ctx, const OptTensor& weight, const OptTensor& bias) {
+  ctx->saved_data["has_weight"] = given(weight);
+  ctx->saved_data["has_bias"] = given(bias);
+}
+
+// Differentiable closed form of a normalisation's backward, for a graph of the backward:
+// the rows of `x` are normalised over `dims` (per row statistics recomputed from x),
+// g = dy * weight_view;  dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+Tensor differentiable_dx(const Tensor& x, const Tensor& g, at::IntArrayRef dims, double eps) {
+  const Tensor mean = x.mean(dims, true);
+  const Tensor centred = x - mean;
+  const Tensor rstd = (centred.pow(2).mean(dims, true) + eps).rsqrt();
+  const Tensor xhat = centred * rstd;
+  return rstd * (g - g.mean(dims, true) - xhat * (g * xhat).mean(dims, true));
+}
+
+Tensor differentiable_xhat(const Tensor& x, at::IntArrayRef dims, double eps) {
+  const Tensor centred = x - x.mean(dims, true);
+  return centred * (centred.pow(2).mean(dims, true) + eps).rsqrt();
+}
+
+std::vector<int64_t> batch_dims(const Tensor& x) {
+  std::vector<int64_t> dims{0};
+  for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
+  return dims;
+}
+
+Tensor per_channel(const Tensor& t, int64_t ndim) {
+  std::vector<int64_t> shape(ndim, 1);
+  shape[1] = -1;
+  return t.reshape(shape);
+}
+
+// ------------------------------------------------------------------------------------------
+// batch norm
+// ------------------------------------------------------------------------------------------
+
+struct BatchNormTrain : public torch::autograd::Function<BatchNormTrain> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight,
+                        const OptTensor& bias, const OptTensor& running_mean,
+                        const OptTensor& running_var, double momentum, double eps) {
+    const Tensor x = input.contiguous();
+    auto [out, first_mean, invstd] =
+        bn_forward(x, contiguous(weight), contiguous(bias), running_mean, running_var,
+                   momentum, eps);
+    ctx->save_for_backward({x, first_mean, invstd, or_undefined(weight)});
+    ctx->saved_data["eps"] = eps;
+    remember_params(ctx, weight, bias);
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &first_mean = saved[1], &invstd = saved[2], &w = saved[3];
+    const Tensor dy = grads[0].contiguous().to(x.scalar_type());
+    const Needs needs = needs_of(ctx);
+    Tensor dx, dw, db;
+    if (at::GradMode::is_enabled()) {  // a graph of the backward: differentiable ATen ops
+      const std::vector<int64_t> dims = batch_dims(x);
+      const double eps = ctx->saved_data["eps"].toDouble();
+      const Tensor g = w.defined() ? dy * per_channel(w, x.dim()) : dy;
+      dx = differentiable_dx(x, g, dims, eps);
+      dw = (dy * differentiable_xhat(x, dims, eps)).sum(dims);
+      db = dy.sum(dims);
+    } else {
+      std::tie(dx, dw, db) = bn_backward(dy, x, first_mean, invstd, w.defined() ? OptTensor(w)
+                                                                                : OptTensor());
+    }
+    return {needs.input ? dx : Tensor(), needs.weight ? dw : Tensor(),
+            needs.bias ? db : Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Tensor batch_norm_train(const Tensor& input, const OptTensor& weight, const OptTensor& bias,
+                        const OptTensor& running_mean, const OptTensor& running_var,
+                        double momentum, double eps) {
+  check_input(input, weight, bias, "normlab::batch_norm_train");
+  TORCH_CHECK(input.dim() >= 2, "normlab::batch_norm_train: expected (N, C, *) input, got ",
+              input.dim(), " dims");
+  return BatchNormTrain::apply(input, weight, bias, running_mean, running_var, momentum, eps);
+}
+
+// Below autograd (no graph recorded): the forward kernel alone.
+Tensor batch_norm_train_kernel(const Tensor& input, const OptTensor& weight,
+                               const OptTensor& bias, const OptTensor& running_mean,
+                               const OptTensor& running_var, double momentum, double eps) {
+  check_input(input, weight, bias, "normlab::batch_norm_train");
+  return std::get<0>(bn_forward(input.contiguous(), contiguous(weight), contiguous(bias),
+                                running_mean, running_var, momentum, eps));
+}
+
+// ------------------------------------------------------------------------------------------
+// layer norm
+// ------------------------------------------------------------------------------------------
+
+int64_t width_of(const Tensor& input, at::IntArrayRef normalized_shape, const char* name) {
+  const int64_t k = static_cast<int64_t>(normalized_shape.size());
+  TORCH_CHECK(k >= 1 && k <= input.dim() &&
+                  input.sizes().slice(input.dim() - k).equals(normalized_shape),
+              name, ": normalized_shape ", normalized_shape,
+              " must be the trailing dims of the input of shape ", input.sizes());
+  return c10::multiply_integers(normalized_shape);
+}
+
+struct LayerNorm : public torch::autograd::Function<LayerNorm> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input,
+                        at::IntArrayRef normalized_shape, const OptTensor& weight,
+                        const OptTensor& bias, double eps) {
+    const Tensor x = input.contiguous();
+    const int64_t width = width_of(x, normalized_shape, "normlab::layer_norm");
+    auto [out, stats] = ln_forward(x, contiguous(weight), contiguous(bias), width, eps);
+    ctx->save_for_backward({x, stats, or_undefined(weight)});
+    ctx->saved_data["shape"] = normalized_shape.vec();
+    ctx->saved_data["eps"] = eps;
+    remember_params(ctx, weight, bias);
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &stats = saved[1], &w = saved[2];
+    const Tensor dy = grads[0].contiguous().to(x.scalar_type());
+    const Needs needs = needs_of(ctx);
+    const std::vector<int64_t> shape = ctx->saved_data["shape"].toIntVector();
+    Tensor dx, dw, db;
+    if (at::GradMode::is_enabled()) {
+      const int64_t k = static_cast<int64_t>(shape.size());
+      std::vector<int64_t> rows, feature;
+      for (int64_t d = 0; d < x.dim(); ++d) (d < x.dim() - k ? rows : feature).push_back(d);
+      const double eps = ctx->saved_data["eps"].toDouble();
+      dx = differentiable_dx(x, w.defined() ? dy * w : dy, feature, eps);
+      dw = (dy * differentiable_xhat(x, feature, eps)).sum(rows);
+      db = dy.sum(rows);
+    } else {
+      std::tie(dx, dw, db) = ln_backward(dy, x, stats, w.defined() ? OptTensor(w) : OptTensor(),
+                                         needs.input, needs.weight, needs.bias);
+      if (dw.defined()) dw = dw.view(shape);
+      if (db.defined()) db = db.view(shape);
+    }
+    return {needs.input ? dx : Tensor(), Tensor(), needs.weight ? dw : Tensor(),
+            needs.bias ? db : Tensor(), Tensor()};
+  }
+};
+
+Tensor layer_norm(const Tensor& input, at::IntArrayRef normalized_shape, const OptTensor& weight,
+                  const OptTensor& bias, double eps) {
+  check_input(input, weight, bias, "normlab::layer_norm");
+  width_of(input, normalized_shape, "normlab::layer_norm");
+  return LayerNorm::apply(input, normalized_shape, weight, bias, eps);
+}
+
+Tensor layer_norm_kernel(const Tensor& input, at::IntArrayRef normalized_shape,
+                         const OptTensor& weight, const OptTensor& bias, double eps) {
+  check_input(input, weight, bias, "normlab::layer_norm");
+  const int64_t width = width_of(input, normalized_shape, "normlab::layer_norm");
+  return std::get<0>(
+      ln_forward(input.contiguous(), contiguous(weight), contiguous(bias), width, eps));
+}
+
+// ------------------------------------------------------------------------------------------
+// group norm
+// ------------------------------------------------------------------------------------------
+
+void check_groups(const Tensor& input, int64_t num_groups) {
+  TORCH_CHECK(input.dim() >= 2, "normlab::group_norm: expected (N, C, *) input, got ",
+              input.dim(), " dims");
+  TORCH_CHECK(num_groups >= 1 && input.size(1) % num_groups == 0,
+              "normlab::group_norm: expected the number of channels ", input.size(1),
+              " to be divisible by num_groups ", num_groups);
+}
+
+struct GroupNorm : public torch::autograd::Function<GroupNorm> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, int64_t num_groups,
+                        const OptTensor& weight, const OptTensor& bias, double eps) {
+    const Tensor x = input.contiguous();
+    auto [out, stats] = gn_forward(x, contiguous(weight), contiguous(bias), num_groups, eps);
+    ctx->save_for_backward({x, stats, or_undefined(weight)});
+    ctx->saved_data["groups"] = num_groups;
+    ctx->saved_data["eps"] = eps;
+    remember_params(ctx, weight, bias);
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &stats = saved[1], &w = saved[2];
+    const Tensor dy = grads[0].contiguous().to(x.scalar_type());
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    const Needs needs = needs_of(ctx);
+    Tensor dx, dw, db;
+    if (at::GradMode::is_enabled()) {
+      const double eps = ctx->saved_data["eps"].toDouble();
+      const Tensor rows = x.reshape({x.size(0), groups, -1});
+      const Tensor g = w.defined() ? dy * per_channel(w, x.dim()) : dy;
+      dx = differentiable_dx(rows, g.reshape({x.size(0), groups, -1}), {2}, eps)
+               .reshape(x.sizes());
+      const std::vector<int64_t> dims = batch_dims(x);
+      dw = (dy * differentiable_xhat(rows, {2}, eps).reshape(x.sizes())).sum(dims);
+      db = dy.sum(dims);
+    } else {
+      std::tie(dx, dw, db) = gn_backward(dy, x, stats, w.defined() ? OptTensor(w) : OptTensor(),
+                                         groups, needs.input, needs.weight, needs.bias);
+    }
+    return {needs.input ? dx : Tensor(), Tensor(), needs.weight ? dw : Tensor(),
+            needs.bias ? db : Tensor(), Tensor()};
+  }
+};
+
+Tensor group_norm(const Tensor& input, int64_t num_groups, const OptTensor& weight,
+                  const OptTensor& bias, double eps) {
+  check_input(input, weight, bias, "normlab::group_norm");
+  check_groups(input, num_groups);
+  return GroupNorm::apply(input, num_groups, weight, bias, eps);
+}
+
+Tensor group_norm_kernel(const Tensor& input, int64_t num_groups, const OptTensor& weight,
+                         const OptTensor& bias, double eps) {
+  check_input(input, weight, bias, "normlab::group_norm");
+  check_groups(input, num_groups);
+  return std::get<0>(
+      gn_forward(input.contiguous(), contiguous(weight), contiguous(bias), num_groups, eps));
+}
+
+// ------------------------------------------------------------------------------------------
+// Meta: the kernels' output shapes, for FakeTensor tracing
+// ------------------------------------------------------------------------------------------
+
+Tensor channels_like(const Tensor& x) { return at::empty({x.size(1)}, x.options()); }
+
+Triple bn_forward_meta(const Tensor& x, const OptTensor&, const OptTensor&, const OptTensor&,
+                       const OptTensor&, double, double) {
+  return {at::empty_like(x), channels_like(x), channels_like(x)};
+}
+
+Triple bn_backward_meta(const Tensor&, const Tensor& x, const Tensor&, const Tensor&,
+                        const OptTensor&) {
+  return {at::empty_like(x), channels_like(x), channels_like(x)};
+}
+
+Pair ln_forward_meta(const Tensor& x, const OptTensor&, const OptTensor&, int64_t width,
+                     double) {
+  return {at::empty_like(x), at::empty({x.numel() / width, 2}, x.options())};
+}
+
+Triple ln_backward_meta(const Tensor&, const Tensor& x, const Tensor& stats, const OptTensor&,
+                        bool nx, bool nw, bool nb) {
+  const int64_t width = x.numel() / stats.size(0);
+  return {nx ? at::empty_like(x) : Tensor(), nw ? at::empty({width}, x.options()) : Tensor(),
+          nb ? at::empty({width}, x.options()) : Tensor()};
+}
+
+Pair gn_forward_meta(const Tensor& x, const OptTensor&, const OptTensor&, int64_t groups,
+                     double) {
+  return {at::empty_like(x), at::empty({x.size(0) * groups, 2}, x.options())};
+}
+
+Triple gn_backward_meta(const Tensor&, const Tensor& x, const Tensor&, const OptTensor&,
+                        int64_t, bool nx, bool nw, bool nb) {
+  return {nx ? at::empty_like(x) : Tensor(), nw ? channels_like(x) : Tensor(),
+          nb ? channels_like(x) : Tensor()};
+}
+
+Tensor like_input(const Tensor& x) { return at::empty_like(x); }
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(normlab, m) {
+  m.def("batch_norm_train(Tensor input, Tensor? weight, Tensor? bias,"
+        " Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, float eps)"
+        " -> Tensor");
+  m.def("layer_norm(Tensor input, int[] normalized_shape, Tensor? weight, Tensor? bias,"
+        " float eps) -> Tensor");
+  m.def("group_norm(Tensor input, int num_groups, Tensor? weight, Tensor? bias, float eps)"
+        " -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(normlab, Autograd, m) {
+  m.impl("batch_norm_train", &batch_norm_train);
+  m.impl("layer_norm", &layer_norm);
+  m.impl("group_norm", &group_norm);
+}
+
+TORCH_LIBRARY_IMPL(normlab, CPU, m) {
+  m.impl("batch_norm_train", &batch_norm_train_kernel);
+  m.impl("layer_norm", &layer_norm_kernel);
+  m.impl("group_norm", &group_norm_kernel);
+}
+
+TORCH_LIBRARY_IMPL(normlab, Meta, m) {
+  m.impl("batch_norm_forward", &bn_forward_meta);
+  m.impl("batch_norm_backward", &bn_backward_meta);
+  m.impl("layer_norm_forward", &ln_forward_meta);
+  m.impl("layer_norm_backward", &ln_backward_meta);
+  m.impl("group_norm_forward", &gn_forward_meta);
+  m.impl("group_norm_backward", &gn_backward_meta);
+  m.impl("batch_norm_train",
+         [](const Tensor& x, const OptTensor&, const OptTensor&, const OptTensor&,
+            const OptTensor&, double, double) { return like_input(x); });
+  m.impl("layer_norm", [](const Tensor& x, at::IntArrayRef, const OptTensor&, const OptTensor&,
+                          double) { return like_input(x); });
+  m.impl("group_norm", [](const Tensor& x, int64_t, const OptTensor&, const OptTensor&,
+                          double) { return like_input(x); });
+}
+
+}  // namespace normlab
