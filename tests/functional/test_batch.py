@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from normlab.functional import batch
-from normlab.functional.batch import batch_norm, instance_norm
+from normlab.functional import batch_norm, batchnorm, instance_norm
+from normlab.functional._fast import batchnorm as fast
 
 SHAPES = [(6, 3), (4, 3, 5), (3, 4, 5, 6), (2, 3, 2, 3, 4)]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
@@ -201,11 +201,12 @@ def test_saves_only_input_and_per_channel_statistics(code_path: str) -> None:
 @pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (3, 4, 5, 6)])
 @pytest.mark.parametrize("affine", [True, False])
 def test_compiled_path_formulas_match_torch(shape: tuple[int, ...], affine: bool) -> None:
-    """The out-of-place formulas ``torch.compile`` traces (called here directly, eagerly)."""
+    """The formula and its closed-form backward (what ``torch.compile`` and ``torch.func``
+    run, and a double backward differentiates), called here directly."""
     d = _inputs(shape, torch.float64, seed=7)
     w, b = (d["weight"], d["bias"]) if affine else (None, None)
-    out, mean, invstd, var = batch._normalize_train_traced(d["x"], w, b, 1e-3)
-    dx, dweight, dbias = batch._grads_traced(d["dy"], d["x"], mean, invstd, w)
+    out, mean, var = batchnorm.train_forward(d["x"], w, b, 1e-3)
+    dx, dweight, dbias = batchnorm.train_backward(d["dy"], d["x"], w, 1e-3)
     ref = _run(F.batch_norm, d["x"], None, w, b, d["dy"], training=True, eps=1e-3)
     dims = [0, *range(2, len(shape))]
     torch.testing.assert_close(mean, d["x"].mean(dims), rtol=1e-12, atol=1e-12)
@@ -248,7 +249,7 @@ def test_far_from_zero_float32_as_accurate_as_torch(shape: tuple[int, ...]) -> N
     assert errors["ours"][0] <= errors["torch"][0] + 1e-6
     assert errors["ours"][1] <= 1.5 * errors["torch"][1] + 1e-6
     assert errors["ours"][0] < 1e-5  # ours is centred on the exact mean
-    traced = batch._normalize_train_traced(x, None, None, 1e-5)[0]  # what torch.compile runs
+    traced = batchnorm.train_forward(x, None, None, 1e-5)[0]  # what torch.compile runs
     assert (traced.double() - ref["y"]).abs().max().item() < 1e-5
 
 
@@ -261,8 +262,11 @@ def test_atypical_first_sample_keeps_float32_accuracy(shape: tuple[int, ...]) ->
     x[0] = 0.0
     exact = F.batch_norm(x, None, None, training=True)
     dims = [0, *range(2, len(shape))]
-    for forward in (batch._normalize_train, batch._normalize_train_traced):
-        out, mean, _, var = forward(x.float(), None, None, 1e-5)
+    in_place_out, in_place_mean, _, in_place_var = fast.normalize_in_place(
+        x.float(), None, None, 1e-5
+    )
+    formula = batchnorm.train_forward(x.float(), None, None, 1e-5)
+    for out, mean, var in ((in_place_out, in_place_mean, in_place_var), formula):
         assert (out.double() - exact).abs().max().item() < 1e-5
         torch.testing.assert_close(var.double(), x.var(dims, correction=0), rtol=2e-6, atol=0)
         torch.testing.assert_close(mean.double(), x.mean(dims), rtol=1e-6, atol=0)

@@ -1,4 +1,5 @@
-"""normlab.functional.feature against torch.nn.functional (the oracle) and closed forms.
+"""Layer, group, RMS and local-response norm against torch.nn.functional (the oracle) and
+closed forms.
 
 Values and gradients in float64 and float32, random shapes and arguments (hypothesis),
 gradcheck and gradgradcheck, every error with torch's exception type and message, and the
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 import normlab.functional as N
-from normlab.functional.feature import DtypeError, ShapeError
+from normlab.functional import DtypeError, ShapeError
 
 
 def _rand(*shape: int, dtype: torch.dtype = torch.float64, scale: float = 1.0) -> torch.Tensor:

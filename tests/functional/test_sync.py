@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normlab.functional.sync import (
+from normlab.functional.sync_batchnorm import (
     SyncBatchNormFunction,
     chan_combine,
     combine_moments,

@@ -259,7 +259,7 @@ def test_group_of_one_and_eval_mode_do_not_communicate(
 ) -> None:
     import torch.distributed as dist
 
-    from normlab.functional import sync
+    from normlab.functional import sync_batchnorm as sync
 
     def refuse(*args: Any) -> None:
         raise AssertionError("a collective was called")

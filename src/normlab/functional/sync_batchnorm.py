@@ -37,16 +37,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from normlab.distributed.groups import all_gather_stacked, all_reduce_sum, group_size, resolve_group
+from normlab.functional._common import reduce_dims
 
 Moments = tuple[Tensor, Tensor, Tensor]  # (count, mean, M2), shapes (*,), (*, C), (*, C)
-
-
-def _reduce_dims(input: Tensor) -> list[int]:
-    """The dimensions batch norm reduces over: batch and space, all but the channel dim 1."""
-    return [0, *range(2, input.dim())]
 
 
 def stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -78,7 +74,7 @@ def local_moments(input: Tensor) -> Moments:
         zeros = torch.zeros(channels, dtype=dtype, device=input.device)
         return n, zeros, zeros.clone()
     x = input.to(dtype)
-    dims = _reduce_dims(input)
+    dims = reduce_dims(input)
     mean = x.sum(dims) / count
     centred = x - mean.view(_channel_shape(input))
     return n, mean, (centred * centred).sum(dims)
@@ -184,7 +180,6 @@ class SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: FunctionCtx,
         input: Tensor,
         weight: Tensor | None,
         bias: Tensor | None,
@@ -193,7 +188,9 @@ class SyncBatchNormFunction(torch.autograd.Function):
         eps: float,
         momentum: float,
         process_group: Any | None,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(out, count, mean, invstd)``: the global statistics are outputs without
+        gradient, saved for the backward (``count`` a 0-D tensor)."""
         n, mean, m2 = gather_global_moments(input, process_group)
         count = int(n.item())
         if count == 1:
@@ -201,12 +198,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
                 "Expected more than 1 value per channel when training, got 1 value per "
                 "channel over the whole process group; use a larger batch"
             )
-        ctx.process_group = process_group
-        ctx.count = count
-        ctx.bias_dtype = bias.dtype if bias is not None else None
         if count == 0:  # every rank is empty: nothing to normalise, nothing to track
-            ctx.save_for_backward(input, weight, mean, mean)
-            return input.clone()
+            return input.clone(), n, mean, torch.zeros_like(mean)
         var = m2 / count
         invstd = torch.rsqrt(var + eps)
         with torch.no_grad():
@@ -215,27 +208,42 @@ class SyncBatchNormFunction(torch.autograd.Function):
             if running_var is not None:
                 unbiased = (m2 / (count - 1)).to(running_var.dtype)
                 running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
-        ctx.save_for_backward(input, weight, mean, invstd)
         if input.numel() == 0:
-            return input.clone()
+            return input.clone(), n, mean, invstd
         shape = _channel_shape(input)
         out = (input.to(mean.dtype) - mean.view(shape)) * invstd.view(shape)
         if weight is not None:
             out = out * weight.to(mean.dtype).view(shape)
         if bias is not None:
             out = out + bias.to(mean.dtype).view(shape)
-        return out.to(input.dtype)
+        return out.to(input.dtype), n, mean, invstd
+
+    @classmethod
+    def apply(cls, *args: Any, **kwargs: Any) -> Tensor:  # type: ignore[override]
+        """The normalised output alone (the statistics stay inside the autograd node)."""
+        output: Tensor = super().apply(*args, **kwargs)[0]
+        return output
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        input, weight, bias = inputs[:3]
+        _, n, mean, invstd = output
+        ctx.mark_non_differentiable(n, mean, invstd)
+        ctx.save_for_backward(input, weight, mean, invstd)
+        ctx.process_group = inputs[7]
+        ctx.count = int(n.item())
+        ctx.bias_dtype = bias.dtype if bias is not None else None
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_output: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
         input, weight, mean, invstd = ctx.saved_tensors
         none = (None,) * 5  # running_mean, running_var, eps, momentum, process_group
         if ctx.count == 0:
             grad_input = torch.zeros_like(input) if ctx.needs_input_grad[0] else None
             return grad_input, None, None, *none
         dtype = mean.dtype
-        dims = _reduce_dims(input)
+        dims = reduce_dims(input)
         shape = _channel_shape(input)
         channels = input.shape[1]
         if input.numel() > 0:
@@ -303,7 +311,6 @@ def sync_batch_norm(
     process_group = resolve_group(process_group)
     if process_group is not None and group_size(process_group) == 1:
         process_group = None
-    result: Tensor = SyncBatchNormFunction.apply(
+    return SyncBatchNormFunction.apply(
         input, weight, bias, running_mean, running_var, eps, momentum, process_group
     )
-    return result

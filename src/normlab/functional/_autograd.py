@@ -1,0 +1,147 @@
+"""The autograd bridge: how every norm reaches its fast path.
+
+Each norm module of :mod:`normlab.functional` starts with its plain formula: a forward
+written as differentiable tensor operations and its closed-form backward. The plain
+forward is what runs under ``torch.compile`` and ``torch.func`` transforms (both
+differentiate and fuse ordinary tensor operations themselves) and for empty inputs:
+:func:`eager` says when a fast path may run instead.
+
+Eagerly, a norm runs a :class:`FastPath` (normlab's C++ or Triton kernels, or in-place
+tensor arithmetic, in :mod:`normlab.functional._fast`) through one ``autograd.Function``
+shared by all norms::
+
+    out = run(path, backward, input, weight, bias)
+
+- ``path.forward(input, weight, bias) -> (out, stats)``: the output and the tensors its
+  backward needs beyond ``input`` and ``weight`` (per-row or per-channel statistics);
+  buffers a norm updates (running statistics) are the path's own attributes.
+- ``path.backward(grad_out, input, weight, stats, needs) -> (dx, dweight, dbias)``: the
+  first-order gradients (``None`` where ``needs`` says so), in any shape of the right
+  size and any dtype: the bridge returns them in the shapes and dtypes of the inputs.
+- ``backward(grad_out, input, weight) -> (dx, dweight, dbias)``: the norm's closed form in
+  differentiable operations, statistics recomputed from ``input``. The bridge calls it
+  instead of ``path.backward`` when a graph of the backward is wanted (double backward,
+  ``create_graph=True``), so higher derivatives are those of the plain formula.
+
+The bridge saves ``input``, ``weight`` and the path's statistics (not ``bias``: only its
+shape and dtype), records nothing when no gradient is wanted (the path's forward runs
+alone), and is written with ``setup_context``, as ``torch.func`` expects of an
+``autograd.Function``.
+
+A new norm plugs in by writing its plain formula, a :class:`FastPath` subclass, and
+``if eager(input): return run(path, backward, input, weight, bias)`` in its public function.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from normlab.functional._common import as_layout, records_graph
+
+Grads = tuple[Tensor | None, Tensor | None, Tensor | None]
+Needs = tuple[bool, bool, bool]
+Backward = Callable[[Tensor, Tensor, Tensor | None], Grads]
+
+
+def eager(input: Tensor) -> bool:
+    """True where a fast path may run: a non-empty input, outside ``torch.compile`` and
+    outside ``torch.func`` transforms (which then see the plain formula)."""
+    return (
+        input.numel() > 0
+        and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+    )
+
+
+class FastPath(abc.ABC):
+    """A norm's fast forward and first-order backward, with its configuration."""
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def forward(
+        self, input: Tensor, weight: Tensor | None, bias: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The output and the statistics the backward needs (saved with input and weight)."""
+
+    @abc.abstractmethod
+    def backward(
+        self,
+        grad_out: Tensor,
+        input: Tensor,
+        weight: Tensor | None,
+        stats: tuple[Tensor, ...],
+        needs: Needs,
+    ) -> Grads:
+        """``(dx, dweight, dbias)`` from the saved tensors; ``None`` where not needed."""
+
+
+def run(
+    path: FastPath,
+    backward: Backward,
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+) -> Tensor:
+    """Normalise through ``path``, with autograd when a graph is recorded.
+
+    ``backward`` is the norm's differentiable closed form, for higher derivatives.
+    """
+    if not records_graph(input, weight, bias):
+        return path.forward(input, weight, bias)[0]
+    return _Bridge.apply(path, backward, input, weight, bias)[0]
+
+
+def _layout(t: Tensor | None) -> tuple[torch.Size, torch.dtype] | None:
+    return None if t is None else (t.shape, t.dtype)
+
+
+def _shaped(grad: Tensor | None, layout: tuple[torch.Size, torch.dtype] | None) -> Tensor | None:
+    return None if grad is None or layout is None else as_layout(grad, *layout)
+
+
+class _Bridge(torch.autograd.Function):
+    """``(path, backward, input, weight, bias) -> (out, *stats)``; the statistics are
+    outputs that carry no gradient, so that they are saved as outputs."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        path: FastPath,
+        backward: Backward,
+        input: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+    ) -> tuple[Tensor, ...]:
+        out, stats = path.forward(input, weight, bias)
+        return (out, *stats)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        path, backward, input, weight, bias = inputs
+        stats = output[1:]
+        ctx.mark_non_differentiable(*stats)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(input, weight, *stats)
+        ctx.path, ctx.backward = path, backward
+        ctx.layouts = (_layout(input), _layout(weight), _layout(bias))
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        if grad_out is None:  # only the statistics were used: no gradient
+            return (None,) * 5
+        input, weight, *stats = ctx.saved_tensors
+        needs: Needs = ctx.needs_input_grad[2:5]
+        if torch.is_grad_enabled():  # a graph of the backward: the differentiable closed form
+            grads = ctx.backward(grad_out, input, weight)
+        else:
+            grads = ctx.path.backward(grad_out, input, weight, tuple(stats), needs)
+        shaped = (
+            _shaped(grad, layout) if need else None
+            for grad, layout, need in zip(grads, ctx.layouts, needs, strict=True)
+        )
+        return (None, None, *shaped)

@@ -1,0 +1,141 @@
+"""Layer norm's fast paths: normlab's kernels, and the formulas in place on tensors.
+
+:mod:`normlab.functional.layernorm` holds the formulas; here is how they run eagerly.
+
+- Kernels (:class:`KernelLayerNorm`): ``layer_norm.cpp`` on the CPU, the Triton kernels of
+  :mod:`normlab.kernels.triton.feature_norm` on CUDA: a few passes over the data each
+  way. The forward returns two numbers per row (on the CPU the rounded first mean and
+  ``rstd``, on CUDA the mean's offset from the row's first value and ``rstd``), from which
+  the backward recomputes ``xhat`` in its loops.
+- Tensors (:class:`TensorLayerNorm`): each pass one ATen call. The forward allocates one
+  activation-sized tensor, ``xhat``, and computes the output in its memory; the backward
+  recomputes ``xhat`` from the input (the same bits) and allocates one more, in which the
+  row means (matrix-vector products) and multiply-adds assemble ``dx``.
+
+Both save only ``input`` and ``weight`` (and the kernels' per-row numbers): no more bytes
+than ``torch.nn`` saves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from normlab import kernels
+from normlab.functional._autograd import FastPath, Grads, Needs
+from normlab.functional._common import as_dtype, as_layout, compute_dtype
+from normlab.functional._fast.rows import standardize
+
+
+def incoming(grad_out: Tensor, input: Tensor) -> Tensor:
+    """The output gradient as the kernels take it: contiguous, in the input's dtype."""
+    return as_dtype(grad_out.contiguous(), input.dtype)
+
+
+@dataclass(slots=True)
+class KernelLayerNorm(FastPath):
+    """Layer norm over rows of ``width`` values through ``ops`` (CPU or Triton kernels)."""
+
+    ops: Any
+    width: int
+    eps: float
+
+    def forward(
+        self, input: Tensor, weight: Tensor | None, bias: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        out, stats = self.ops.layer_norm_forward(input, weight, bias, self.width, self.eps)
+        return out, (stats,)
+
+    def backward(
+        self,
+        grad_out: Tensor,
+        input: Tensor,
+        weight: Tensor | None,
+        stats: tuple[Tensor, ...],
+        needs: Needs,
+    ) -> Grads:
+        grad_out = incoming(grad_out, input)
+        return self.ops.layer_norm_backward(grad_out, input, stats[0], weight, *needs)
+
+
+@dataclass(slots=True)
+class TensorLayerNorm(FastPath):
+    """Layer norm over rows of ``width`` values as in-place tensor arithmetic."""
+
+    width: int
+    eps: float
+
+    def _rows(self, input: Tensor) -> tuple[Tensor, Tensor]:
+        """``(xhat, rstd)`` of the input's rows ``(R, width)``, in the computation dtype."""
+        rows = input.numel() // self.width
+        x = as_layout(input, (rows, self.width), compute_dtype(input.dtype))
+        return standardize(x, self.eps)
+
+    def forward(
+        self, input: Tensor, weight: Tensor | None, bias: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``y = xhat * weight + bias``, computed in ``xhat``'s memory."""
+        xhat, _ = self._rows(input)
+        w = None if weight is None else weight.reshape(self.width)
+        b = None if bias is None else bias.reshape(self.width)
+        if w is not None and b is not None:
+            y = torch.addcmul(b, xhat, w, out=xhat)
+        elif w is not None:
+            y = xhat.mul_(w)
+        elif b is not None:
+            y = xhat.add_(b)
+        else:
+            y = xhat
+        return as_layout(y, input.shape, input.dtype), ()
+
+    def backward(
+        self,
+        grad_out: Tensor,
+        input: Tensor,
+        weight: Tensor | None,
+        stats: tuple[Tensor, ...],
+        needs: Needs,
+    ) -> Grads:
+        xhat, rstd = self._rows(input)
+        g = as_layout(grad_out, xhat.shape, rstd.dtype)
+        w = None if weight is None else as_layout(weight, (self.width,), rstd.dtype)
+        need_x, need_w, need_b = needs
+        db = g.sum(0) if need_b else None
+        return (*grads_in_place(g, xhat, rstd, w, need_x, need_w), db)
+
+
+def grads_in_place(
+    g: Tensor, xhat: Tensor, rstd: Tensor, w: Tensor | None, need_x: bool, need_w: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(dx, dweight)`` for rows ``(R, D)``, in place: one activation-sized allocation.
+
+    With the row means ``a = mean(g * w)`` and ``b = mean(g * w * xhat)`` (matrix-vector
+    products ``-g @ w / D``, ``-(g * xhat) @ w / D``, negated for the multiply-adds)::
+
+        dx = rstd * (g * w - a - b * xhat)                dweight = sum over rows of g * xhat
+    """
+    gx = g * xhat
+    dw = gx.sum(0) if need_w else None
+    if not need_x:
+        return None, dw
+    if w is None:
+        dx = torch.mul(xhat, gx.mean(-1, keepdim=True), out=gx)  # gx is summed: reuse it
+        return torch.sub(g, dx, out=dx).sub_(g.mean(-1, keepdim=True)).mul_(rstd), dw
+    column, scale = w.view(-1, 1), -1.0 / w.shape[0]
+    minus_a = torch.addmm(rstd, g, column, beta=0, alpha=scale)  # beta=0: rstd is ignored
+    minus_b = torch.addmm(rstd, gx, column, beta=0, alpha=scale)
+    dx = torch.mul(xhat, minus_b, out=gx)  # gx is summed: its memory becomes dx
+    return dx.add_(minus_a).addcmul_(g, w).mul_(rstd), dw
+
+
+def fast_path(
+    input: Tensor, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float
+) -> FastPath:
+    """The kernels where they take these tensors, else the in-place tensor arithmetic."""
+    ops = kernels.ops_for(input, weight, bias)
+    width = math.prod(shape)
+    return TensorLayerNorm(width, eps) if ops is None else KernelLayerNorm(ops, width, eps)
