@@ -1,16 +1,22 @@
-"""A griffe extension for the API reference: docstrings as Python sees them.
+"""A griffe extension for the API reference: docstrings as Python sees them, in torch's style.
 
 Some normlab classes complete their docstrings when their module is imported (the batch
 norms share one body of Args and Shape; ``_NormBase`` fills placeholders such as
 ``{args}``). Read from the source alone they would be empty or hold the placeholders. For
 every class and function of ``normlab`` this extension imports the module and, where the
 imported object's ``__doc__`` differs from the one in the source, uses the imported one.
+
+It also reads two conventions of torch.nn's docstrings the Google style lacks: an
+``Example:`` (or ``Example::``) section holds ``>>>`` examples, as ``Examples:`` does, and an
+``Args`` entry may name several parameters over more than one line
+(``in_channels, out_channels,`` then ``kernel_size: ...``).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from typing import Any
 
 import griffe
@@ -31,6 +37,19 @@ def _runtime_doc(path: str) -> str | None:
     return inspect.cleandoc(doc) if isinstance(doc, str) else None
 
 
+EXAMPLE_HEADING = re.compile(r"^(?P<indent>[ \t]*)Examples?::?[ \t]*$", re.MULTILINE)
+WRAPPED_NAMES = re.compile(
+    r"^(?P<indent>[ \t]+)(?P<first>\w+(?:, \w+)*,)[ \t]*\n[ \t]+(?P<rest>\w+(?:, \w+)*:)",
+    re.MULTILINE,
+)
+
+
+def torch_style(doc: str) -> str:
+    """``doc`` with torch.nn's conventions written as Google-style sections."""
+    doc = EXAMPLE_HEADING.sub(r"\g<indent>Examples:", doc)
+    return WRAPPED_NAMES.sub(r"\g<indent>\g<first> \g<rest>", doc)
+
+
 def _split(obj: griffe.Object) -> str:
     """``package.module:Class.method`` for a griffe object."""
     module = obj.module.path
@@ -40,16 +59,22 @@ def _split(obj: griffe.Object) -> str:
 class RuntimeDocstrings(griffe.Extension):
     """Replace each normlab class's or function's docstring by its imported ``__doc__``."""
 
-    def _update(self, obj: griffe.Object) -> None:
-        if not obj.path.startswith("normlab."):
+    def _update(self, obj: griffe.Object, *, runtime: bool = True) -> None:
+        if not obj.path.startswith("normlab"):
             return
-        doc = _runtime_doc(_split(obj))
-        if not doc or (obj.docstring is not None and obj.docstring.value == doc):
+        doc = _runtime_doc(_split(obj)) if runtime else None
+        if not doc:
+            doc = obj.docstring.value if obj.docstring is not None else None
+        if not doc:
             return
+        doc = torch_style(doc)
         if obj.docstring is None:
             obj.docstring = griffe.Docstring(doc, parent=obj)
-        else:
+        elif obj.docstring.value != doc:
             obj.docstring.value = doc
+
+    def on_module(self, *, mod: griffe.Module, **kwargs: Any) -> None:
+        self._update(mod, runtime=False)
 
     def on_class(self, *, cls: griffe.Class, **kwargs: Any) -> None:
         self._update(cls)

@@ -1,0 +1,59 @@
+"""The API reference's griffe extension (docs/_griffe/runtime_docstrings.py): docstrings
+completed at import time are read from the imported objects, and torch.nn's docstring
+conventions become Google-style sections the reference renders."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _extension() -> ModuleType:
+    path = ROOT / "docs" / "_griffe" / "runtime_docstrings.py"
+    spec = importlib.util.spec_from_file_location("normlab_docs_runtime_docstrings", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EXTENSION = _extension()
+
+
+def test_example_sections_hold_doctest_examples() -> None:
+    for heading in ("Example:", "Example::", "Examples::", "Examples:"):
+        doc = f"Summary.\n\n{heading}\n    >>> [m for m in x][0]\n    1\n"
+        assert (
+            EXTENSION.torch_style(doc)
+            == "Summary.\n\nExamples:\n    >>> [m for m in x][0]\n    1\n"
+        )
+
+
+def test_an_args_entry_may_name_parameters_over_two_lines() -> None:
+    doc = (
+        "Args:\n    in_channels, out_channels,\n        kernel_size: as Conv2d's.\n"
+        "    eps: added.\n"
+    )
+    assert EXTENSION.torch_style(doc) == (
+        "Args:\n    in_channels, out_channels, kernel_size: as Conv2d's.\n    eps: added.\n"
+    )
+
+
+def test_prose_is_left_alone() -> None:
+    doc = "An example: the mean, then the variance,\n    weighted: by n.\n"
+    assert EXTENSION.torch_style(doc) == doc
+
+
+def test_a_docstring_completed_at_import_is_read_from_the_object() -> None:
+    import normlab.nn
+
+    doc = EXTENSION._runtime_doc("normlab.nn:BatchNorm2d")
+    assert doc is not None and "Args:" in doc
+    assert re.search(r"\{[a-z_]+\}", doc) is None  # no placeholder left unfilled
+    assert doc.startswith(normlab.nn.BatchNorm2d.__doc__.strip().splitlines()[0])
+    assert EXTENSION._runtime_doc("normlab.nn:NoSuchLayer") is None
+    assert EXTENSION._runtime_doc("normlab.no_such_module:X") is None
