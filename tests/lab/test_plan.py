@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import types
 import typing
 
@@ -79,3 +81,14 @@ def test_summaries_are_dataclasses_all_the_way_down(experiment: Experiment) -> N
             assert tp in allowed_leaves, f"{where}: {tp!r}"
 
     check(experiment.summary_type, experiment.summary_type.__name__)
+
+
+def test_the_plan_imports_neither_torch_nor_matplotlib() -> None:
+    """The commands build their flags from the plan: ``normlab --help`` stays instant only
+    while experiment modules import torch and matplotlib inside their functions."""
+    code = (
+        "import sys, normlab.lab.plan; "
+        "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"

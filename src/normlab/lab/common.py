@@ -11,14 +11,15 @@ import copy
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from normlab.errors import UsageError
 from normlab.lab.cells import config_dict
 from normlab.lab.experiment import Curve, SeedStats
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = [
     "accuracy_with_batch_stats",
@@ -141,7 +142,6 @@ def downsample(values: Sequence[float], points: int) -> list[list[float]]:
     return out
 
 
-@torch.no_grad()
 def accuracy_with_batch_stats(
     model: nn.Module,
     images: torch.Tensor,
@@ -156,19 +156,22 @@ def accuracy_with_batch_stats(
     Batches of ``batch_size`` in the stored order; a last smaller batch is dropped
     (batch norm cannot normalise a single example), unless it is the only one.
     """
+    import torch
+
     from normlab.data import batches
 
     if batch_size < 2:
         raise UsageError(f"batch statistics need batches of at least 2, got {batch_size}")
-    twin = copy.deepcopy(model).train()
-    drop_last = len(labels) >= batch_size
-    correct = total = 0
-    for x, y in batches(
-        images, labels, batch_size, shuffle=False, drop_last=drop_last, device=device
-    ):
-        correct += int((twin(x).argmax(dim=1) == y).sum())
-        total += int(y.numel())
-    return correct / total
+    with torch.no_grad():
+        twin = copy.deepcopy(model).train()
+        drop_last = len(labels) >= batch_size
+        correct = total = 0
+        for x, y in batches(
+            images, labels, batch_size, shuffle=False, drop_last=drop_last, device=device
+        ):
+            correct += int((twin(x).argmax(dim=1) == y).sum())
+            total += int(y.numel())
+        return correct / total
 
 
 # --------------------------------------------------------------------------- summaries

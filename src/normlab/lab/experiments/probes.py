@@ -30,9 +30,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from normlab.errors import UsageError
 from normlab.lab.cells import Cell, estimate_seconds, seed_list
@@ -61,7 +58,9 @@ from normlab.lab.verdicts import (
 )
 
 if TYPE_CHECKING:
+    import torch
     from matplotlib.figure import Figure
+    from torch import nn
 
     from normlab.data import Dataset
 
@@ -119,6 +118,8 @@ def activation_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _saturated(output: torch.Tensor, module: nn.Module, eps: float) -> torch.Tensor:
     """Where the activation is flat: near the bounds of sigmoid/tanh, or 0 for ReLU."""
+    from torch import nn
+
     if isinstance(module, nn.Sigmoid):
         return (output < eps) | (output > 1 - eps)
     if isinstance(module, nn.Tanh):
@@ -126,7 +127,6 @@ def _saturated(output: torch.Tensor, module: nn.Module, eps: float) -> torch.Ten
     return output <= 0  # ReLU (dead), GELU (close enough: nearly no gradient below 0)
 
 
-@torch.no_grad()
 def layer_statistics(
     model: nn.Module, inputs: torch.Tensor, saturation_eps: float = 0.05
 ) -> list[LayerStats]:
@@ -139,41 +139,47 @@ def layer_statistics(
         inputs: a normalised batch, shape ``(B, 1, 28, 28)``.
         saturation_eps: an activation within this of its bound counts as saturated.
     """
-    twin = copy.deepcopy(model).train()
-    captured: list[tuple[str, torch.Tensor, torch.Tensor, nn.Module]] = []
-    hooks = []
-    for name, module in activation_layers(twin):
+    import torch
 
-        def hook(mod: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor,
-                 name: str = name) -> None:  # fmt: skip
-            captured.append((name, args[0].detach(), out.detach(), mod))
+    with torch.no_grad():
+        twin = copy.deepcopy(model).train()
+        captured: list[tuple[str, torch.Tensor, torch.Tensor, nn.Module]] = []
+        hooks = []
+        for name, module in activation_layers(twin):
 
-        hooks.append(module.register_forward_hook(hook))
-    try:
-        twin(inputs)
-    finally:
-        for handle in hooks:
-            handle.remove()
-    stats = []
-    q = torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64)
-    for name, pre, out, module in captured:
-        values = pre.double().flatten()
-        quantiles = torch.quantile(values, q).tolist() if values.numel() else [math.nan] * 3
-        stats.append(
-            LayerStats(
-                layer=name,
-                mean=float(values.mean()),
-                std=float(values.std(correction=0)),
-                percentiles=(quantiles[0], quantiles[1], quantiles[2]),
-                saturation=float(_saturated(out, module, saturation_eps).double().mean()),
+            def hook(mod: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor,
+                     name: str = name) -> None:  # fmt: skip
+                captured.append((name, args[0].detach(), out.detach(), mod))
+
+            hooks.append(module.register_forward_hook(hook))
+        try:
+            twin(inputs)
+        finally:
+            for handle in hooks:
+                handle.remove()
+        stats = []
+        q = torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64)
+        for name, pre, out, module in captured:
+            values = pre.double().flatten()
+            quantiles = torch.quantile(values, q).tolist() if values.numel() else [math.nan] * 3
+            stats.append(
+                LayerStats(
+                    layer=name,
+                    mean=float(values.mean()),
+                    std=float(values.std(correction=0)),
+                    percentiles=(quantiles[0], quantiles[1], quantiles[2]),
+                    saturation=float(_saturated(out, module, saturation_eps).double().mean()),
+                )
             )
-        )
-    return stats
+        return stats
 
 
 def _loss_and_grad(
     model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor
 ) -> tuple[float, torch.Tensor]:
+    import torch
+    import torch.nn.functional as F
+
     loss = F.cross_entropy(model(x), y)
     grads = torch.autograd.grad(loss, params)
     return float(loss.detach()), torch.cat([g.reshape(-1) for g in grads]).double()
@@ -196,6 +202,8 @@ def smoothness(
 
     Runs on a copy of ``model`` in train mode; ``model`` is untouched.
     """
+    import torch
+
     if not step_sizes or any(not eta > 0 for eta in step_sizes):
         raise UsageError(f"step_sizes must be positive numbers, got {list(step_sizes)!r}")
     twin = copy.deepcopy(model).train()
