@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normlab.data import DataNotFoundError, DatasetSpec, verify_dataset, write_idx
+from normlab.data import (
+    DataNotFoundError,
+    DatasetSpec,
+    load_dataset,
+    sources,
+    verify_dataset,
+    write_idx,
+)
 from normlab.data.idx import idx_bytes
 
 
@@ -104,3 +111,34 @@ def test_unreadable_file_is_reported(make_data: Callable[..., DatasetSpec], tmp_
 def test_missing_dataset(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError, match="fashion-mnist not found"):
         verify_dataset("fashion-mnist", tmp_path)
+
+
+def test_a_known_file_is_identified_by_its_checksum(
+    make_data: Callable[..., DatasetSpec], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files of the same sizes and structure (as Fashion-MNIST's are MNIST's) are told
+    apart by a recorded checksum: asked as another dataset, each file is refused by name."""
+    known = make_data(tmp_path / "d")  # the "synthetic" files, their sha256 recorded
+    monkeypatch.setitem(sources.SPECS, known.name, known)
+    other = replace(
+        known, name="digits", files=tuple(replace(f, sha256=None) for f in known.files)
+    )  # size and structure only, as MNIST's spec
+    reports = verify_dataset(other, tmp_path / "d")
+    assert not any(r.ok for r in reports)
+    assert reports[0].problem == (
+        f"{tmp_path / 'd' / 'train-images-idx3-ubyte.gz'} is synthetic's train images "
+        "(identified by its sha256), not digits's train images; use --dataset synthetic, or "
+        "point --data-dir to a folder holding digits's own files"
+    )
+    with pytest.raises(ValueError, match="is synthetic's train images"):
+        load_dataset(other, tmp_path / "d")
+    assert all(r.ok for r in verify_dataset(known, tmp_path / "d"))  # as itself: verified
+
+
+@pytest.mark.skipif(
+    not (Path("/usr/share/datasets/fashion-mnist") / "t10k-labels-idx1-ubyte.gz").is_file(),
+    reason="needs Debian's Fashion-MNIST package",
+)
+def test_fashion_mnist_is_refused_as_mnist() -> None:
+    with pytest.raises(ValueError, match=r"is fashion-mnist's train images .* not mnist's"):
+        load_dataset("mnist", "/usr/share/datasets/fashion-mnist")

@@ -4,7 +4,9 @@ Checksums are sha256 over the *decompressed* IDX bytes, because the gzip packagi
 the same data differs between sources (Debian's package, the official site, mirrors).
 The Fashion-MNIST checksums are those in DESIGN.md. For MNIST no decompressed sha256 is
 recorded here (we could not check one against the real files), so MNIST files are
-verified by their exact size and IDX structure only, and reports say so.
+verified by their exact size and IDX structure only, and reports say so. Every recorded
+checksum also identifies a file (:func:`identify`): Fashion-MNIST's files have MNIST's
+sizes and structure, and are refused as MNIST by their checksums.
 """
 
 from __future__ import annotations
@@ -135,3 +137,20 @@ def get_spec(name: str | DatasetSpec) -> DatasetSpec:
     if key not in SPECS:
         raise UsageError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     return SPECS[key]
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """A file some dataset's spec records by its checksum."""
+
+    dataset: str  # "fashion-mnist"
+    role: str  # one of ROLES
+
+
+def identify(sha256: str) -> KnownFile | None:
+    """The dataset file whose recorded sha256 (of the decompressed bytes) is ``sha256``."""
+    for spec in SPECS.values():
+        for file in spec.files:
+            if file.sha256 == sha256:
+                return KnownFile(spec.name, file.role)
+    return None

@@ -22,7 +22,7 @@ from normlab.data.idx import (
     parse_idx,
     read_idx_bytes,
 )
-from normlab.data.sources import DatasetSpec, FileSpec, get_spec
+from normlab.data.sources import DatasetSpec, FileSpec, KnownFile, get_spec, identify
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,32 @@ def check_content(
         return array, f"{path}: {len(array)} entries, {spec.name} has {expected_n}"
     if file.size is not None and len(data) != file.size:
         return array, f"{path}: {len(data)} bytes decompressed, expected {file.size}"
+    known = identify(digest) if digest is not None else None
+    if known is not None and (known.dataset, known.role) != (spec.name, file.role):
+        return array, _misidentified(spec, file, path, known)
     if file.sha256 is not None and digest is not None and digest != file.sha256:
         return array, (
             f"{path}: sha256 {digest[:16]}... does not match the expected "
             f"{file.sha256[:16]}... (corrupt or a different file; delete it and download again)"
         )
     return array, None
+
+
+def _misidentified(spec: DatasetSpec, file: FileSpec, path: Path, known: KnownFile) -> str:
+    def words(role: str) -> str:
+        return role.replace("_", " ")
+
+    if known.dataset == spec.name:
+        way_out = f"give each file its own name ({file.stem} holds the {words(file.role)})"
+    else:
+        way_out = (
+            f"use --dataset {known.dataset}, or point --data-dir to a folder holding "
+            f"{spec.name}'s own files"
+        )
+    return (
+        f"{path} is {known.dataset}'s {words(known.role)} (identified by its sha256), not "
+        f"{spec.name}'s {words(file.role)}; {way_out}"
+    )
 
 
 def inspect_file(
