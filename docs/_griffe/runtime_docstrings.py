@@ -6,10 +6,12 @@ norms share one body of Args and Shape; ``_NormBase`` fills placeholders such as
 every class and function of ``normlab`` this extension imports the module and, where the
 imported object's ``__doc__`` differs from the one in the source, uses the imported one.
 
-It also reads two conventions of torch.nn's docstrings the Google style lacks: an
-``Example:`` (or ``Example::``) section holds ``>>>`` examples, as ``Examples:`` does, and an
-``Args`` entry may name several parameters over more than one line
-(``in_channels, out_channels,`` then ``kernel_size: ...``).
+It also reads the conventions of torch.nn's docstrings that Markdown and the Google style
+lack: an ``Example:`` (or ``Example::``) section holds ``>>>`` examples, as ``Examples:``
+does; an ``Args`` entry may name several parameters over more than one line
+(``in_channels, out_channels,`` then ``kernel_size: ...``); Sphinx roles
+(``:math:`x```, ``:class:`~normlab.nn.BatchNorm2d```) are code; and a ``.. math::``
+block is shown as the indented formula it holds.
 """
 
 from __future__ import annotations
@@ -44,10 +46,24 @@ WRAPPED_NAMES = re.compile(
 )
 
 
+ROLE = re.compile(r":(?:math|mod|class|func|meth|attr|data|obj|exc|const):`(?P<target>[^`]+)`")
+MATH_DIRECTIVE = re.compile(r"^[ \t]*\.\. math::[ \t]*\n", re.MULTILINE)
+
+
+def _role_as_code(match: re.Match[str]) -> str:
+    """``:class:`~a.b.C``` -> ```C```, ``:func:`a.b.f``` -> ```a.b.f```."""
+    target = match["target"]
+    if target.startswith("~"):
+        target = target[1:].rsplit(".", 1)[-1]
+    return f"``{target}``"
+
+
 def torch_style(doc: str) -> str:
-    """``doc`` with torch.nn's conventions written as Google-style sections."""
+    """``doc`` with torch.nn's conventions written as Google-style sections and Markdown."""
     doc = EXAMPLE_HEADING.sub(r"\g<indent>Examples:", doc)
-    return WRAPPED_NAMES.sub(r"\g<indent>\g<first> \g<rest>", doc)
+    doc = WRAPPED_NAMES.sub(r"\g<indent>\g<first> \g<rest>", doc)
+    doc = ROLE.sub(_role_as_code, doc)
+    return MATH_DIRECTIVE.sub("", doc)
 
 
 def _split(obj: griffe.Object) -> str:
@@ -59,7 +75,9 @@ def _split(obj: griffe.Object) -> str:
 class RuntimeDocstrings(griffe.Extension):
     """Replace each normlab class's or function's docstring by its imported ``__doc__``."""
 
-    def _update(self, obj: griffe.Object, *, runtime: bool = True) -> None:
+    def _update(
+        self, obj: griffe.Object, loader: griffe.GriffeLoader, *, runtime: bool = True
+    ) -> None:
         if not obj.path.startswith("normlab"):
             return
         doc = _runtime_doc(_split(obj)) if runtime else None
@@ -68,16 +86,23 @@ class RuntimeDocstrings(griffe.Extension):
         if not doc:
             return
         doc = torch_style(doc)
-        if obj.docstring is None:
-            obj.docstring = griffe.Docstring(doc, parent=obj)
+        if obj.docstring is None:  # parsed as the loader parses the others
+            obj.docstring = griffe.Docstring(
+                doc,
+                parent=obj,
+                parser=loader.docstring_parser,
+                parser_options=loader.docstring_options,
+            )
         elif obj.docstring.value != doc:
             obj.docstring.value = doc
 
-    def on_module(self, *, mod: griffe.Module, **kwargs: Any) -> None:
-        self._update(mod, runtime=False)
+    def on_module(self, *, mod: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
+        self._update(mod, loader, runtime=False)
 
-    def on_class(self, *, cls: griffe.Class, **kwargs: Any) -> None:
-        self._update(cls)
+    def on_class(self, *, cls: griffe.Class, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
+        self._update(cls, loader)
 
-    def on_function(self, *, func: griffe.Function, **kwargs: Any) -> None:
-        self._update(func)
+    def on_function(
+        self, *, func: griffe.Function, loader: griffe.GriffeLoader, **kwargs: Any
+    ) -> None:
+        self._update(func, loader)

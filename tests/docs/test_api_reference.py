@@ -42,6 +42,20 @@ def test_an_args_entry_may_name_parameters_over_two_lines() -> None:
     )
 
 
+def test_sphinx_roles_are_code() -> None:
+    doc = (
+        "Returns :class:`~normlab.nn.BatchNorm2d`, :func:`normlab.nn.create_norm_layer`, :math:`C`."
+    )
+    assert EXTENSION.torch_style(doc) == (
+        "Returns ``BatchNorm2d``, ``normlab.nn.create_norm_layer``, ``C``."
+    )
+
+
+def test_a_math_block_is_the_indented_formula() -> None:
+    doc = "Summary.\n\n.. math::\n    y = x + 1\n\nMore.\n"
+    assert EXTENSION.torch_style(doc) == "Summary.\n\n    y = x + 1\n\nMore.\n"
+
+
 def test_prose_is_left_alone() -> None:
     doc = "An example: the mean, then the variance,\n    weighted: by n.\n"
     assert EXTENSION.torch_style(doc) == doc
