@@ -25,7 +25,8 @@ iterate over it and know no experiment by name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -135,13 +136,15 @@ class ExperimentResult(Generic[ConfigT, SummaryT]):
     cell_seconds: float | None = None
 
 
-class Experiment(Generic[ConfigT, SummaryT]):
+class Experiment(ABC, Generic[ConfigT, SummaryT]):
     """The base class of every lab experiment (subclass it once per experiment module).
 
     Class attributes to set: ``name``, ``title``, ``introduction``, ``config_type``,
-    ``summary_type``, ``command``, ``options``. Methods to write: :meth:`study_config`,
+    ``summary_type``, ``command``, ``options`` (and ``refused``, for a sweep that turns
+    down a sibling's flag with its own reason). Methods to write: :meth:`study_config`,
     :meth:`cells`, :meth:`run_cell`, :meth:`summarize`, :meth:`findings`,
-    :meth:`table`, :meth:`figures`. Instances hold no state: the plan keeps one.
+    :meth:`table`, :meth:`figures` (abstract: a subclass that forgets one cannot be
+    created). Instances hold no state: the plan keeps one.
     """
 
     name: ClassVar[str]  # "compare", "sweep-lr": cell directory, report anchor, --only
@@ -153,37 +156,37 @@ class Experiment(Generic[ConfigT, SummaryT]):
     options: ClassVar[tuple[Option, ...]] = ()  # the command's experiment-specific flags
     refused: ClassVar[tuple[tuple[str, str], ...]] = ()  # (flag, why the command refuses it)
 
+    @abstractmethod
     def study_config(self, *, quick: bool, dataset: str, device: str, syncbn: bool) -> ConfigT:
         """The config ``normlab study`` runs: the default budget, or the reduced one
         (``quick``: under 2 minutes for the whole study). ``syncbn`` asks for the
         multi-process arms where an experiment has them."""
-        raise NotImplementedError
 
+    @abstractmethod
     def cells(self, config: ConfigT) -> list[Cell]:
         """One cell per setting x seed, each with its estimated seconds."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run_cell(self, config: ConfigT, data: Dataset, cell: Cell) -> dict[str, Any]:
         """One training run; its numbers as a JSON-ready dict (stored in the cell file)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def summarize(
         self, config: ConfigT, cells: list[Cell], results: Mapping[str, Mapping[str, Any]]
     ) -> SummaryT:
         """The cells' results (``{cell.key: result}``) as the summary dataclass."""
-        raise NotImplementedError
 
+    @abstractmethod
     def findings(self, summary: SummaryT) -> list[Finding]:
         """Sentences generated from the summary, each with its claim and verdict."""
-        raise NotImplementedError
 
+    @abstractmethod
     def table(self, summary: SummaryT) -> TableSpec:
         """The rows and columns printed in the terminal and in the report."""
-        raise NotImplementedError
 
+    @abstractmethod
     def figures(self, summary: SummaryT) -> list[FigureSpec]:
         """The report's figures (import matplotlib inside: it is optional and slow)."""
-        raise NotImplementedError
 
     # Process-wide state a worker process needs (e.g. registered arms): taken in the
     # parent, given to each spawned worker before it computes a cell.
@@ -198,8 +201,3 @@ class Experiment(Generic[ConfigT, SummaryT]):
 
     def __reduce__(self) -> tuple[Callable[[], Experiment], tuple[()]]:
         return (type(self), ())
-
-
-def finished_values(runs: Sequence[Mapping[str, Any]], key: str) -> list[float | None]:
-    """``run["final"][key]`` per run (None where the run did not finish an epoch)."""
-    return [None if r["final"] is None else r["final"][key] for r in runs]
