@@ -60,6 +60,8 @@ def test_tutorial_writes_the_report_and_prints_its_path_last(tmp_path, capfd, wo
         (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/normlab"], "/nonexistent"),
         (["--epochs", "two"], "invalid int value"),
         (["--workers", "0"], "--workers must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+        (["--train-subset", "0"], "--train-subset must be a positive integer, got 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.errors import UsageError
-from normlab.train.config import DATASETS, TrainConfig
+from normlab.train.config import DATASETS, InvalidSetting, TrainConfig
 
 DEFAULTS = TrainConfig()
 DEFAULT_OUT = "runs"
@@ -165,6 +165,18 @@ def subset(text: str) -> int | str:
         ) from None
 
 
+def validate_with_flags(config: Any, flags: dict[str, str]) -> None:
+    """``config.validate()``, an out-of-range value named by its flag (``flags``: flag ->
+    field), not by the config field the user never typed."""
+    try:
+        config.validate()
+    except InvalidSetting as error:
+        flag = next((f for f, field in flags.items() if field == error.field), None)
+        if flag is None:
+            raise
+        raise UsageError(f"{flag} {error.detail}") from None
+
+
 def config_changes(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
     """The config fields the given ``flags`` (flag -> field) set; ``all`` subsets are None."""
     return {
@@ -205,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir = args.data_dir if args.data_dir is not None else the_run.data_dir
     else:
         config = config_from_args(args)
-        config.validate()
+        validate_with_flags(config, CONFIG_FLAGS)
         every = DEFAULT_CHECKPOINT_EVERY if args.checkpoint_every is None else args.checkpoint_every
         if every < 0:
             raise UsageError(f"--checkpoint-every must be >= 0, got {every}")

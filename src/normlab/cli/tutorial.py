@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from normlab.cli.train import config_changes, out_root, subset
+from normlab.cli.train import config_changes, out_root, subset, validate_with_flags
 from normlab.errors import UsageError
 
 
@@ -125,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if "norms" in changes:
         changes["norms"] = tuple(n.strip() for n in changes["norms"].split(",") if n.strip())
     config = dataclasses.replace(TutorialConfig(), **changes)
-    config.validate()
+    validate_with_flags(config, CONFIG_FLAGS)
     _check_workers(args)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file; pass a directory")

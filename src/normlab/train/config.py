@@ -29,6 +29,18 @@ DATASETS = ("fashion-mnist", "mnist", "synthetic")  # synthetic: tiny learnable 
 BATCH_STATISTICS_NORMS = ("batch", "torch-batch")  # the norms that need 2+ images per batch
 
 
+class InvalidSetting(UsageError):
+    """A config field's value is out of range: ``"<field> <detail>"``.
+
+    A command line re-words it with its flag (``--batch-size must be ...``), as the user
+    never typed the field's name.
+    """
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field} {detail}")
+        self.field, self.detail = field, detail
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides the numbers a training run produces.
@@ -67,24 +79,24 @@ class TrainConfig:
         _choice("placement", self.placement, list(PLACEMENTS))
         _number("lr", self.lr)
         if not self.lr > 0:
-            raise UsageError(f"lr must be positive, got {self.lr!r}")
+            raise InvalidSetting("lr", f"must be positive, got {self.lr!r}")
         _number("momentum", self.momentum)
         if not 0 <= self.momentum < 1:
-            raise UsageError(f"momentum must be in [0, 1), got {self.momentum!r}")
+            raise InvalidSetting("momentum", f"must be in [0, 1), got {self.momentum!r}")
         _positive_int("batch_size", self.batch_size)
         _positive_int("epochs", self.epochs)
         _positive_int("eval_batch_size", self.eval_batch_size)
         if not _is_int(self.seed) or self.seed < 0:
-            raise UsageError(f"seed must be a non-negative integer, got {self.seed!r}")
+            raise InvalidSetting("seed", f"must be a non-negative integer, got {self.seed!r}")
         for name in ("train_subset", "test_subset"):
             value = getattr(self, name)
             if value is not None:
                 _positive_int(name, value)
         if not isinstance(self.compile, bool):
-            raise UsageError(f"compile must be true or false, got {self.compile!r}")
+            raise InvalidSetting("compile", f"must be true or false, got {self.compile!r}")
         _positive_int("world_size", self.world_size)
         if not isinstance(self.sync_bn, bool):
-            raise UsageError(f"sync_bn must be true or false, got {self.sync_bn!r}")
+            raise InvalidSetting("sync_bn", f"must be true or false, got {self.sync_bn!r}")
         if self.sync_bn and self.norm not in ("batch", "torch-batch"):
             raise UsageError(
                 f"sync_bn synchronises batch norm, and norm {self.norm!r} has none; "
@@ -133,12 +145,12 @@ def _choice(name: str, value: object, valid: list[str] | tuple[str, ...]) -> Non
 
 def _number(name: str, value: object) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise UsageError(f"{name} must be a finite number, got {value!r}")
+        raise InvalidSetting(name, f"must be a finite number, got {value!r}")
 
 
 def _positive_int(name: str, value: object) -> None:
     if not _is_int(value) or value < 1:  # type: ignore[operator]
-        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        raise InvalidSetting(name, f"must be a positive integer, got {value!r}")
 
 
 def _check_device(device: object) -> None:
