@@ -6,6 +6,9 @@ keys, ``extra_repr`` and errors as ``torch.nn``; the maths lives in
 """
 
 from normlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from normlab.nn.dynamic_tanh import DynamicTanh, convert_layer_norms_to_dyt
+from normlab.nn.evonorm import EvoNorm2dB0, EvoNorm2dS0
+from normlab.nn.filter_response import FilterResponseNorm2d
 from normlab.nn.frozen import FrozenBatchNorm2d, freeze_batch_norm
 from normlab.nn.fusion import fuse_batch_norms, fuse_conv_bn_eval, fuse_linear_bn_eval
 from normlab.nn.ghost import GhostBatchNorm1d, GhostBatchNorm2d
@@ -33,6 +36,10 @@ __all__ = [
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
+    "DynamicTanh",
+    "EvoNorm2dB0",
+    "EvoNorm2dS0",
+    "FilterResponseNorm2d",
     "FrozenBatchNorm2d",
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
@@ -52,6 +59,7 @@ __all__ = [
     "RecomputedStats",
     "StdConv2d",
     "SyncBatchNorm",
+    "convert_layer_norms_to_dyt",
     "convert_sync_batchnorm",
     "create_norm_layer",
     "freeze_batch_norm",

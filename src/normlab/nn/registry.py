@@ -43,6 +43,12 @@ name              layer
                   ``StdConv2d`` (weight standardization, Qiao et al. 2019): a registry
                   name may bring its convolution (:data:`CONVOLUTIONS`,
                   :func:`conv_layer`), which models built by name use
+``frn``           ``FilterResponseNorm2d(C)`` with its TLU (Singh & Krishnan 2020); at
+                  ``dims=0`` with a learned eps, as the paper advises for 1x1 maps
+``evonorm-b0``    ``EvoNorm2dB0(C)`` (Liu et al. 2020), batch and instance variance
+``evonorm-s0``    ``EvoNorm2dS0(C, G)``, G as ``group``'s (Liu et al. 2020)
+``dyt``           ``DynamicTanh(C)`` over the channels at each position, as ``rms``
+                  (Zhu et al. 2025)
 ================  ==========================================================================
 An unknown name raises ``ValueError`` listing the valid names.
 """
@@ -50,6 +56,7 @@ An unknown name raises ``ValueError`` listing the valid names.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -134,15 +141,20 @@ class AsImage(nn.Module):
         return self.layer(input[:, :, None, None]).flatten(1)
 
 
-def _images_only(name: str, build: Callable[..., nn.Module]) -> NormBuilder:
-    """A builder for a layer of ``(N, C, H, W)`` images: as is at ``dims=2``, through
-    :class:`AsImage` at ``dims=0``, refused at ``dims`` 1 and 3."""
+def _images_only(
+    name: str,
+    build: Callable[..., nn.Module],
+    fully_connected: Callable[..., nn.Module] | None = None,
+) -> NormBuilder:
+    """A builder for a layer of ``(N, C, H, W)`` images: ``build(C)`` at ``dims=2``, through
+    :class:`AsImage` at ``dims=0`` (``fully_connected(C)`` if given, else ``build(C)``),
+    refused at ``dims`` 1 and 3."""
 
     def builder(c: int, dims: int, **kw: Any) -> nn.Module:
         if dims == 2:
             return build(c, **kw)
         if dims == 0:
-            return AsImage(build(c, **kw))
+            return AsImage((fully_connected or build)(c, **kw))
         raise ValueError(
             f"norm layer {name!r} is defined for images (dims=2) and fully "
             f"connected features (dims=0), not dims={dims}"
@@ -154,6 +166,9 @@ def _images_only(name: str, build: Callable[..., nn.Module]) -> NormBuilder:
 def _beyond_torch() -> dict[str, NormBuilder]:
     """normlab's layers that ``torch.nn`` lacks (no ``torch-`` twin)."""
     from normlab.nn import normalization, renorm
+    from normlab.nn.dynamic_tanh import DynamicTanh
+    from normlab.nn.evonorm import EvoNorm2dB0, EvoNorm2dS0
+    from normlab.nn.filter_response import FilterResponseNorm2d
     from normlab.nn.frozen import FrozenBatchNorm2d
     from normlab.nn.ghost import GhostBatchNorm1d, GhostBatchNorm2d
 
@@ -169,11 +184,24 @@ def _beyond_torch() -> dict[str, NormBuilder]:
     def group(c: int, dims: int, **kw: Any) -> nn.Module:
         return normalization.GroupNorm(default_num_groups(c), c, **kw)
 
+    def evonorm_s0(c: int, **kw: Any) -> nn.Module:
+        return EvoNorm2dS0(c, groups=default_num_groups(c), **kw)
+
+    def dyt(c: int, dims: int, **kw: Any) -> nn.Module:
+        return DynamicTanh(c, **kw) if dims == 0 else ChannelsLast(DynamicTanh(c, **kw))
+
     return {
         "frozen-batch": _images_only("frozen-batch", FrozenBatchNorm2d),
         "renorm": batch_renorm,
         "ghost": ghost,
         "group-ws": group,
+        # a 1x1 map is its own mean square: the paper learns eps there
+        "frn": _images_only(
+            "frn", FilterResponseNorm2d, partial(FilterResponseNorm2d, learnable_eps=True)
+        ),
+        "evonorm-b0": _images_only("evonorm-b0", EvoNorm2dB0),
+        "evonorm-s0": _images_only("evonorm-s0", evonorm_s0),
+        "dyt": dyt,
     }
 
 

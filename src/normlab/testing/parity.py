@@ -63,6 +63,10 @@ LAYERS: tuple[str, ...] = (
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
     "StdConv2d",
+    "FilterResponseNorm2d",
+    "EvoNorm2dB0",
+    "EvoNorm2dS0",
+    "DynamicTanh",
 )
 
 #: Largest allowed difference (see the module docstring for the scale) per dtype.
@@ -333,6 +337,29 @@ GRID: tuple[Config, ...] = (
         eps=1e-3,
         oracle="standardized weight",
     ),
+    # filter response norm with TLU, learned eps, far from zero; 1x1 maps
+    _c("FilterResponseNorm2d", (3,), (2, 3, 5, 5), oracle="formula"),
+    _c("FilterResponseNorm2d", (4,), (3, 4, 1, 1), learnable_eps=True, oracle="formula"),
+    _c(
+        "FilterResponseNorm2d",
+        (3,),
+        (2, 3, 4, 4),
+        eps=1e-3,
+        scale=1.0,
+        offset=10.0,
+        oracle="formula",
+    ),
+    # EvoNorm-B0: batch and running variance; S0: groups from 1 to C
+    _c("EvoNorm2dB0", (3,), (4, 3, 5, 5), oracle="formula"),
+    _c("EvoNorm2dB0", (4,), (3, 4, 3, 3), momentum=0.3, eps=1e-3, oracle="formula"),
+    _c("EvoNorm2dB0", (3,), (4, 3, 4, 4), scale=1.0, offset=10.0, oracle="formula"),
+    _c("EvoNorm2dS0", (4,), (2, 4, 5, 5), groups=2, oracle="formula"),
+    _c("EvoNorm2dS0", (6,), (3, 6, 3, 3), groups=6, eps=1e-3, oracle="formula"),
+    _c("EvoNorm2dS0", (4,), (2, 4, 4, 4), groups=1, scale=1.0, offset=10.0, oracle="formula"),
+    # Dynamic Tanh over one or several trailing dimensions
+    _c("DynamicTanh", (6,), (8, 6), oracle="formula"),
+    _c("DynamicTanh", ([4, 5],), (3, 2, 4, 5), alpha_init_value=1.5, oracle="formula"),
+    _c("DynamicTanh", (6,), (4, 3, 6), scale=3.0, oracle="formula"),
 )
 
 

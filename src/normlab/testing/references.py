@@ -20,6 +20,12 @@ class                      formula (``x``: the input, ``(N, C, *)``)
                            size-weighted mean and unbiased variance
 ``StdConv2d``              ``conv2d(x, batch_norm(W.view(1, O, -1)).view_as(W))``: the
                            weight standardized by ``torch.nn.functional.batch_norm``
+``FilterResponseNorm2d``   Singh & Krishnan (2020): ``max(weight * x / sqrt(mean_HW(x^2)
+                           + eps) + bias, tau)``, ``eps + |eps_learned|`` when learned
+``EvoNorm2dB0``            Liu et al. (2020): ``x / max(sqrt(var_batch + eps), v * x +
+                           sqrt(var_instance + eps)) * weight + bias``
+``EvoNorm2dS0``            ``x * sigmoid(v * x) / sqrt(var_group + eps) * weight + bias``
+``DynamicTanh``            Zhu et al. (2025): ``weight * tanh(alpha * x) + bias``
 =========================  ==========================================================
 """
 
@@ -242,3 +248,116 @@ class StdConv2d(nn.Conv2d):
         flat = self.weight.reshape(1, o, -1)
         standardized = F.batch_norm(flat, None, None, training=True, momentum=0.0, eps=self.eps)
         return self._conv_forward(x, standardized.reshape_as(self.weight), self.bias)
+
+
+class FilterResponseNorm2d(nn.Module):
+    """FRN and TLU as the paper writes them."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-6,
+        learnable_eps: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        self.tau = nn.Parameter(torch.zeros(num_features, **factory))
+        self.eps_learned = (
+            nn.Parameter(torch.full((1,), 1e-4, **factory)) if learnable_eps else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        eps = self.eps if self.eps_learned is None else self.eps + self.eps_learned.abs()
+        nu2 = x.pow(2).mean(dim=(2, 3), keepdim=True)
+        y = x / torch.sqrt(nu2 + eps)
+        y = _channel(self.weight, 4) * y + _channel(self.bias, 4)
+        return torch.max(y, _channel(self.tau, 4))
+
+
+class _EvoNorm(nn.Module):
+    def __init__(self, num_features: int, eps: float, factory: dict[str, Any]) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        self.v = nn.Parameter(torch.ones(num_features, **factory))
+
+
+class EvoNorm2dB0(_EvoNorm):
+    """EvoNorm-B0 as the paper writes it; running variance as batch norm's."""
+
+    def __init__(
+        self,
+        num_features: int,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        super().__init__(num_features, eps, factory)
+        self.momentum = momentum
+        self.register_buffer("running_var", torch.ones(num_features, **factory))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+            n = x.numel() / x.shape[1]
+            with torch.no_grad():
+                self.running_var.copy_(
+                    (1 - self.momentum) * self.running_var
+                    + self.momentum * var.reshape(-1) * n / (n - 1)
+                )
+        else:
+            var = _channel(self.running_var, 4)
+        instance = torch.sqrt(x.var(dim=(2, 3), unbiased=False, keepdim=True) + self.eps)
+        denominator = torch.max(torch.sqrt(var + self.eps), _channel(self.v, 4) * x + instance)
+        return x / denominator * _channel(self.weight, 4) + _channel(self.bias, 4)
+
+
+class EvoNorm2dS0(_EvoNorm):
+    """EvoNorm-S0 as the paper writes it."""
+
+    def __init__(
+        self,
+        num_features: int,
+        groups: int = 32,
+        eps: float = 1e-5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, {"device": device, "dtype": dtype})
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        grouped = x.reshape(n, self.groups, c // self.groups, h, w)
+        std = torch.sqrt(grouped.var(dim=(2, 3, 4), unbiased=False, keepdim=True) + self.eps)
+        std = std.expand_as(grouped).reshape(n, c, h, w)
+        y = x * torch.sigmoid(_channel(self.v, 4) * x) / std
+        return y * _channel(self.weight, 4) + _channel(self.bias, 4)
+
+
+class DynamicTanh(nn.Module):
+    """Dynamic Tanh as the paper writes it."""
+
+    def __init__(
+        self,
+        normalized_shape: Any,
+        alpha_init_value: float = 0.5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.alpha = nn.Parameter(torch.full((1,), alpha_init_value, **factory))
+        self.weight = nn.Parameter(torch.ones(normalized_shape, **factory))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape, **factory))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.weight * torch.tanh(self.alpha * x) + self.bias
