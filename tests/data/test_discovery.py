@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from normlab.data import DataNotFoundError, DatasetSpec, cache_dir, find_dataset, get_spec
+from normlab.data import (
+    DataLocationError,
+    DataNotFoundError,
+    DatasetSpec,
+    cache_dir,
+    find_dataset,
+    get_spec,
+    load_dataset,
+)
+from normlab.data import download as download_module
 from normlab.data.discovery import candidate_folders, locate_files, require_dataset
 from normlab.errors import UsageError
 
@@ -135,7 +144,7 @@ def test_env_naming_no_folder_is_an_error(
         monkeypatch.setenv("NORMLAB_DATA", str(value))
         expected = rf"^NORMLAB_DATA={value} is not a folder; unset it, or point it to a folder"
         for look in (find_dataset, require_dataset, candidate_folders):
-            with pytest.raises(DataNotFoundError, match=expected) as info:
+            with pytest.raises(DataLocationError, match=expected) as info:
                 look("fashion-mnist")
             assert isinstance(info.value, UsageError) and "\n" not in str(info.value)
         # an explicit --data-dir is searched alone: the variable does not matter then
@@ -162,3 +171,24 @@ def test_get_spec() -> None:
         get_spec("cifar")
     with pytest.raises(TypeError):
         get_spec(3)  # type: ignore[arg-type]
+
+
+def test_fallbacks_do_not_swallow_a_bad_env_variable(
+    make_data: Callable[..., DatasetSpec], isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Downloading when the data is missing, or generating images instead (``bench train
+    --data auto``), is for missing data: a ``$NORMLAB_DATA`` naming no folder is an error
+    there too, and nothing is downloaded."""
+    from normlab.bench.train import training_images
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("downloaded although NORMLAB_DATA is wrong")
+
+    monkeypatch.setattr(download_module, "download_dataset", no_download)
+    monkeypatch.setenv("NORMLAB_DATA", str(isolated / "typo"))
+    with pytest.raises(DataLocationError, match=r"NORMLAB_DATA=.*typo is not a folder"):
+        load_dataset("fashion-mnist", download=True)
+    with pytest.raises(DataLocationError, match=r"NORMLAB_DATA=.*typo is not a folder"):
+        training_images("auto")
+    monkeypatch.delenv("NORMLAB_DATA")
+    assert training_images("auto")[0] == "synthetic"  # nothing found: generated images

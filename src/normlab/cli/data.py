@@ -77,29 +77,27 @@ def _print_reports(reports: Sequence[FileReport]) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from normlab.data import get_spec, search
+    from normlab.data import dataset_status
     from normlab.data.discovery import how_to_get
-    from normlab.data.verify import verify_files
 
     failed = 0
     for name in _names(args.dataset):
-        spec = get_spec(name)
-        places = search(spec, args.data_dir)
-        found = next((place for place in places if place.complete(spec)), None)
+        status = dataset_status(name, args.data_dir)
+        spec, found = status.spec, status.found
         if found is None:
             print(f"{name}: not found; {how_to_get(spec)}")
-            for place in places:
+            for place in status.places:
                 held = f"{len(place.files)} of {len(spec.files)} files" if place.files else "-"
                 print(f"  searched {place.folder} ({place.origin}): {held}")
             continue
-        reports = verify_files(spec, found.files)
-        bad = [report for report in reports if not report.ok]
-        failed += len(bad)
-        verdict = "verified" if not bad else f"{len(bad)} file(s) FAILED verification"
+        failed += len(status.problems)
+        verdict = (
+            "verified" if status.verified else f"{len(status.problems)} file(s) FAILED verification"
+        )
         print(f"{name}: {found.folder} ({found.origin}), {verdict}")
-        _print_reports(reports)
-        for report in bad:
-            print(f"  problem: {report.problem}")
+        _print_reports(status.reports)
+        for problem in status.problems:
+            print(f"  problem: {problem}")
     return 1 if failed else 0
 
 

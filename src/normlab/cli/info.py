@@ -136,21 +136,17 @@ def gather_kernels() -> KernelsInfo:
 
 
 def gather_dataset(name: str, data_dir: Path | None = None) -> DatasetInfo:
-    """Search for ``name`` as ``normlab data status`` does, and verify what is found."""
-    from normlab.data import DataNotFoundError, get_spec, search
-    from normlab.data.verify import verify_files
+    """Search for ``name`` and verify what is found, as ``normlab data status`` does."""
+    from normlab.data import DataLocationError, dataset_status
 
-    spec = get_spec(name)
     try:
-        places = search(spec, data_dir)
-    except DataNotFoundError as error:  # e.g. $NORMLAB_DATA is not a folder: a fact to report
+        status = dataset_status(name, data_dir)
+    except DataLocationError as error:  # $NORMLAB_DATA is not a folder: a fact to report
         return DatasetInfo(name, None, None, None, [str(error)])
-    found = next((place for place in places if place.complete(spec)), None)
-    if found is None:
+    if status.found is None:
         return DatasetInfo(name, None, None, None, [])
-    reports = verify_files(spec, found.files)
-    problems = [str(report.problem) for report in reports if not report.ok]
-    return DatasetInfo(name, str(found.folder), found.origin, not problems, problems)
+    folder, origin = str(status.found.folder), status.found.origin
+    return DatasetInfo(name, folder, origin, status.verified, status.problems)
 
 
 def gather(data_dir: Path | None = None) -> Info:

@@ -24,6 +24,7 @@ from normlab.data.batches import (
 )
 from normlab.data.dataset import Dataset, load_dataset, synthetic_dataset, write_dataset
 from normlab.data.discovery import (
+    DataLocationError,
     DataNotFoundError,
     cache_dir,
     find_dataset,
@@ -32,21 +33,24 @@ from normlab.data.discovery import (
 from normlab.data.download import CorruptDownloadError, DownloadError, download_dataset
 from normlab.data.idx import read_idx, write_idx
 from normlab.data.sources import DATASETS, FASHION_MNIST, MNIST, DatasetSpec, FileSpec, get_spec
-from normlab.data.verify import FileReport, verify_dataset
+from normlab.data.verify import DatasetStatus, FileReport, dataset_status, verify_dataset
 
 __all__ = [
     "DATASETS",
     "FASHION_MNIST",
     "MNIST",
     "CorruptDownloadError",
+    "DataLocationError",
     "DataNotFoundError",
     "Dataset",
     "DatasetSpec",
+    "DatasetStatus",
     "DownloadError",
     "FileReport",
     "FileSpec",
     "batches",
     "cache_dir",
+    "dataset_status",
     "download_dataset",
     "epoch_order",
     "final_batch_size",

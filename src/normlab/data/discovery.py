@@ -32,6 +32,14 @@ class DataNotFoundError(UsageError):
     """A dataset's files are in none of the places normlab looks."""
 
 
+class DataLocationError(UsageError):
+    """``$NORMLAB_DATA`` names something that is not a folder.
+
+    Not a :class:`DataNotFoundError`: a caller that downloads or falls back when the data is
+    missing must not do so here, where the user asked for a place that does not exist.
+    """
+
+
 @dataclass(frozen=True)
 class Place:
     """A folder that was searched, why, and which of the dataset's files it holds."""
@@ -59,7 +67,7 @@ def env_data_root(spec: DatasetSpec) -> Path | None:
     """The folder ``$NORMLAB_DATA`` names, or None when it is unset or empty.
 
     Raises:
-        DataNotFoundError: it names something that is not a folder (a typo would otherwise
+        DataLocationError: it names something that is not a folder (a typo would otherwise
             silently fall through to the other places).
     """
     value = os.environ.get("NORMLAB_DATA")
@@ -67,7 +75,7 @@ def env_data_root(spec: DatasetSpec) -> Path | None:
         return None
     root = Path(value).expanduser()
     if not root.is_dir():
-        raise DataNotFoundError(
+        raise DataLocationError(
             f"NORMLAB_DATA={value} is not a folder; unset it, or point it to a folder holding "
             f"{spec.name}'s four IDX files"
         )
@@ -122,7 +130,7 @@ def search(name: str | DatasetSpec, data_dir: str | Path | None = None) -> list[
 def find_dataset(name: str | DatasetSpec, data_dir: str | Path | None = None) -> Path | None:
     """The first folder holding all of the dataset's files, or None. Discovery only:
     nothing is read or verified. A ``$NORMLAB_DATA`` that is not a folder raises
-    DataNotFoundError."""
+    DataLocationError."""
     spec = get_spec(name)
     for place in search(spec, data_dir):
         if place.complete(spec):

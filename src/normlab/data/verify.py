@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from normlab.data.discovery import require_dataset
+from normlab.data.discovery import Place, require_dataset, search
 from normlab.data.idx import (
     IMAGES_MAGIC,
     LABELS_MAGIC,
@@ -156,3 +156,38 @@ def verify_dataset(
     spec = get_spec(name)
     _, files = require_dataset(spec, data_dir)
     return verify_files(spec, files)
+
+
+@dataclass(frozen=True)
+class DatasetStatus:
+    """Where a dataset was looked for, the first folder holding all its files, and how
+    those files verify: what ``normlab data status`` and ``normlab info`` report."""
+
+    spec: DatasetSpec
+    places: list[Place]  # every folder searched, in order, with the files it holds
+    found: Place | None  # the first complete one; None: not found
+    reports: list[FileReport]  # its files, verified ([] when not found)
+
+    @property
+    def problems(self) -> list[str]:
+        """One line per file that failed verification."""
+        return [str(report.problem) for report in self.reports if not report.ok]
+
+    @property
+    def verified(self) -> bool | None:
+        """True when every file verifies; None when the dataset was not found."""
+        return None if self.found is None else not self.problems
+
+
+def dataset_status(name: str | DatasetSpec, data_dir: str | Path | None = None) -> DatasetStatus:
+    """Search for a dataset (:func:`~normlab.data.discovery.search`) and verify the first
+    complete folder's files.
+
+    Raises:
+        DataLocationError: ``$NORMLAB_DATA`` is set to something that is not a folder.
+    """
+    spec = get_spec(name)
+    places = search(spec, data_dir)
+    found = next((place for place in places if place.complete(spec)), None)
+    reports = verify_files(spec, found.files) if found is not None else []
+    return DatasetStatus(spec, places, found, reports)
