@@ -2,7 +2,8 @@
 
 Checksums are sha256 over the *decompressed* IDX bytes, because the gzip packaging of
 the same data differs between sources (Debian's package, the official site, mirrors).
-The Fashion-MNIST checksums are those in DESIGN.md. For MNIST no decompressed sha256 is
+The Fashion-MNIST checksums are recorded here, and the test suite checks them against
+the files of Debian's ``dataset-fashion-mnist`` package. For MNIST no decompressed sha256 is
 recorded here (we could not check one against the real files), so MNIST files are
 verified by their exact size and IDX structure only, and reports say so. Every recorded
 checksum also identifies a file (:func:`identify`): Fashion-MNIST's files have MNIST's
