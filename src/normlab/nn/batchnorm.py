@@ -86,12 +86,14 @@ class _BatchNorm(_NormBase, torch_batchnorm._BatchNorm):
 
     def _exponential_average_factor(self) -> float:
         """This step's momentum; in training with tracking, counts the batch first."""
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
-        return factor
+        momentum = self.momentum
+        if not (self.training and self.track_running_stats):
+            return 0.0 if momentum is None else momentum
+        tracked = self.num_batches_tracked  # one module attribute lookup: a hot path
+        if tracked is None:
+            return 0.0 if momentum is None else momentum
+        tracked.add_(1)
+        return 1.0 / float(tracked) if momentum is None else momentum  # None: cumulative
 
     def _uses_batch_stats(self) -> bool:
         """Batch statistics in training, and in evaluation without running statistics."""
@@ -106,20 +108,21 @@ class _BatchNorm(_NormBase, torch_batchnorm._BatchNorm):
         return self.running_mean, self.running_var
 
     def _check_input(self, input: Tensor) -> None:
-        """torch.nn's checks, in its order: the rank (``ValueError``), one value per channel
-        in training (``ValueError``), one element per channel in each parameter and buffer
-        (``RuntimeError``), a floating-point input and the CPU's dtype rule
-        (``NotImplementedError``/``RuntimeError``).
-
-        The common call (the module's channel count, the first parameter's dtype) returns
-        after two comparisons.
-        """
+        """torch.nn's checks of the input (:meth:`_check_input_thoroughly`), with a fast path:
+        the rank, then for the module's channel count in the dtype of its first parameter
+        or buffer (``weight``, else ``running_mean``: torch's order) nothing more."""
         self._check_input_dim(input)
-        params = (self.weight, self.bias, self.running_mean, self.running_var)
-        first = next((t for t in params if t is not None), None)
+        first = self.weight if self.affine else self.running_mean
         if first is not None and input.shape[1] == self.num_features and input.dtype == first.dtype:
             return
-        if input.numel() == 0:  # torch checks nothing more on an empty input
+        self._check_input_thoroughly(input)
+
+    def _check_input_thoroughly(self, input: Tensor) -> None:
+        """torch.nn's checks in its order after the rank: one value per channel when batch
+        statistics are used (``ValueError``), one element per channel in each buffer and
+        parameter (``RuntimeError``), a floating-point input and the CPU's dtype rule
+        (``NotImplementedError``/``RuntimeError``). An empty input passes, as in torch."""
+        if input.numel() == 0:
             return
         if self._uses_batch_stats() and input.numel() == input.shape[1]:
             raise ValueError(
@@ -129,7 +132,7 @@ class _BatchNorm(_NormBase, torch_batchnorm._BatchNorm):
         buffers = (("running_mean", self.running_mean), ("running_var", self.running_var))
         check_num_elements((*buffers, ("weight", self.weight), ("bias", self.bias)), input.shape[1])
         check_floating(input, "batch_norm")
-        check_mixed_dtype(input, params)
+        check_mixed_dtype(input, (self.weight, self.bias, self.running_mean, self.running_var))
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)

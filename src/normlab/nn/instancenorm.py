@@ -132,7 +132,7 @@ class _InstanceNorm(_NormBase, torch_instancenorm._InstanceNorm):
         """
         self._check_input_dim(input)
         channels_match = self._check_num_features(input)
-        first = self.weight if self.weight is not None else self.bias
+        first = self.weight if self.affine else None  # torch's first parameter, if any
         if (
             (channels_match or self.running_mean is None)
             and input.is_floating_point()
