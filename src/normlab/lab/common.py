@@ -15,11 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from normlab.errors import UsageError
 from normlab.lab.cells import config_dict
-from normlab.lab.experiment import Curve, SeedStats
+from normlab.lab.experiment import Curve, ExperimentConfig, SeedStats
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from normlab.data import Dataset
+    from normlab.train.config import TrainConfig
+    from normlab.train.engine import History
 
 __all__ = [
     "accuracy_with_batch_stats",
@@ -40,7 +44,9 @@ CHANCE_MARGIN = 0.05  # an accuracy within 5 points of chance counts as "did not
 
 
 # ----------------------------------------------------------------------------- data
-def lab_data(config: Any, data_dir: str | None = None, cache: dict | None = None) -> Any:
+def lab_data(
+    config: ExperimentConfig, data_dir: str | None = None, cache: dict | None = None
+) -> Dataset:
     """The dataset ``config.dataset`` cut to ``config.train_subset``/``test_subset``.
 
     ``cache`` (a dict) keeps full datasets between experiments of one study, so the
@@ -64,7 +70,7 @@ def lab_data(config: Any, data_dir: str | None = None, cache: dict | None = None
     return cut(full, config)
 
 
-def cut(data: Any, config: Any) -> Any:
+def cut(data: Dataset, config: ExperimentConfig) -> Dataset:
     train = config.train_subset
     test = config.test_subset
     if train is not None and train >= len(data.train_labels):
@@ -77,7 +83,7 @@ def cut(data: Any, config: Any) -> Any:
 
 
 # ------------------------------------------------------------------------- training
-def train_config(config: Any, **changes: Any) -> Any:
+def train_config(config: ExperimentConfig, **changes: Any) -> TrainConfig:
     """The :class:`~normlab.train.config.TrainConfig` of one cell: the experiment config's
     shared fields (dataset, lr, momentum, batch size, epochs, activation, device,
     subsets) overridden by ``changes`` (norm, seed, ...)."""
@@ -92,7 +98,7 @@ def train_config(config: Any, **changes: Any) -> Any:
     return train
 
 
-def history_record(history: Any, curve_points: int = 60) -> dict[str, Any]:
+def history_record(history: History, curve_points: int = 60) -> dict[str, Any]:
     """The numbers of one ``fit`` :class:`~normlab.train.engine.History` worth keeping.
 
     ``loss_curve`` is the training loss averaged over ``curve_points`` windows of
@@ -231,7 +237,7 @@ def check_choices(name: str, values: Sequence[Any], valid: Sequence[Any]) -> Non
         raise UsageError(f"{name} has repeats: {', '.join(map(str, values))}")
 
 
-def check_common(config: Any) -> None:
+def check_common(config: ExperimentConfig) -> None:
     """The fields every experiment config shares, checked through TrainConfig."""
     from normlab.lab.cells import seed_list
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from normlab.lab.cells import Cell
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Curve",
     "Experiment",
+    "ExperimentConfig",
     "ExperimentResult",
     "FigureSpec",
     "Option",
@@ -49,7 +50,25 @@ __all__ = [
     "TableSpec",
 ]
 
-ConfigT = TypeVar("ConfigT")
+
+class ExperimentConfig(Protocol):
+    """What every experiment's config dataclass has: the fields the runner reads (data,
+    seeds, device) and ``validate()``, which raises ``UsageError`` with one line."""
+
+    @property
+    def seeds(self) -> int: ...
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def train_subset(self) -> int | None: ...
+    @property
+    def test_subset(self) -> int | None: ...
+    @property
+    def device(self) -> str: ...
+    def validate(self) -> None: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=ExperimentConfig)
 SummaryT = TypeVar("SummaryT")
 
 

@@ -31,16 +31,19 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from normlab.errors import UsageError
 from normlab.lab.cells import Cell, CellStore, CellTask, config_dict, run_cells
 from normlab.lab.common import cut, lab_data
-from normlab.lab.experiment import Experiment, ExperimentResult
+from normlab.lab.experiment import Experiment, ExperimentConfig, ExperimentResult
 from normlab.lab.plan import EXPERIMENTS, experiment_named, names
 from normlab.lab.report import RESULTS_FILE, StudyTiming, write_study_outputs
 from normlab.lab.serialize import from_jsonable
 from normlab.lab.verdicts import Finding
+
+if TYPE_CHECKING:
+    from normlab.data import Dataset
 
 __all__ = [
     "StudyResult",
@@ -55,7 +58,7 @@ __all__ = [
     "torch_threads",
 ]
 
-Plan = Mapping[str, Any]  # experiment name -> its config, in the plan's order
+Plan = Mapping[str, ExperimentConfig]  # experiment name -> its config, in the plan's order
 
 
 def default_workers() -> int:
@@ -74,7 +77,7 @@ def default_plan(
     device: str = "cpu",
     experiments: tuple[str, ...] | None = None,
     syncbn: bool = False,
-) -> dict[str, Any]:
+) -> dict[str, ExperimentConfig]:
     """The study's config for each experiment (each experiment's
     :meth:`~normlab.lab.experiment.Experiment.study_config`), in the plan's order.
 
@@ -103,12 +106,12 @@ def default_plan(
     return plan
 
 
-def plan_to_dict(plan: Mapping[str, Any]) -> dict[str, Any]:
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
     """The plan as JSON-ready dicts (what config.json stores)."""
     return {name: config_dict(config) for name, config in plan.items()}
 
 
-def plan_from_dict(values: Mapping[str, Any]) -> dict[str, Any]:
+def plan_from_dict(values: Mapping[str, Any]) -> dict[str, ExperimentConfig]:
     """The inverse of :func:`plan_to_dict`."""
     plan = {}
     for name, config in values.items():
@@ -118,7 +121,7 @@ def plan_from_dict(values: Mapping[str, Any]) -> dict[str, Any]:
     return plan
 
 
-def estimate_plan_seconds(plan: Mapping[str, Any]) -> float:
+def estimate_plan_seconds(plan: Plan) -> float:
     """The estimated seconds of every cell of the plan (the progress bar's total)."""
     return sum(
         c.cost for name, config in plan.items() for c in experiment_named(name).cells(config)
@@ -166,7 +169,7 @@ def run_study(
     *,
     out: str | os.PathLike[str] = "runs",
     resume: str | os.PathLike[str] | None = None,
-    data: Any | None = None,
+    data: Dataset | None = None,
     data_dir: str | None = None,
     progress: bool = True,
     threads: int | None = 1,
@@ -288,7 +291,7 @@ def run_plan_cells(
     plan: Plan,
     *,
     store: CellStore | None = None,
-    data: Any | None = None,
+    data: Dataset | None = None,
     data_dir: str | None = None,
     progress: bool = True,
     workers: int = 1,
@@ -338,8 +341,8 @@ def run_plan_cells(
 
 def run_experiment(
     experiment: Experiment,
-    config: Any | None = None,
-    data: Any | None = None,
+    config: ExperimentConfig | None = None,
+    data: Dataset | None = None,
     *,
     store: CellStore | None = None,
     progress: bool = True,
@@ -402,10 +405,10 @@ def _cell_seconds(store: CellStore, cells: list[Cell]) -> float:
 
 def run_single(
     name: str,
-    config: Any,
+    config: ExperimentConfig,
     *,
     out: str | os.PathLike[str] = "runs",
-    data: Any | None = None,
+    data: Dataset | None = None,
     data_dir: str | None = None,
     progress: bool = True,
     threads: int | None = 1,
