@@ -51,17 +51,20 @@ def ops() -> Any | None:
 
 
 def _load() -> Any | None:
-    if os.environ.get("NORMLAB_KERNELS", "1") == "0" or not build.LIBRARY.is_file():
+    if os.environ.get("NORMLAB_KERNELS", "1") == "0":
         return None
-    if build.is_stale():  # built from older sources: its operators may not match this code
-        warnings.warn(
+    if build.LIBRARY.is_file() and build.is_stale():  # make's, from older sources: its
+        warnings.warn(  # operators may not match this code
             "normlab's kernels are older than their sources; run `make kernels` to rebuild "
             "them (until then normlab uses its tensor code)",
             stacklevel=2,
         )
         return None
+    library = build.ensure_built()  # make's library, else the user cache's (built once)
+    if library is None:  # no compiler here (a notice said so)
+        return None
     try:
-        torch.ops.load_library(str(build.LIBRARY))
+        torch.ops.load_library(str(library))
     except (OSError, RuntimeError):  # built for another torch or machine: use the tensors
         return None
     return torch.ops.normlab
