@@ -5,6 +5,7 @@ conventions become Google-style sections the reference renders."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -71,3 +72,17 @@ def test_a_docstring_completed_at_import_is_read_from_the_object() -> None:
     assert doc is not None and "{args}" not in doc and "num_features" in doc
     assert EXTENSION._runtime_doc("normlab.nn:NoSuchLayer") is None
     assert EXTENSION._runtime_doc("normlab.no_such_module:X") is None
+
+
+def test_every_package_has_a_reference_page() -> None:
+    """Each subpackage and public top-level module of normlab is documented by one of
+    docs/reference/*.md (a ``::: normlab.<name>`` block), so a new package cannot be
+    left out of the API reference."""
+    source = ROOT / "src" / "normlab"
+    public = {p.name for p in source.iterdir() if (p / "__init__.py").is_file()}
+    public |= {p.stem for p in source.glob("*.py") if not p.stem.startswith("_")}
+    pages = "\n".join(
+        p.read_text(encoding="utf-8") for p in (ROOT / "docs" / "reference").glob("*.md")
+    )
+    documented = set(re.findall(r"^::: normlab\.(\w+)", pages, flags=re.MULTILINE))
+    assert public - documented == set()
