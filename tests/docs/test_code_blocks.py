@@ -178,6 +178,7 @@ def _session(page: str, factory: pytest.TempPathFactory) -> PageSession:
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.test_id for b in BLOCKS])
 def test_code_block_runs(block: CodeBlock, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The block runs after the blocks before it on its page (each block runs once)."""
     reason = block.skip_reason
     if reason is not None:
         pytest.skip(f"not runnable here: {reason}")
