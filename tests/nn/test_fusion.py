@@ -166,3 +166,25 @@ def test_traced_model_folds_pairs_and_keeps_a_norm_after_a_sum() -> None:
     with torch.no_grad():
         expected, actual = block(x), fused(x)
     assert_close_sum(actual, expected, terms=2 * 36, abs_sum=20 * (x.abs().max() + 1))
+
+
+def test_frozen_batch_norm_is_folded_in_any_mode() -> None:
+    model = LeNet(norm="frozen-batch").double()
+    for name in ("layers.1", "layers.5"):
+        layer = model.get_submodule(name)
+        layer.load_state_dict(
+            _trained_stats(nn.BatchNorm2d(layer.num_features).double()).state_dict(), strict=False
+        )
+    model.eval()
+    fused = fuse_batch_norms(model)
+    assert not any(isinstance(m, ours_nn.FrozenBatchNorm2d) for m in fused.layers[:8])
+    x = torch.randn(16, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():
+        expected, actual = model(x), fused(x)
+    largest = max(
+        m.weight.abs().sum(1).max().item() for m in model.modules() if isinstance(m, nn.Linear)
+    )
+    assert_close_sum(actual, expected, terms=256, abs_sum=4 * largest)
+    conv = nn.Conv2d(1, 6, 5).double()  # training mode: refused, even with a frozen norm
+    with pytest.raises(ValueError, match="evaluation"):
+        fuse_conv_bn_eval(conv, model.layers[1])

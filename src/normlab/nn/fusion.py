@@ -17,7 +17,8 @@ dimension of its weight, per group: ``(in, out / groups, *kernel)``.
 :func:`fuse_conv_bn_eval` and :func:`fuse_linear_bn_eval` have ``torch.nn.utils.fusion``'s
 signatures and give its weights (the formula above; torch writes the bias as
 ``(b - mean) * scale + beta``, which differs by rounding only) for any batch norm, torch.nn's or
-normlab's. :func:`fuse_batch_norms` fuses a whole model.
+normlab's, and for :class:`normlab.nn.FrozenBatchNorm2d` (evaluation-mode batch norm in every
+mode). :func:`fuse_batch_norms` fuses a whole model.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import torch.fx
 from torch import Tensor, nn
 from torch.nn.modules import batchnorm as torch_batchnorm
 from torch.nn.modules.conv import _ConvNd
+
+from normlab.nn.frozen import FrozenBatchNorm2d
 
 ConvT = TypeVar("ConvT", bound=_ConvNd)
 LinearT = TypeVar("LinearT", bound=nn.Linear)
@@ -48,13 +51,19 @@ def _scale_and_shift(bn: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor]
     return scale, shift
 
 
+def _is_batch_norm(module: nn.Module) -> bool:
+    """A batch norm of torch.nn's or normlab's, or a frozen one."""
+    return isinstance(module, torch_batchnorm._BatchNorm | FrozenBatchNorm2d)
+
+
 def _check_pair(layer: nn.Module, bn: nn.Module, out_features: int) -> None:
-    """Both in evaluation mode, a batch norm with running statistics, matching channels."""
-    if not isinstance(bn, torch_batchnorm._BatchNorm):
+    """Both in evaluation mode (a frozen batch norm always is), a batch norm with running
+    statistics, matching channels."""
+    if not _is_batch_norm(bn):
         raise TypeError(
             f"expected a batch norm layer (torch.nn's or normlab's), got {type(bn).__name__}"
         )
-    if layer.training or bn.training:
+    if layer.training or (bn.training and not isinstance(bn, FrozenBatchNorm2d)):
         raise ValueError(
             "fusion is for evaluation only: both layers must be in evaluation mode; "
             "call .eval() on the model first"
@@ -175,7 +184,7 @@ class _LeafTracer(torch.fx.Tracer):
 def _fusable(layer: nn.Module, bn: nn.Module) -> bool:
     return (
         isinstance(layer, _ConvNd | nn.Linear)
-        and isinstance(bn, torch_batchnorm._BatchNorm)
+        and _is_batch_norm(bn)
         and bn.running_mean is not None
         and bn.num_features
         == (layer.out_channels if isinstance(layer, _ConvNd) else layer.out_features)
