@@ -17,14 +17,15 @@
 //             dx = dy * a + (x - m - offset) * k2 + k3                 (pass 2: write dx)
 //             k2 = -a * invstd * dweight / n;  k3 = -a * sum_dy / n
 //
-// Sums run per (sample, channel) block of S values in the input dtype (vectorized) and
-// across blocks in double. v = x - m is exact in the input dtype when x is
+// Sums run per (sample, channel) block of S values in lanes of the input dtype (common.h:
+// vectorized, several partial sums) and across blocks in double. v = x - m is exact in the input dtype when x is
 // near m (Sterbenz), so inputs far from zero (mean 1e4, std 1e-2 in float32) normalise as
 // accurately as in double; the backward centres on m + offset the same way (the mean
 // rounded to float32 would be off by half its ulp: 5 % of such a standard deviation).
 // Passes 2 and 3 read x while it is still in cache for a channel of up to a few hundred
 // kilobytes. Channels run in parallel (at::parallel_for); the (N, C) layout walks
-// rows and keeps per-channel accumulators instead.
+// rows and keeps per-channel accumulators instead (in the input dtype for 32 rows at a
+// time, then in double).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -32,6 +33,7 @@
 
 #include "common.h"
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -71,27 +73,13 @@ void forward_channels(const T* x, T* y, const T* w, const T* b, T* mean, T* invs
   const double n = static_cast<double>(L.N * L.S);
   at::parallel_for(0, L.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      // Sums per (sample, channel) block in the input dtype (vectorized), across blocks in
-      // double: each block is short, the total may be long.
+      // Sums per (sample, channel) block in lanes (common.h), across blocks in double.
       double sum = 0;
-      for (int64_t i = 0; i < L.N; ++i) {
-        const T* __restrict p = x + (i * L.C + c) * L.S;
-        T block = 0;
-#pragma omp simd reduction(+ : block)
-        for (int64_t s = 0; s < L.S; ++s) block += p[s];
-        sum += block;
-      }
+      for (int64_t i = 0; i < L.N; ++i) sum += sum_of(x + (i * L.C + c) * L.S, L.S);
       const T m = static_cast<T>(sum / n);
       double d = 0, q = 0;
       for (int64_t i = 0; i < L.N; ++i) {
-        const T* __restrict p = x + (i * L.C + c) * L.S;
-        T block_d = 0, block_q = 0;
-#pragma omp simd reduction(+ : block_d, block_q)
-        for (int64_t s = 0; s < L.S; ++s) {
-          const T v = p[s] - m;
-          block_d += v;
-          block_q += v * v;
-        }
+        const auto [block_d, block_q] = centred_sums(x + (i * L.C + c) * L.S, m, L.S);
         d += block_d;
         q += block_q;
       }
@@ -112,29 +100,63 @@ void forward_channels(const T* x, T* y, const T* w, const T* b, T* mean, T* invs
   });
 }
 
+// Per-column sums over `rows` rows of `width` columns: term(i, c, a, b, e) sets the terms
+// of row i, column c (T&, up to three sums). Vectorized across the columns; each column
+// adds up to kRowBlock rows in T, then moves on in double (the lanes' rule of common.h).
+constexpr int64_t kRowBlock = 32;
+
+template <typename T, typename Term>
+void column_sums(int64_t rows, int64_t width, Term term, double* __restrict total_a,
+                 double* __restrict total_b, double* __restrict total_c) {
+  std::vector<T> scratch(3 * width);
+  T* __restrict block_a = scratch.data();
+  T* __restrict block_b = block_a + width;
+  T* __restrict block_c = block_b + width;
+  for (int64_t first = 0; first < rows; first += kRowBlock) {
+    std::fill(scratch.begin(), scratch.end(), T(0));
+    const int64_t last = std::min(rows, first + kRowBlock);
+    for (int64_t i = first; i < last; ++i) {
+#pragma omp simd
+      for (int64_t c = 0; c < width; ++c) {
+        T a = 0, b = 0, e = 0;
+        term(i, c, a, b, e);
+        block_a[c] += a;
+        block_b[c] += b;
+        block_c[c] += e;
+      }
+    }
+#pragma omp simd
+    for (int64_t c = 0; c < width; ++c) {
+      total_a[c] += block_a[c];
+      total_b[c] += block_b[c];
+      total_c[c] += block_c[c];
+    }
+  }
+}
+
 template <typename T>
 void forward_rows(const T* x, T* y, const T* w, const T* b, T* mean, T* invstd, T* var,
                   T* first_mean, Layout L, double eps) {
   const double n = static_cast<double>(L.N);
   at::parallel_for(0, L.C, 64, [&](int64_t begin, int64_t end) {
     const int64_t width = end - begin;
-    std::vector<double> sum(width, 0.0), d(width, 0.0), q(width, 0.0);
-    std::vector<T> m(width), scale(width), shift(width);
-    for (int64_t i = 0; i < L.N; ++i) {
-      const T* row = x + i * L.C + begin;
-#pragma omp simd
-      for (int64_t c = 0; c < width; ++c) sum[c] += row[c];
-    }
+    std::vector<double> sums(4 * width, 0.0);  // sum, d, q, unused
+    double *sum = sums.data(), *d = sum + width, *q = d + width, *unused = q + width;
+    std::vector<T> columns(3 * width);
+    T *m = columns.data(), *scale = m + width, *shift = scale + width;
+    const T* base = x + begin;
+    column_sums<T>(
+        L.N, width, [&](int64_t i, int64_t c, T& a, T&, T&) { a = base[i * L.C + c]; }, sum,
+        unused, unused);
     for (int64_t c = 0; c < width; ++c) m[c] = static_cast<T>(sum[c] / n);
-    for (int64_t i = 0; i < L.N; ++i) {
-      const T* row = x + i * L.C + begin;
-#pragma omp simd
-      for (int64_t c = 0; c < width; ++c) {
-        const double v = static_cast<double>(row[c] - m[c]);
-        d[c] += v;
-        q[c] += v * v;
-      }
-    }
+    column_sums<T>(
+        L.N, width,
+        [&](int64_t i, int64_t c, T& a, T& e, T&) {
+          const T v = base[i * L.C + c] - m[c];
+          a = v;
+          e = v * v;
+        },
+        d, q, unused);
     for (int64_t c = 0; c < width; ++c) {
       const int64_t k = begin + c;
       const ChannelForward f =
@@ -147,8 +169,8 @@ void forward_rows(const T* x, T* y, const T* w, const T* b, T* mean, T* invstd, 
       first_mean[k] = m[c];
     }
     for (int64_t i = 0; i < L.N; ++i) {
-      const T* row = x + i * L.C + begin;
-      T* out = y + i * L.C + begin;
+      const T* __restrict row = x + i * L.C + begin;
+      T* __restrict out = y + i * L.C + begin;
 #pragma omp simd
       for (int64_t c = 0; c < width; ++c) out[c] = (row[c] - m[c]) * scale[c] + shift[c];
     }
@@ -208,18 +230,17 @@ void backward_channels(const T* dy, const T* x, const T* first_mean, const T* in
   at::parallel_for(0, L.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const T m = first_mean[c];
-      double sum_dy = 0, dot = 0, d = 0;  // per block in the input dtype, then double
+      double sum_dy = 0, dot = 0, d = 0;  // per block in lanes (common.h), then double
       for (int64_t i = 0; i < L.N; ++i) {
         const T* __restrict g = dy + (i * L.C + c) * L.S;
         const T* __restrict p = x + (i * L.C + c) * L.S;
-        T block_dy = 0, block_dot = 0, block_d = 0;
-#pragma omp simd reduction(+ : block_dy, block_dot, block_d)
-        for (int64_t s = 0; s < L.S; ++s) {
-          const T v = p[s] - m;
-          block_dy += g[s];
-          block_dot += g[s] * v;
-          block_d += v;
-        }
+        const auto [block_dy, block_dot, block_d] =
+            lane_sums<T>(L.S, [&](int64_t s, T& a, T& b, T& e) {
+              const T v = p[s] - m;
+              a = g[s];
+              b = g[s] * v;
+              e = v;
+            });
         sum_dy += block_dy;
         dot += block_dot;
         d += block_d;
@@ -247,20 +268,23 @@ void backward_rows(const T* dy, const T* x, const T* first_mean, const T* invstd
   const double n = static_cast<double>(L.N);
   at::parallel_for(0, L.C, 64, [&](int64_t begin, int64_t end) {
     const int64_t width = end - begin;
-    std::vector<double> sum_dy(width, 0.0), dot(width, 0.0), d(width, 0.0);
-    std::vector<T> a(width), k2(width), k3(width), offset(width);
+    std::vector<double> sums(3 * width, 0.0);
+    double *sum_dy = sums.data(), *dot = sum_dy + width, *d = dot + width;
+    std::vector<T> columns(4 * width);
+    T *a = columns.data(), *k2 = a + width, *k3 = k2 + width, *offset = k3 + width;
     const T* m = first_mean + begin;
-    for (int64_t i = 0; i < L.N; ++i) {
-      const T* g = dy + i * L.C + begin;
-      const T* row = x + i * L.C + begin;
-#pragma omp simd
-      for (int64_t c = 0; c < width; ++c) {
-        const double v = static_cast<double>(row[c] - m[c]);
-        sum_dy[c] += g[c];
-        dot[c] += static_cast<double>(g[c]) * v;
-        d[c] += v;
-      }
-    }
+    const T* g_base = dy + begin;
+    const T* x_base = x + begin;
+    column_sums<T>(
+        L.N, width,
+        [&](int64_t i, int64_t c, T& sa, T& sb, T& se) {
+          const T g = g_base[i * L.C + c];
+          const T v = x_base[i * L.C + c] - m[c];
+          sa = g;
+          sb = g * v;
+          se = v;
+        },
+        sum_dy, dot, d);
     for (int64_t c = 0; c < width; ++c) {
       const int64_t k = begin + c;
       offset[c] = static_cast<T>(d[c] / n);
@@ -274,9 +298,9 @@ void backward_rows(const T* dy, const T* x, const T* first_mean, const T* invstd
       dbias[k] = static_cast<T>(f.dbias);
     }
     for (int64_t i = 0; i < L.N; ++i) {
-      const T* g = dy + i * L.C + begin;
-      const T* row = x + i * L.C + begin;
-      T* out = dx + i * L.C + begin;
+      const T* __restrict g = dy + i * L.C + begin;
+      const T* __restrict row = x + i * L.C + begin;
+      T* __restrict out = dx + i * L.C + begin;
 #pragma omp simd
       for (int64_t c = 0; c < width; ++c)
         out[c] = g[c] * a[c] + (row[c] - m[c] - offset[c]) * k2[c] + k3[c];

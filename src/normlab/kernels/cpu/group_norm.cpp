@@ -38,6 +38,20 @@ Groups groups_of(const Tensor& input, int64_t G) {
   return {N, C, P, G, C / G, C / G * P};
 }
 
+// y = (x - m - offset) * k * w + b over one row with a weight per value (P = 1).
+template <typename T>
+void affine_row(const T* __restrict x, T m, T offset, T k, const T* __restrict w,
+                const T* __restrict b, T* __restrict y, int64_t count) {
+  if (w && b) {
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i) y[i] = (x[i] - m - offset) * k * w[i] + b[i];
+    return;
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i)
+    y[i] = (x[i] - m - offset) * k * (w ? w[i] : T(1)) + (b ? b[i] : T(0));
+}
+
 template <typename T>
 void forward_rows(const T* x, const T* w, const T* b, T* y, T* stats, Groups L, double eps) {
   at::parallel_for(0, L.N * L.G, 1, [&](int64_t begin, int64_t end) {
@@ -46,6 +60,13 @@ void forward_rows(const T* x, const T* w, const T* b, T* y, T* stats, Groups L, 
       const RowStats<T> s = row_stats(row, L.S, eps);
       const T m = s.m, offset = static_cast<T>(s.offset), k = static_cast<T>(s.rstd);
       const int64_t first_channel = (r % L.G) * L.K;
+      if (L.P == 1) {  // (N, C) features: the row runs over the group's channels
+        affine_row(row, m, offset, k, w ? w + first_channel : nullptr,
+                   b ? b + first_channel : nullptr, y + r * L.S, L.K);
+        stats[r * 2] = m;
+        stats[r * 2 + 1] = k;
+        continue;
+      }
       for (int64_t j = 0; j < L.K; ++j) {
         const int64_t c = first_channel + j;
         const T wc = w ? w[c] : T(1), bc = b ? b[c] : T(0);
@@ -79,12 +100,10 @@ std::tuple<Tensor, Tensor> group_norm_forward(const Tensor& input,
 template <typename T>
 void channel_sums(const T* __restrict g, const T* __restrict x, T m, T offset, T k, int64_t P,
                   double* sum_g, double* sum_gx) {
-  T sg = 0, sgx = 0;  // in the input dtype, vectorized: dot products, no cancellation
-#pragma omp simd reduction(+ : sg, sgx)
-  for (int64_t i = 0; i < P; ++i) {
-    sg += g[i];
-    sgx += g[i] * ((x[i] - m - offset) * k);
-  }
+  const auto [sg, sgx, unused] = lane_sums<T>(P, [&](int64_t i, T& a, T& b, T&) {
+    a = g[i];
+    b = g[i] * ((x[i] - m - offset) * k);
+  });
   *sum_g = sg;
   *sum_gx = sgx;
 }
@@ -97,6 +116,28 @@ void channel_grad(const T* __restrict g, const T* __restrict x, T m, T offset, T
   for (int64_t i = 0; i < P; ++i) dx[i] = k * (wc * g[i] - ka - (x[i] - m - offset) * k * kb);
 }
 
+// One row of (N, C) features (P = 1): each value its own channel. sg, sgx get dy and
+// dy * xhat per channel; dx = k * (w dy - a - xhat b), a = mean(w dy), b = mean(w dy xhat).
+template <typename T>
+void row_backward_per_value(const T* __restrict g, const T* __restrict x, T m, T offset, T k,
+                            const T* __restrict w, T* __restrict dx, double* __restrict sg,
+                            double* __restrict sgx, int64_t count) {
+  const auto [a, b, unused] = lane_sums<T>(count, [&](int64_t i, T& sa, T& sb, T&) {
+    const T gw = w ? g[i] * w[i] : g[i];
+    sa = gw;
+    sb = gw * ((x[i] - m - offset) * k);
+  });
+  for (int64_t i = 0; i < count; ++i) {
+    sg[i] = g[i];
+    sgx[i] = g[i] * ((x[i] - m - offset) * k);
+  }
+  if (!dx) return;
+  const T ka = static_cast<T>(a / count), kb = static_cast<T>(b / count);
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i)
+    dx[i] = k * ((w ? w[i] : T(1)) * g[i] - ka - (x[i] - m - offset) * k * kb);
+}
+
 template <typename T>
 void backward_rows(const T* g, const T* x, const T* stats, const T* w, T* dx, double* sg,
                    double* sgx, Groups L) {
@@ -105,6 +146,12 @@ void backward_rows(const T* g, const T* x, const T* stats, const T* w, T* dx, do
       const int64_t n = r / L.G, first_channel = (r % L.G) * L.K;
       const T m = stats[r * 2], k = stats[r * 2 + 1];
       const T offset = static_cast<T>(sum_centred(x + r * L.S, m, L.S) / L.S);
+      if (L.P == 1) {
+        row_backward_per_value(g + r * L.S, x + r * L.S, m, offset, k,
+                               w ? w + first_channel : nullptr, dx ? dx + r * L.S : nullptr,
+                               sg + n * L.C + first_channel, sgx + n * L.C + first_channel, L.K);
+        continue;
+      }
       double a = 0, b = 0;
       for (int64_t j = 0; j < L.K; ++j) {
         const int64_t c = first_channel + j, start = r * L.S + j * L.P;
