@@ -18,10 +18,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
 
 from normlab.errors import UsageError
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+_functorch = torch._C._functorch
 
 
 class ShapeError(UsageError, RuntimeError):
@@ -172,13 +174,45 @@ def update_running_stats(
 ) -> None:
     """Move the running statistics towards the batch's (unbiased variance), in place.
 
-    ``running.lerp_(batch, momentum)`` is ``running + momentum * (batch - running)``, the
-    same average as ``(1 - momentum) * running + momentum * batch`` in one operation.
+    ``lerp(running, batch, momentum)`` is ``running + momentum * (batch - running)``, the
+    same average as ``(1 - momentum) * running + momentum * batch`` in one operation
+    (out of place: ``torch.func.vmap`` has a batching rule for it, not for ``lerp_``).
     ``var`` is the batch's biased variance over ``n`` values; ``mean`` and ``var`` are
     detached, so no graph is recorded.
     """
     if running_mean is not None:
-        running_mean.lerp_(as_dtype(mean.detach(), running_mean.dtype), momentum)
+        batch_mean = as_dtype(mean.detach(), running_mean.dtype)
+        assign_running(running_mean, torch.lerp(running_mean, batch_mean, momentum))
     if running_var is not None:
-        unbiased = var.detach().mul(n / (n - 1))
-        running_var.lerp_(as_dtype(unbiased, running_var.dtype), momentum)
+        unbiased = as_dtype(var.detach().mul(n / (n - 1)), running_var.dtype)
+        assign_running(running_var, torch.lerp(running_var, unbiased, momentum))
+
+
+def assign_running(buffer: Tensor, value: Tensor) -> None:
+    """``buffer.copy_(value)`` for a running statistic, also inside ``torch.func`` transforms.
+
+    Under gradient transforms (``grad``, ``vjp``, ``jacrev``, ``jvp``) torch.func refuses
+    in-place writes into a tensor captured from outside the transform, a buffer of a module
+    called directly, say; ``torch.nn``'s kernels update their buffers below the transforms,
+    unseen. Running statistics carry no derivative: the value's gradient levels are
+    stripped and the write happens below the transforms, as torch's. A value still batched
+    by ``vmap`` does not fit an unbatched buffer and is refused, as torch.nn's is.
+    """
+    value = value.detach()
+    if _captured_by_transform(buffer):
+        while _functorch.is_gradtrackingtensor(value):
+            value = _functorch.get_unwrapped(value)
+        if not _functorch.is_functorch_wrapped_tensor(value):
+            with temporarily_clear_interpreter_stack():
+                buffer.copy_(value)
+            return
+    buffer.copy_(value)
+
+
+def _captured_by_transform(buffer: Tensor) -> bool:
+    """Inside a ``torch.func`` transform (not ``torch.compile``), ``buffer`` from outside it."""
+    return (
+        not torch.compiler.is_compiling()
+        and torch._C._are_functorch_transforms_active()
+        and not _functorch.is_functorch_wrapped_tensor(buffer)
+    )

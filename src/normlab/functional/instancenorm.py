@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from normlab.functional._common import assign_running
 from normlab.functional.batchnorm import batch_norm_core, check_input
 
 
@@ -88,5 +89,5 @@ def instance_norm(
         with torch.no_grad():
             for buffer, per_instance in zip((running_mean, running_var), running, strict=True):
                 if buffer is not None and per_instance is not None:
-                    buffer.copy_(per_instance.view(n, c).mean(0))
+                    assign_running(buffer, per_instance.view(n, c).mean(0))
     return out.view(input.shape)

@@ -136,13 +136,21 @@ def runs_on(device: str | torch.device) -> bool:
     return ops() is not None and device.type == "cpu"
 
 
+def _traced() -> bool:
+    """Under ``torch.compile`` (the compiler fuses the tensor code itself) or a ``torch.func``
+    transform (``vmap``, ``grad``, ``jvp``, ...: the operators have no batching or
+    forward-mode rules; the tensor code has torch's)."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
 def applies(input: torch.Tensor, *others: torch.Tensor | None) -> bool:
-    """True when the kernels can take these tensors: eager mode, CPU, contiguous, one
-    float32/float64 dtype (``None`` entries are optional arguments left out).
+    """True when the kernels can take these tensors: eager mode (not ``torch.compile``, no
+    ``torch.func`` transform), CPU, contiguous, one float32/float64 dtype (``None`` entries
+    are optional arguments left out).
 
     Called on every forward and backward, so it is written to be cheap.
     """
-    if torch.compiler.is_compiling():  # the compiler fuses the tensor code itself
+    if _traced():
         return False
     if _ops is None or (_ops is _UNLOADED and ops() is None):
         return False
@@ -159,12 +167,13 @@ def applies(input: torch.Tensor, *others: torch.Tensor | None) -> bool:
 
 def ops_for(input: torch.Tensor, *others: torch.Tensor | None) -> Any | None:
     """The normalization operators (``batch_norm_*``, ``layer_norm_*``, ``group_norm_*``)
-    for these tensors: the CPU kernels where :func:`applies`; on CUDA (eager, contiguous,
+    for these tensors: the CPU kernels where :func:`applies`; on CUDA (eager and outside
+    ``torch.func`` transforms, contiguous,
     any float dtype, parameters on the same device) the Triton kernels; else None (then
     normlab's tensor code runs)."""
     if applies(input, *others):
         return _ops
-    if not (input.is_cuda or _triton_on_cpu) or torch.compiler.is_compiling():
+    if not (input.is_cuda or _triton_on_cpu) or _traced():
         return None
     gpu = triton_ops()
     if gpu is None or input.dtype not in _TRITON_FLOATS or not input.is_contiguous():

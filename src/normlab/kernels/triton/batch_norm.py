@@ -7,7 +7,7 @@ then the output) and twice backward, as ``torch.nn``'s own kernels do.
 The contiguous input ``(N, C, *)`` is viewed as ``(N, C, L)``, ``L`` = the product of the
 spatial sizes (1 for ``(N, C)``). Per channel ``c``, over its ``n = N * L`` values, with
 ``x0 = x[0, c, 0]`` the channel's first value (a shift that keeps every sum small, so that
-inputs far from zero lose no precision, as in :mod:`normlab.functional.batch`)::
+inputs far from zero lose no precision, as in :mod:`normlab.functional.batchnorm`)::
 
     forward   launch 1: per split s   d_s = sum(x - x0),  q_s = sum((x - x0)^2)
               launch 2: d = sum_s d_s,  q = sum_s q_s,  offset = d / n
