@@ -5,6 +5,8 @@ folder. The checker itself is tested first on pages built to have each defect.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from normlab.cli.main import main
@@ -121,3 +123,15 @@ def test_single_experiment_report_reads_well(tmp_path: Path) -> None:
     argv = ["compare", "--norms", "batch,layer,none", "--seeds", "1", *TINY]
     assert main([*argv, "--dataset", "synthetic", "--out", str(out)]) == 0
     _assert_reads_well(_only_run_dir(out) / "report.html", tmp_path / "shots")
+
+
+def test_docs_site_reads_well(tmp_path: Path) -> None:
+    """Every page of the docs site, built as `make docs` builds it."""
+    site = tmp_path / "site"
+    root = Path(__file__).resolve().parents[2]
+    mkdocs = [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet"]
+    subprocess.run([*mkdocs, "--site-dir", str(site)], cwd=root, check=True)
+    checks = check_pages([site], screenshots=tmp_path / "shots")
+    assert len(checks) > 10
+    failed = [line for c in checks if not c.ok for line in (c.page, *c.problems)]
+    assert not failed, "\n".join(failed)

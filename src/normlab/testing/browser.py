@@ -363,9 +363,7 @@ def check_pages(
             root, pages = _pages_of(path)
             with serve(root) as url:
                 for page in pages:
-                    checks.append(
-                        _check_page(driver, url + page, root, widths, screenshots)
-                    )
+                    checks.append(_check_page(driver, url + page, root, widths, screenshots))
     return checks
 
 
@@ -375,12 +373,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Open HTML reports and built docs sites in headless Chromium and print "
         "what overflows the page, by section, what does not load, and console errors.",
     )
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                        help="an HTML report, or a folder of pages (a built docs site)")
-    parser.add_argument("--widths", default=",".join(map(str, WIDTHS)), metavar="W,W",
-                        help="viewport widths in CSS pixels (default: %(default)s)")
-    parser.add_argument("--screenshots", type=Path, metavar="DIR",
-                        help="save each page's first screen at each width here")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="an HTML report, or a folder of pages (a built docs site)",
+    )
+    parser.add_argument(
+        "--widths",
+        default=",".join(map(str, WIDTHS)),
+        metavar="W,W",
+        help="viewport widths in CSS pixels (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--screenshots",
+        type=Path,
+        metavar="DIR",
+        help="save each page's first screen at each width here",
+    )
     args = parser.parse_args(argv)
     try:
         widths = [int(w) for w in args.widths.split(",")]
