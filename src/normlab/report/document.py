@@ -18,12 +18,14 @@ import io
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from normlab.errors import UsageError
-from normlab.report.tables import ColumnSpec, TableData, normalize_table
+from normlab.report.blocks import Block, Bullets, Code, Figure, Heading, Paragraph, Table
+from normlab.report.html import render_html
+from normlab.report.markdown import write_markdown
+from normlab.report.tables import ColumnSpec, normalize_table
 from normlab.train.atomic import write_bytes_atomic
 
 __all__ = [
@@ -48,45 +50,6 @@ class SavesFigures(Protocol):
     def savefig(self, fname: Any, **kwargs: Any) -> Any: ...
 
 
-@dataclass(frozen=True)
-class Heading:
-    text: str
-    level: int  # 2: a section, 3: a subsection (the title is level 1)
-    anchor: str  # unique id within the report, for links and the table of contents
-
-
-@dataclass(frozen=True)
-class Paragraph:
-    text: str
-
-
-@dataclass(frozen=True)
-class Bullets:
-    items: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Code:
-    text: str  # shown verbatim in a monospace block: commands, printed output
-
-
-@dataclass(frozen=True)
-class Table:
-    data: TableData
-    caption: str | None
-    number: int  # "Table 1", "Table 2", ... in order of appearance
-
-
-@dataclass(frozen=True)
-class Figure:
-    png: bytes  # a complete PNG file
-    caption: str
-    name: str  # file stem for the Markdown renderer's PNG
-    number: int  # "Figure 1", ...
-    source: Path | None  # the PNG file it came from, if any (Markdown links it in place)
-
-
-Block = Heading | Paragraph | Bullets | Code | Table | Figure
 
 
 def slugify(text: str, limit: int = 48) -> str:
@@ -232,8 +195,6 @@ class Report:
 
     def to_html(self) -> str:
         """The whole report as one self-contained HTML page (see :mod:`.html`)."""
-        from normlab.report.html import render_html
-
         return render_html(self)
 
     def write_html(self, path: str | os.PathLike[str]) -> Path:
@@ -243,6 +204,4 @@ class Report:
     def write_markdown(self, path: str | os.PathLike[str]) -> Path:
         """Write the report as Markdown to ``path`` and its figures as PNG files beside it
         (see :mod:`.markdown`); returns the path."""
-        from normlab.report.markdown import write_markdown
-
         return write_markdown(self, Path(path))

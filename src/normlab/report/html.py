@@ -16,10 +16,11 @@ import base64
 import html
 from typing import TYPE_CHECKING
 
-from normlab.report.document import Bullets, Code, Figure, Heading, Paragraph, Table
+from normlab.report.blocks import Bullets, Code, Figure, Heading, Paragraph, Table
 
 if TYPE_CHECKING:
-    from normlab.report.document import Block, Report
+    from normlab.report.blocks import Block
+    from normlab.report.document import Report
 
 __all__ = ["CSS", "inline_html", "render_html"]
 

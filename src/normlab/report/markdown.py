@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from normlab.report.document import (
+from normlab.report.blocks import (
     Bullets,
     Code,
     Figure,
@@ -22,7 +22,8 @@ from normlab.report.document import (
 from normlab.train.atomic import write_bytes_atomic
 
 if TYPE_CHECKING:
-    from normlab.report.document import Block, Report
+    from normlab.report.blocks import Block
+    from normlab.report.document import Report
 
 __all__ = ["escape_markdown", "inline_markdown", "render_markdown", "write_markdown"]
 
