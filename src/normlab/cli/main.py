@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import NoReturn
 
-from normlab import __version__, cli
+from normlab import __version__
 from normlab.errors import UsageError
 
 DEFAULT_THREADS = 1  # see --threads
@@ -61,10 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         "machine and many times faster on a busy one",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for info in sorted(pkgutil.iter_modules(cli.__path__), key=lambda m: m.name):
+    for info in sorted(pkgutil.iter_modules([os.path.dirname(__file__)]), key=lambda m: m.name):
         if info.name.startswith("_") or info.name == "main":
             continue
-        module = importlib.import_module(f"{cli.__name__}.{info.name}")
+        module = importlib.import_module(f"{__package__}.{info.name}")
         module.add_parser(subparsers)
     return parser
 
