@@ -219,15 +219,36 @@ def test_configs_the_installed_torch_cannot_build_are_skipped_not_failed(
 def test_layers_torch_lacks_name_their_oracle() -> None:
     """A layer without a torch.nn twin is compared with what it reduces to or its formula,
     and the row says which."""
-    names = {c.layer: c.oracle_name for c in parity.GRID if not hasattr(torch.nn, c.layer)}
-    assert names["FrozenBatchNorm2d"] == "torch.nn.functional.batch_norm, eval"
+    names: dict[str, set[str]] = {}
+    for c in parity.GRID:
+        if not hasattr(torch.nn, c.layer):
+            names.setdefault(c.layer, set()).add(c.oracle_name)
+    assert names["FrozenBatchNorm2d"] == {"torch.nn.functional.batch_norm, eval"}
+    formula = "the paper's formula (normlab.testing.references)"
+    assert names["BatchRenorm2d"] == {"torch.nn.BatchNorm2d", formula}
+    assert names["GhostBatchNorm1d"] == {"torch.nn.BatchNorm1d", formula}
+    assert names["StdConv2d"] == {"torch.nn.functional.batch_norm of the weight, conv2d"}
+    for layer in ("FilterResponseNorm2d", "EvoNorm2dB0", "EvoNorm2dS0", "DynamicTanh"):
+        assert names[layer] == {formula}
     for config in parity.GRID:
         assert config.oracle in parity.ORACLES
         if hasattr(torch.nn, config.layer):
             assert config.oracle_name == f"torch.nn.{config.layer}"
 
 
-@pytest.mark.parametrize("layer", ["FrozenBatchNorm2d"])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        "FrozenBatchNorm2d",
+        "BatchRenorm2d",
+        "GhostBatchNorm1d",
+        "StdConv2d",
+        "FilterResponseNorm2d",
+        "EvoNorm2dB0",
+        "EvoNorm2dS0",
+        "DynamicTanh",
+    ],
+)
 def test_checker_fails_a_broken_layer_without_a_torch_twin(
     layer: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

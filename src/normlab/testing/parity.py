@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from normlab.errors import UsageError
 from normlab.functional.renorm import RenormWarmup
@@ -56,6 +57,12 @@ LAYERS: tuple[str, ...] = (
     "GroupNorm",
     "RMSNorm",
     "LocalResponseNorm",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
+    "LazyInstanceNorm1d",
+    "LazyInstanceNorm2d",
+    "LazyInstanceNorm3d",
     "FrozenBatchNorm2d",
     "BatchRenorm1d",
     "BatchRenorm2d",
@@ -242,6 +249,25 @@ GRID: tuple[Config, ...] = (
     _c("LocalResponseNorm", (2,), (4, 5, 7), alpha=1.0, beta=0.5, k=2.0),
     _c("LocalResponseNorm", (5,), (2, 8, 3, 3, 3), alpha=0.5),
     _c("LocalResponseNorm", (10,), (2, 3, 4, 4), alpha=0.5, beta=1.0),
+    # lazy batch and instance norm: the first input fixes C; every option off its default
+    _c("LazyBatchNorm1d", (), (8, 4)),
+    _c("LazyBatchNorm1d", (), (6, 4, 7), momentum=None, affine=False),
+    _c("LazyBatchNorm1d", (), (5, 3, 4), eps=1e-3, track_running_stats=False, bias=False),
+    _c("LazyBatchNorm2d", (), (4, 3, 5, 5)),
+    _c("LazyBatchNorm2d", (), (2, 3, 4, 4), momentum=None, affine=False, eps=1e-3),
+    _c("LazyBatchNorm2d", (), (3, 2, 3, 3), track_running_stats=False, bias=False),
+    _c("LazyBatchNorm3d", (), (3, 2, 3, 4, 4)),
+    _c("LazyBatchNorm3d", (), (2, 2, 2, 3, 3), momentum=None, eps=1e-3, bias=False),
+    _c("LazyBatchNorm3d", (), (3, 2, 2, 2, 2), affine=False, track_running_stats=False),
+    _c("LazyInstanceNorm1d", (), (4, 3, 10)),
+    _c("LazyInstanceNorm1d", (), (2, 3, 8), affine=True, track_running_stats=True, momentum=None),
+    _c("LazyInstanceNorm1d", (), (2, 3, 9), affine=True, bias=False, eps=1e-3),
+    _c("LazyInstanceNorm2d", (), (2, 3, 6, 6), affine=True),
+    _c("LazyInstanceNorm2d", (), (2, 3, 5, 5), track_running_stats=True, momentum=0.3),
+    _c("LazyInstanceNorm2d", (), (2, 3, 5, 5), affine=True, bias=False, eps=1e-3),
+    _c("LazyInstanceNorm3d", (), (2, 2, 3, 4, 5), affine=True, track_running_stats=True),
+    _c("LazyInstanceNorm3d", (), (2, 2, 3, 3, 3), momentum=None, track_running_stats=True),
+    _c("LazyInstanceNorm3d", (), (2, 2, 3, 3, 3), affine=True, bias=False, eps=1e-3),
     # frozen batch norm: evaluation-mode batch norm in both modes; far from zero
     _c("FrozenBatchNorm2d", (3,), (4, 3, 5, 5), oracle="eval batch norm"),
     _c("FrozenBatchNorm2d", (2,), (2, 2, 3, 4), eps=1e-3, oracle="eval batch norm"),
@@ -442,6 +468,15 @@ class _Tracker:
             self.details.append(f"{what}: difference {diff:.3g}")
 
 
+def _materialize(
+    module: nn.Module, config: Config, dtype: torch.dtype, device: torch.device
+) -> None:
+    """A lazy layer takes its shapes from an input of the configuration's shape, so that it
+    can be randomised and its ``state_dict`` loaded like any other."""
+    if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+        module.initialize_parameters(torch.zeros(config.input_shape, dtype=dtype, device=device))
+
+
 def _randomise(module: nn.Module, generator: torch.Generator) -> None:
     """Parameters off their initial values, running statistics off 0 and 1."""
     with torch.no_grad():
@@ -549,6 +584,8 @@ def check(
     try:
         reference = config.build_reference(dtype, device)
         ours = config.build(ours_nn, dtype, device)
+        _materialize(reference, config, dtype, device)
+        _materialize(ours, config, dtype, device)
         _randomise(reference, generator)
         ref_keys, our_keys = list(reference.state_dict()), list(ours.state_dict())
         if ref_keys != our_keys:
