@@ -11,9 +11,10 @@ on the same device and in the same dtype.
 forward pass of ``example_input`` when given; without it, from the layer's class:
 ``*2d``/``*3d`` layers are 2/3, ``InstanceNorm1d`` 1, ``BatchNorm1d`` and a layer or RMS
 norm over one last dimension 0 (fully connected). Layers whose ``dims`` cannot be told
-that way (``GroupNorm``, ``SyncBatchNorm``, ``LocalResponseNorm``) need ``example_input``.
-A layer or RMS norm over the last dimension of a 3D or larger input (channels last, as in
-a transformer) has no counterpart among the registry's channels-first layers: refused.
+that way (``GroupNorm``, ``SyncBatchNorm``, ``LocalResponseNorm``, the registry's
+``ChannelsLast`` RMS norm over channels) need ``example_input``. A layer or RMS norm
+over the last dimension of a 3D or larger input (channels last, as in a transformer) has
+no counterpart among the registry's channels-first layers: refused.
 """
 
 from __future__ import annotations
