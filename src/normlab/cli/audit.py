@@ -120,7 +120,7 @@ def load_target(target: str) -> Callable[..., Any]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise UsageError(f"{target} is a {type(obj).__name__}, not a class or a function")
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -89,7 +90,7 @@ class Bench:
     def __init__(self, factory: Factory, kind: Kind, seed: int = 0) -> None:
         self.factory, self.kind, self.seed = factory, kind, seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.memo: dict[str, object] = {}  # measurements shared by several checks
+        self.memo: dict[str, Any] = {}  # measurements shared by several checks
 
     # ------------------------------------------------------------------ layers
 

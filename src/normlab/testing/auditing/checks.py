@@ -11,6 +11,7 @@ replacement for ``torch.nn``'s.
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -124,7 +125,7 @@ def trajectory(bench: Bench) -> Trajectory:
     gradients, SGD updates), then evaluate both: outputs without grad, gradients with."""
     cached = bench.memo.get("trajectory")
     if cached is not None:
-        return cached  # type: ignore[return-value]
+        return cached
     layer, twin = bench.matched_pair()
     result = Trajectory()
     for _ in range(TRAINING_STEPS):
@@ -198,7 +199,7 @@ def _running_statistics(bench: Bench, **kwargs: object) -> tuple[float, float, f
     key = f"statistics {kwargs}"
     if key not in bench.memo:
         bench.memo[key] = _measure_running_statistics(bench, **kwargs)
-    return bench.memo[key]  # type: ignore[return-value]
+    return bench.memo[key]
 
 
 def _measure_running_statistics(
@@ -210,17 +211,26 @@ def _measure_running_statistics(
         layer(x)
         twin(x)
         largest = max(largest, float(x.detach().abs().max()))
-    mean, var = recover_running_statistics(layer, bench, twin.eps)  # type: ignore[arg-type]
+    twin_mean, twin_var, eps = _twin_statistics(twin)
+    mean, var = recover_running_statistics(layer, bench, eps)
     m = bench.kind.values_per_statistic
     terms = m * STATISTICS_STEPS
     mean_tol = float(sum_tolerance(DTYPE, terms, terms * largest))
     var_tol = float(sum_tolerance(DTYPE, terms, terms * largest**2)) * m / (m - 1)
     recovery = 16 * unit_roundoff(DTYPE)  # four roundings in y0, y1, their difference, square
-    mean_tol += recovery * (1 + float(twin.running_mean.abs().max()))  # type: ignore[union-attr, operator]
-    var_tol += recovery * float(twin.running_var.abs().max())  # type: ignore[union-attr, operator, arg-type]
-    mean_diff = max_difference(mean, twin.running_mean)  # type: ignore[arg-type]
-    var_diff = max_difference(var, twin.running_var)  # type: ignore[arg-type]
+    mean_tol += recovery * (1 + float(twin_mean.abs().max()))
+    var_tol += recovery * float(twin_var.abs().max())
+    mean_diff = max_difference(mean, twin_mean)
+    var_diff = max_difference(var, twin_var)
     return mean_diff, mean_tol, var_diff, var_tol
+
+
+def _twin_statistics(twin: nn.Module) -> tuple[Tensor, Tensor, float]:
+    """The twin's ``running_mean``, ``running_var`` and ``eps``."""
+    mean, var, eps = twin.running_mean, twin.running_var, twin.eps
+    if not (isinstance(mean, Tensor) and isinstance(var, Tensor) and isinstance(eps, float)):
+        raise RuntimeError(f"{type(twin).__name__} keeps no running statistics")
+    return mean, var, eps
 
 
 def _needs_running_statistics(bench: Bench) -> Outcome | None:
@@ -651,7 +661,7 @@ def vmaps(bench: Bench) -> Outcome:
     xs = torch.stack([bench.input() for _ in range(3)])
     worst, modes = Worst(), []
     for training in (False, True):
-        if not _twin_manages(lambda t=training: _vmapped(twin, xs, t)):  # type: ignore[misc]
+        if not _twin_manages(functools.partial(_vmapped, twin, xs, training)):
             continue
         mode = "training" if training else "evaluation"
         modes.append(mode)
