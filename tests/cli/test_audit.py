@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from normlab.cli.audit import KIND_NAMES
 from normlab.cli.main import main
-from normlab.testing.auditing import CHECKS
+from normlab.testing.auditing import CHECKS, KINDS
 
 STUDENT = '''
 import torch
@@ -34,6 +35,10 @@ def student(tmp_path: Path) -> Path:
     path = tmp_path / "student.py"
     path.write_text(STUDENT)
     return path
+
+
+def test_the_help_names_every_kind() -> None:
+    assert tuple(KINDS) == KIND_NAMES  # kept apart so that --help needs no torch
 
 
 def test_a_passing_module_target_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
