@@ -15,6 +15,7 @@ from normlab.lab.experiments.placement import PLACEMENT
 from normlab.lab.experiments.probes import PROBE
 from normlab.lab.experiments.sweep_batch_size import BATCH_SIZE_SWEEP
 from normlab.lab.experiments.sweep_lr import LR_SWEEP
+from normlab.lab.experiments.transformer import TRANSFORMER
 
 __all__ = ["EXPERIMENTS", "experiment_named", "names"]
 
@@ -25,6 +26,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     PROBE,
     PLACEMENT,
     MOMENTUM,
+    TRANSFORMER,
 )
 
 
