@@ -135,3 +135,12 @@ def test_docs_site_reads_well(tmp_path: Path) -> None:
     assert len(checks) > 10
     failed = [line for c in checks if not c.ok for line in (c.page, *c.problems)]
     assert not failed, "\n".join(failed)
+
+
+def test_audit_report_reads_well(tmp_path: Path) -> None:
+    """The report card of a failing layer: its pitfalls are long sentences."""
+    report = tmp_path / "audit.html"
+    target = ["audit", "normlab.bench.original:BatchNorm", "--kwarg", "num_dims=4"]
+    argv = [*target, "--kind", "batch2d", "--html"]
+    assert main([*argv, str(report)]) == 1  # the course's original fails some checks
+    _assert_reads_well(report, tmp_path / "shots")
