@@ -7,7 +7,7 @@ export MPLBACKEND := Agg
 
 KERNELS := src/normlab/kernels/cpu/_kernels.so
 
-.PHONY: run test install kernels data docs lint clean
+.PHONY: run test install kernels data docs release-check lint clean
 
 run: install kernels data
 	$(VENV)/bin/normlab tutorial
@@ -57,6 +57,21 @@ browser-check: install kernels data browser
 # The documentation site (docs/, mkdocs.yml) into site/; a warning fails the build.
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
+# The package as a user gets it: an sdist and a wheel that twine accepts; the wheel installed
+# into a fresh virtual environment (torch from this machine's disk, as in make install) where
+# `normlab check` passes, its CPU kernels built on first use into a cache of its own.
+RELEASE := build/release
+release-check: install
+	rm -rf $(RELEASE)
+	$(PY) -m build --quiet --outdir $(RELEASE)/dist .
+	$(VENV)/bin/twine check --strict $(RELEASE)/dist/*
+	$(PY) -m venv $(RELEASE)/venv
+	$(RELEASE)/venv/bin/pip install -q --disable-pip-version-check -c constraints.txt torch
+	$(RELEASE)/venv/bin/pip install -q --disable-pip-version-check -c constraints.txt \
+	  $(RELEASE)/dist/*.whl
+	cd $(RELEASE) && NORMLAB_KERNEL_CACHE=$(CURDIR)/$(RELEASE)/kernel-cache \
+	  venv/bin/normlab check
 
 lint: install
 	$(VENV)/bin/ruff check src tests
