@@ -22,7 +22,7 @@ from normlab.errors import UsageError
 class KernelsInfo:
     """normlab's fast paths: the CPU library and Triton, and which path each device takes."""
 
-    library: str  # path of the compiled CPU kernels
+    library: str  # path of the compiled CPU kernels: make's, else the user cache's
     built: bool  # the library file exists
     stale: bool  # older than its sources (then it is not loaded)
     enabled: bool  # NORMLAB_KERNELS is not "0"
@@ -112,16 +112,17 @@ def gather_kernels() -> KernelsInfo:
     from normlab import kernels
     from normlab.kernels.cpu import build
 
-    built = build.LIBRARY.is_file()
-    stale = built and build.is_stale()
     enabled = os.environ.get("NORMLAB_KERNELS", "1") != "0"
     with warnings.catch_warnings():  # a stale library is reported in cpu_path instead
         warnings.simplefilter("ignore")
-        loaded = kernels.ops() is not None
+        loaded = kernels.ops() is not None  # may build them into the user cache, once
+    library = build.find_library() or build.LIBRARY  # make's, else the user cache's
+    built = library.is_file()
+    stale = library == build.LIBRARY and built and build.is_stale()
     triton = _triton_version()
     cuda = torch.cuda.is_available()
     return KernelsInfo(
-        library=str(build.LIBRARY),
+        library=str(library),
         built=built,
         stale=stale,
         enabled=enabled,

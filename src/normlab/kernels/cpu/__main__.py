@@ -1,4 +1,5 @@
-"""``python -m normlab.kernels.cpu [--force]``: build the CPU kernels (:mod:`.build`)."""
+"""``python -m normlab.kernels.cpu [--force | --cache]``: build the CPU kernels beside their
+sources (make), or into the per-user cache an installed normlab loads from (:mod:`.build`)."""
 
 import sys
 

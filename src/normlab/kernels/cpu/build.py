@@ -234,9 +234,20 @@ def main(argv: list[str] | None = None) -> int:
     prog = "python -m normlab.kernels.cpu"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="build into the per-user cache an installed normlab loads from (default: "
+        "beside the sources, as make does)",
+    )
     args = parser.parse_args(argv)
     try:
-        path = build(force=args.force)
+        if args.cache:
+            path = cached_library()
+            with _build_lock(path.parent):
+                compile_library(path)
+        else:
+            path = build(force=args.force)
     except OSError as error:
         print(f"normlab kernels: {error}", file=sys.stderr)
         return 2
