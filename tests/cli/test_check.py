@@ -43,8 +43,8 @@ def test_full_grid_passes(capsys: pytest.CaptureFixture[str]) -> None:
         tolerance = 1e-5 if row[1] == "float32" else 1e-10
         assert all(float(v) <= tolerance for v in row[3:6]), row
         assert row[6] == "pass"
-        oracle = " ".join(row[7:])
-        assert oracle == parity.configurations([row[0]])[0].oracle_name, row
+        oracles = dict.fromkeys(c.oracle_name for c in parity.configurations([row[0]]))
+        assert " ".join(row[7:]) == " ".join("; ".join(oracles).split()), row
     codes = [line for line in lines if line.startswith("code: ")]
     assert len(codes) == 2  # the kernels' table, then the tensor code's
     assert "code: normlab's fused CPU kernels" in out and "code: normlab's tensor code" in out

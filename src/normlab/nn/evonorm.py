@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from normlab.functional.evonorm import check_groups, evonorm_b0, evonorm_s0
-from normlab.nn.frozen import check_num_features
+from normlab.nn._arguments import check_num_features
 
 
 def _check_4d(input: Tensor) -> None:

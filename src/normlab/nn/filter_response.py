@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from normlab.functional.filter_response import filter_response_norm
-from normlab.nn.frozen import check_num_features
+from normlab.nn._arguments import check_num_features
 
 #: ``eps_learned``'s initial value: |x| has no gradient at 0, so it starts just off it.
 LEARNED_EPS_INIT = 1e-4

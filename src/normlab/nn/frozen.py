@@ -15,13 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from normlab.functional.frozen import frozen_batch_norm
+from normlab.nn._arguments import check_num_features
 from normlab.nn.batchnorm import BatchNorm2d
-
-
-def check_num_features(num_features: Any) -> None:
-    """``num_features`` must be a positive ``int``: a layer over no channels is a mistake."""
-    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-        raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
 
 
 class FrozenBatchNorm2d(nn.Module):

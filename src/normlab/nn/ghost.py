@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from normlab.functional.ghost import check_virtual_batch_size, ghost_batch_norm
+from normlab.nn._arguments import check_num_features
 from normlab.nn.batchnorm import _BatchNorm, _check_dim
-from normlab.nn.frozen import check_num_features
 
 _GHOST_BODY = r"""
     .. math::

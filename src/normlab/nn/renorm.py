@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 
 from normlab.functional.renorm import RenormWarmup, batch_renorm, check_limits
+from normlab.nn._arguments import check_num_features
 from normlab.nn.batchnorm import _BatchNorm, _check_dim
-from normlab.nn.frozen import check_num_features
 
 _RENORM_BODY = r"""
     .. math::
