@@ -211,3 +211,16 @@ def test_a_real_build_into_the_cache_loads(tmp_path: Path) -> None:
     assert loaded == "True" and Path(library).is_relative_to(tmp_path / "cache")
     assert "building the CPU kernels" in first.stderr
     assert second.stdout.split() == ["True", library] and second.stderr == ""
+
+
+def test_the_build_command_prebuilds_into_the_cache(
+    no_makes_library: Path, fake_compiler: tuple[Path, Path], monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("CXX", str(fake_compiler[0]))
+    assert build.main(["--cache"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"normlab kernels: {build.cached_library()}"
+    )
+    assert build.find_library() == build.cached_library()
+    assert build.ensure_built() == build.cached_library()  # no notice: nothing to build
+    assert capsys.readouterr().err == ""
