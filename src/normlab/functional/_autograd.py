@@ -24,9 +24,8 @@ shared by all norms::
   ``create_graph=True``), so higher derivatives are those of the plain formula.
 
 The bridge saves ``input``, ``weight`` and the path's statistics (not ``bias``: only its
-shape and dtype), records nothing when no gradient is wanted (the path's forward runs
-alone), and is written with ``setup_context``, as ``torch.func`` expects of an
-``autograd.Function``.
+shape and dtype) and records nothing when no gradient is wanted (the path's forward runs
+alone). It is never entered under ``torch.func``: the plain formula runs there.
 
 A new norm plugs in by writing its plain formula, a :class:`FastPath` subclass, and
 ``if eager(input): return run(path, backward, input, weight, bias)`` in its public function.
@@ -107,10 +106,16 @@ def _shaped(grad: Tensor | None, layout: tuple[torch.Size, torch.dtype] | None) 
 
 class _Bridge(torch.autograd.Function):
     """``(path, backward, input, weight, bias) -> (out, *stats)``; the statistics are
-    outputs that carry no gradient, so that they are saved as outputs."""
+    outputs that carry no gradient, so that they are saved as outputs.
+
+    Written with ``ctx`` in ``forward`` rather than ``setup_context``: the bridge never runs
+    under ``torch.func`` (:func:`eager`), and ``setup_context`` costs a signature binding
+    on every call (tens of microseconds, as much as a small layer's arithmetic).
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
+        ctx: Any,
         path: FastPath,
         backward: Backward,
         input: Tensor,
@@ -118,17 +123,12 @@ class _Bridge(torch.autograd.Function):
         bias: Tensor | None,
     ) -> tuple[Tensor, ...]:
         out, stats = path.forward(input, weight, bias)
-        return (out, *stats)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        path, backward, input, weight, bias = inputs
-        stats = output[1:]
         ctx.mark_non_differentiable(*stats)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(input, weight, *stats)
         ctx.path, ctx.backward = path, backward
         ctx.layouts = (_layout(input), _layout(weight), _layout(bias))
+        return (out, *stats)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
