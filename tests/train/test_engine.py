@@ -19,10 +19,12 @@ from normlab.train.engine import (
     EpochMetrics,
     History,
     StepInfo,
+    TrainState,
     build_model,
     evaluate,
     fit,
     load_data,
+    make_optimizer,
 )
 from normlab.train.runs import Run
 
@@ -296,3 +298,29 @@ def test_batch_size_one_with_batch_norm_is_refused_before_training() -> None:
     with pytest.raises(UsageError, match=r"--batch-size 1 .* use --batch-size 2 or more"):
         dataclasses.replace(SMALL, batch_size=1).validate()
     dataclasses.replace(SMALL, batch_size=1, norm="group").validate()  # per-sample: fine
+
+
+def test_the_checkpoint_is_the_train_state(tmp_path: Path, data: Dataset) -> None:
+    """A checkpoint holds TrainState's fields (plus its format and the RNG states), and
+    restoring one gives a state whose checkpoint is the same, tensor for tensor."""
+    run = Run.create(tmp_path, "state", SMALL, checkpoint_every=3)
+    fit(build_model(SMALL), data, SMALL, run=run, progress=False, until_step=11)
+    checkpoint = run.load_checkpoint()
+    fields = {f.name for f in dataclasses.fields(TrainState)}
+    assert set(checkpoint) == fields | {"format", "rng"}
+    model = build_model(SMALL)
+    state = TrainState.restore(checkpoint, model, make_optimizer(model, SMALL))
+    assert (state.epoch, state.step_in_epoch, state.step) == (1, 3, 11)
+    assert len(state.history.step_losses) == 11 and len(state.partial.sizes) == 3
+    assert state.partial.losses == state.history.step_losses[8:]
+
+    def same(a: object, b: object) -> bool:
+        if isinstance(a, torch.Tensor):
+            return isinstance(b, torch.Tensor) and torch.equal(a, b)
+        if isinstance(a, dict):
+            return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list | tuple):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+        return a == b
+
+    assert same(state.to_checkpoint(), checkpoint)
