@@ -8,9 +8,15 @@ accuracy (:func:`evaluate`, eval mode) and the wall time.
 
 With a :class:`~normlab.train.runs.Run`, ``fit`` checkpoints every ``run.checkpoint_every``
 steps and at the end of every epoch, and resumes from the run's checkpoint when there is
-one: model, optimizer, RNG states, the batches already done and the partial sums of the
-epoch are restored, so a killed and resumed run produces exactly (bit for bit) the
-metrics of an uninterrupted one.
+one. The checkpoint is a :class:`TrainState`: model, optimizer, the batches already done,
+the history and the partial sums of the epoch, with the RNG states; restored, a killed
+run produces exactly (bit for bit) the metrics of an uninterrupted one.
+
+``fit`` reads as its steps: prepare the call (:class:`_Loop`), start or restore the state,
+then per epoch train its remaining batches (:func:`_train_epoch`: one SGD step, then read
+the losses and checkpoint when due) and finish it (:func:`_finish_epoch`: evaluate, record,
+checkpoint); a loss or weight that stops being finite ends training
+(:func:`_record_divergence`).
 
 Example::
 
