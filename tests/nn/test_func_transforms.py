@@ -235,3 +235,57 @@ def test_vmap_over_batches_of_inputs_matches_torch(code_path: str, twin: Twin) -
         ours.train()
         theirs.train()
         _assert_same(vmap(ours)(xs), vmap(theirs)(xs), xs)
+
+
+# Layers torch.nn lacks: the oracle is the same layer run eagerly, one model or one sample
+# at a time (its eager path is normlab's fast path, the transforms run the plain formula).
+BEYOND_TORCH = {
+    "BatchRenorm2d": (lambda: N.BatchRenorm2d(3), (4, 3, 3, 3)),
+    "GhostBatchNorm2d": (lambda: N.GhostBatchNorm2d(3, virtual_batch_size=2), (4, 3, 3, 3)),
+    "FrozenBatchNorm2d": (lambda: N.FrozenBatchNorm2d(3), (4, 3, 3, 3)),
+    "FilterResponseNorm2d": (lambda: N.FilterResponseNorm2d(3), (4, 3, 3, 3)),
+    "EvoNorm2dB0": (lambda: N.EvoNorm2dB0(4), (4, 4, 3, 3)),
+    "EvoNorm2dS0": (lambda: N.EvoNorm2dS0(4, groups=2), (4, 4, 3, 3)),
+    "DynamicTanh": (lambda: N.DynamicTanh([5]), (4, 3, 5)),
+    "StdConv2d": (lambda: N.StdConv2d(3, 4, 3), (4, 3, 5, 5)),
+}
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", sorted(BEYOND_TORCH))
+def test_layers_beyond_torch_in_ensembles_match_their_eager_runs(
+    code_path: str, name: str, train: bool
+) -> None:
+    make, shape = BEYOND_TORCH[name]
+    x = torch.randn(shape, dtype=DT) * 2 + 0.5
+    models = []
+    for _ in range(MODELS):
+        module = make().to(DT).train(train)
+        _randomize(module)
+        models.append(module)
+    eager = [copy.deepcopy(module) for module in models]
+    expected = torch.stack([module(x) for module in eager])
+    params, buffers = stack_module_state(models)
+    skeleton = copy.deepcopy(models[0]).to("meta")
+
+    def run(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(skeleton, (p, b), (x,))
+
+    _assert_same(vmap(run, in_dims=(0, 0, None))(params, buffers, x), expected.detach(), x)
+    for key, stacked in buffers.items():
+        one_by_one = torch.stack([dict(module.named_buffers())[key] for module in eager])
+        _assert_same(stacked.double(), one_by_one.double(), x)
+
+
+@pytest.mark.parametrize("name", sorted(BEYOND_TORCH))
+def test_layers_beyond_torch_jacrev_matches_autograd(code_path: str, name: str) -> None:
+    """``jacrev`` in the input equals autograd's Jacobian of the eager layer (training)."""
+    make, shape = BEYOND_TORCH[name]
+    x = torch.randn(shape, dtype=DT) * 2 + 0.5
+    module = make().to(DT).train()
+    _randomize(module)
+    buffers = {k: v.clone() for k, v in module.named_buffers()}
+    jacobian = jacrev(lambda x, b: functional_call(module, b, (x,)))(x, buffers)
+    eager = copy.deepcopy(module)
+    expected = torch.autograd.functional.jacobian(lambda x: eager(x), x)
+    _assert_same(jacobian, expected, x)
