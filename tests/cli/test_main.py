@@ -121,3 +121,25 @@ def test_a_closed_pipe_ends_quietly() -> None:
     _, err = reader.communicate(timeout=120)
     assert reader.returncode == 0, err
     assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def test_sigterm_is_an_interrupt_inside_a_command_only(capsys: pytest.CaptureFixture) -> None:
+    """SIGTERM raises Terminated (a KeyboardInterrupt, so clean-ups run) while a command
+    runs; the message names the resume command noted on it; exit codes 143 and 130."""
+    import os
+    import signal
+
+    from normlab.cli.main import Terminated, interrupted, sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated) as caught, sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()  # not reached: the handler raises first
+    assert signal.getsignal(signal.SIGTERM) is before
+    caught.value.add_note("to continue: normlab train --resume runs/x")
+    assert interrupted("train", caught.value) == 143
+    assert capsys.readouterr().err == (
+        "normlab train: terminated; to continue: normlab train --resume runs/x\n"
+    )
+    assert interrupted("info", KeyboardInterrupt()) == 130
+    assert capsys.readouterr().err == "normlab info: interrupted\n"
