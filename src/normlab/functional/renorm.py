@@ -20,7 +20,7 @@ with the per-channel affine ``weight * r`` and ``bias + weight * d``::
 
     y = (x - mu_B) / sigma_B * (weight * r) + (bias + weight * d)
 
-which :func:`normlab.functional.batch.batch_norm` computes with its closed-form backward
+which :func:`normlab.functional.batch_norm` computes with its closed-form backward
 (``dx = (weight r / sigma_B) (dy - mean(dy) - xhat0 mean(dy xhat0))``, ``xhat0`` the plain
 batch-normalised input) and its fused CPU and GPU paths; autograd carries the gradient of
 ``weight`` through the product, ``dweight = sum(dy * (xhat0 * r + d))``. ``r`` and ``d``
