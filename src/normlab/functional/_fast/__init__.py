@@ -3,7 +3,8 @@
 Each module holds one norm's :class:`~normlab.functional._autograd.FastPath` s: a call into
 normlab's kernels (:func:`normlab.kernels.ops_for`: the C++ loops on CPU, Triton on CUDA)
 and the same formulas as in-place tensor arithmetic for everything else (half precision
-on CPU, CUDA without Triton), with one function, ``fast_path``, that picks between them.
+on CPU, CUDA without Triton), with a function ``fast_path`` that picks between them (RMS norm
+has no kernel: its one path is the tensor arithmetic).
 The formulas are those of the norm's own module (``normlab.functional.batchnorm``, ...);
 these are how they run fast: few passes, few allocations, sums of squares as squared
 norms of contiguous rows, scalars in the operations' own arguments.
