@@ -10,6 +10,7 @@ from __future__ import annotations
 from normlab.errors import UsageError
 from normlab.lab.experiment import Experiment
 from normlab.lab.experiments.compare import COMPARE
+from normlab.lab.experiments.depth import DEPTH
 from normlab.lab.experiments.momentum import MOMENTUM
 from normlab.lab.experiments.placement import PLACEMENT
 from normlab.lab.experiments.probes import PROBE
@@ -27,6 +28,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     PLACEMENT,
     MOMENTUM,
     TRANSFORMER,
+    DEPTH,
 )
 
 
