@@ -107,15 +107,21 @@ class _BatchNorm(_NormBase, torch_batchnorm._BatchNorm):
             return None, None
         return self.running_mean, self.running_var
 
-    def _check_input(self, input: Tensor) -> None:
+    def _check_input(self, input: Tensor, weight: Tensor | None = None) -> None:
         """torch.nn's checks of the input (:meth:`_check_input_thoroughly`), with a fast path:
         the rank, then for the module's channel count in the dtype of its first parameter
-        or buffer (``weight``, else ``running_mean``: torch's order) nothing more."""
+        or buffer (``weight``, else ``running_mean``: torch's order) nothing more. A caller
+        that holds ``self.weight`` already passes it (one module attribute lookup less)."""
         self._check_input_dim(input)
-        first = self.weight if self.affine else self.running_mean
+        first = weight if weight is not None else self._first_tensor()
         if first is not None and input.shape[1] == self.num_features and input.dtype == first.dtype:
             return
         self._check_input_thoroughly(input)
+
+    def _first_tensor(self) -> Tensor | None:
+        """torch's first parameter for the dtype rule: ``weight`` with ``affine``, else
+        ``running_mean`` (``None`` without either)."""
+        return self.weight if self.affine else self.running_mean
 
     def _check_input_thoroughly(self, input: Tensor) -> None:
         """torch.nn's checks in its order after the rank: one value per channel when batch
@@ -135,15 +141,16 @@ class _BatchNorm(_NormBase, torch_batchnorm._BatchNorm):
         check_mixed_dtype(input, (self.weight, self.bias, self.running_mean, self.running_var))
 
     def forward(self, input: Tensor) -> Tensor:
-        self._check_input(input)
+        weight, bias = self.weight, self.bias
+        self._check_input(input, weight)
         factor = self._exponential_average_factor()
         running_mean, running_var = self._running_stats()
         return batch_norm(
             input,
             running_mean,
             running_var,
-            self.weight,
-            self.bias,
+            weight,
+            bias,
             self._uses_batch_stats(),
             factor,
             self.eps,
