@@ -927,9 +927,9 @@ def leak_finding(summary: TransformerSummary) -> Finding | None:
         f"the test images with whole sequences in the batch, {fmt3(n['batch_running'])} "
         f"with its running statistics, {fmt3(n['batch_rows'])} row by row (only the rows "
         f"above) and {fmt3(n['batch_single'])} one sequence at a time: its best causal "
-        f"prediction is {fmt3(n['batch_gap'])} worse than the loss with whole sequences. "
-        f"Layer norm trains to {fmt3(n['layer_train'])}, scores {fmt3(n['layer_seen'])} "
-        f"and has a gap of {fmt3(n['layer_gap'])} (spread between seeds "
+        f"prediction minus the loss with whole sequences is {fmt3(n['batch_gap'])}. Layer "
+        f"norm trains to {fmt3(n['layer_train'])}, scores {fmt3(n['layer_seen'])} every "
+        f"way and has a gap of {fmt3(n['layer_gap'])} (spread between seeds "
         f"{fmt3(n['noise'])}).",
         claim=(
             "Batch statistics over (batch, time) let each position of a causal model see "
