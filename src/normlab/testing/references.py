@@ -118,7 +118,9 @@ class _BatchRenorm(_Affine):
         self._affine(num_features, affine, bias, factory)
         self.register_buffer("running_mean", torch.zeros(num_features, **factory))
         self.register_buffer("running_var", torch.ones(num_features, **factory))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.register_buffer(
+            "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+        )
 
     def _limits(self) -> tuple[float, float]:
         """The warm-up: (1, 0) up to ``start``, then linear to (rmax, dmax)."""
@@ -195,7 +197,9 @@ class _GhostBatchNorm(_Affine):
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features, **factory))
             self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+            self.register_buffer(
+                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training and self.track_running_stats:
