@@ -103,7 +103,10 @@ def test_report_pieces(tiny_run: TransformerSummary) -> None:
     table = TRANSFORMER.table(tiny_run)
     assert len(table.rows) == len(tiny_run.arms) + len(tiny_run.causal)
     stems = [spec.stem for spec in TRANSFORMER.figures(tiny_run)]
-    assert stems == ["transformer-accuracy", "transformer-gradients", "transformer-causal"]
+    assert stems == [
+        "transformer-accuracy", "transformer-gradients", "transformer-warmup",
+        "transformer-causal",
+    ]  # fmt: skip
     for finding in TRANSFORMER.findings(tiny_run):
         _assert_cites_its_numbers(finding)
 

@@ -336,6 +336,12 @@ class Transformer(Experiment[TransformerConfig, TransformerSummary]):
                        "Gradient norm of each block's second feed-forward weight at "
                        "initialisation, pre-LN and post-LN (as Xiong et al. 2020, Figure 3)."),
         ]  # fmt: skip
+        if any(not a.warmup for a in summary.arms):
+            specs.append(
+                FigureSpec("transformer-warmup", warmup_figure(summary),
+                           "Training loss with and without warm-up, per norm and placement "
+                           "trained both ways (mean ± std over seeds).")
+            )  # fmt: skip
         if summary.causal:
             specs.append(
                 FigureSpec("transformer-causal", causal_figure(summary),
@@ -987,6 +993,32 @@ def gradients_figure(summary: TransformerSummary) -> Figure:
                 ax.legend(fontsize=8)
             ax.set_xlabel("block")
             ax.set_ylabel("gradient norm of W² at initialisation")
+            ax.set_title(f"{placement}-LN")
+    return fig
+
+
+def warmup_figure(summary: TransformerSummary) -> Figure:
+    """Training loss over training, with and without warm-up: one panel per placement, a
+    line per norm and warm-up (the norms trained both ways)."""
+    from normlab.report.plots import new_figure, plot_lines, style
+
+    both = {a.norm for a in summary.arms if not a.warmup}
+    with style():
+        fig, axes = new_figure(1, 2, width=10.0, height=4.0)
+        for ax, placement in zip(axes, ("pre", "post"), strict=True):
+            series = {
+                f"{a.norm}, warm-up {'on' if a.warmup else 'off'}": a.loss_curve.values
+                for a in summary.arms
+                if a.norm in both and a.placement == placement and a.loss_curve.values
+            }
+            length = min((len(v[0]) for v in series.values()), default=0)
+            if length:
+                xs = [(i + 0.5) / length for i in range(length)]
+                plot_lines(ax, xs, {k: [c[:length] for c in v] for k, v in series.items()},
+                           markers=False)  # fmt: skip
+                ax.legend(fontsize=8)
+            ax.set_xlabel("fraction of training")
+            ax.set_ylabel("training loss (cross-entropy)")
             ax.set_title(f"{placement}-LN")
     return fig
 
