@@ -6,6 +6,7 @@ per-sample gradients with vmap(grad), and jacrev/jvp, each against a plain loop 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -115,3 +116,19 @@ def test_jacrev_and_jvp_equal_autograd(name: str) -> None:
     tangent = torch.randn_like(x)
     _, out_tangent = jvp(model, (x,), (tangent,))
     _close(out_tangent.flatten(), flat @ tangent.flatten())
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_an_empty_batch_gives_an_empty_output_and_leaves_the_state(name: str) -> None:
+    """As torch.nn's batch norm: no error, no warning, running statistics untouched."""
+    model = _model(name).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn((0, *LAYERS[name][1][1:]), dtype=F64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = model(x)
+        y.sum().backward()
+    assert y.shape[0] == 0 and y.dtype == F64
+    for key, value in model.state_dict().items():
+        if key != "num_batches_tracked":
+            assert torch.equal(value, before[key]), key

@@ -45,6 +45,13 @@ def _check_input(input: Tensor, fn: str) -> None:
         )
 
 
+def _empty(input: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """An input without elements: an empty output, still connected to the affine, and no
+    statistics (nor running variance) touched."""
+    ndim = input.dim()
+    return input * _channel(weight, ndim, input.dtype) + _channel(bias, ndim, input.dtype)
+
+
 def check_groups(num_features: int, groups: object) -> None:
     """``groups`` a positive ``int`` dividing ``num_features``, else ``ValueError``."""
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
@@ -86,6 +93,8 @@ def evonorm_b0(
         torch.Size([4, 3, 5, 5])
     """
     _check_input(input, "evonorm_b0")
+    if input.numel() == 0:
+        return _empty(input, weight, bias)
     dtype, ndim = _compute_dtype(input), input.dim()
     x = input.to(dtype)
     spatial = tuple(range(2, ndim))
@@ -134,6 +143,8 @@ def evonorm_s0(
     """
     _check_input(input, "evonorm_s0")
     check_groups(input.shape[1], groups)
+    if input.numel() == 0:
+        return _empty(input, weight, bias)
     dtype, ndim = _compute_dtype(input), input.dim()
     x = input.to(dtype)
     grouped = x.reshape(x.shape[0], groups, -1)

@@ -130,7 +130,7 @@ def ghost_batch_norm(
         True
     """
     check_virtual_batch_size(virtual_batch_size)
-    if not training:
+    if not training or input.numel() == 0:  # an empty batch: batch norm's empty output
         return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
     _check_chunks(input, virtual_batch_size)
     chunks = input.split(virtual_batch_size)

@@ -153,7 +153,7 @@ def batch_renorm(
         True
     """
     check_limits(rmax, dmax)
-    if not training:
+    if not training or input.numel() == 0:  # an empty batch: batch norm's empty output
         return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
     r, d = renorm_corrections(input, running_mean, running_var, eps, rmax, dmax)
     scale, shift = _corrected_affine(weight, bias, r, d)

@@ -96,7 +96,8 @@ class _GhostBatchNorm(_BatchNorm):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, virtual_batch_size={self.virtual_batch_size}, "
-            + (super().extra_repr().split(", ", 1)[1])
+            f"eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}"
         )
 
 
