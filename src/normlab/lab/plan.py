@@ -16,6 +16,7 @@ from normlab.lab.experiments.placement import PLACEMENT
 from normlab.lab.experiments.probes import PROBE
 from normlab.lab.experiments.sweep_batch_size import BATCH_SIZE_SWEEP
 from normlab.lab.experiments.sweep_lr import LR_SWEEP
+from normlab.lab.experiments.train_eval import TRAIN_EVAL
 from normlab.lab.experiments.transformer import TRANSFORMER
 
 __all__ = ["EXPERIMENTS", "experiment_named", "names"]
@@ -29,6 +30,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     MOMENTUM,
     TRANSFORMER,
     DEPTH,
+    TRAIN_EVAL,
 )
 
 
