@@ -10,8 +10,10 @@ This is ``torch.nn.BatchNorm2d`` in evaluation mode. The input is centred before
 scaled: ``x * scale + (bias - running_mean * scale)`` (torchvision's form, one fewer pass)
 loses every digit of the output when ``x`` and ``running_mean`` are large and close
 (mean 1e4, std 1e-2 in float32: ``x * scale`` is about 1e6, its rounding error 0.06, of an
-output of order one). The gradient is ``dL/dx = dL/dy * scale``, differentiated by autograd
-from this formula (a product by a constant needs no closed form of its own).
+output of order one). The centred input is the output's buffer, scaled and shifted in place:
+one activation-sized allocation (torchvision's form makes two). The gradient is
+``dL/dx = dL/dy * scale``, differentiated by autograd from this formula (a product by a
+constant needs no closed form of its own).
 
 float16 / bfloat16 inputs: arithmetic in float32, output in the input's dtype.
 """
@@ -66,6 +68,6 @@ def frozen_batch_norm(
     compute = torch.float32 if input.dtype in _LOW_PRECISION else input.dtype
     ndim = input.dim()
     scale = weight.to(compute) * torch.rsqrt(running_var.to(compute) + eps)
-    centred = input.to(compute) - _per_channel(running_mean.to(compute), ndim)
-    out = centred * _per_channel(scale, ndim) + _per_channel(bias.to(compute), ndim)
+    out = input.to(compute) - _per_channel(running_mean.to(compute), ndim)  # the one allocation
+    out.mul_(_per_channel(scale, ndim)).add_(_per_channel(bias.to(compute), ndim))
     return out.to(input.dtype)
