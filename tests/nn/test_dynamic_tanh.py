@@ -110,3 +110,22 @@ def test_registry_applies_it_over_channels() -> None:
     expected = torch.tanh(0.5 * x)  # weight 1, bias 0
     assert_close_sum(conv(x), expected, terms=2, abs_sum=expected.abs() + 1)
     assert isinstance(normlab.nn.create_norm_layer("dyt", 6, dims=0), DynamicTanh)
+
+
+def test_autograd_gives_the_closed_form_backward() -> None:
+    """dL/dx = dL/dy weight alpha (1 - tanh^2(alpha x)); dL/dalpha = sum(dL/dy weight x
+    (1 - tanh^2)); dL/dweight = sum over leading dims of dL/dy tanh; dL/dbias = sum dL/dy."""
+    x = torch.randn(4, 3, 6, dtype=torch.float64, requires_grad=True)
+    alpha = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
+    weight, bias = (torch.randn(6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    y = dynamic_tanh(x, alpha, weight, bias)
+    upstream = torch.randn_like(y)
+    dx, dalpha, dweight, dbias = torch.autograd.grad(y, (x, alpha, weight, bias), upstream)
+    with torch.no_grad():
+        t = torch.tanh(alpha * x)
+        slope = upstream * weight * (1 - t.square())
+        bound = upstream.abs().sum() * 10
+        assert_close_sum(dx, slope * alpha, terms=3, abs_sum=slope.abs() + 1)
+        assert_close_sum(dalpha, (slope * x).sum().view(1), terms=x.numel(), abs_sum=bound * 10)
+        assert_close_sum(dweight, (upstream * t).sum((0, 1)), terms=12, abs_sum=bound)
+        assert_close_sum(dbias, upstream.sum((0, 1)), terms=12, abs_sum=bound)

@@ -113,3 +113,31 @@ def test_registry_learns_eps_for_fully_connected_features() -> None:
     conv = normlab.nn.create_norm_layer("frn", 6, dims=2)
     assert fc.layer.learnable_eps and not conv.learnable_eps
     assert fc(torch.randn(5, 6)).shape == (5, 6)
+
+
+def test_autograd_gives_the_closed_form_backward_of_the_module_docstring() -> None:
+    """dL/dx = weight r (g - x mean_HW(g x) r^2), g = dL/dy where z > tau, r = (nu2+eps)^-1/2;
+    dL/dtau = sum of dL/dy where z <= tau; dL/dweight = sum(g x r); dL/dbias = sum(g)."""
+    n, c, h, w, eps = 3, 4, 5, 5, 1e-3
+    x = torch.randn(n, c, h, w, dtype=torch.float64, requires_grad=True)
+    weight, bias, tau = (torch.randn(c, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    y = filter_response_norm(x, weight, bias, tau, eps)
+    upstream = torch.randn_like(y)
+    dx, dweight, dbias, dtau = torch.autograd.grad(y, (x, weight, bias, tau), upstream)
+    with torch.no_grad():
+        view = (1, c, 1, 1)
+        r = (x.square().mean((2, 3), keepdim=True) + eps).rsqrt()
+        z = weight.view(view) * x * r + bias.view(view)
+        passes = z > tau.view(view)
+        g = torch.where(passes, upstream, torch.zeros_like(upstream))
+        gw = g * weight.view(view)
+        expected_dx = r * (gw - x * (gw * x).mean((2, 3), keepdim=True) * r.square())
+        expected = {
+            "dx": expected_dx,
+            "dweight": (g * x * r).sum((0, 2, 3)),
+            "dbias": g.sum((0, 2, 3)),
+            "dtau": torch.where(passes, torch.zeros_like(upstream), upstream).sum((0, 2, 3)),
+        }
+    bound = upstream.abs().sum() * 10
+    for name, got in (("dx", dx), ("dweight", dweight), ("dbias", dbias), ("dtau", dtau)):
+        assert_close_sum(got, expected[name], terms=n * h * w, abs_sum=bound)
