@@ -16,6 +16,8 @@ the lab needs to run it and report it:
   literature (:mod:`normlab.lab.verdicts`);
 - :meth:`Experiment.table` and :meth:`Experiment.figures`: what the terminal and the
   report show;
+- :meth:`Experiment.guide` (optional): rows of the report's where-and-when guide
+  (:mod:`normlab.lab.guide`), computed from the summary;
 - ``command`` and ``options``: how ``normlab`` runs it on its own.
 
 The plan (:mod:`normlab.lab.plan`) lists the experiment objects in order; the runner
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from normlab.data import Dataset
+    from normlab.lab.guide import GuideRow
     from normlab.lab.verdicts import Finding
     from normlab.report import Column
 
@@ -206,6 +209,13 @@ class Experiment(ABC, Generic[ConfigT, SummaryT]):
     @abstractmethod
     def figures(self, summary: SummaryT) -> list[FigureSpec]:
         """The report's figures (import matplotlib inside: it is optional and slow)."""
+
+    def guide(self, summary: SummaryT) -> list[GuideRow]:
+        """Rows of the study report's "Where and when to normalize" table for the
+        situations this experiment answers (:data:`normlab.lab.guide.SITUATIONS`), every
+        field computed from ``summary``; default: none."""
+        del summary
+        return []
 
     # Process-wide state a worker process needs (e.g. registered arms): taken in the
     # parent, given to each spawned worker before it computes a cell.

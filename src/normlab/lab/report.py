@@ -2,7 +2,10 @@
 
 Nothing here knows an experiment by name: each section is written from its
 :class:`~normlab.lab.experiment.Experiment` (title, introduction, figures, table,
-findings). :func:`build_report` assembles a :class:`~normlab.report.Report` from the
+findings), and the report opens with the where-and-when guide: every experiment's
+:meth:`~normlab.lab.experiment.Experiment.guide` rows in the order of
+:data:`normlab.lab.guide.SITUATIONS`, each row's evidence linked to its experiment's
+section. :func:`build_report` assembles a :class:`~normlab.report.Report` from the
 results; :func:`write_study_outputs` writes results.json, the figures (PNG), report.html
 (self-contained) and report.md into a run directory.
 """
@@ -18,14 +21,27 @@ from typing import Any
 
 from normlab.lab.cells import config_dict, to_jsonable
 from normlab.lab.experiment import Experiment, ExperimentResult, TableSpec
+from normlab.lab.guide import SITUATIONS, GuideRow
 from normlab.lab.plan import experiment_named
 from normlab.lab.verdicts import Finding
 from normlab.report import Column, Report
 from normlab.report.stats import format_duration
 
-__all__ = ["StudyTiming", "all_findings", "build_report", "experiment_table", "write_study_outputs"]
+__all__ = [
+    "GUIDE_TITLE",
+    "GuideEntry",
+    "StudyTiming",
+    "all_findings",
+    "build_report",
+    "experiment_table",
+    "guide_entries",
+    "write_study_outputs",
+]
 
 RESULTS_FILE = "results.json"
+GUIDE_TITLE = "Where and when to normalize"
+FINDINGS_TITLE = "Findings against the literature"
+TIMING_TITLE = "How this was run"
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,66 @@ def all_findings(results: Mapping[str, ExperimentResult]) -> list[Finding]:
     return out
 
 
+@dataclass(frozen=True)
+class GuideEntry:
+    """A guide row with the experiment it comes from (its evidence links to that section)."""
+
+    row: GuideRow
+    experiment: Experiment
+
+
+def guide_entries(results: Mapping[str, ExperimentResult]) -> list[GuideEntry]:
+    """Every experiment's guide rows in the order of
+    :data:`~normlab.lab.guide.SITUATIONS` (within one situation: the plan's order, then
+    the experiment's own); situations no experiment in ``results`` answers are absent."""
+    entries = [
+        GuideEntry(row, experiment_named(name))
+        for name, result in results.items()
+        for row in experiment_named(name).guide(result.summary)
+    ]
+    return sorted(entries, key=lambda e: SITUATIONS.index(e.row.situation))
+
+
+def _section_anchors(titles: Sequence[str]) -> dict[str, str]:
+    """The anchor each section title gets when the report's sections are added in this
+    order (the report's own rule, duplicates numbered)."""
+    scratch = Report("anchors")
+    for title in titles:
+        scratch.section(title)
+    return {title: heading.anchor for title, heading in zip(titles, scratch.sections, strict=True)}
+
+
+def _link(title: str, anchors: Mapping[str, str]) -> str:
+    """``[title](#anchor)``: rendered as a link to that section."""
+    return f"[{title}](#{anchors[title]})"
+
+
+def _guide_table(report: Report, entries: Sequence[GuideEntry], anchors: Mapping[str, str]) -> None:
+    report.section(GUIDE_TITLE)
+    report.paragraph(
+        "One row per situation a run of this study measured, in a fixed order; situations "
+        "whose experiment did not run are left out. The recommendation, the evidence and the "
+        "verdict are computed from this run's numbers (a row the seeds do not decide says it "
+        "is inconclusive); the evidence links to the experiment's section."
+    )
+    rows = [
+        {
+            "situation": e.row.situation,
+            "recommendation": e.row.recommendation,
+            "evidence": f"{e.row.evidence} {_link(e.experiment.title, anchors)}",
+            "literature": e.row.literature,
+            "verdict": e.row.verdict,
+        }
+        for e in entries
+    ]
+    report.table(
+        rows,
+        [Column("situation"), Column("recommendation", "recommended"), Column("evidence"),
+         Column("literature"), Column("verdict")],
+        caption="Where and when to normalize, from this run's measurements.",
+    )  # fmt: skip
+
+
 def _finding_items(findings: Sequence[Finding]) -> list[str]:
     items = []
     for f in findings:
@@ -71,16 +147,24 @@ def build_report(
     title: str,
     timing: StudyTiming | None = None,
 ) -> tuple[Report, list[Finding]]:
-    """The report of a study: a summary of the findings, then one section per experiment
-    (introduction, figures, table, findings), then how it was run."""
+    """The report of a study: the where-and-when guide, a summary of the findings, then
+    one section per experiment (introduction, figures, table, findings), then how it was
+    run."""
     findings = all_findings(summaries)
     dataset = next(iter(summaries.values())).config.dataset if summaries else "?"
     experiments: dict[str, Experiment] = {n: experiment_named(n) for n in summaries}
     subtitle = f"LeNet on {dataset}; " + ", ".join(e.title.lower() for e in experiments.values())
     report = Report(title, subtitle=subtitle)
     claims = [f for f in findings if f.claim]
+    entries = guide_entries(summaries)
+    anchors = _section_anchors(
+        [*([GUIDE_TITLE] if entries else []), *([FINDINGS_TITLE] if claims else []),
+         *(e.title for e in experiments.values()), *([TIMING_TITLE] if timing else [])]
+    )  # fmt: skip
+    if entries:
+        _guide_table(report, entries, anchors)
     if claims:
-        report.section("Findings against the literature")
+        report.section(FINDINGS_TITLE)
         report.paragraph(
             "Every sentence below is generated from this run's numbers; the verdict compares "
             "it with the cited paper's claim. These are small LeNets on a CPU budget, not "
@@ -110,7 +194,7 @@ def build_report(
         if mine:
             report.bullets(_finding_items(mine))
     if timing is not None:
-        report.section("How this was run")
+        report.section(TIMING_TITLE)
         report.paragraph(
             f"{timing.cells} cells (one experiment x one setting x one seed); this "
             f"invocation computed {timing.cells_computed} and found "

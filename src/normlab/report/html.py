@@ -2,7 +2,9 @@
 
 Nothing is loaded from elsewhere: the CSS is inline, figures are ``data:image/png;base64``
 images, there are no scripts, fonts or links to other sites. Every piece of text is
-HTML-escaped; a span in backticks becomes ``<code>``. Tables are striped, numbers
+HTML-escaped; a span in backticks becomes ``<code>``; in a table cell, a span
+``[text](#anchor)`` becomes a link to that place in the page (:func:`cell_html`; only
+links within the page, so the page stays self-contained). Tables are striped, numbers
 right-aligned in tabular figures, figures at most as wide as the page.
 
 The page never scrolls sideways, at a laptop's width or a narrow window's: words in tables
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from typing import TYPE_CHECKING
 
 from normlab.report.blocks import Bullets, Code, Figure, Heading, Paragraph, Table
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
     from normlab.report.blocks import Block
     from normlab.report.document import Report
 
-__all__ = ["CSS", "inline_html", "render_html"]
+__all__ = ["CSS", "LINK", "cell_html", "inline_html", "render_html", "split_links"]
 
 CSS = """
 :root { --fg: #1f2328; --muted: #59636e; --rule: #d1d9e0; --stripe: #f3f5f8;
@@ -83,6 +86,36 @@ def inline_html(text: str) -> str:
     return "".join(out)
 
 
+LINK = re.compile(r"\[([^\[\]]+)\]\((#[A-Za-z0-9_.:-]+)\)")
+"""A link within the page in Markdown's form, ``[text](#anchor)``."""
+
+
+def split_links(text: str) -> list[str | tuple[str, str]]:
+    """``text`` cut into plain parts (``str``) and in-page links (``(text, "#anchor")``)."""
+    parts: list[str | tuple[str, str]] = []
+    position = 0
+    for match in LINK.finditer(text):
+        if match.start() > position:
+            parts.append(text[position : match.start()])
+        parts.append((match.group(1), match.group(2)))
+        position = match.end()
+    if position < len(text):
+        parts.append(text[position:])
+    return parts
+
+
+def cell_html(text: str) -> str:
+    """A table cell: escaped text, with each ``[text](#anchor)`` span as ``<a>``."""
+    out = []
+    for part in split_links(text):
+        if isinstance(part, str):
+            out.append(html.escape(part))
+        else:
+            label, anchor = part
+            out.append(f'<a href="{html.escape(anchor, quote=True)}">{html.escape(label)}</a>')
+    return "".join(out)
+
+
 def _table(block: Table) -> str:
     data = block.data
 
@@ -99,7 +132,7 @@ def _table(block: Table) -> str:
     lines.append(f"<thead><tr>{header}</tr></thead>")
     lines.append("<tbody>")
     for row in data.cells:
-        cells = "".join(f"<td{cls(i)}>{html.escape(c)}</td>" for i, c in enumerate(row))
+        cells = "".join(f"<td{cls(i)}>{cell_html(c)}</td>" for i, c in enumerate(row))
         lines.append(f"<tr>{cells}</tr>")
     lines.append("</tbody></table></div>")
     return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 A figure that came from a PNG file inside the Markdown file's directory is linked where it
 is; any other figure is written next to the Markdown file as ``<name>.png``. Text is
-escaped so that Markdown shows it literally; spans in backticks stay code.
+escaped so that Markdown shows it literally; spans in backticks stay code; in a table cell,
+a ``[text](#anchor)`` span stays a link within the document.
 """
 
 from __future__ import annotations
@@ -19,13 +20,20 @@ from normlab.report.blocks import (
     Paragraph,
     Table,
 )
+from normlab.report.html import split_links
 from normlab.train.atomic import write_bytes_atomic
 
 if TYPE_CHECKING:
     from normlab.report.blocks import Block
     from normlab.report.document import Report
 
-__all__ = ["escape_markdown", "inline_markdown", "render_markdown", "write_markdown"]
+__all__ = [
+    "cell_markdown",
+    "escape_markdown",
+    "inline_markdown",
+    "render_markdown",
+    "write_markdown",
+]
 
 _SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
 
@@ -51,6 +59,18 @@ def inline_markdown(text: str) -> str:
     return "".join(out)
 
 
+def cell_markdown(text: str) -> str:
+    """A table cell: escaped text, each ``[text](#anchor)`` span kept a link."""
+    out = []
+    for part in split_links(text):
+        if isinstance(part, str):
+            out.append(escape_markdown(part))
+        else:
+            label, anchor = part
+            out.append(f"[{escape_markdown(label)}]({anchor})")
+    return "".join(out)
+
+
 def _table(block: Table) -> str:
     data = block.data
     lines = []
@@ -58,7 +78,7 @@ def _table(block: Table) -> str:
         lines += [f"**Table {block.number}.** {inline_markdown(block.caption)}", ""]
     lines.append("| " + " | ".join(inline_markdown(h) for h in data.headers) + " |")
     lines.append("|" + "|".join("---:" if right else ":---" for right in data.right) + "|")
-    lines.extend("| " + " | ".join(escape_markdown(c) for c in row) + " |" for row in data.cells)
+    lines.extend("| " + " | ".join(cell_markdown(c) for c in row) + " |" for row in data.cells)
     return "\n".join(lines)
 
 
