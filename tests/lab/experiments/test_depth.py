@@ -196,3 +196,21 @@ def test_signal_verdict(none: float, batch: float, verdict: str) -> None:
         growth={"residual-none": none, "residual-batch": batch},
     )
     assert _verdict(summary, "At initialisation") == verdict
+
+
+@pytest.mark.parametrize(
+    "none_deep,recommendation,verdict",
+    [
+        (CHANCE, "batch norm", AGREES),
+        (GOOD, "inconclusive: the seeds separate none of", DISAGREES),
+    ],
+)
+def test_guide_row(none_deep: list, recommendation: str, verdict: str) -> None:
+    summary = _summary({"plain-none": (GOOD, none_deep), "plain-batch": (GOOD, GOOD),
+                        "residual-batch": (GOOD, GOOD)})  # fmt: skip
+    (row,) = DEPTH.guide(summary)
+    assert row.situation == "deep networks without skips"
+    assert row.recommendation.startswith(recommendation)
+    assert row.verdict == verdict
+    assert "Depth 32, no skips" in row.evidence and "with skips and batch norm" in row.evidence
+    assert DEPTH.guide(_summary({"plain-batch": (GOOD, GOOD)})) == []

@@ -47,6 +47,7 @@ from normlab.lab.common import (
 )
 from normlab.lab.experiment import Curve, Experiment, FigureSpec, Option, SeedStats, TableSpec
 from normlab.lab.figures import percent
+from normlab.lab.guide import DEEP_NO_SKIPS, GuideRow, leaders, recommendation_text
 from normlab.lab.verdicts import (
     AGREES,
     DISAGREES,
@@ -78,6 +79,7 @@ __all__ = [
     "SignalPoint",
     "build_arm",
     "depth_findings",
+    "depth_guide",
     "growth_per_block",
     "signal_propagation",
 ]
@@ -356,6 +358,9 @@ class Depth(Experiment[DepthConfig, DepthSummary]):
 
     def findings(self, summary: DepthSummary) -> list[Finding]:
         return depth_findings(summary)
+
+    def guide(self, summary: DepthSummary) -> list[GuideRow]:
+        return depth_guide(summary)
 
     def table(self, summary: DepthSummary) -> TableSpec:
         from normlab.report import Column
@@ -675,6 +680,46 @@ def _signal_finding(summary: DepthSummary, deep: int) -> Finding | None:
             "blocks": float(blocks),
         },
     )
+
+
+# =================================================================================== guide
+def depth_guide(summary: DepthSummary) -> list[GuideRow]:
+    """The guide's row for deep networks without skips: at the deepest depth, the plain
+    network with batch norm against without, the residual one beside it."""
+    if not summary.depths:
+        return []
+    deep, shallow = max(summary.depths), min(summary.depths)
+    plain = {
+        arm: point
+        for arm in ("plain-none", "plain-batch")
+        if (point := _point(summary, arm, deep)) is not None
+    }
+    finding = _plain_finding(summary, shallow, deep)
+    if len(plain) < 2 or finding is None:
+        return []
+    names = {"plain-none": "no normalization", "plain-batch": "batch norm"}
+    best = leaders({arm: point.test_accuracy for arm, point in plain.items()})
+    evidence = f"Depth {deep}, no skips: " + "; ".join(
+        f"{names[arm]} {_accuracy_text(point)} (learned {point.learned}/{point.seeds})"
+        for arm, point in plain.items()
+    )
+    residual = _point(summary, "residual-batch", deep)
+    if residual is not None:
+        evidence += f"; with skips and batch norm {_accuracy_text(residual)}"
+    he = HE_TOP1_ERROR
+    return [
+        GuideRow(
+            situation=DEEP_NO_SKIPS,
+            recommendation=recommendation_text(best, names.__getitem__, total=len(plain)),
+            evidence=evidence + ".",
+            literature=(
+                "Ioffe & Szegedy (2015); He et al. (2016, Table 2): plain nets of 34 layers "
+                f"train with batch norm ({he['plain'][34]} % ImageNet top-1 error; "
+                f"{he['residual'][34]} % with skips)"
+            ),
+            verdict=finding.verdict,
+        )
+    ]
 
 
 # ================================================================================= figures
