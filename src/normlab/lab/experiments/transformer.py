@@ -53,6 +53,7 @@ from normlab.lab.common import (
     seed_stats,
 )
 from normlab.lab.experiment import Curve, Experiment, FigureSpec, Option, SeedStats, TableSpec
+from normlab.lab.guide import CAUSAL, TRANSFORMERS, GuideRow, leaders, recommendation_text
 from normlab.lab.verdicts import (
     AGREES,
     DISAGREES,
@@ -288,6 +289,10 @@ class Transformer(Experiment[TransformerConfig, TransformerSummary]):
 
     def findings(self, summary: TransformerSummary) -> list[Finding]:
         return transformer_findings(summary)
+
+    def guide(self, summary: TransformerSummary) -> list[GuideRow]:
+        rows = [transformer_guide(summary), causal_guide(summary)]
+        return [row for row in rows if row is not None]
 
     def table(self, summary: TransformerSummary) -> TableSpec:
         from normlab.report import Column
@@ -863,8 +868,8 @@ def batch_accuracy_finding(summary: TransformerSummary) -> Finding | None:
     return Finding(
         "transformer",
         f"Pre-LN with warm-up, layer norm reaches {fmt_pm(a)} and batch norm over the "
-        f"tokens {fmt_pm(b)}: layer norm leads by {difference:+.1f} points, spread "
-        f"between seeds {noise:.1f} points.",
+        f"tokens {fmt_pm(b)}: layer norm minus batch norm is {difference:+.1f} points, "
+        f"spread between seeds {noise:.1f} points.",
         claim=(
             "Shen et al. (2020) find that batch norm in a transformer falls behind layer "
             "norm (IWSLT14 De-En: 34.4 BLEU with batch norm, 35.5 with layer norm)."
@@ -945,6 +950,82 @@ def leak_finding(summary: TransformerSummary) -> Finding | None:
         verdict=directional_verdict(difference, noise),
         numbers=n,
     )  # fmt: skip
+
+
+# ================================================================================ guide
+def transformer_guide(summary: TransformerSummary) -> GuideRow | None:
+    """The guide's "transformers" row: the pre-LN arms with warm-up, the norms not
+    separated from the best test accuracy; the verdict as Shen et al.'s (layer norm ahead
+    of batch norm by more than the spread between seeds)."""
+    accuracy = {
+        arm.norm: arm.test_accuracy
+        for arm in summary.arms
+        if arm.placement == "pre" and arm.warmup and arm.test_accuracy.mean is not None
+    }
+    if not accuracy:
+        return None
+    order = sorted(accuracy, key=lambda n: -accuracy[n].mean)  # type: ignore[operator]
+    evidence = (
+        "A vision transformer (pre-LN, warm-up), test accuracy: "
+        + ", ".join(f"{label(n)} {fmt_pm(accuracy[n])}" for n in order)
+        + "."
+    )
+    verdict = INCONCLUSIVE
+    if "layer" in accuracy and "batch" in accuracy:
+        a, b = accuracy["layer"], accuracy["batch"]
+        difference = round(pct(a.mean) - pct(b.mean), 1)  # type: ignore[arg-type]
+        verdict = directional_verdict(difference, pct(max(_std(a), _std(b))))
+    literature = (
+        "Shen et al. (2020): 34.4 BLEU with batch norm against 35.5 with layer norm (IWSLT14 "
+        "De-En); Zhu et al. (2025): DyT 82.5 % against layer norm's 82.3 % (ViT-B, ImageNet)."
+    )
+    recommendation = recommendation_text(leaders(accuracy), label, total=len(accuracy))
+    return GuideRow(TRANSFORMERS, recommendation, evidence, literature, verdict)
+
+
+def causal_guide(summary: TransformerSummary) -> GuideRow | None:
+    """The guide's "causal sequence models" row: the norms whose leak (best causal test
+    loss minus the loss with whole sequences in the batch) is within the spread between
+    seeds of zero, lowest causal loss first; the verdict: batch norm leaks more than layer
+    norm by more than that spread."""
+    arms = {
+        c.norm: c
+        for c in summary.causal
+        if c.leak.mean is not None
+        and c.running_stats_loss.mean is not None
+        and c.row_by_row_loss.mean is not None
+    }
+    if not arms:
+        return None
+
+    def causal_loss(arm: CausalArm) -> float:
+        return min(arm.running_stats_loss.mean, arm.row_by_row_loss.mean)  # type: ignore[type-var]
+
+    order = sorted(arms, key=lambda n: causal_loss(arms[n]))
+    honest = [n for n in order if arms[n].leak.mean <= _std(arms[n].leak)]  # type: ignore[operator]
+    evidence = (
+        "Next-row prediction, test error per pixel with whole sequences in the batch "
+        "against the best causal one (running statistics or row by row): "
+        + "; ".join(
+            f"{label(n)} {fmt3(arms[n].batch_stats_loss.mean)} against "  # type: ignore[arg-type]
+            f"{fmt3(causal_loss(arms[n]))} (leak {fmt3(arms[n].leak.mean)})"  # type: ignore[arg-type]
+            for n in order
+        )
+        + "."
+    )
+    verdict = INCONCLUSIVE
+    if "batch" in arms and "layer" in arms:
+        batch, layer = arms["batch"].leak, arms["layer"].leak
+        difference = batch.mean - layer.mean  # type: ignore[operator]
+        verdict = directional_verdict(difference, max(_std(batch), _std(layer)))
+    literature = (
+        "Vaswani et al. (2017) and Radford et al. (2019, GPT-2) normalise each token on its "
+        "own (layer norm): batch statistics over (batch, time) let a position see later ones."
+    )
+    recommendation = (
+        " or ".join(label(n) for n in honest) if honest else "inconclusive: every norm's loss leaks"
+    )
+    return GuideRow(CAUSAL, recommendation, evidence, literature, verdict)
 
 
 # ============================================================================== figures
