@@ -11,7 +11,9 @@ disagrees or inconclusive). The study report opens with these rows in the fixed 
 experiment did not run is left out.
 
 Helpers for the rows: :func:`separated` (two measurements further apart than their
-seeds' spread) and :func:`leaders` (the norms not separated from the best).
+seeds' spread), :func:`leaders` (the norms not separated from the best),
+:func:`leader_verdict` (a claim that one norm is the best) and
+:func:`recommendation_text`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "SYNCBN",
     "TRANSFORMERS",
     "GuideRow",
+    "leader_verdict",
     "leaders",
     "recommendation_text",
     "separated",
@@ -122,6 +125,22 @@ def leaders(stats: Mapping[str, SeedStats]) -> list[str]:
     order = sorted(done, key=lambda k: -done[k].mean)  # type: ignore[operator]
     best = done[order[0]]
     return [k for k in order if k == order[0] or not separated(done[k], best)]
+
+
+def leader_verdict(stats: Mapping[str, SeedStats], expected: str) -> str:
+    """A claim that ``expected`` is the best of ``stats``: agrees when it has the highest
+    mean and the seeds separate some other from it; disagrees when another is
+    :func:`separated` above it; inconclusive otherwise (it did not finish, it is second
+    within the spread between seeds, or the seeds separate none of them)."""
+    done = {k: s for k, s in stats.items() if s.mean is not None}
+    if expected not in done or len(done) < 2:
+        return INCONCLUSIVE
+    best = leaders(done)
+    if expected not in best:
+        return DISAGREES
+    if best[0] == expected and len(best) < len(done):
+        return AGREES
+    return INCONCLUSIVE
 
 
 def recommendation_text(

@@ -38,6 +38,13 @@ from normlab.lab.common import (
 )
 from normlab.lab.experiment import Curve, Experiment, FigureSpec, Option, SeedStats, TableSpec
 from normlab.lab.figures import percent
+from normlab.lab.guide import (
+    CNN_LARGE_BATCHES,
+    GuideRow,
+    leader_verdict,
+    leaders,
+    recommendation_text,
+)
 from normlab.lab.verdicts import (
     AGREES,
     DISAGREES,
@@ -213,6 +220,9 @@ class Compare(Experiment[CompareConfig, CompareSummary]):
     def findings(self, summary: CompareSummary) -> list[Finding]:
         return compare_findings(summary)
 
+    def guide(self, summary: CompareSummary) -> list[GuideRow]:
+        return compare_guide(summary)
+
     def table(self, summary: CompareSummary) -> TableSpec:
         from normlab.report import Column
 
@@ -369,6 +379,40 @@ def compare_findings(summary: CompareSummary) -> list[Finding]:
             )
         )
     return findings
+
+
+def compare_guide(summary: CompareSummary) -> list[GuideRow]:
+    """The guide's "CNN with large batches" row: the norms not separated from the best
+    final test accuracy (torch.nn's batch norm, the reference twin of ours, left out);
+    the verdict: is batch norm among them (Wu & He's Table 1 ranks it first)?"""
+    accuracy = {
+        n: s.final_test_accuracy
+        for n, s in summary.norms.items()
+        if n != "torch-batch" and s.final_test_accuracy.mean is not None
+    }
+    if not accuracy:
+        return []
+    order = sorted(accuracy, key=lambda n: -accuracy[n].mean)  # type: ignore[operator]
+    epochs = len(summary.norms[order[0]].per_epoch.test_accuracy.mean)
+    evidence = (
+        f"LeNet's test accuracy after {epochs} epoch{'s' if epochs != 1 else ''}: "
+        + ", ".join(f"{label(n)} {fmt_pm(accuracy[n])}" for n in order)
+        + "."
+    )
+    literature = (
+        "Wu & He (2018, Table 1), ResNet-50 on ImageNet at 32 images per GPU: "
+        + ", ".join(f"{label(n)} {100 - e:.1f} %" for n, e in WU_HE_ERROR.items())
+        + " top-1 (batch norm first)."
+    )
+    return [
+        GuideRow(
+            CNN_LARGE_BATCHES,
+            recommendation_text(leaders(accuracy), label, total=len(accuracy)),
+            evidence,
+            literature,
+            leader_verdict(accuracy, "batch"),
+        )
+    ]
 
 
 def _same_up_to_ties(ours: list[str], paper: list[str], ties: list[tuple[str, str]]) -> bool:

@@ -37,6 +37,7 @@ from normlab.lab.common import (
 )
 from normlab.lab.experiment import Experiment, FigureSpec, Option, SeedStats, TableSpec
 from normlab.lab.figures import finite_rows, percent
+from normlab.lab.guide import SYNCBN, GuideRow, leaders, recommendation_text, separated
 from normlab.lab.verdicts import (
     AGREES,
     DISAGREES,
@@ -303,6 +304,9 @@ class BatchSizeSweep(Experiment[BatchSizeSweepConfig, BatchSizeSummary]):
     def findings(self, summary: BatchSizeSummary) -> list[Finding]:
         return batch_size_findings(summary)
 
+    def guide(self, summary: BatchSizeSummary) -> list[GuideRow]:
+        return syncbn_guide(summary)
+
     def table(self, summary: BatchSizeSummary) -> TableSpec:
         from normlab.report import Column
 
@@ -490,6 +494,40 @@ def batch_size_findings(summary: BatchSizeSummary) -> list[Finding]:
                 )
             )
     return findings
+
+
+def syncbn_guide(summary: BatchSizeSummary) -> list[GuideRow]:
+    """The guide's SyncBN row, when the sweep ran the ``syncbn`` and ``localbn`` arms: at
+    the smallest batch both finished, synchronised against per-process batch norm (eval
+    mode). The verdict: synchronising helps (Wu & He: batch norm's statistics come from
+    each GPU's batch; separated by more than the seeds' spread), hurts, or neither."""
+    if "syncbn" not in summary.arms or "localbn" not in summary.arms:
+        return []
+    pairs = [
+        (sync, local)
+        for sync, local in zip(summary.arms["syncbn"], summary.arms["localbn"], strict=True)
+        if sync.eval_accuracy.mean is not None and local.eval_accuracy.mean is not None
+    ]
+    if not pairs:
+        return []
+    sync, local = pairs[0]
+    stats = {"syncbn": sync.eval_accuracy, "localbn": local.eval_accuracy}
+    if not separated(sync.eval_accuracy, local.eval_accuracy):
+        verdict = INCONCLUSIVE
+    else:
+        verdict = AGREES if sync.eval_accuracy.mean > local.eval_accuracy.mean else DISAGREES
+    evidence = (
+        f"{sync.batch_size} images per step shared by several processes: synchronised "
+        f"batch norm {fmt_pm(sync.eval_accuracy)}, per-process batch norm "
+        f"{fmt_pm(local.eval_accuracy)} (eval mode)."
+    )
+    literature = (
+        f"Wu & He (2018): batch norm's ImageNet error rises from {WU_HE_BN[1]} % at "
+        f"{WU_HE_BN[0]} images per GPU to {WU_HE_BN[3]} % at {WU_HE_BN[2]}, since its "
+        "statistics are each GPU's; synchronising them gives the whole batch's."
+    )
+    recommendation = recommendation_text(leaders(stats), label, total=len(stats))
+    return [GuideRow(SYNCBN, recommendation, evidence, literature, verdict)]
 
 
 # ================================================================================= figures
