@@ -220,3 +220,37 @@ def test_fusion_verdicts(unexplained: list, speedup: list, same: str, faster: st
     summary = _summary(fusion=_fusion(unexplained, speedup))
     assert _only(summary, "With its batch norms folded") == same
     assert _only(summary, "One pass over") == faster
+
+
+@pytest.mark.parametrize(
+    "batch,other,recommendation,verdict",
+    [
+        (BAD, GOOD, "frozen batch norm or group norm (not separated by the seeds)", AGREES),
+        (GOOD, BAD, "batch norm", DISAGREES),
+        (GOOD, GOOD, "inconclusive: the seeds separate none of", INCONCLUSIVE),
+    ],
+)
+def test_finetune_guide_row(batch: list, other: list, recommendation: str, verdict: str) -> None:
+    (row,) = TRAIN_EVAL.guide(_summary(finetune=_finetune(batch, other, other)))
+    assert row.situation == "fine-tuning with tiny batches"
+    assert row.recommendation.startswith(recommendation)
+    assert row.verdict == verdict
+    assert "from 30.0 ± 0.0 %" in row.evidence  # the accuracy before fine-tuning
+
+
+@pytest.mark.parametrize(
+    "unexplained,speedup,recommendation,verdict",
+    [([0, 0, 0], [1.3, 1.35, 1.32], "batch norm folded", AGREES),
+     ([0, 1, 0], [1.3, 1.35, 1.32], "keep batch norm unfused", DISAGREES),
+     ([0, 0, 0], [1.01, 0.99, 1.0], "inconclusive:", INCONCLUSIVE)],
+)  # fmt: skip
+def test_inference_guide_row(
+    unexplained: list, speedup: list, recommendation: str, verdict: str
+) -> None:
+    summary = _summary(fusion=_fusion(unexplained, speedup),
+                       statistics=_statistics([0.85, 0.86, 0.85], [0.80, 0.81, 0.80]))  # fmt: skip
+    (row,) = TRAIN_EVAL.guide(summary)
+    assert row.situation == "inference"
+    assert row.recommendation.startswith(recommendation)
+    assert row.verdict == verdict
+    assert "precise statistics 85.3 ± 0.6 %" in row.evidence

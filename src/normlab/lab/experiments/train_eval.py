@@ -15,8 +15,8 @@ This experiment measures three consequences on the tutorial's BN-LeNet:
   statistics recomputed with the final weights over many training batches (Wu & Johnson
   2021, :func:`normlab.nn.recompute_batch_norm_stats`);
 - **fine-tuning with tiny batches**: a network pre-trained at batch 64 is fine-tuned at
-  batch 2 on a shifted subset (the photographic negative of held-out training images,
-  ``255 - u``: every layer's statistics move) with batch norm, with frozen batch norm
+  batch 2 on a shifted subset (held-out training images at half the contrast and
+  brighter, ``u // 2 + 100``) with batch norm, with frozen batch norm
   (:class:`normlab.nn.FrozenBatchNorm2d`: the pre-trained statistics and affine, fixed)
   and with group norm (pre-trained with group norm);
 - **inference with fused batch norms** (:func:`normlab.nn.fuse_batch_norms`): the fused
@@ -49,6 +49,7 @@ from normlab.lab.common import (
     train_config,
 )
 from normlab.lab.experiment import Curve, Experiment, FigureSpec, Option, SeedStats, TableSpec
+from normlab.lab.guide import FINE_TUNING, INFERENCE, GuideRow, leaders, recommendation_text
 from normlab.lab.verdicts import AGREES, DISAGREES, INCONCLUSIVE, Finding, fmt3, fmt_pm, pct
 
 if TYPE_CHECKING:
@@ -71,11 +72,17 @@ __all__ = [
     "compare_fused",
     "freeze_every_batch_norm",
     "train_eval_findings",
+    "train_eval_guide",
 ]
 
 PARTS = ("statistics", "finetune")
 # arm -> the norm it is pre-trained with
 FINETUNE_ARMS = {"batch": "batch", "frozen-batch": "batch", "group": "group"}
+FINETUNE_LABELS = {
+    "batch": "batch norm",
+    "frozen-batch": "frozen batch norm",
+    "group": "group norm",
+}
 WU_HE_BATCH2_ERROR = {"batch": 34.7, "group": 24.1}  # Wu & He (2018): ResNet-50, 2 images/GPU
 
 
@@ -242,13 +249,13 @@ class TrainEvalConfig:
     momenta: tuple[float, ...] = (0.01, 0.1, 0.5)  # running averages followed (torch's 0.1)
     precise_batches: int = 100  # training batches of the precise statistics
     finetune_arms: tuple[str, ...] = tuple(FINETUNE_ARMS)
-    finetune_subset: int = 1_000  # the last training images, negated, to fine-tune on
+    finetune_subset: int = 1_000  # the last training images, shifted, to fine-tune on
     finetune_batch_size: int = 2
     finetune_epochs: int = 1
     finetune_lr: float = 0.003  # about the pre-training's 0.03 scaled by 2 / 64, x3
     inference_batch_size: int = 256
     timing_repeats: int = 10
-    seeds: int = 3
+    seeds: int = 5
     epochs: int = 3
     dataset: str = "fashion-mnist"
     train_subset: int | None = 10_000
@@ -341,8 +348,8 @@ class TrainEval(Experiment[TrainEvalConfig, TrainEvalSummary]):
         "statistics in evaluation. On the tutorial's BN-LeNet: test accuracy with the test "
         "batches' own statistics, with moving averages of several momenta (followed along "
         "the same run) and with statistics recomputed with the final weights (precise "
-        "statistics); fine-tuning at 2 images per batch on the negatives of held-out "
-        "images with batch norm, frozen batch norm and group norm; and inference with "
+        "statistics); fine-tuning at 2 images per batch on held-out images at half the "
+        "contrast with batch norm, frozen batch norm and group norm; and inference with "
         "the batch norms folded into the layers before them."
     )
     config_type = TrainEvalConfig
@@ -401,6 +408,9 @@ class TrainEval(Experiment[TrainEvalConfig, TrainEvalSummary]):
     def findings(self, summary: TrainEvalSummary) -> list[Finding]:
         return train_eval_findings(summary)
 
+    def guide(self, summary: TrainEvalSummary) -> list[GuideRow]:
+        return train_eval_guide(summary)
+
     def table(self, summary: TrainEvalSummary) -> TableSpec:
         from normlab.report import Column
 
@@ -417,7 +427,7 @@ class TrainEval(Experiment[TrainEvalConfig, TrainEvalSummary]):
             f = summary.finetune
             for arm, after in f.after.items():
                 rows.append({
-                    "what": f"fine-tuned at batch {f.batch_size}: {arm} (negatives)",
+                    "what": f"fine-tuned at batch {f.batch_size}: {arm} (shifted)",
                     "accuracy": pm(after),
                     "before": pm(f.before[arm]),
                 })  # fmt: skip
@@ -448,7 +458,7 @@ class TrainEval(Experiment[TrainEvalConfig, TrainEvalSummary]):
         if summary.finetune is not None or summary.fusion is not None:
             specs.append(FigureSpec(
                 "train-eval-finetune-fusion", finetune_fusion_figure(summary),
-                "Left: accuracy on the negated test images before and after fine-tuning at "
+                "Left: accuracy on the shifted test images before and after fine-tuning at "
                 "tiny batches (bars: mean, error bars: ±1 std, dots: seeds). Right: one "
                 "inference pass over the test images, unfused and fused.",
             ))  # fmt: skip
@@ -459,16 +469,17 @@ TRAIN_EVAL = TrainEval()
 
 
 def _cost(config: TrainEvalConfig, part: str) -> float:
+    """Estimated seconds of one cell; the statistics part measured at about twice its
+    training and evaluation estimate (the copies of the model and the precise passes)."""
     examples = config.epochs * (config.train_subset or 60_000)
     tests = config.test_subset or 10_000
     if part == "statistics":
         evaluations = config.epochs * (len(config.momenta) + 2) * tests
         precise = config.epochs * config.precise_batches * config.batch_size
         timing = 2 * config.timing_repeats * tests
-        return estimate_seconds(examples, config.batch_size) + eval_seconds(
-            evaluations + precise + timing
-        )
-    pretrain = sum(1 for norm in set(FINETUNE_ARMS[a] for a in config.finetune_arms))
+        training = estimate_seconds(examples, config.batch_size)
+        return 2.0 * (training + eval_seconds(evaluations + precise + timing))
+    pretrain = len({FINETUNE_ARMS[a] for a in config.finetune_arms})
     tune = config.finetune_epochs * config.finetune_subset * len(config.finetune_arms)
     return (
         pretrain * estimate_seconds(examples, config.batch_size, "group")
@@ -538,14 +549,14 @@ def _accuracies(
 
 
 def _shifted(images: torch.Tensor) -> torch.Tensor:
-    """The photographic negative: ``255 - u``."""
-    return 255 - images
+    """Half the contrast, brighter: ``u // 2 + 100`` (uint8, 100..227)."""
+    return images // 2 + 100
 
 
 def _finetune_cell(config: TrainEvalConfig, data: Dataset, seed: int) -> dict[str, Any]:
     """Pre-train at batch 64 on all but the last ``finetune_subset`` training images;
-    fine-tune each arm at ``finetune_batch_size`` on their negatives; accuracy on the
-    negated test images before and after."""
+    fine-tune each arm at ``finetune_batch_size`` on their shifted versions; accuracy on
+    the shifted test images before and after."""
     from normlab.train.engine import build_model, evaluate, fit
 
     count = len(data.train_labels) - config.finetune_subset
@@ -709,9 +720,9 @@ def _finetune_findings(f: FinetuneStats) -> list[Finding]:
         wu = WU_HE_BATCH2_ERROR
         findings.append(Finding(
             "train-eval",
-            f"Fine-tuned at {f.batch_size} images per batch on the negatives, group norm "
+            f"Fine-tuned at {f.batch_size} images per batch on the shifted images, group norm "
             f"reaches {fmt_pm(after['group'])} and batch norm {fmt_pm(after['batch'])} on the "
-            f"negated test images: {diff:+.1f} points (seed spread {spread:.1f}).",
+            f"shifted test images: {diff:+.1f} points (seed spread {spread:.1f}).",
             claim=(
                 f"Wu & He (2018) report ImageNet top-1 errors of {wu['group']} % with group "
                 f"norm against {wu['batch']} % with batch norm at 2 images per GPU (ResNet-50)."
@@ -785,6 +796,97 @@ def fmt_pm_ms(stat: SeedStats) -> str:
     return f"{stat.mean:.1f} ms"
 
 
+# =================================================================================== guide
+def train_eval_guide(summary: TrainEvalSummary) -> list[GuideRow]:
+    """The guide's rows: fine-tuning with tiny batches, and inference."""
+    rows = []
+    if summary.finetune is not None:
+        rows += _finetune_row(summary.finetune)
+    if summary.fusion is not None:
+        rows += _inference_row(summary.fusion, summary.statistics)
+    return rows
+
+
+def _finetune_row(f: FinetuneStats) -> list[GuideRow]:
+    done = {arm: stat for arm, stat in f.after.items() if stat.mean is not None}
+    if len(done) < 2:
+        return []
+    best = leaders(done)
+    if len(best) == len(done):
+        verdict = INCONCLUSIVE
+    elif "batch" not in best:
+        verdict = AGREES
+    else:
+        verdict = DISAGREES if best == ["batch"] else INCONCLUSIVE
+    wu = WU_HE_BATCH2_ERROR
+    return [
+        GuideRow(
+            situation=FINE_TUNING,
+            recommendation=recommendation_text(best, FINETUNE_LABELS.__getitem__, len(done)),
+            evidence=f"Fine-tuned at {f.batch_size} images per batch on shifted images: "
+            + "; ".join(
+                f"{FINETUNE_LABELS[arm]} {fmt_pm(stat)}"
+                + (f" (from {fmt_pm(f.before[arm])})" if f.before[arm].mean is not None else "")
+                for arm, stat in done.items()
+            )
+            + ".",
+            literature=(
+                f"Wu & He (2018): at 2 images per GPU, {wu['group']} % ImageNet top-1 error "
+                f"with group norm against {wu['batch']} % with batch norm; detection "
+                "fine-tunes with frozen batch norm"
+            ),
+            verdict=verdict,
+        )
+    ]
+
+
+def _inference_row(u: FusionStats, statistics: StatisticsRuns | None) -> list[GuideRow]:
+    findings = _fusion_findings(u)
+    if len(findings) != 2:
+        return []
+    same, faster = findings
+    assert u.speedup.mean is not None and u.max_logit_difference.mean is not None
+    if same.verdict == DISAGREES:
+        recommendation = "keep batch norm unfused: the fused predictions differ beyond rounding"
+        verdict = DISAGREES
+    elif faster.verdict == AGREES:
+        recommendation = "batch norm folded into the layer before it (fuse_batch_norms)"
+        verdict = AGREES
+    else:
+        recommendation = (
+            "inconclusive: fused batch norm predicts the same, but its speed-up is not "
+            "separated from the timing spread"
+        )
+        verdict = INCONCLUSIVE if faster.verdict == INCONCLUSIVE else DISAGREES
+    evidence = (
+        f"{sum(u.disagreements)} of {len(u.disagreements) * u.examples} predictions differ "
+        f"({sum(u.unexplained)} beyond a near-tie), largest logit difference "
+        f"{fmt3(u.max_logit_difference.mean)}; one pass over {u.examples} images "
+        f"{fmt_pm_ms(u.unfused_ms)} unfused, {fmt_pm_ms(u.fused_ms)} fused "
+        f"({fmt3(u.speedup.mean)}x)"
+    )
+    if statistics is not None and statistics.final_precise.mean is not None:
+        emas = "; ".join(
+            f"moving average (momentum {k}) {fmt_pm(v)}"
+            for k, v in statistics.final_ema.items()
+            if v.mean is not None
+        )
+        evidence += f"; evaluated with precise statistics {fmt_pm(statistics.final_precise)}, "
+        evidence += emas
+    return [
+        GuideRow(
+            situation=INFERENCE,
+            recommendation=recommendation,
+            evidence=evidence + ".",
+            literature=(
+                "Jacob et al. (2018) fold batch norm into the convolution for inference; "
+                "torch.nn.utils.fusion: the same function up to rounding"
+            ),
+            verdict=verdict,
+        )
+    ]
+
+
 # ================================================================================= figures
 def statistics_figure(s: StatisticsRuns) -> Figure:
     """Accuracy per epoch with each kind of statistics (mean ± std band)."""
@@ -816,7 +918,7 @@ def finetune_fusion_figure(summary: TrainEvalSummary) -> Figure:
                 for offset, stat, alpha in ((-0.2, f.before[arm], 0.4), (0.2, f.after[arm], 0.9)):
                     _bar(tune_ax, i + offset, stat, PALETTE[i % len(PALETTE)], alpha)
             tune_ax.set_xticks(range(len(f.after)), list(f.after))
-            tune_ax.set_ylabel("accuracy on negated test images (%)")
+            tune_ax.set_ylabel("accuracy on shifted test images (%)")
             tune_ax.set_title(f"Before (light) and after fine-tuning at batch {f.batch_size}")
         if summary.fusion is not None:
             u = summary.fusion
