@@ -7,13 +7,14 @@ import dataclasses
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from normlab.data import synthetic_dataset
 from normlab.errors import UsageError
-from normlab.lab.cells import to_jsonable
+from normlab.lab.cells import Cell, to_jsonable
 from normlab.lab.common import curve_mean_std, seed_stats
 from normlab.lab.experiment import SeedStats
 from normlab.lab.experiments.transformer import (
@@ -37,7 +38,7 @@ from normlab.lab.experiments.transformer import (
     warmup_finding,
 )
 from normlab.lab.serialize import from_jsonable
-from normlab.lab.study import run_experiment
+from normlab.lab.study import run_experiment, run_study
 from normlab.lab.verdicts import AGREES, DISAGREES, INCONCLUSIVE, Finding
 from normlab.models.vit import NextRowTransformer
 from normlab.testing.tolerance import assert_close_sum
@@ -109,6 +110,54 @@ def test_report_pieces(tiny_run: TransformerSummary) -> None:
     ]  # fmt: skip
     for finding in TRANSFORMER.findings(tiny_run):
         _assert_cites_its_numbers(finding)
+
+
+class Stop(Exception):
+    """Stands for a killed process in the middle of the run."""
+
+
+def test_a_killed_run_resumes_without_redoing_a_cell(tmp_path: Path) -> None:
+    config = dataclasses.replace(TINY, norms=("layer",), warmup_norms=(), causal_norms=("layer",),
+                                 seeds=1)  # fmt: skip
+    data = synthetic_dataset(64, 16, seed=0)
+    first: list[str] = []
+
+    def stop_after_two(cell: Cell, result: object, computed: bool) -> None:
+        first.append(cell.key)
+        if len(first) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_study({"transformer": config}, out=tmp_path, data=data, progress=False,
+                  on_cell=stop_after_two)  # fmt: skip
+    (run_dir,) = tmp_path.iterdir()
+    second: list[tuple[str, bool]] = []
+    resumed = run_study(
+        resume=run_dir,
+        data=data,
+        progress=False,
+        on_cell=lambda cell, r, computed: second.append((cell.key, computed)),
+    )
+    assert len(second) == 4  # 1 arm, gradients pre and post, 1 next-row model
+    assert sorted(k for k, computed in second if not computed) == sorted(first)
+    fresh = run_experiment(TRANSFORMER, config, data, progress=False)
+    assert resumed.summaries["transformer"].summary == fresh.summary
+
+
+def test_runs_as_its_own_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from normlab.cli.main import main
+
+    argv = ["sweep", "transformer", "--dataset", "synthetic", "--train-subset", "64",
+            "--test-subset", "16", "--epochs", "1", "--seeds", "1", "--norms", "layer",
+            "--warmup-norms", "layer", "--causal-norms", "batch", "--width", "8", "--depth",
+            "1", "--workers", "1", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    report = Path(out.strip().splitlines()[-1])
+    assert "Normalization in a transformer" in report.read_text(encoding="utf-8")
+    assert len(list((report.parent / "cells").glob("*/*.json"))) == 4 + 2 + 1
+    assert main([*argv[:2], "--width", "10"]) == 2
+    assert "width (10) must be a multiple of heads (4)" in capsys.readouterr().err
 
 
 def test_config_errors_are_one_line() -> None:

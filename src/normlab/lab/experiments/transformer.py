@@ -125,8 +125,10 @@ class TransformerConfig:
     def validate(self) -> None:
         from normlab.nn.registry import norm_names
 
-        for name in ("norms", "warmup_norms", "causal_norms"):
-            check_choices(name, getattr(self, name), norm_names())
+        check_choices("norms", self.norms, norm_names())
+        for name in ("warmup_norms", "causal_norms"):  # may be empty: no such cells
+            if getattr(self, name):
+                check_choices(name, getattr(self, name), norm_names())
         for name in ("width", "depth", "heads", "patch_size", "gradient_batches"):
             check_positive_int(name, getattr(self, name))
         check_positive_int("warmup_steps", self.warmup_steps)
