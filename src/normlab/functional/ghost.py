@@ -25,8 +25,9 @@ batch's. One chunk is batch norm exactly, running statistics included.
 
 How it is computed: each chunk by :func:`normlab.functional.batchnorm.batch_norm` (its
 closed-form backward, its fused paths) and the results concatenated; the running
-statistics by one ``var_mean`` per chunk without gradient. float16 / bfloat16 inputs:
-statistics in float32, output in the input's dtype.
+statistics read from those batch norms (each chunk's mean and unbiased variance, no
+extra pass over the input). float16 / bfloat16 inputs: statistics in float32, output in
+the input's dtype.
 """
 
 from __future__ import annotations
@@ -64,21 +65,32 @@ def _check_chunks(input: Tensor, virtual_batch_size: int) -> None:
         )
 
 
+def _chunk_norm(
+    chunk: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, track: bool
+) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """Batch norm of one chunk; with ``track``, also its mean and unbiased variance, read
+    from the batch norm itself (fresh buffers it overwrites: ``momentum=1``), no extra pass."""
+    if not track:
+        return batch_norm(chunk, None, None, weight, bias, True, 0.0, eps), None
+    dtype = torch.float32 if chunk.dtype in _LOW_PRECISION else chunk.dtype
+    mean = torch.zeros(chunk.shape[1], dtype=dtype, device=chunk.device)
+    var = torch.ones(chunk.shape[1], dtype=dtype, device=chunk.device)
+    return batch_norm(chunk, mean, var, weight, bias, True, 1.0, eps), (mean, var)
+
+
 def _update_running_stats(
     running_mean: Tensor | None,
     running_var: Tensor | None,
-    chunks: tuple[Tensor, ...],
+    moments: list[tuple[Tensor, Tensor]],
+    sizes: list[int],
     momentum: float,
 ) -> None:
-    """One move of the running statistics towards the size-weighted chunk statistics."""
-    dims = [0, *range(2, chunks[0].dim())]
-    dtype = torch.float32 if chunks[0].dtype in _LOW_PRECISION else chunks[0].dtype
-    total = sum(chunk.shape[0] for chunk in chunks)
+    """One move of the running statistics towards the chunks' size-weighted mean and
+    unbiased variance."""
+    total = sum(sizes)
     with torch.no_grad():
-        moments = [torch.var_mean(chunk.to(dtype), dims, correction=1) for chunk in chunks]
-        weights = [chunk.shape[0] / total for chunk in chunks]
-        mean = sum(w * m for w, (_, m) in zip(weights, moments, strict=True))
-        var = sum(w * v for w, (v, _) in zip(weights, moments, strict=True))
+        mean = sum(m * (size / total) for (m, _), size in zip(moments, sizes, strict=True))
+        var = sum(v * (size / total) for (_, v), size in zip(moments, sizes, strict=True))
         if running_mean is not None:
             running_mean.lerp_(mean.to(running_mean.dtype), momentum)
         if running_var is not None:
@@ -134,6 +146,12 @@ def ghost_batch_norm(
         return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
     _check_chunks(input, virtual_batch_size)
     chunks = input.split(virtual_batch_size)
-    outputs = [batch_norm(chunk, None, None, weight, bias, True, 0.0, eps) for chunk in chunks]
-    _update_running_stats(running_mean, running_var, chunks, momentum)
+    track = running_mean is not None or running_var is not None
+    results = [_chunk_norm(chunk, weight, bias, eps, track) for chunk in chunks]
+    if track:
+        moments = [m for _, m in results if m is not None]
+        _update_running_stats(
+            running_mean, running_var, moments, [c.shape[0] for c in chunks], momentum
+        )
+    outputs = [out for out, _ in results]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
