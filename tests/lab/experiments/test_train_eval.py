@@ -4,6 +4,8 @@ the verdicts on constructed numbers."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -11,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from normlab.data import synthetic_dataset
 from normlab.errors import UsageError
-from normlab.lab.cells import to_jsonable
+from normlab.lab.cells import CellStore, to_jsonable
 from normlab.lab.common import curve_mean_std, seed_stats
 from normlab.lab.experiments.train_eval import (
     TRAIN_EVAL,
@@ -26,7 +28,7 @@ from normlab.lab.experiments.train_eval import (
     train_eval_findings,
 )
 from normlab.lab.serialize import from_jsonable
-from normlab.lab.study import run_experiment
+from normlab.lab.study import run_experiment, run_plan_cells
 from normlab.lab.verdicts import AGREES, DISAGREES, INCONCLUSIVE
 from normlab.models.lenet import LeNet
 from normlab.nn import BatchNorm2d
@@ -130,6 +132,33 @@ def test_tiny_run_summary_and_round_trip() -> None:
     assert [f.stem for f in TRAIN_EVAL.figures(summary)] == [
         "train-eval-statistics", "train-eval-finetune-fusion",
     ]  # fmt: skip
+
+
+class Stop(Exception):
+    """Stands for a killed process in the middle of the run."""
+
+
+def test_a_killed_run_resumes_to_the_same_numbers(tmp_path) -> None:
+    config = dataclasses.replace(TINY, epochs=1)
+    store, first = CellStore(tmp_path), []
+
+    def stop_after_one(cell, result, computed) -> None:
+        first.append(cell.key)
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_plan_cells({"train-eval": config}, store=store, data=DATA, progress=False,
+                       on_cell=stop_after_one)  # fmt: skip
+    second: list[tuple[str, bool]] = []
+    resumed = run_plan_cells(
+        {"train-eval": config}, store=store, data=DATA, progress=False,
+        on_cell=lambda cell, result, computed: second.append((cell.key, computed)),
+    )["train-eval"].summary  # fmt: skip
+    assert [key for key, computed in second if not computed] == first and len(second) == 4
+    fresh = run_experiment(TRAIN_EVAL, config, DATA, progress=False).summary
+    assert resumed.statistics == fresh.statistics and resumed.finetune == fresh.finetune
+    assert resumed.fusion is not None and fresh.fusion is not None  # timings differ
+    assert resumed.fusion.disagreements == fresh.fusion.disagreements
 
 
 def test_config_errors() -> None:
