@@ -17,8 +17,8 @@
 //             dx = dy * a + (x - m - offset) * k2 + k3                 (pass 2: write dx)
 //             k2 = -a * invstd * dweight / n;  k3 = -a * sum_dy / n
 //
-// Sums run per (sample, channel) block of S values in lanes of the input dtype (common.h:
-// vectorized, several partial sums) and across blocks in double. v = x - m is exact in the input dtype when x is
+// Sums run per (sample, channel) block of S values in the input dtype (vectorized) and
+// across blocks in double. v = x - m is exact in the input dtype when x is
 // near m (Sterbenz), so inputs far from zero (mean 1e4, std 1e-2 in float32) normalise as
 // accurately as in double; the backward centres on m + offset the same way (the mean
 // rounded to float32 would be off by half its ulp: 5 % of such a standard deviation).
@@ -73,13 +73,27 @@ void forward_channels(const T* x, T* y, const T* w, const T* b, T* mean, T* invs
   const double n = static_cast<double>(L.N * L.S);
   at::parallel_for(0, L.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      // Sums per (sample, channel) block in lanes (common.h), across blocks in double.
+      // Sums per (sample, channel) block in the input dtype (vectorized), across blocks in
+      // double: each block is short, the total may be long.
       double sum = 0;
-      for (int64_t i = 0; i < L.N; ++i) sum += sum_of(x + (i * L.C + c) * L.S, L.S);
+      for (int64_t i = 0; i < L.N; ++i) {
+        const T* __restrict p = x + (i * L.C + c) * L.S;
+        T block = 0;
+#pragma omp simd reduction(+ : block)
+        for (int64_t s = 0; s < L.S; ++s) block += p[s];
+        sum += block;
+      }
       const T m = static_cast<T>(sum / n);
       double d = 0, q = 0;
       for (int64_t i = 0; i < L.N; ++i) {
-        const auto [block_d, block_q] = centred_sums(x + (i * L.C + c) * L.S, m, L.S);
+        const T* __restrict p = x + (i * L.C + c) * L.S;
+        T block_d = 0, block_q = 0;
+#pragma omp simd reduction(+ : block_d, block_q)
+        for (int64_t s = 0; s < L.S; ++s) {
+          const T v = p[s] - m;
+          block_d += v;
+          block_q += v * v;
+        }
         d += block_d;
         q += block_q;
       }
@@ -230,17 +244,18 @@ void backward_channels(const T* dy, const T* x, const T* first_mean, const T* in
   at::parallel_for(0, L.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const T m = first_mean[c];
-      double sum_dy = 0, dot = 0, d = 0;  // per block in lanes (common.h), then double
+      double sum_dy = 0, dot = 0, d = 0;  // per block in the input dtype, then double
       for (int64_t i = 0; i < L.N; ++i) {
         const T* __restrict g = dy + (i * L.C + c) * L.S;
         const T* __restrict p = x + (i * L.C + c) * L.S;
-        const auto [block_dy, block_dot, block_d] =
-            lane_sums<T>(L.S, [&](int64_t s, T& a, T& b, T& e) {
-              const T v = p[s] - m;
-              a = g[s];
-              b = g[s] * v;
-              e = v;
-            });
+        T block_dy = 0, block_dot = 0, block_d = 0;
+#pragma omp simd reduction(+ : block_dy, block_dot, block_d)
+        for (int64_t s = 0; s < L.S; ++s) {
+          const T v = p[s] - m;
+          block_dy += g[s];
+          block_dot += g[s] * v;
+          block_d += v;
+        }
         sum_dy += block_dy;
         dot += block_dot;
         d += block_d;

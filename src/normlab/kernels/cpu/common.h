@@ -26,7 +26,8 @@ T* data_or_null(const std::optional<at::Tensor>& t) {
 // A lane adds at most 32 values in T before its sum goes to double, so the error of a
 // sum of n values is that of a float sum of 32 terms plus a double sum of n / 32: about
 // what pairwise summation gives, far below a plain float loop's (n terms in one chain),
-// at the speed of a vectorized loop. Tails shorter than the lanes are added in double.
+// at the speed of a vectorized loop. Tails shorter than the lanes are added in double;
+// rows shorter than kShortRow are summed in one plain vectorized loop in T.
 template <typename T>
 inline constexpr int64_t kLanes = 256 / static_cast<int64_t>(sizeof(T));
 
@@ -71,29 +72,53 @@ inline std::array<double, 3> lane_sums_of_width(int64_t n, Term term) {
   return {total_a, total_b, total_c};
 }
 
-// Short rows (fewer than four times the lanes) take one vector's worth of lanes: fewer
-// partial sums to add up at the end.
 template <typename T, typename Term>
 inline std::array<double, 3> lane_sums(int64_t n, Term term) {
-  if (n >= 4 * kLanes<T>) return lane_sums_of_width<T, kLanes<T>>(n, term);
-  return lane_sums_of_width<T, kLanes<T> / 4>(n, term);
+  return lane_sums_of_width<T, kLanes<T>>(n, term);
 }
+
+// Rows shorter than this many values (a few vectors) take one plain vectorized loop in
+// T: there the lanes' set-up and final additions cost more than they save.
+template <typename T>
+inline constexpr int64_t kShortRow = 4 * kLanes<T>;
 
 // sum(x) over `count` values.
 template <typename T>
 double sum_of(const T* __restrict x, int64_t count) {
+  if (count < kShortRow<T>) {
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < count; ++i) sum += x[i];
+    return sum;
+  }
   return lane_sums<T>(count, [&](int64_t i, T& a, T&, T&) { a = x[i]; })[0];
 }
 
 // sum(x - m) over `count` values.
 template <typename T>
 double sum_centred(const T* __restrict x, T m, int64_t count) {
+  if (count < kShortRow<T>) {
+    T d = 0;
+#pragma omp simd reduction(+ : d)
+    for (int64_t i = 0; i < count; ++i) d += x[i] - m;
+    return d;
+  }
   return lane_sums<T>(count, [&](int64_t i, T& a, T&, T&) { a = x[i] - m; })[0];
 }
 
 // d = sum(x - m) and q = sum((x - m)^2) over `count` values.
 template <typename T>
 std::array<double, 2> centred_sums(const T* __restrict x, T m, int64_t count) {
+  if (count < kShortRow<T>) {
+    T d = 0, q = 0;
+#pragma omp simd reduction(+ : d, q)
+    for (int64_t i = 0; i < count; ++i) {
+      const T v = x[i] - m;
+      d += v;
+      q += v * v;
+    }
+    return {d, q};
+  }
   const auto sums = lane_sums<T>(count, [&](int64_t i, T& a, T& b, T&) {
     const T v = x[i] - m;
     a = v;

@@ -8,7 +8,6 @@
 //   backward  per row, offset = mean(x - m) again (the row is then in cache), xhat
 //             recomputed as in the forward, and G = dy * weight:
 //             a = sum(G) / D;  b = sum(G * xhat) / D                (read dy, x)
-//             (sums in lanes, common.h)
 //             dx = rstd * (G - a - xhat * b)                        (write dx)
 //             dweight += dy * xhat;  dbias += dy  (over rows, in per-thread partial sums)
 
@@ -70,11 +69,13 @@ std::tuple<Tensor, Tensor> layer_norm_forward(const Tensor& input,
 template <typename T, bool kWeight>
 void row_grad(const T* __restrict g, const T* __restrict x, T m, T offset, T k,
               const T* __restrict w, T* __restrict dx, int64_t D) {
-  const auto [a, b, unused] = lane_sums<T>(D, [&](int64_t i, T& sa, T& sb, T&) {
+  T a = 0, b = 0;  // in the input dtype, vectorized: dot products, no cancellation
+#pragma omp simd reduction(+ : a, b)
+  for (int64_t i = 0; i < D; ++i) {
     const T gw = kWeight ? g[i] * w[i] : g[i];
-    sa = gw;
-    sb = gw * ((x[i] - m - offset) * k);
-  });
+    a += gw;
+    b += gw * ((x[i] - m - offset) * k);
+  }
   const T ka = static_cast<T>(a / D), kb = static_cast<T>(b / D);
 #pragma omp simd
   for (int64_t i = 0; i < D; ++i) {
