@@ -44,10 +44,25 @@ def dynamic_tanh(
         >>> bool(y.abs().max() < 1)
         True
     """
-    compute = torch.float32 if input.dtype in _LOW_PRECISION else input.dtype
-    y = torch.tanh(alpha.to(compute) * input.to(compute))
+    if input.dtype in _LOW_PRECISION:
+        return _dynamic_tanh(input.float(), alpha, weight, bias).to(input.dtype)
+    return _dynamic_tanh(input, alpha, weight, bias)
+
+
+def _dynamic_tanh(
+    input: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None
+) -> Tensor:
+    """The formula in ``input``'s dtype: three operations (``addcmul`` fuses the affine)."""
+    dtype = input.dtype
+    y = torch.tanh(_as(alpha, dtype) * input)
+    if weight is not None and bias is not None:
+        return torch.addcmul(_as(bias, dtype), y, _as(weight, dtype))
     if weight is not None:
-        y = y * weight.to(compute)
+        y = y * _as(weight, dtype)
     if bias is not None:
-        y = y + bias.to(compute)
-    return y.to(input.dtype)
+        y = y + _as(bias, dtype)
+    return y
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
