@@ -17,8 +17,9 @@ written as the formula and differentiated by autograd. Each channel is first shi
 first weight, ``V = W[o] - W[o, 0]``, then centred on ``mean(V)`` (Welford's ``var_mean``
 gives both moments): subtracting a rounded ``mean(W[o])`` directly would cost every digit
 of a weight far from zero (mean 1e4, std 1e-2 in float32: the mean's rounding is 5e-4, a
-twentieth of the spread), while ``V`` is exact and its mean small. Autograd: the weight is small next to the activations, its backward costs nothing that
-a closed form would save. float16 / bfloat16 weights: arithmetic in float32, result in the
+twentieth of the spread), while ``V`` is exact and its mean small. Autograd suffices for
+the backward: the weight is small next to the activations, and a closed form would save
+nothing that matters. float16 / bfloat16 weights: arithmetic in float32, result in the
 weight's dtype.
 """
 
