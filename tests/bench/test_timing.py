@@ -35,6 +35,23 @@ def test_ratio_of_sleeps_lands_in_the_right_order_of_magnitude() -> None:
     assert m["slow"].summary.min >= 0.02  # a sleep never wakes early
 
 
+def test_the_cpu_clock_does_not_count_sleep_but_counts_work() -> None:
+    """A sleep takes wall time and (almost) no CPU time; arithmetic takes both."""
+
+    def work() -> None:
+        sum(range(200_000))
+
+    def nap() -> None:
+        time.sleep(0.01)
+
+    cpu = measure({"work": work, "nap": nap}, repeats=3, warmup=0, number=2, clock="cpu")
+    wall = measure({"nap": nap}, repeats=3, warmup=0, number=2, clock="wall")
+    assert cpu["nap"].summary.median < 0.002 < 0.01 <= wall["nap"].summary.min
+    assert cpu["work"].summary.min > cpu["nap"].summary.median
+    with pytest.raises(UsageError, match="unknown clock 'gpu'; valid: wall, cpu"):
+        measure({"nap": nap}, clock="gpu")
+
+
 def test_repeats_run_every_candidate_once_in_balanced_orders() -> None:
     calls: list[str] = []
     candidates = {name: (lambda name=name: calls.append(name)) for name in "abc"}

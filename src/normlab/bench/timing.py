@@ -17,8 +17,9 @@ never on C. Three candidates::
     repeat 2:  C A B        repeat 5:  B A C
 
 One *repeat* of a candidate calls it ``number`` times and records the mean seconds per
-call (``time.perf_counter``); ``number`` is calibrated per candidate after the warm-up so
-that one repeat lasts about ``target_seconds``. ``torch.set_num_threads`` is left as is.
+call (``time.perf_counter``, or the process's CPU time with ``clock="cpu"``); ``number``
+is calibrated per candidate after the warm-up so that one repeat lasts about
+``target_seconds``. ``torch.set_num_threads`` is left as is.
 
 Example::
 
@@ -125,15 +126,23 @@ def balanced_orders(count: int) -> list[tuple[int, ...]]:
     return orders
 
 
-def _calibrate(fn: Fn, target_seconds: float, sync: Callable[[], None]) -> int:
+CLOCKS: dict[str, Callable[[], float]] = {
+    "wall": time.perf_counter,  # elapsed time: what a user waits
+    "cpu": time.process_time,  # CPU time of this process: blind to other processes' load
+}
+
+
+def _calibrate(
+    fn: Fn, target_seconds: float, sync: Callable[[], None], clock: Callable[[], float]
+) -> int:
     """Calls per repeat so that one repeat lasts about ``target_seconds`` (at least 1)."""
     number = 1
     while True:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(number):
             fn()
         sync()
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         if elapsed >= target_seconds / 4 or number >= 1 << 20:
             per_call = elapsed / number
             return max(1, round(target_seconds / per_call)) if per_call > 0 else number
@@ -148,6 +157,7 @@ def measure(
     number: int | None = None,
     sync: Callable[[], None] | None = None,
     before: Mapping[str, Callable[[], None]] | None = None,
+    clock: str = "wall",
 ) -> Measurement:
     """Time every candidate, interleaved, and return seconds per call for each repeat.
 
@@ -164,9 +174,14 @@ def measure(
             ``torch.cuda.synchronize`` for asynchronous devices).
         before: name -> a function called before each timed repeat of that candidate,
             outside the clock (housekeeping that is no part of what is measured).
+        clock: ``"wall"`` (elapsed time, ``time.perf_counter``) or ``"cpu"`` (CPU time of
+            this process, ``time.process_time``: on a machine shared with other jobs it
+            does not count the time this process waits for a core; with several threads
+            it adds up their CPU times).
 
     Raises:
-        UsageError: no candidates, or ``repeats``/``number`` below 1, or ``warmup`` below 0.
+        UsageError: no candidates, or ``repeats``/``number`` below 1, or ``warmup`` below 0,
+            or an unknown ``clock``.
     """
     if not candidates:
         raise UsageError("measure needs at least one candidate")
@@ -176,6 +191,9 @@ def measure(
         raise UsageError(f"warmup must be at least 0, got {warmup}")
     if number is not None and number < 1:
         raise UsageError(f"number must be at least 1, got {number}")
+    if clock not in CLOCKS:
+        raise UsageError(f"unknown clock {clock!r}; valid: {', '.join(CLOCKS)}")
+    now = CLOCKS[clock]
     wait = sync or (lambda: None)
     names = list(candidates)
     unknown = set(before or {}) - set(names)
@@ -187,7 +205,9 @@ def measure(
             candidates[name]()
     if warmup:
         wait()
-    calls = {name: number or _calibrate(candidates[name], target_seconds, wait) for name in names}
+    calls = {
+        name: number or _calibrate(candidates[name], target_seconds, wait, now) for name in names
+    }
     seconds: dict[str, list[float]] = {name: [] for name in names}
     order: list[tuple[int, str]] = []
     orders = balanced_orders(len(names))
@@ -195,11 +215,11 @@ def measure(
         for name in (names[index] for index in orders[repeat % len(orders)]):
             fn, n = candidates[name], calls[name]
             prepare[name]()
-            start = time.perf_counter()
+            start = now()
             for _ in range(n):
                 fn()
             wait()
-            seconds[name].append((time.perf_counter() - start) / n)
+            seconds[name].append((now() - start) / n)
             order.append((repeat, name))
     timings = {name: Timing(name, tuple(seconds[name]), calls[name]) for name in names}
     return Measurement(timings, tuple(order))

@@ -60,6 +60,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--repeats", type=int, default=None, help="timings per candidate (default: 9; quick: 3)"
     )
     layers.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="wall: elapsed time (default); cpu: this process's CPU time, blind to other "
+        "jobs' load on a shared machine (with 2+ threads it adds up their CPU times)",
+    )  # fmt: skip
+    layers.add_argument(
         "--write-results", default=None, metavar="PATH",
         help="also write the tables as a Markdown section of the page PATH (replacing the "
         "section of the same --label)",
@@ -212,6 +217,7 @@ def _run_layers(args: argparse.Namespace) -> int:
         "repeats": args.repeats or (3 if args.quick else 9),
         "warmup": 1 if args.quick else 3,
         "target_seconds": 0.002 if args.quick else 0.04,
+        "clock": args.clock,
     }
     results = layers.bench_layers(
         names,
@@ -235,7 +241,7 @@ def _run_layers(args: argparse.Namespace) -> int:
         print()
         return 0
     print(
-        f"normlab / twin, forward+backward, time ratio median [min-max] over "
+        f"normlab / twin, forward+backward, {args.clock} time ratio median [min-max] over "
         f"{timing['repeats']} interleaved repeats (below 1: normlab is faster); "
         + (f"thread counts {', '.join(map(str, threads))}" if threads else _threads())
     )
