@@ -92,10 +92,10 @@ CLASSIFY, GRADIENTS, NEXT_ROW, CNN = "classify", "init-gradients", "next-row", "
 MATCH_MARGIN_POINTS = 1.0  # two accuracies "match" when they differ by at most 1 point
 IMAGE_ROWS = 28
 NEXT_ROW_LOSSES = ("batch_stats_loss", "running_stats_loss", "row_by_row_loss", "one_sequence_loss")
-# Time model on a 2-core CPU, one thread per worker: seconds per image of one step
-VIT_EXAMPLE_S = 6.0e-4  # forward + backward, 16 tokens, width 64, 4 blocks
-CAUSAL_EXAMPLE_S = 9.0e-4  # 27 tokens
-LENET_EXAMPLE_S = 1.5e-4
+# Time model on a 2-core CPU, one thread per worker: CPU seconds per image of one step
+VIT_EXAMPLE_S = 3.6e-4  # forward + backward, 16 tokens, width 64, 4 blocks
+CAUSAL_EXAMPLE_S = 5.4e-4  # 27 tokens
+LENET_EXAMPLE_S = 0.9e-4
 
 
 # ================================================================================ config
