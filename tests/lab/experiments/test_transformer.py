@@ -30,7 +30,9 @@ from normlab.lab.experiments.transformer import (
     directional_verdict,
     dyt_finding,
     fluctuation_finding,
+    future_share,
     gradient_finding,
+    influence_finding,
     leak_finding,
     lr_factor,
     match_verdict,
@@ -221,7 +223,9 @@ def test_layer_norm_has_no_leak_and_batch_norm_has() -> None:
     for key in ("running_stats_loss", "row_by_row_loss", "one_sequence_loss"):
         # the same predictions, summed in other orders: float32 rounding of ~1e3 terms
         assert abs(losses[key] - same) <= 1e-5 * same, key
+    assert future_share(layer, images[:4]) == 0.0  # exactly: masked and per token
     batch = NextRowTransformer("batch", width=8, depth=1, heads=2)
+    assert future_share(batch, images[:4]) > 1e-3
     losses = next_row_losses(batch, images, batch_size=4)
     assert abs(losses["row_by_row_loss"] - losses["batch_stats_loss"]) > 1e-3
     assert abs(losses["one_sequence_loss"] - losses["batch_stats_loss"]) > 1e-3
@@ -339,11 +343,27 @@ def test_fluctuation_verdicts(vit: tuple[float, ...], verdict: str) -> None:
     assert fluctuation_finding(_summary(arms)) is None
 
 
-def _causal(norm: str, seen: tuple[float, ...], causal: tuple[float, ...]) -> CausalArm:
+def _causal(norm: str, seen: tuple[float, ...], causal: tuple[float, ...],
+            future: tuple[float, ...] = (0.0, 0.0, 0.0)) -> CausalArm:  # fmt: skip
     gaps = [c - s for c, s in zip(causal, seen, strict=True)]
     return CausalArm(norm=norm, train_loss=_stats(*seen), batch_stats_loss=_stats(*seen),
                      running_stats_loss=_stats(*causal), row_by_row_loss=_stats(*causal),
-                     one_sequence_loss=_stats(*causal), leak=_stats(*gaps))  # fmt: skip
+                     one_sequence_loss=_stats(*causal), future_share=_stats(*future),
+                     leak=_stats(*gaps))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "future,verdict",
+    [((0.05, 0.06, 0.05), AGREES), ((0.0, 0.0, 0.0), INCONCLUSIVE)],
+)  # fmt: skip
+def test_influence_verdicts(future: tuple[float, ...], verdict: str) -> None:
+    layer = _causal("layer", (0.08, 0.08, 0.08), (0.08, 0.08, 0.08))
+    batch = _causal("batch", (0.1, 0.1, 0.1), (0.1, 0.1, 0.1), future)
+    _check(influence_finding(_summary(causal=[layer, batch])), verdict)
+    # layer norm moved by later rows more than batch norm: the claim is contradicted
+    swapped = [dataclasses.replace(layer, future_share=_stats(0.05, 0.06, 0.05)),
+               dataclasses.replace(batch, future_share=_stats(0.0, 0.0, 0.0))]  # fmt: skip
+    _check(influence_finding(_summary(causal=swapped)), DISAGREES)
 
 
 @pytest.mark.parametrize(

@@ -186,6 +186,7 @@ class CausalArm:
     running_stats_loss: SeedStats  # test, running statistics (eval mode)
     row_by_row_loss: SeedStats  # test, output t from rows 0..t only
     one_sequence_loss: SeedStats  # test, batch statistics of one whole sequence
+    future_share: SeedStats  # share of each output's gradient from later rows (train mode)
     leak: SeedStats  # min(running, row by row) - batch_stats_loss, per seed
 
 
@@ -630,7 +631,36 @@ def train_next_row(
         "train_loss": math.fsum(last_epoch) / len(last_epoch) if last_epoch else None,
         "diverged": len(losses) < total,
         **next_row_losses(model, data.test_images, size, config.device),
+        "future_share": future_share(model, data.test_images[:size], config.device),
     }
+
+
+def future_share(
+    model: nn.Module, images: torch.Tensor, device: str | torch.device = "cpu"
+) -> float:
+    """How much of each output of a next-row model the later rows move, in train mode
+    (batch statistics over the batch of ``images``, as in training).
+
+    For every output position ``t``, the gradient ``g`` of the sum of the outputs at ``t``
+    over the batch with respect to the input rows; the share is ``||g[:, t+1:]|| /
+    ||g||`` (rows after ``t``, of every sequence in the batch), averaged over ``t``. Zero
+    for a causal model; a per-token norm keeps it zero. Images: uint8 ``(N, H, W)``.
+    """
+    import torch
+
+    from normlab.data import normalize_images
+    from normlab.models.vit import next_row_pairs
+
+    twin = copy.deepcopy(model).train()
+    inputs, _ = next_row_pairs(normalize_images(images.to(device)))
+    inputs = inputs.detach().requires_grad_(True)
+    outputs = twin(inputs)
+    shares = []
+    for t in range(inputs.shape[1] - 1):
+        (grad,) = torch.autograd.grad(outputs[:, t].sum(), inputs, retain_graph=True)
+        total = float(grad.norm())
+        shares.append(float(grad[:, t + 1 :].norm()) / total if total > 0 else 0.0)
+    return math.fsum(shares) / len(shares)
 
 
 def next_row_losses(
@@ -717,6 +747,7 @@ def _causal_arm(norm: str, runs: Sequence[Mapping[str, Any]]) -> CausalArm:
         running_stats_loss=stats("running_stats_loss"),
         row_by_row_loss=stats("row_by_row_loss"),
         one_sequence_loss=stats("one_sequence_loss"),
+        future_share=stats("future_share"),
         leak=seed_stats([causal_gap(r) for r in runs]),
     )
 
@@ -768,6 +799,7 @@ def transformer_findings(summary: TransformerSummary) -> list[Finding]:
         dyt_finding(summary),
         batch_accuracy_finding(summary),
         fluctuation_finding(summary),
+        influence_finding(summary),
         leak_finding(summary),
     ]
     return [f for f in findings if f is not None]
@@ -911,6 +943,31 @@ def fluctuation_finding(summary: TransformerSummary) -> Finding | None:
                  "vit_mean_shift": float(fmt_num(batch.mean_shift.mean)),
                  "cnn_mean_shift": float(fmt_num(cnn.mean_shift.mean))},
     )  # fmt: skip
+
+
+def influence_finding(summary: TransformerSummary) -> Finding | None:
+    """Causal model: how much the later rows move each output, batch norm against layer
+    norm (zero: the attention is causal and layer norm works per token)."""
+    by = {c.norm: c for c in summary.causal}
+    if "batch" not in by or "layer" not in by:
+        return None
+    batch, layer = by["batch"].future_share, by["layer"].future_share
+    if batch.mean is None or layer.mean is None:
+        return None
+    noise = max(_std(batch), _std(layer))
+    n = {"batch": pct(batch.mean), "layer": pct(layer.mean), "noise": pct(noise)}
+    return Finding(
+        "transformer",
+        f"In the trained next-row models, with batch statistics, the rows below each "
+        f"output carry {n['batch']:.1f} % of its gradient with batch norm and "
+        f"{n['layer']:.1f} % with layer norm (spread between seeds {n['noise']:.1f} points).",
+        claim=(
+            "Batch statistics over (batch, time) let each position of a causal model see "
+            "the later positions; layer norm, per token, does not."
+        ),
+        verdict=directional_verdict(n["batch"] - n["layer"], n["noise"]),
+        numbers=n,
+    )
 
 
 def leak_finding(summary: TransformerSummary) -> Finding | None:
