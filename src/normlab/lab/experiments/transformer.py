@@ -28,9 +28,11 @@ then linear decay to zero (without warm-up: the decay from the first step). Meas
 - a causal transformer (:class:`normlab.models.vit.NextRowTransformer`) predicting each
   image's next row from the rows above, mean squared error per pixel: with batch norm
   over (batch, time), each position's statistics include the later rows. The test loss
-  is measured three ways: with batch statistics over whole sequences (as in training),
-  with the running statistics, and row by row (output ``t`` from rows ``0..t`` only,
-  batch statistics of those rows: the prediction a causal model can make).
+  is measured four ways: with batch statistics over whole sequences (as in training),
+  with the running statistics, row by row (output ``t`` from rows ``0..t`` only,
+  batch statistics of those rows: the prediction a causal model can make) and one
+  sequence at a time; and the share of each output's gradient that comes from the later
+  rows (:func:`future_share`: the leak itself).
 """
 
 from __future__ import annotations
