@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from normlab.bench.train import bench_train
+from normlab.errors import UsageError
 from normlab.models import LeNet
 from normlab.train.cuda_graphs import GraphedStep
 
@@ -21,6 +23,18 @@ def test_refuses_a_model_on_the_cpu() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="CUDA graphs record GPU work, but the model is on cpu"):
         GraphedStep(model, optimizer)
+
+
+def test_bench_train_refuses_cuda_graphs_on_the_cpu() -> None:
+    with pytest.raises(UsageError, match="--cuda-graphs needs a CUDA device, got --device cpu"):
+        bench_train(steps=1, chunk=1, device="cpu", data="synthetic", cuda_graphs=True)
+
+
+@cuda
+def test_bench_train_measures_both_graphed_loops() -> None:
+    result = bench_train(steps=20, chunk=10, device="cuda", data="synthetic", cuda_graphs=True)
+    assert {"normlab-graphs", "torch-graphs"} <= set(result.images_per_second)
+    assert "normlab-graphs/torch-graphs >= 1.1" in result.targets_met
 
 
 def _eager_step(model, optimizer, x, y):  # type: ignore[no-untyped-def]

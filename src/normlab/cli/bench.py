@@ -103,6 +103,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--compile", action="store_true",
         help="also measure normlab's LeNet under torch.compile (slow the first time: compiling)",
     )  # fmt: skip
+    train.add_argument(
+        "--cuda-graphs", action="store_true",
+        help="also measure both LeNets with each training step replayed from a CUDA graph "
+        "(CUDA only): the kernels' speed without the host's cost per launch",
+    )  # fmt: skip
     _common(train)
     train.set_defaults(func=run, trains=True)
 
@@ -282,10 +287,12 @@ def _run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.json,
         compiled=args.compile,
+        cuda_graphs=args.cuda_graphs,
     )
     if args.json:
         settings = {"steps": steps, "chunk": chunk, "device": str(device), "seed": args.seed,
-                    "data": args.data, "compile": args.compile}  # fmt: skip
+                    "data": args.data, "compile": args.compile,
+                    "cuda_graphs": args.cuda_graphs}  # fmt: skip
         json.dump(report.train_json(result, settings), sys.stdout, indent=1)
         print()
         return 0
