@@ -224,3 +224,33 @@ def test_the_build_command_prebuilds_into_the_cache(
     assert build.find_library() == build.cached_library()
     assert build.ensure_built() == build.cached_library()  # no notice: nothing to build
     assert capsys.readouterr().err == ""
+
+
+def test_a_failed_build_is_one_notice_kept_in_a_log_and_not_retried(
+    no_makes_library: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Sources this compiler rejects: its messages go to a log beside the library, not to
+    the user's terminal; the next process does not compile again; --cache tries again."""
+    failing = tmp_path / "failing-g++"
+    failing.write_text("#!/bin/sh\necho \"$0\" >> " + str(tmp_path / "calls") + "\n"
+                       "echo 'error: this compiler rejects everything' >&2\nexit 1\n")  # fmt: skip
+    failing.chmod(0o755)
+    monkeypatch.setenv("CXX", str(failing))
+    assert build.ensure_built() is None
+    log = build.cached_library().with_name(build.FAILURE_LOG)
+    assert "this compiler rejects everything" in log.read_text()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("normlab: building the CPU kernels") and len(err) == 2
+    assert err[1] == f"normlab: cannot build the CPU kernels (compiling the kernels failed " \
+                     f"(exit 1); see {log}); using the tensor code"  # fmt: skip
+    calls = len((tmp_path / "calls").read_text().splitlines())
+    monkeypatch.setattr(build, "_noticed", set())  # as a new process
+    assert build.ensure_built() is None
+    assert len((tmp_path / "calls").read_text().splitlines()) == calls  # not compiled again
+    assert capsys.readouterr().err == (
+        f"normlab: the CPU kernels failed to build here (see {log}; `python -m "
+        "normlab.kernels.cpu --cache` tries again); using the tensor code\n"
+    )
+    assert build.main(["--cache"]) == 2  # tries again (and fails again, said on stderr)
+    assert len((tmp_path / "calls").read_text().splitlines()) > calls
+    assert "this compiler rejects everything" in capsys.readouterr().err

@@ -13,7 +13,9 @@ Two places hold a library, both linked against the installed torch (headers,
   its own build. A file lock makes a second process wait for the first's build instead of
   compiling too. It says so in one line on stderr; without a compiler (or a writable
   cache) it says that in one line instead, and normlab keeps to its pure-tensor code
-  (:mod:`normlab.kernels`).
+  (:mod:`normlab.kernels`). A build that fails leaves the compiler's messages in
+  ``build-failed.log`` in that folder and is not tried again by every process
+  (``python -m normlab.kernels.cpu --cache`` tries again).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 LIBRARY = HERE / "_kernels.so"  # make's build, next to the sources
 LIBRARY_NAME = LIBRARY.name
+FAILURE_LOG = "build-failed.log"  # beside a cached library whose build failed: not retried
 _noticed: set[str] = set()  # the notices given in this process (each once)
 
 
@@ -77,8 +80,9 @@ def _torch_flags() -> tuple[list[str], list[str]]:
     return compile_flags, link_flags
 
 
-def _run(commands: list[list[str]]) -> None:
-    """Run the commands at once (one per source: the cores compile in parallel)."""
+def _run(commands: list[list[str]], log: Path | None = None) -> None:
+    """Run the commands at once (one per source: the cores compile in parallel); the
+    compiler's messages of a failure go to ``log`` (appended), else to stderr."""
     running = [
         subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for c in commands
@@ -87,10 +91,15 @@ def _run(commands: list[list[str]]) -> None:
     for process in running:
         _, errors = process.communicate()
         if process.returncode != 0:
-            sys.stderr.write(errors)
+            if log is None:
+                sys.stderr.write(errors)
+            else:
+                with open(log, "a", encoding="utf-8") as handle:
+                    handle.write(errors)
             failed = process.returncode
     if failed is not None:
-        raise OSError(f"compiling the kernels failed (exit {failed}); see above")
+        where = "above" if log is None else str(log)
+        raise OSError(f"compiling the kernels failed (exit {failed}); see {where}")
 
 
 def compiler() -> str:
@@ -106,12 +115,13 @@ def build(*, force: bool = False, quiet: bool = False) -> Path:
     return compile_library(LIBRARY, quiet=quiet)
 
 
-def compile_library(library: Path, *, quiet: bool = False) -> Path:
+def compile_library(library: Path, *, quiet: bool = False, log: Path | None = None) -> Path:
     """Compile every source and link them into ``library``, which appears whole or not at
     all (built beside it, then renamed). Returns ``library``.
 
     Raises:
-        OSError: no compiler, or compiling failed (the compiler's messages go to stderr).
+        OSError: no compiler, or compiling failed (the compiler's messages go to ``log``,
+            else to stderr).
     """
     cxx = compiler()
     if shutil.which(cxx) is None:
@@ -125,10 +135,11 @@ def compile_library(library: Path, *, quiet: bool = False) -> Path:
             [
                 [cxx, *compile_flags, "-c", str(source), "-o", str(obj)]
                 for source, obj in zip(sources(), objects, strict=True)
-            ]
+            ],
+            log,
         )
         partial = Path(scratch) / library.name
-        _run([[cxx, *map(str, objects), *link_flags, "-o", str(partial)]])
+        _run([[cxx, *map(str, objects), *link_flags, "-o", str(partial)]], log)
         os.replace(partial, library)  # atomic: a half-written library is never loaded
     return library
 
@@ -191,6 +202,10 @@ def ensure_built() -> Path | None:
     if found is not None:
         return found
     library = cached_library()
+    failure = library.with_name(FAILURE_LOG)
+    if failure.is_file():  # these sources failed to build here before: do not retry
+        _failed_before(failure)
+        return None
     if shutil.which(compiler()) is None:
         notice(
             f"normlab: no C++ compiler ({compiler()}) to build the CPU kernels; using the "
@@ -199,16 +214,26 @@ def ensure_built() -> Path | None:
         return None
     try:
         with _build_lock(library.parent):
-            if not library.is_file():  # else another process built it while we waited
+            if not library.is_file() and not failure.is_file():  # else done while we waited
                 notice(
                     "normlab: building the CPU kernels for this machine, once (about half a "
                     f"minute), into {library.parent}"
                 )
-                compile_library(library, quiet=True)
+                compile_library(library, quiet=True, log=failure)
     except OSError as error:  # an unwritable cache, a failed compile: the tensor code runs
         notice(f"normlab: cannot build the CPU kernels ({error}); using the tensor code")
         return None
+    if not library.is_file():  # another process's build failed while this one waited
+        _failed_before(failure)
+        return None
     return library
+
+
+def _failed_before(failure: Path) -> None:
+    notice(
+        f"normlab: the CPU kernels failed to build here (see {failure}; "
+        "`python -m normlab.kernels.cpu --cache` tries again); using the tensor code"
+    )
 
 
 @contextlib.contextmanager
@@ -245,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cache:
             path = cached_library()
             with _build_lock(path.parent):
+                path.with_name(FAILURE_LOG).unlink(missing_ok=True)  # an earlier failure
                 compile_library(path)
         else:
             path = build(force=args.force)
