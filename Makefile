@@ -62,14 +62,15 @@ docs: install
 # into a fresh virtual environment (torch from this machine's disk, as in make install) where
 # `normlab check` passes, its CPU kernels built on first use into a cache of its own.
 RELEASE := build/release
+RELEASE_PIP := $(RELEASE)/venv/bin/pip install -q --no-compile --disable-pip-version-check \
+  -c constraints.txt
 release-check: install
 	rm -rf $(RELEASE)
 	$(PY) -m build --quiet --outdir $(RELEASE)/dist .
 	$(VENV)/bin/twine check --strict $(RELEASE)/dist/*
 	$(PY) -m venv $(RELEASE)/venv
-	$(RELEASE)/venv/bin/pip install -q --disable-pip-version-check -c constraints.txt torch
-	$(RELEASE)/venv/bin/pip install -q --disable-pip-version-check -c constraints.txt \
-	  $(RELEASE)/dist/*.whl
+	$(RELEASE_PIP) torch
+	$(RELEASE_PIP) $(RELEASE)/dist/*.whl
 	cd $(RELEASE) && NORMLAB_KERNEL_CACHE=$(CURDIR)/$(RELEASE)/kernel-cache \
 	  venv/bin/normlab check
 
