@@ -98,11 +98,18 @@ def test_clipping_is_what_separates_it_from_batch_norm() -> None:
 
 def test_warmup_schedule_is_the_papers() -> None:
     w = RenormWarmup()
-    assert w.limits(0, 3.0, 5.0) == (1.0, 0.0)
-    assert w.limits(5000, 3.0, 5.0) == (1.0, 0.0)
-    assert w.limits(40000, 3.0, 5.0) == (3.0, 5.0)
-    assert w.limits(15000, 3.0, 5.0) == (1.0 + 2.0 * 10000 / 35000, 5.0 * 10000 / 20000)
-    assert w.limits(10**6, 3.0, 5.0) == (3.0, 5.0)
+
+    def limits(step: int) -> tuple[float, float]:
+        rmax, dmax = w.limits(step, 3.0, 5.0)
+        return float(rmax), float(dmax)
+
+    assert limits(0) == (1.0, 0.0)
+    assert limits(5000) == (1.0, 0.0)
+    assert limits(40000) == (3.0, 5.0)
+    assert limits(15000) == (1.0 + 2.0 * 10000 / 35000, 5.0 * 10000 / 20000)
+    assert limits(10**6) == (3.0, 5.0)
+    step = RenormWarmup(start=3, rmax_at=3, dmax_at=3)  # no ramp: a step at `start`
+    assert [float(step.limits(s, 3.0, 5.0)[0]) for s in (3, 4)] == [1.0, 3.0]
     with pytest.raises(ValueError, match="warm-up steps must satisfy"):
         RenormWarmup(start=10, rmax_at=5)
 
@@ -116,7 +123,7 @@ def test_warmup_in_the_layer_starts_as_batch_norm_and_ends_as_renorm() -> None:
     for _ in range(4):
         x = 3 * torch.randn(4, 3, 3, 3, dtype=torch.float64)
         torch.testing.assert_close(ours(x), oracle(x), rtol=0, atol=1e-12)
-        limits.append(ours.limits())
+        limits.append(tuple(float(limit) for limit in ours.limits()))
     assert limits == [(1.0, 0.0), (1.0, 0.0), (2.0, 5.0), (3.0, 5.0)]
     assert "warmup=RenormWarmup(start=1, rmax_at=3, dmax_at=2)" in repr(ours)
 
@@ -139,10 +146,11 @@ def test_gradcheck_and_gradgradcheck() -> None:
     assert torch.autograd.gradgradcheck(f, (x, w, b))
 
 
-def test_compiled_equals_eager_with_running_statistics() -> None:
-    eager = BatchRenorm2d(4, momentum=0.2)
+@pytest.mark.parametrize("warmup", [None, RenormWarmup(start=0, rmax_at=3, dmax_at=2)])
+def test_compiled_equals_eager_with_running_statistics(warmup: RenormWarmup | None) -> None:
+    eager = BatchRenorm2d(4, momentum=0.2, warmup=warmup)
     _randomise(eager)
-    compiled_module = BatchRenorm2d(4, momentum=0.2)
+    compiled_module = BatchRenorm2d(4, momentum=0.2, warmup=warmup)
     compiled_module.load_state_dict(eager.state_dict())
     compiled = torch.compile(compiled_module, fullgraph=True, backend=COMPILE_BACKEND)
     for _ in range(2):

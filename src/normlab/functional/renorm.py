@@ -61,24 +61,31 @@ class RenormWarmup:
                 f"warm-up steps must satisfy 0 <= start <= rmax_at, dmax_at, got {self}"
             )
 
-    def limits(self, step: int, rmax: float, dmax: float) -> tuple[float, float]:
-        """``(rmax, dmax)`` in force at training step ``step`` (0 for the first)."""
+    def limits(self, step: int | Tensor, rmax: float, dmax: float) -> tuple[Tensor, Tensor]:
+        """``(rmax, dmax)`` in force at training step ``step`` (0 for the first), as
+        0-dimensional float64 tensors on ``step``'s device: a layer passes its
+        ``num_batches_tracked`` as is, so that ``torch.compile`` traces the schedule in one
+        graph instead of reading the count back."""
+        step = torch.as_tensor(step, dtype=torch.float64)
         return (
             1.0 + (rmax - 1.0) * self._progress(step, self.rmax_at),
             dmax * self._progress(step, self.dmax_at),
         )
 
-    def _progress(self, step: int, end: int) -> float:
+    def _progress(self, step: Tensor, end: int) -> Tensor:
         """0 until ``start``, 1 from ``end``, linear in between."""
-        if step <= self.start:
-            return 0.0
-        if step >= end:
-            return 1.0
-        return (step - self.start) / (end - self.start)
+        if end <= self.start:
+            return (step > self.start).to(step.dtype)
+        return ((step - self.start) / (end - self.start)).clamp(0.0, 1.0)
 
 
 def renorm_corrections(
-    input: Tensor, running_mean: Tensor, running_var: Tensor, eps: float, rmax: float, dmax: float
+    input: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+    rmax: float | Tensor,
+    dmax: float | Tensor,
 ) -> tuple[Tensor, Tensor]:
     """``(r, d)`` per channel for ``input`` of shape ``(N, C, *)``, without gradient.
 
@@ -95,6 +102,8 @@ def renorm_corrections(
             input.to(dtype) - mu.view(-1, *[1] * (ndim - 2)), dims, correction=0
         )
         sigma = (running_var.to(dtype) + eps).sqrt()
+        if isinstance(rmax, Tensor):  # a warm-up's limits: tensors, in the statistics' dtype
+            rmax, dmax = rmax.to(dtype), torch.as_tensor(dmax).to(dtype)
         r = ((var_b + eps).sqrt() / sigma).clamp(1.0 / rmax, rmax)
         d = (offset / sigma).clamp(-dmax, dmax)
     return r, d
@@ -120,8 +129,8 @@ def batch_renorm(
     training: bool = False,
     momentum: float = 0.01,
     eps: float = 1e-5,
-    rmax: float = 3.0,
-    dmax: float = 5.0,
+    rmax: float | Tensor = 3.0,
+    dmax: float | Tensor = 5.0,
 ) -> Tensor:
     r"""Batch renormalization of each channel of ``(N, C, *)`` (see the module docstring).
 
@@ -140,7 +149,8 @@ def batch_renorm(
         training: batch statistics corrected by ``r``, ``d``. Default: ``False``.
         momentum: weight of the batch in the running statistics. Default: 0.01.
         eps: added to both variances. Default: 1e-5.
-        rmax, dmax: clipping limits, ``rmax >= 1``, ``dmax >= 0``. Default: 3, 5.
+        rmax, dmax: clipping limits, ``rmax >= 1``, ``dmax >= 0`` (floats, or 0-dimensional
+            tensors from a warm-up schedule). Default: 3, 5.
 
     Shape:
         input ``(N, C, *)``, output the same shape and dtype.
@@ -160,8 +170,11 @@ def batch_renorm(
     return batch_norm(input, running_mean, running_var, scale, shift, True, momentum, eps)
 
 
-def check_limits(rmax: float, dmax: float) -> None:
-    """``rmax >= 1`` and ``dmax >= 0``, else a ``ValueError`` naming the bad one."""
+def check_limits(rmax: float | Tensor, dmax: float | Tensor) -> None:
+    """``rmax >= 1`` and ``dmax >= 0``, else a ``ValueError`` naming the bad one. Tensors
+    (a warm-up schedule's, in range by construction) are not read back."""
+    if isinstance(rmax, Tensor) or isinstance(dmax, Tensor):
+        return
     if not rmax >= 1.0:
         raise ValueError(f"rmax must be at least 1 (1 is batch norm), got {rmax!r}")
     if not dmax >= 0.0:

@@ -98,13 +98,12 @@ class _BatchRenorm(_BatchNorm):
         self.dmax = dmax
         self.warmup = warmup
 
-    def limits(self) -> tuple[float, float]:
+    def limits(self) -> tuple[float | Tensor, float | Tensor]:
         """``(rmax, dmax)`` for the batch being trained on (``num_batches_tracked`` counts
-        it already), from the warm-up schedule if there is one."""
+        it already), from the warm-up schedule if there is one (then 0-dimensional tensors)."""
         if self.warmup is None or self.num_batches_tracked is None:
             return self.rmax, self.dmax
-        step = int(self.num_batches_tracked) - 1
-        return self.warmup.limits(step, self.rmax, self.dmax)
+        return self.warmup.limits(self.num_batches_tracked - 1, self.rmax, self.dmax)
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
