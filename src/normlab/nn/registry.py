@@ -50,6 +50,7 @@ name              layer
 ``dyt``           ``DynamicTanh(C)`` over the channels at each position, as ``rms``
                   (Zhu et al. 2025)
 ================  ==========================================================================
+
 An unknown name raises ``ValueError`` listing the valid names.
 """
 
