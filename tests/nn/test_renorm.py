@@ -253,3 +253,23 @@ def test_registry_builds_it_at_every_dimensionality() -> None:
         layer = normlab.nn.create_norm_layer("renorm", 6, dims=dims)
         assert type(layer) is cls and layer.num_features == 6
     assert isinstance(normlab.nn.create_norm_layer("renorm", 6, dims=3), BatchRenorm3d)
+
+
+def test_swa_update_bn_recomputes_its_statistics_as_batch_norms() -> None:
+    """Tools find it as a batch norm (torch's _BatchNorm): update_bn resets the running
+    statistics and averages them over the batches, the numbers torch.nn's batch norm gets."""
+    ours = nn.Sequential(
+        nn.Conv2d(2, 3, 3, dtype=torch.float64), BatchRenorm2d(3, dtype=torch.float64)
+    )
+    theirs = nn.Sequential(
+        nn.Conv2d(2, 3, 3, dtype=torch.float64), nn.BatchNorm2d(3, dtype=torch.float64)
+    )
+    theirs[0].load_state_dict(ours[0].state_dict())
+    batches = [torch.randn(4, 2, 6, 6, dtype=torch.float64) * 2 + 1 for _ in range(3)]
+    torch.optim.swa_utils.update_bn(batches, ours)
+    torch.optim.swa_utils.update_bn(batches, theirs)
+    for name in ("running_mean", "running_var"):
+        expected = getattr(theirs[1], name)
+        assert_close_sum(getattr(ours[1], name), expected, terms=192, abs_sum=expected.abs() * 10)
+    assert not torch.equal(ours[1].running_var, torch.ones(3, dtype=torch.float64))
+    assert ours[1].momentum == 0.01  # restored
