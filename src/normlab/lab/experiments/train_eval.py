@@ -415,30 +415,30 @@ class TrainEval(Experiment[TrainEvalConfig, TrainEvalSummary]):
         from normlab.report import Column
 
         rows: list[dict[str, Any]] = []
+
+        def row(what: str, accuracy: str | None, before: str | None = None,
+                time: str | None = None) -> None:  # fmt: skip
+            rows.append({"what": what, "accuracy": accuracy, "before": before, "time": time})
+
         if summary.statistics is not None:
             s = summary.statistics
-            rows.append(
-                {"what": "test batches' own statistics", "accuracy": pm(s.final_batch_stats)}
-            )
+            row("test batches' own statistics", pm(s.final_batch_stats))
             for key, stat in s.final_ema.items():
-                rows.append({"what": f"moving average, momentum {key}", "accuracy": pm(stat)})
-            rows.append({"what": "precise statistics", "accuracy": pm(s.final_precise)})
+                row(f"moving average, momentum {key}", pm(stat))
+            row("precise statistics", pm(s.final_precise))
         if summary.finetune is not None:
             f = summary.finetune
             for arm, after in f.after.items():
-                rows.append({
-                    "what": f"fine-tuned at batch {f.batch_size}: {arm} (shifted)",
-                    "accuracy": pm(after),
-                    "before": pm(f.before[arm]),
-                })  # fmt: skip
+                row(f"fine-tuned at batch {f.batch_size}: {FINETUNE_LABELS[arm]} (shifted)",
+                    pm(after), before=pm(f.before[arm]))  # fmt: skip
         if summary.fusion is not None:
             u = summary.fusion
-            rows.append({
-                "what": f"fused batch norms ({sum(u.disagreements)} disagreements, max logit "
-                        f"difference {fmt3(u.max_logit_difference.mean or 0.0)})",
-                "accuracy": None,
-                "time": f"{pm(u.unfused_ms, 1.0, 'ms')} -> {pm(u.fused_ms, 1.0, 'ms')}",
-            })  # fmt: skip
+            row(
+                f"fused batch norms ({sum(u.disagreements)} disagreements, largest logit "
+                f"difference {fmt3(u.max_logit_difference.mean or 0.0)})",
+                None,
+                time=f"{pm(u.unfused_ms, 1.0, 'ms')} -> {pm(u.fused_ms, 1.0, 'ms')}",
+            )
         columns = [
             Column("what", "evaluated with"),
             Column("accuracy", "test accuracy", align="right"),
