@@ -14,6 +14,7 @@ from normlab.lab.experiments.depth import DEPTH
 from normlab.lab.experiments.momentum import MOMENTUM
 from normlab.lab.experiments.placement import PLACEMENT
 from normlab.lab.experiments.probes import PROBE
+from normlab.lab.experiments.small_batch import SMALL_BATCH
 from normlab.lab.experiments.sweep_batch_size import BATCH_SIZE_SWEEP
 from normlab.lab.experiments.sweep_lr import LR_SWEEP
 from normlab.lab.experiments.train_eval import TRAIN_EVAL
@@ -25,6 +26,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     COMPARE,
     LR_SWEEP,
     BATCH_SIZE_SWEEP,
+    SMALL_BATCH,
     PROBE,
     PLACEMENT,
     MOMENTUM,
