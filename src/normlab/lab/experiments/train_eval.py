@@ -899,6 +899,7 @@ def statistics_figure(s: StatisticsRuns) -> Figure:
     with style():
         fig, (ax,) = new_figure(width=7.5, height=4.5)
         plot_lines(ax, np.asarray(s.epochs, dtype=np.float64), series)
+        ax.set_xticks(s.epochs)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("Which statistics in evaluation?")
