@@ -86,9 +86,13 @@ def test_captured_running_statistics_move_as_torch(code_path: str, name: str, ki
 
 @pytest.mark.parametrize("name", sorted(NORMS))
 def test_vmap_into_unbatched_running_statistics_is_refused_like_torch(name: str) -> None:
-    """Samples batched by ``vmap`` cannot move one unbatched buffer: an error, as torch's."""
+    """Samples batched by ``vmap`` cannot move one unbatched buffer: a RuntimeError, as
+    torch's, whose one line says what to do instead; the buffers are left as they were."""
     xs = torch.randn(2, 4, 3, 5, dtype=DT)
     for module in (F, NF):
         rm, rv, w, b = _state()
-        with pytest.raises(RuntimeError):
+        before = rm.clone()
+        with pytest.raises(RuntimeError) as error:
             vmap(lambda x: NORMS[name](module)(x, rm, rv, w, b))(xs)  # noqa: B023
+        assert torch.equal(rm, before)
+    assert "track_running_stats=False" in str(error.value).splitlines()[0]

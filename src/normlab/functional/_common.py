@@ -202,10 +202,15 @@ def assign_running(buffer: Tensor, value: Tensor) -> None:
     if _captured_by_transform(buffer):
         while _functorch.is_gradtrackingtensor(value):
             value = _functorch.get_unwrapped(value)
-        if not _functorch.is_functorch_wrapped_tensor(value):
-            with temporarily_clear_interpreter_stack():
-                buffer.copy_(value)
-            return
+        if _functorch.is_functorch_wrapped_tensor(value):  # batched by vmap
+            raise RuntimeError(
+                "vmap: a batched input cannot update running statistics that are not batched; "
+                "stack the modules' buffers (torch.func.stack_module_state), use evaluation "
+                "mode, or set track_running_stats=False"
+            )
+        with temporarily_clear_interpreter_stack():
+            buffer.copy_(value)
+        return
     buffer.copy_(value)
 
 
