@@ -187,7 +187,8 @@ def causal(norm: str, seen: tuple[float, ...], honest: tuple[float, ...]) -> Cau
     gaps = [c - s for c, s in zip(honest, seen, strict=True)]
     return CausalArm(norm=norm, train_loss=stats(*seen), batch_stats_loss=stats(*seen),
                      running_stats_loss=stats(*honest), row_by_row_loss=stats(*honest),
-                     one_sequence_loss=stats(*honest), leak=stats(*gaps))  # fmt: skip
+                     one_sequence_loss=stats(*honest), future_share=stats(*[0.0] * len(seen)),
+                     leak=stats(*gaps))  # fmt: skip
 
 
 def transformer_summary(arms: list[TrainedArm], causal_arms: list[CausalArm]) -> TransformerSummary:
