@@ -14,8 +14,11 @@ like every other user error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+import shlex
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from normlab.errors import UsageError
@@ -52,7 +55,14 @@ def add_common_flags(parser: argparse.ArgumentParser, *, epochs: bool = True) ->
     data.add_argument("--dataset", help="fashion-mnist (default), mnist, or synthetic")
     data.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
     data.add_argument("--device", help="cpu (default), cuda, cuda:N or mps")
-    data.add_argument("--out", metavar="DIR", default="runs", help="parent of the run directory")
+    data.add_argument(
+        "--out", metavar="DIR", help="parent of the run directory (default runs; not with --resume)"
+    )
+    data.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run in RUN_DIR with its own settings (finished cells kept)",
+    )
     data.add_argument(
         "--workers", metavar="N", help="processes computing cells at once (default: 2 cores)"
     )
@@ -236,21 +246,122 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
 def run_and_print(
     experiment: Experiment, args: argparse.Namespace, others: Sequence[Experiment] = ()
 ) -> int:
-    """Build the experiment's config from the flags, run it into ``--out``, print its
-    table and findings, then the report's path (last line)."""
+    """Build the experiment's config from the flags (or continue ``--resume``'s run), run
+    it into ``--out``, print its table and findings, then the report's path (last line)."""
     from normlab.lab.study import run_single
 
-    config = build_config(
-        quick_config(experiment, args), args, experiment_changes(experiment, args, others)
-    )
-    print(f"normlab {experiment.name}: {_cells_line(experiment, config)}", flush=True)
-    result = run_single(
-        experiment.name, config, out=args.out, data_dir=args.data_dir, **run_options(args)
-    )
+    run = Resumable(" ".join(experiment.command))
+    if args.resume is not None:
+        refuse_with_resume(given_flags(args, experiment, others), args.out, args.resume, "the run")
+        print(f"normlab {experiment.name}: resuming {args.resume}", flush=True)
+        with run.interruptible():
+            result = run_single(
+                experiment.name,
+                resume=args.resume,
+                data_dir=args.data_dir,
+                on_start=run.started,
+                **run_options(args),
+            )
+    else:
+        config = build_config(
+            quick_config(experiment, args), args, experiment_changes(experiment, args, others)
+        )
+        print(f"normlab {experiment.name}: {_cells_line(experiment, config)}", flush=True)
+        with run.interruptible():
+            result = run_single(
+                experiment.name,
+                config,
+                out=args.out or "runs",
+                data_dir=args.data_dir,
+                on_start=run.started,
+                **run_options(args),
+            )
     print_summary(result.summaries, result.findings)
     print(f"run directory: {result.run_dir}")
     print(result.report_html)
     return 0
+
+
+class Resumable:
+    """A lab command's run directory, known once the run starts, and the command that
+    continues it when the run is cut short.
+
+    Args:
+        command: the command's words after ``normlab``, e.g. ``"sweep lr"``.
+    """
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.run_dir: Path | None = None
+
+    def started(self, run_dir: Path) -> None:
+        """The run's directory exists (``on_start`` of :func:`~normlab.lab.study.run_study`)."""
+        self.run_dir = run_dir
+        print(f"run directory: {run_dir}", flush=True)
+
+    def resume_command(self) -> str:
+        return f"normlab {self.command} --resume {shlex.quote(str(self.run_dir))}"
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Ctrl-C, SIGTERM or a worker's death inside the block: the way to continue is
+        added to what the command prints (every finished cell is already saved)."""
+        from normlab.lab.workers import WorkerDied
+
+        try:
+            yield
+        except KeyboardInterrupt as interrupt:
+            ignore_later_signals()  # the command is ending: a second Ctrl-C changes nothing
+            if self.run_dir is not None:
+                interrupt.add_note("finished cells are kept")
+                interrupt.add_note(f"to continue: {self.resume_command()}")
+            raise
+        except WorkerDied as error:
+            if self.run_dir is None:
+                raise
+            raise WorkerDied(
+                f"{error}; finished cells are kept; to continue: {self.resume_command()}"
+            ) from None
+
+
+def ignore_later_signals() -> None:
+    """Ignore SIGINT and SIGTERM from now on (in the main thread; the process is ending, so
+    that its exit code and last line stay those of the first signal)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
+
+def given_flags(
+    args: argparse.Namespace, experiment: Experiment, others: Sequence[Experiment] = ()
+) -> list[str]:
+    """The flags given that change the numbers."""
+    flags = ["--quick", "--seeds", "--epochs", "--train-subset", "--test-subset"]
+    flags += ["--dataset", "--device"]
+    flags += [o.flag for e in (experiment, *others) for o in e.options]
+    return [flag for flag in dict.fromkeys(flags) if getattr(args, _dest(flag), None)]
+
+
+def refuse_with_resume(given: Sequence[str], out: str | None, resume: str, what: str) -> None:
+    """One line naming the flags ``--resume`` does not take: those that change the numbers,
+    and ``--out`` unless it is where the run already is.
+
+    Args:
+        given: the number-changing flags given (:func:`given_flags`).
+        out: ``--out``, or None when not given.
+        resume: ``--resume``'s run directory.
+        what: what is resumed, in the message: ``"a study"``, ``"the run"``.
+    """
+    if given:
+        raise UsageError(
+            f"--resume continues {what} with its own settings; drop {', '.join(given)}"
+        )
+    run_dir = Path(resume)
+    if out is not None and run_dir.is_dir() and Path(out).resolve() != run_dir.resolve().parent:
+        raise UsageError(f"--resume continues the run in its own directory {resume}; drop --out")
 
 
 def _cells_line(experiment: Experiment, config: Any) -> str:

@@ -50,7 +50,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", help="fashion-mnist (default) or mnist")
     parser.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N or mps")
-    parser.add_argument("--out", metavar="DIR", default="runs", help="parent of the run directory")
+    parser.add_argument(
+        "--out", metavar="DIR", help="parent of the run directory (default runs; not with --resume)"
+    )
     parser.add_argument(
         "--workers", metavar="N", help="processes computing cells at once (default: 2 cores)"
     )
@@ -61,33 +63,44 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from normlab.cli._lab import parse_int, parse_list, print_summary, run_options
-    from normlab.errors import UsageError
+    from normlab.cli._lab import (
+        Resumable,
+        parse_int,
+        parse_list,
+        print_summary,
+        refuse_with_resume,
+        run_options,
+    )
     from normlab.lab.study import default_plan, estimate_plan_seconds, run_study
     from normlab.report.stats import format_duration
 
     seeds = parse_int("--seeds", args.seeds)
     only = parse_list("--only", args.only)
     options = run_options(args)
+    run = Resumable("study")
     if args.resume is not None:
-        given = [
-            flag
-            for flag, value in (
-                ("--quick", args.quick or None),
-                ("--seeds", seeds),
-                ("--only", only),
-                ("--syncbn", args.syncbn or None),
-                ("--dataset", args.dataset),
-                ("--device", args.device),
-            )
-            if value is not None
-        ]
-        if given:
-            raise UsageError(
-                f"--resume continues a study with its own settings; drop {', '.join(given)}"
-            )
+        refuse_with_resume(
+            [
+                flag
+                for flag, value in (
+                    ("--quick", args.quick or None),
+                    ("--seeds", seeds),
+                    ("--only", only),
+                    ("--syncbn", args.syncbn or None),
+                    ("--dataset", args.dataset),
+                    ("--device", args.device),
+                )
+                if value is not None
+            ],
+            args.out,
+            args.resume,
+            "a study",
+        )
         print(f"normlab study: resuming {args.resume}", flush=True)
-        result = run_study(resume=args.resume, data_dir=args.data_dir, **options)
+        with run.interruptible():
+            result = run_study(
+                resume=args.resume, data_dir=args.data_dir, on_start=run.started, **options
+            )
     else:
         plan = default_plan(
             quick=args.quick,
@@ -103,7 +116,14 @@ def run(args: argparse.Namespace) -> int:
             f"training on one idle core, {options['workers']} worker(s)",
             flush=True,
         )
-        result = run_study(plan, out=args.out, data_dir=args.data_dir, **options)
+        with run.interruptible():
+            result = run_study(
+                plan,
+                out=args.out or "runs",
+                data_dir=args.data_dir,
+                on_start=run.started,
+                **options,
+            )
     print_summary(result.summaries, result.findings)
     print(
         f"{result.cells_computed} cells computed, {result.cells_loaded} already finished, "

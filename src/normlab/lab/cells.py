@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.errors import UsageError
+from normlab.lab.workers import SignalGuard, run_in_workers
 
 __all__ = [
     "Cell",
@@ -247,7 +248,9 @@ def run_cells(
             ``computed`` is False for a cell loaded from ``store``. An exception from it
             stops the run; every cell finished so far is already saved.
         workers: processes computing cells at once (1: in this process, in order).
-            Every cell seeds itself, so results do not depend on ``workers``.
+            Every cell seeds itself, so results do not depend on ``workers``. How the
+            workers end on Ctrl-C, SIGTERM or a worker's death: :mod:`normlab.lab.workers`
+            (:class:`~normlab.lab.workers.WorkerDied` names the cell of a worker that died).
         worker_init, worker_args: run once in each worker process (e.g. thread count).
 
     Returns:
@@ -292,58 +295,37 @@ def run_cells(
 
     try:
         if workers == 1 or len(pending) <= 1:
-            for task in pending:
-                bar.set_postfix_str(task.cell.key, refresh=True)
-                started = time.perf_counter()
-                result = compute(task)
-                finish(task, result, time.perf_counter() - started)
+            _run_here(pending, compute, finish, bar)
         else:
-            _run_parallel(pending, compute, finish, bar, workers, worker_init, worker_args)
+            bar.set_postfix_str(f"{len(pending)} cells, {workers} workers", refresh=True)
+            run_in_workers(
+                sorted(pending, key=lambda t: -t.cell.cost),  # the last to end: short ones
+                compute,
+                finish,
+                workers=min(workers, len(pending)),
+                label=lambda task: task.cell.key,
+                init=worker_init,
+                init_args=worker_args,
+            )
     finally:
         bar.close()
     return {key: results[key] for key in keys}
 
 
-def _timed(compute: Callable[[CellTask], Mapping[str, Any]], task: CellTask) -> tuple[dict, float]:
-    started = time.perf_counter()
-    result = dict(compute(task))
-    return result, time.perf_counter() - started
-
-
-def _run_parallel(
+def _run_here(
     pending: Sequence[CellTask],
     compute: Callable[[CellTask], Mapping[str, Any]],
     finish: Callable[[CellTask, Mapping[str, Any], float], None],
     bar: Any,
-    workers: int,
-    worker_init: Callable[..., None] | None,
-    worker_args: tuple[Any, ...],
 ) -> None:
-    """Compute ``pending`` in ``workers`` fresh (spawned) processes; the costliest first,
-    so the last cells to finish are short ones."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    order = sorted(pending, key=lambda t: -t.cell.cost)
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(order)),
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=worker_init,
-        initargs=worker_args,
-    )
-    try:
-        running = {pool.submit(_timed, compute, task): task for task in order}
-        bar.set_postfix_str(f"{len(running)} cells, {workers} workers", refresh=True)
-        while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                task = running.pop(future)
-                result, seconds = future.result()
-                finish(task, result, seconds)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    """Compute ``pending`` in this process, in order; the first Ctrl-C or SIGTERM stops
+    it, a second one cannot cut the clean-ups short (:class:`~normlab.lab.workers.SignalGuard`)."""
+    with SignalGuard():
+        for task in pending:
+            bar.set_postfix_str(task.cell.key, refresh=True)
+            started = time.perf_counter()
+            result = compute(task)
+            finish(task, result, time.perf_counter() - started)
 
 
 def group_by_setting(

@@ -17,8 +17,9 @@ receives::
     report.html      one self-contained page (figures embedded)
     report.md        the same in Markdown (figures linked from figures/)
 
-Budgets, measured on the project's 2-core machine: the default plan takes well under
-20 minutes, ``quick`` under 2 (see docs/parts/lab.md for the numbers).
+Interrupted (Ctrl-C, SIGTERM) or with a worker that died, the study stops with every
+finished cell saved and every worker process ended (:mod:`normlab.lab.workers`). The
+budgets of the default and ``quick`` plans, as measured: docs/results/lab.md.
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ def run_study(
     on_cell: Callable[[Cell, Mapping[str, Any], bool], None] | None = None,
     name: str = "study",
     title: str = "normlab study: why, where and when to normalize",
+    on_start: Callable[[Path], None] | None = None,
 ) -> StudyResult:
     """Run every experiment of ``plan`` into one run directory and write the report.
 
@@ -194,6 +196,10 @@ def run_study(
         workers: processes computing cells at once (each with ``threads`` threads).
         on_cell: called after each cell (see :func:`~normlab.lab.cells.run_cells`);
             an exception from it stops the study, with every finished cell saved.
+        name: the run directory's prefix (``<out>/<name>-<timestamp>``).
+        title: the report's title.
+        on_start: called with the run directory once it exists, before any cell runs
+            (so that an interrupted caller can say where to resume).
     """
     from normlab.train.runs import Run
 
@@ -221,6 +227,8 @@ def run_study(
             checkpoint_every=0,
             extra={"threads": threads, "workers": workers},
         )
+    if on_start is not None:
+        on_start(run.path)
     counts = {"computed": 0, "loaded": 0}
 
     def count(cell: Cell, result: Mapping[str, Any], computed: bool) -> None:
@@ -405,22 +413,36 @@ def _cell_seconds(store: CellStore, cells: list[Cell]) -> float:
 
 def run_single(
     name: str,
-    config: ExperimentConfig,
+    config: ExperimentConfig | None = None,
     *,
     out: str | os.PathLike[str] = "runs",
+    resume: str | os.PathLike[str] | None = None,
     data: Dataset | None = None,
     data_dir: str | None = None,
     progress: bool = True,
     threads: int | None = 1,
     workers: int = 1,
+    on_start: Callable[[Path], None] | None = None,
 ) -> StudyResult:
     """One experiment into its own run directory with its own small report (what the
-    ``compare``, ``sweep`` and ``probe`` commands run)."""
+    ``compare``, ``sweep`` and ``probe`` commands run); ``resume``: continue such a run
+    (``config`` must then be None: the run keeps its own)."""
     experiment = experiment_named(name)
     title = f"normlab {name.replace('-', ' ')}: {experiment.title.lower()}"
+    if resume is not None:
+        if config is not None:
+            raise UsageError("a resumed run keeps its own config; do not pass one with resume")
+        from normlab.train.runs import Run
+
+        found = Run.open(resume).name
+        if found != name:
+            raise UsageError(f"{resume} is a {found!r} run, not a {name!r} one")
+    elif config is None:
+        raise UsageError(f"give {name}'s config, or resume= a {name} run directory")
     return run_study(
-        {name: config},
+        None if resume is not None else {name: config},
         out=out,
+        resume=resume,
         data=data,
         data_dir=data_dir,
         progress=progress,
@@ -428,6 +450,7 @@ def run_single(
         workers=workers,
         name=name,
         title=title,
+        on_start=on_start,
     )
 
 
