@@ -128,7 +128,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     validate_with_flags(config, CONFIG_FLAGS)
     _check_workers(args)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out} is a file; pass a directory")
+        raise UsageError(f"--out {args.out} is a file; pass --out with a folder you can write to")
     return config
 
 
