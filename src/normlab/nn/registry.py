@@ -58,13 +58,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
-import normlab.nn as normlab_nn
+from normlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from normlab.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from normlab.nn.normalization import GroupNorm, LayerNorm, LocalResponseNorm, RMSNorm
+
+# normlab's torch.nn twins under torch.nn's class names, read like ``torch.nn`` itself
+_NORMLAB_TWINS = SimpleNamespace(
+    BatchNorm1d=BatchNorm1d, BatchNorm2d=BatchNorm2d, BatchNorm3d=BatchNorm3d,
+    InstanceNorm1d=InstanceNorm1d, InstanceNorm2d=InstanceNorm2d,
+    InstanceNorm3d=InstanceNorm3d, GroupNorm=GroupNorm, LayerNorm=LayerNorm,
+    LocalResponseNorm=LocalResponseNorm, RMSNorm=RMSNorm,
+)  # fmt: skip
 
 NormBuilder = Callable[..., nn.Module]
 
@@ -94,7 +104,7 @@ class ChannelsLast(nn.Module):
         return self.norm(input.movedim(1, -1)).movedim(-1, 1)
 
 
-def _builders(lib: ModuleType) -> dict[str, NormBuilder]:
+def _builders(lib: ModuleType | SimpleNamespace) -> dict[str, NormBuilder]:
     """Name -> ``builder(num_features, dims, **factory_kwargs)`` for one library of layers."""
 
     def batch(c: int, dims: int, **kw: Any) -> nn.Module:
@@ -216,7 +226,7 @@ def _std_conv() -> type[nn.Conv2d]:
 CONVOLUTIONS: dict[str, type[nn.Conv2d]] = {"group-ws": _std_conv()}
 
 NORM_LAYERS: dict[str, NormBuilder] = {
-    **_builders(normlab_nn),
+    **_builders(_NORMLAB_TWINS),
     **_beyond_torch(),
     **{f"torch-{name}": builder for name, builder in _builders(nn).items() if name != "none"},
 }
