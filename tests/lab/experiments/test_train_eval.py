@@ -271,7 +271,8 @@ def test_finetune_guide_row(batch: list, other: list, recommendation: str, verdi
     "unexplained,speedup,recommendation,verdict",
     [([0, 0, 0], [1.3, 1.35, 1.32], "batch norm folded", AGREES),
      ([0, 1, 0], [1.3, 1.35, 1.32], "keep batch norm unfused", DISAGREES),
-     ([0, 0, 0], [1.01, 0.99, 1.0], "inconclusive:", INCONCLUSIVE)],
+     ([0, 0, 0], [1.01, 0.99, 1.0], "inconclusive:", INCONCLUSIVE),
+     ([0, 0, 0], [0.8, 0.82, 0.79], "batch norm unfused", DISAGREES)],
 )  # fmt: skip
 def test_inference_guide_row(
     unexplained: list, speedup: list, recommendation: str, verdict: str

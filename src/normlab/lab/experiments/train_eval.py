@@ -852,12 +852,18 @@ def _inference_row(u: FusionStats, statistics: StatisticsRuns | None) -> list[Gu
     elif faster.verdict == AGREES:
         recommendation = "batch norm folded into the layer before it (fuse_batch_norms)"
         verdict = AGREES
+    elif faster.verdict == DISAGREES:
+        recommendation = (
+            "batch norm unfused: fused batch norm predicts the same but ran slower here, by "
+            "more than the timing spread"
+        )
+        verdict = DISAGREES
     else:
         recommendation = (
             "inconclusive: fused batch norm predicts the same, but its speed-up is not "
             "separated from the timing spread"
         )
-        verdict = INCONCLUSIVE if faster.verdict == INCONCLUSIVE else DISAGREES
+        verdict = INCONCLUSIVE
     evidence = (
         f"{sum(u.disagreements)} of {len(u.disagreements) * u.examples} predictions differ "
         f"({sum(u.unexplained)} beyond a near-tie), largest logit difference "
