@@ -102,6 +102,11 @@ class SelfAttention(nn.Module):
     Shape:
         - Input: :math:`(N, T, D)`
         - Output: :math:`(N, T, D)`
+
+    Example:
+        >>> attention = SelfAttention(16, heads=4, causal=True)
+        >>> attention(torch.randn(2, 5, 16)).shape
+        torch.Size([2, 5, 16])
     """
 
     def __init__(self, width: int, heads: int, causal: bool = False) -> None:
@@ -128,9 +133,16 @@ class FeedForward(nn.Module):
     ``fc2.weight`` is :math:`W^2`, whose gradient at initialisation Xiong et al. (2020)
     compare across layers.
 
+    Args:
+        width: D, the token features. hidden: the hidden features.
+
     Shape:
         - Input: :math:`(N, T, D)`
         - Output: :math:`(N, T, D)`
+
+    Example:
+        >>> FeedForward(8, 16)(torch.randn(2, 3, 8)).shape
+        torch.Size([2, 3, 8])
     """
 
     def __init__(self, width: int, hidden: int) -> None:
@@ -144,11 +156,24 @@ class FeedForward(nn.Module):
 
 class TransformerBlock(nn.Module):
     """One block: attention and feed-forward, each in a residual connection, with the norm
-    before each branch (``"pre"``) or after each sum (``"post"``).
+    before each branch (``"pre"``) or after each sum (``"post"``)::
+
+        pre:  x = x + attention(norm1(x));  y = x + mlp(norm2(x))
+        post: x = norm1(x + attention(x));  y = norm2(x + mlp(x))
+
+    Args:
+        width: D. heads: attention heads. hidden: the feed-forward network's hidden
+        features. norm: a registry name. placement: ``"pre"`` or ``"post"``. causal:
+        each token attends to earlier tokens only.
 
     Shape:
         - Input: :math:`(N, T, D)`
         - Output: :math:`(N, T, D)`
+
+    Example:
+        >>> block = TransformerBlock(8, 2, 16, "layer", "post", causal=False)
+        >>> block(torch.randn(2, 3, 8)).shape
+        torch.Size([2, 3, 8])
     """
 
     def __init__(
@@ -183,6 +208,11 @@ class TransformerEncoder(nn.Module):
     Shape:
         - Input: :math:`(N, T, D)`
         - Output: :math:`(N, T, D)`
+
+    Example:
+        >>> encoder = TransformerEncoder(8, 2, 2, 16, "rms", "pre")
+        >>> encoder(torch.randn(2, 3, 8)).shape
+        torch.Size([2, 3, 8])
     """
 
     def __init__(
