@@ -413,10 +413,6 @@ def _std(stat: SeedStats) -> float:
     return stat.std if stat.std is not None else 0.0
 
 
-def _finished(points: Sequence[SmallBatchPoint]) -> list[SmallBatchPoint]:
-    return [p for p in points if p.eval_accuracy.mean is not None]
-
-
 def _at(summary: SmallBatchSummary, sampling: str, norm: str, size: int) -> SeedStats | None:
     for p in summary.points.get(sampling, {}).get(norm, []):
         if p.batch_size == size and p.eval_accuracy.mean is not None:
@@ -462,16 +458,21 @@ def match_or_beat_verdict(
 
 
 def independence_verdict(
-    excess: float, excess_noise: float, relief: float, relief_noise: float
+    versus_control: float, control_noise: float, versus_batch: float, batch_noise: float
 ) -> str:
-    """FRN's batch independence: disagrees when FRN loses more than group norm (the
-    batch-independent control for the optimisation's own change) going down to the
-    smallest batch, by more than the spread (``excess > excess_noise``); agrees when it
-    loses less than batch norm beyond the spread (``relief > relief_noise``) and no more
-    than group norm; inconclusive otherwise."""
-    if excess > excess_noise:
+    """FRN's batch independence from the changes of accuracy going down to the smallest
+    batch (points). ``versus_control``: FRN's change minus group norm's (the
+    batch-independent control for what more, smaller steps change by themselves);
+    ``versus_batch``: FRN's change minus batch norm's. Disagrees when FRN falls below the
+    control by more than the spread; inconclusive when it rises above it by more than the
+    spread (a change through the training itself, which says nothing of the batch);
+    agrees when it fares better than batch norm by more than the spread; inconclusive
+    otherwise."""
+    if versus_control < -control_noise:
         return DISAGREES
-    if relief > relief_noise:
+    if versus_control > control_noise:
+        return INCONCLUSIVE
+    if versus_batch > batch_noise:
         return AGREES
     return INCONCLUSIVE
 
@@ -652,29 +653,33 @@ def frn_finding(summary: SmallBatchSummary) -> Finding | None:
     if any(v is None for v in stats.values()):
         return None
 
-    def drop(norm: str) -> float:
-        return round(pct(stats[norm, large].mean) - pct(stats[norm, small].mean), 1)  # type: ignore[arg-type, union-attr]
+    def change(norm: str) -> float:
+        return round(pct(stats[norm, small].mean) - pct(stats[norm, large].mean), 1)  # type: ignore[arg-type, union-attr]
 
-    excess = round(drop("frn") - drop("group"), 1)
-    relief = round(drop("batch") - drop("frn"), 1)
-    excess_noise = round(_rss(*(stats[n, s] for n in ("frn", "group") for s in (small, large))), 1)  # type: ignore[misc]
-    relief_noise = round(_rss(*(stats[n, s] for n in ("frn", "batch") for s in (small, large))), 1)  # type: ignore[misc]
+    def spread(*norms: str) -> float:
+        return round(_rss(*(stats[n, s] for n in norms for s in (small, large))), 1)  # type: ignore[misc]
+
+    versus_control = round(change("frn") - change("group"), 1)
+    versus_batch = round(change("frn") - change("batch"), 1)
+    control_noise, batch_noise = spread("frn", "group"), spread("frn", "batch")
     return Finding(
         "small-batch",
-        f"From {large} to {small} images per batch, FRN loses {drop('frn'):.1f} points, group "
-        f"norm {drop('group'):.1f} and batch norm {drop('batch'):.1f}: FRN loses {excess:+.1f} "
-        f"more than group norm (spread {excess_noise:.1f}) and {relief:+.1f} less than batch "
-        f"norm (spread {relief_noise:.1f}).",
+        f"From {large} to {small} images per batch, FRN's accuracy changes by "
+        f"{change('frn'):+.1f} points, group norm's by {change('group'):+.1f} and batch "
+        f"norm's by {change('batch'):+.1f}: FRN's change minus group norm's is "
+        f"{versus_control:+.1f} (spread {control_noise:.1f}), minus batch norm's "
+        f"{versus_batch:+.1f} (spread {batch_noise:.1f}).",
         claim=(
             "Singh & Krishnan (2020) normalise each image and channel on its own (FRN), so "
             "the layer does not depend on the batch: about 0.7-1.0 points of ImageNet top-1 "
             "above batch norm with large batches, more than 1 point above group norm with "
             "small ones."
         ),
-        verdict=independence_verdict(excess, excess_noise, relief, relief_noise),
-        numbers={"frn_drop": drop("frn"), "group_drop": drop("group"),
-                 "batch_drop": drop("batch"), "excess": excess, "relief": relief,
-                 "excess_noise": excess_noise, "relief_noise": relief_noise},
+        verdict=independence_verdict(versus_control, control_noise, versus_batch, batch_noise),
+        numbers={"frn_change": change("frn"), "group_change": change("group"),
+                 "batch_change": change("batch"), "versus_control": versus_control,
+                 "versus_batch": versus_batch, "control_noise": control_noise,
+                 "batch_noise": batch_noise},
     )  # fmt: skip
 
 
