@@ -175,7 +175,7 @@ class SmallBatch(Experiment[SmallBatchConfig, SmallBatchSummary]):
         "Batch norm, batch renorm, ghost batch norm, group norm, group norm with weight "
         "standardization, FRN and EvoNorm-S0 on the same LeNet (ReLU), every arm trained on "
         "the same number of examples at each batch size (smaller batches take more steps) "
-        "with the learning rate scaled linearly with the batch size; then with *two-class* "
+        "with the learning rate scaled linearly with the batch size; then with two-class "
         "batches, half of each batch from each of two classes, as metric learning samples "
         "them. Accuracy in eval mode uses the running statistics, as a deployed model does; "
         "the batch-statistics accuracy normalises i.i.d. test batches of the training batch "
