@@ -292,7 +292,7 @@ class Depth(Experiment[DepthConfig, DepthSummary]):
         "He initialisation) at growing depth, plain and residual, with batch norm and "
         "without, and residual without norm but each block's last convolution started at "
         "zero (Fixup/SkipInit). Before training, the signal at every point of the trunk: the "
-        "root mean square of the activations and of the loss gradient. A seed *learned* "
+        "root mean square of the activations and of the loss gradient. A seed learned "
         "when it finished more than 5 points above chance."
     )
     config_type = DepthConfig
