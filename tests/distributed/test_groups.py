@@ -288,7 +288,7 @@ def test_train_flags_for_several_processes_are_checked(
     assert main([*tiny, "--sync-bn", "--norm", "group"]) == 2
     assert "norm 'group' has none; use --norm batch or drop --sync-bn" in capsys.readouterr().err
     assert main([*tiny, "--nproc-per-node", "0"]) == 2
-    assert "world_size must be a positive integer, got 0" in capsys.readouterr().err
+    assert "--nproc-per-node must be a positive integer, got 0" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "3")  # as if torchrun had started 3 ranks
     monkeypatch.setenv("RANK", "0")
     assert main([*tiny, "--nproc-per-node", "2"]) == 2
