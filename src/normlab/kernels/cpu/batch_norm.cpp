@@ -71,7 +71,7 @@ template <typename T>
 void forward_channels(const T* x, T* y, const T* w, const T* b, T* mean, T* invstd, T* var,
                       T* first_mean, Layout L, double eps) {
   const double n = static_cast<double>(L.N * L.S);
-  at::parallel_for(0, L.C, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, L.C, grain(L.N * L.S), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       // Sums per (sample, channel) block in the input dtype (vectorized), across blocks in
       // double: each block is short, the total may be long.
@@ -152,7 +152,7 @@ template <typename T>
 void forward_rows(const T* x, T* y, const T* w, const T* b, T* mean, T* invstd, T* var,
                   T* first_mean, Layout L, double eps) {
   const double n = static_cast<double>(L.N);
-  at::parallel_for(0, L.C, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, L.C, grain(L.N, 64), [&](int64_t begin, int64_t end) {
     const int64_t width = end - begin;
     std::vector<double> sums(4 * width, 0.0);  // sum, d, q, unused
     double *sum = sums.data(), *d = sum + width, *q = d + width, *unused = q + width;
@@ -241,7 +241,7 @@ template <typename T>
 void backward_channels(const T* dy, const T* x, const T* first_mean, const T* invstd,
                        const T* w, T* dx, T* dweight, T* dbias, Layout L) {
   const double n = static_cast<double>(L.N * L.S);
-  at::parallel_for(0, L.C, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, L.C, grain(L.N * L.S), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const T m = first_mean[c];
       double sum_dy = 0, dot = 0, d = 0;  // per block in the input dtype, then double
@@ -281,7 +281,7 @@ template <typename T>
 void backward_rows(const T* dy, const T* x, const T* first_mean, const T* invstd, const T* w,
                    T* dx, T* dweight, T* dbias, Layout L) {
   const double n = static_cast<double>(L.N);
-  at::parallel_for(0, L.C, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, L.C, grain(L.N, 64), [&](int64_t begin, int64_t end) {
     const int64_t width = end - begin;
     std::vector<double> sums(3 * width, 0.0);
     double *sum_dy = sums.data(), *dot = sum_dy + width, *d = dot + width;
@@ -345,7 +345,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_out,
 // y = x * scale[c] + shift[c]: batch norm in evaluation, in one pass.
 template <typename T>
 void affine_blocks(const T* x, const T* scale, const T* shift, T* y, Layout L) {
-  at::parallel_for(0, L.N * L.C, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, L.N * L.C, grain(L.S), [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t c = block % L.C;
       const T a = scale[c], b = shift[c];

@@ -17,6 +17,15 @@ T* data_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
 }
 
+// at::parallel_for's grain: how many of `items` (each `item_size` values) make a task, so
+// that a task has at least kGrainValues values (torch's own at::internal::GRAIN_SIZE).
+// Below that, waking a second thread costs more than the work: small inputs run on one.
+inline constexpr int64_t kGrainValues = 32768;
+
+inline int64_t grain(int64_t item_size, int64_t at_least = 1) {
+  return std::max(at_least, kGrainValues / std::max<int64_t>(item_size, 1));
+}
+
 // Sums of many values, fast and accurate:
 //
 //   kLanes<T> partial sums in T side by side (four 64-byte vectors' worth: 64 floats or

@@ -54,7 +54,7 @@ void affine_row(const T* __restrict x, T m, T offset, T k, const T* __restrict w
 
 template <typename T>
 void forward_rows(const T* x, const T* w, const T* b, T* y, T* stats, Groups L, double eps) {
-  at::parallel_for(0, L.N * L.G, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, L.N * L.G, grain(L.S), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* row = x + r * L.S;
       const RowStats<T> s = row_stats(row, L.S, eps);
@@ -145,7 +145,7 @@ void row_backward_per_value(const T* __restrict g, const T* __restrict x, T m, T
 template <typename T>
 void backward_rows(const T* g, const T* x, const T* stats, const T* w, T* dx, double* sg,
                    double* sgx, Groups L) {
-  at::parallel_for(0, L.N * L.G, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, L.N * L.G, grain(L.S), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / L.G, first_channel = (r % L.G) * L.K;
       const T m = stats[r * 2], k = stats[r * 2 + 1];

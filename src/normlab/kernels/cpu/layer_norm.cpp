@@ -5,11 +5,11 @@
 //             offset (the mean of x - m) and rstd; m and rstd are saved with the input for
 //             the backward (as many bytes as torch.nn saves: input, mean, rstd); then in
 //             one pass  xhat = (x - m - offset) * rstd,  y = xhat * weight + bias
-//   backward  per row, offset = mean(x - m) again (the row is then in cache), xhat
-//             recomputed as in the forward, and G = dy * weight:
-//             a = sum(G) / D;  b = sum(G * xhat) / D                (read dy, x)
-//             dx = rstd * (G - a - xhat * b)                        (write dx)
-//             dweight += dy * xhat;  dbias += dy  (over rows, in per-thread partial sums)
+//   backward  per row, G = dy * weight and, in one pass (read dy, x), offset = mean(x - m)
+//             again, a = sum(G) / D and b = sum(G * xhat) / D (from sum(G * (x - m)));
+//             then in one pass (read dy, x; write dx), with xhat recomputed as forward:
+//             dx = rstd * (G - a - xhat * b);  dweight += dy * xhat;  dbias += dy
+//             (dweight, dbias over rows, in per-thread partial sums)
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -57,7 +57,7 @@ std::tuple<Tensor, Tensor> layer_norm_forward(const Tensor& input,
     T* st = stats.data_ptr<T>();
     auto row = w ? (b ? row_forward<T, true, true> : row_forward<T, true, false>)
                  : (b ? row_forward<T, false, true> : row_forward<T, false, false>);
-    at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, R, grain(width), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r)
         row(x + r * width, w, b, out + r * width, st + r * 2, width, eps);
     });
@@ -65,22 +65,47 @@ std::tuple<Tensor, Tensor> layer_norm_forward(const Tensor& input,
   return {y, stats};
 }
 
-// One row's dx (kWeight: whether G = dy * weight or G = dy).
+// One row's backward (kWeight: whether G = dy * weight or G = dy), in two passes:
+//   pass 1 (read dy, x):  d = sum(x - m),  a = sum(G),  c = sum(G * (x - m))
+//            offset = d / D;  b = sum(G * xhat) = k * (c - offset * a)
+//   pass 2 (read dy, x):  dx = k * (G - a / D - xhat * b / D) (if dx), and the column
+//            sums sw += dy * xhat, sb += dy (if sw)
 template <typename T, bool kWeight>
-void row_grad(const T* __restrict g, const T* __restrict x, T m, T offset, T k,
-              const T* __restrict w, T* __restrict dx, int64_t D) {
-  T a = 0, b = 0;  // in the input dtype, vectorized: dot products, no cancellation
-#pragma omp simd reduction(+ : a, b)
+void row_backward(const T* __restrict g, const T* __restrict x, T m, T k,
+                  const T* __restrict w, T* __restrict dx, T* __restrict sw,
+                  T* __restrict sb, int64_t D) {
+  T d = 0, a = 0, c = 0;  // in the input dtype, vectorized
+#pragma omp simd reduction(+ : d, a, c)
   for (int64_t i = 0; i < D; ++i) {
+    const T v = x[i] - m;
     const T gw = kWeight ? g[i] * w[i] : g[i];
+    d += v;
     a += gw;
-    b += gw * ((x[i] - m - offset) * k);
+    c += gw * v;
   }
-  const T ka = static_cast<T>(a / D), kb = static_cast<T>(b / D);
+  const T offset = d / static_cast<T>(D);
+  const T ka = a / static_cast<T>(D), kb = k * (c - offset * a) / static_cast<T>(D);
+  if (dx && sw) {
 #pragma omp simd
-  for (int64_t i = 0; i < D; ++i) {
-    const T gw = kWeight ? g[i] * w[i] : g[i];
-    dx[i] = k * (gw - ka - (x[i] - m - offset) * k * kb);
+    for (int64_t i = 0; i < D; ++i) {
+      const T xhat = (x[i] - m - offset) * k;
+      const T gw = kWeight ? g[i] * w[i] : g[i];
+      dx[i] = k * (gw - ka - xhat * kb);
+      sw[i] += g[i] * xhat;
+      sb[i] += g[i];
+    }
+  } else if (dx) {
+#pragma omp simd
+    for (int64_t i = 0; i < D; ++i) {
+      const T gw = kWeight ? g[i] * w[i] : g[i];
+      dx[i] = k * (gw - ka - (x[i] - m - offset) * k * kb);
+    }
+  } else if (sw) {
+#pragma omp simd
+    for (int64_t i = 0; i < D; ++i) {
+      sw[i] += g[i] * ((x[i] - m - offset) * k);
+      sb[i] += g[i];
+    }
   }
 }
 
@@ -92,27 +117,13 @@ void backward_rows(const T* g, const T* x, const T* stats, const T* w, T* dx, T*
   const int64_t threads = at::get_num_threads();
   const bool sums = dw || db;
   std::vector<T> partial(sums ? threads * 2 * D : 0, T(0));
-  at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
-    T* __restrict sw = sums ? partial.data() + at::get_thread_num() * 2 * D : nullptr;
-    T* __restrict sb = sums ? sw + D : nullptr;
+  auto row = w ? row_backward<T, true> : row_backward<T, false>;
+  at::parallel_for(0, R, grain(D), [&](int64_t begin, int64_t end) {
+    T* sw = sums ? partial.data() + at::get_thread_num() * 2 * D : nullptr;
+    T* sb = sums ? sw + D : nullptr;
     for (int64_t r = begin; r < end; ++r) {
-      const T* __restrict gr = g + r * D;
-      const T* __restrict xr = x + r * D;
-      const T m = stats[r * 2], k = stats[r * 2 + 1];
-      const T offset = static_cast<T>(sum_centred(xr, m, D) / D);
-      if (dx) {
-        if (w)
-          row_grad<T, true>(gr, xr, m, offset, k, w, dx + r * D, D);
-        else
-          row_grad<T, false>(gr, xr, m, offset, k, w, dx + r * D, D);
-      }
-      if (sums) {
-#pragma omp simd
-        for (int64_t i = 0; i < D; ++i) {
-          sw[i] += gr[i] * ((xr[i] - m - offset) * k);
-          sb[i] += gr[i];
-        }
-      }
+      row(g + r * D, x + r * D, stats[r * 2], stats[r * 2 + 1], w, dx ? dx + r * D : nullptr,
+          sw, sb, D);
     }
   });
   for (int64_t i = 0; i < D && sums; ++i) {
