@@ -69,3 +69,41 @@ def test_replayed_steps_train_as_the_eager_ones(norm: str) -> None:
     trained = graphed.state_dict()
     for name, want in eager.state_dict().items():
         torch.testing.assert_close(trained[name], want, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"device": "cpu"}, "--cuda-graphs records GPU work; use --device cuda"),
+        ({"device": "cuda", "compile": True}, "drop --nproc-per-node and --compile"),
+        ({"device": "cuda", "world_size": 2}, "drop --nproc-per-node and --compile"),
+    ],
+)
+def test_config_refuses_cuda_graphs_where_they_cannot_run(settings: dict, message: str) -> None:
+    from normlab.train.config import TrainConfig
+
+    config = TrainConfig(cuda_graphs=True, **settings)
+    if settings["device"] == "cuda" and not torch.cuda.is_available():
+        # the device check would speak first; the graphs' own check is what is tested here
+        with pytest.raises(UsageError, match=message):
+            config._check_cuda_graphs()
+        return
+    with pytest.raises(UsageError, match=message):
+        config.validate()
+
+
+@cuda
+def test_fit_with_cuda_graphs_trains_as_eager_fit() -> None:
+    from normlab.data import synthetic_dataset
+    from normlab.train.config import TrainConfig
+    from normlab.train.engine import build_model, fit
+
+    data = synthetic_dataset(200, 50, seed=0)  # 200 = 3 x 64 + 8: a short last batch
+    histories = []
+    for graphs in (False, True):
+        config = TrainConfig(dataset="synthetic", device="cuda", epochs=2, cuda_graphs=graphs)
+        histories.append(fit(build_model(config), data, config, progress=False))
+    eager, graphed = histories
+    torch.testing.assert_close(
+        torch.tensor(graphed.step_losses), torch.tensor(eager.step_losses)
+    )

@@ -45,6 +45,7 @@ CONFIG_FLAGS = {
     "--test-subset": "test_subset",
     "--eval-batch-size": "eval_batch_size",
     "--compile": "compile",
+    "--cuda-graphs": "cuda_graphs",
     "--nproc-per-node": "world_size",
     "--sync-bn": "sync_bn",
 }
@@ -90,6 +91,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     training.add_argument(
         "--compile", action="store_const", const=True, help="torch.compile the model"
     )
+    training.add_argument(
+        "--cuda-graphs", action="store_const", const=True,
+        help="replay each training step from a CUDA graph (CUDA only): the host's cost per "
+        "kernel launch disappears",
+    )  # fmt: skip
     training.add_argument(
         "--eval-batch-size",
         type=int,

@@ -46,6 +46,7 @@ CONFIG_FLAGS = {
     "--test-subset": "test_subset",
     "--device": "device",
     "--compile": "compile",
+    "--cuda-graphs": "cuda_graphs",
 }
 
 
@@ -95,6 +96,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--compile", action="store_const", const=True, help="torch.compile the model"
     )
+    parser.add_argument(
+        "--cuda-graphs", action="store_const", const=True,
+        help="replay each training step from a CUDA graph (CUDA only): the host's cost per "
+        "kernel launch disappears",
+    )  # fmt: skip
     parser.add_argument(
         "--out", type=Path, help=f"root of run dirs (default: {DEFAULT_OUT}; not with --resume)"
     )

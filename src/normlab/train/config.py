@@ -63,6 +63,7 @@ class TrainConfig:
     train_subset: int | None = None  # use only the first N training images (None: all)
     test_subset: int | None = None  # use only the first N test images (None: all)
     compile: bool = False  # torch.compile the model (needs a C++ compiler on CPU)
+    cuda_graphs: bool = False  # replay each training step from a CUDA graph (CUDA only)
     eval_batch_size: int = 1000  # batch size for evaluation (changes results only by rounding)
     world_size: int = 1  # processes training together (DDP); batch_size is per process
     sync_bn: bool = False  # batch statistics over all processes (normlab.nn.SyncBatchNorm)
@@ -95,6 +96,7 @@ class TrainConfig:
         if not isinstance(self.compile, bool):
             raise InvalidSetting("compile", f"must be true or false, got {self.compile!r}")
         _positive_int("world_size", self.world_size)
+        self._check_cuda_graphs()
         if not isinstance(self.sync_bn, bool):
             raise InvalidSetting("sync_bn", f"must be true or false, got {self.sync_bn!r}")
         if self.sync_bn and self.norm not in ("batch", "torch-batch"):
@@ -109,6 +111,21 @@ class TrainConfig:
                 "(--norm group, layer, instance or rms)"
             )
         _check_device(self.device)
+
+    def _check_cuda_graphs(self) -> None:
+        if not isinstance(self.cuda_graphs, bool):
+            raise InvalidSetting("cuda_graphs", f"must be true or false, got {self.cuda_graphs!r}")
+        if not self.cuda_graphs:
+            return
+        if not str(self.device).startswith("cuda"):
+            raise UsageError(
+                f"--cuda-graphs records GPU work; use --device cuda (got --device {self.device})"
+            )
+        if self.world_size > 1 or self.compile:
+            raise UsageError(
+                "--cuda-graphs replays one process's eager step; drop --nproc-per-node and "
+                "--compile, or drop --cuda-graphs"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""

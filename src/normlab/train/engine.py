@@ -50,6 +50,7 @@ from normlab.data import (
 from normlab.errors import UsageError
 from normlab.models.lenet import LeNet
 from normlab.train.config import TrainConfig
+from normlab.train.cuda_graphs import GraphedStep
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())  # the CLI prints; train.log records (runs.py)
@@ -427,6 +428,7 @@ class _Loop:
     device: torch.device
     net: nn.Module  # the model as it trains: DDP-wrapped and/or compiled
     optimizer: torch.optim.Optimizer
+    graphed: GraphedStep | None  # with --cuda-graphs: the step replayed from a CUDA graph
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
@@ -473,12 +475,14 @@ class _Loop:
         device = torch.device(config.device)
         model.to(device)
         net = parallel.wrap(model) if parallel is not None else model
+        optimizer = make_optimizer(model, config)
         # The data moves to the device once (47 MB of uint8 for Fashion-MNIST); a no-op on CPU.
         return cls(
             config=config,
             device=device,
             net=torch.compile(net) if config.compile else net,
-            optimizer=make_optimizer(model, config),
+            optimizer=optimizer,
+            graphed=GraphedStep(net, optimizer) if config.cuda_graphs else None,
             train_images=data.train_images.to(device),
             train_labels=data.train_labels.to(device),
             test_images=data.test_images.to(device),
@@ -633,6 +637,9 @@ def _train_step(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One SGD step on the batch ``(x, y)``: its detached mean loss, hits and size (over
     every process's batch with ``parallel``)."""
+    if loop.graphed is not None:  # one process only (TrainConfig.validate)
+        loss, hits = loop.graphed(x, y)
+        return loss, hits, int(y.shape[0])
     loop.optimizer.zero_grad(set_to_none=True)
     out = loop.net(x)
     loss = F.cross_entropy(out, y)

@@ -68,6 +68,7 @@ class TutorialConfig:
     train_subset: int | None = None  # first N training images (None: all 60000)
     test_subset: int | None = None  # first N test images (None: all 10000)
     compile: bool = False  # torch.compile the model
+    cuda_graphs: bool = False  # replay each training step from a CUDA graph
     norms: tuple[str, ...] = ("batch", "torch-batch", "none")  # the arms, in order
 
     def train_config(self, norm: str) -> TrainConfig:
@@ -84,6 +85,7 @@ class TutorialConfig:
             train_subset=self.train_subset,
             test_subset=self.test_subset,
             compile=self.compile,
+            cuda_graphs=self.cuda_graphs,
         )
         config.validate()
         return config
