@@ -26,13 +26,13 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     COMPARE,
     LR_SWEEP,
     BATCH_SIZE_SWEEP,
-    SMALL_BATCH,
     PROBE,
     PLACEMENT,
     MOMENTUM,
     TRANSFORMER,
     DEPTH,
     TRAIN_EVAL,
+    SMALL_BATCH,
 )
 
 
