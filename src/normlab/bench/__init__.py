@@ -8,7 +8,8 @@
 - :mod:`~normlab.bench.train`: ``normlab bench train`` (training images/second).
 - :mod:`~normlab.bench.bandwidth`: ``normlab bench bandwidth`` (batch norm's GB/s against
   a copy of the same tensor and the GPU's datasheet peak).
-- :mod:`~normlab.bench.original`: the seed tutorial's original pipeline, the baseline.
+- :mod:`~normlab.bench.original`: the course tutorial's pipeline (normlab's re-creation),
+  the baseline.
 - :mod:`~normlab.bench.report`, :mod:`~normlab.bench.table`: tables and JSON.
 
 Example::

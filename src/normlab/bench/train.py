@@ -9,9 +9,10 @@ real files are not found) with the tutorial's settings (batch 64, SGD lr 0.03, m
   normalisation per batch (:func:`normlab.data.batches`), forward, cross-entropy,
   backward, step, the accuracy count kept on the device.
 - ``torch``: ``LeNet(norm="torch-batch")`` (``torch.nn.BatchNorm*``) in the same loop.
-- ``original``: the seed tutorial's own pipeline (:mod:`normlab.bench.original`): its
-  per-sample transform dataset, ``DataLoader(batch_size=64, shuffle=True)``, its
-  ``BNLeNetScratch`` with its ``batch_norm`` function and its loop.
+- ``original``: the course tutorial's own pipeline as normlab re-creates it
+  (:mod:`normlab.bench.original`): its per-sample transform dataset,
+  ``DataLoader(batch_size=64, shuffle=True)``, its ``BNLeNetScratch`` with its
+  ``batch_norm`` function and its loop.
 - ``normlab-compiled`` (with ``compiled=True``): ``normlab`` under ``torch.compile``, as
   ``normlab train --compile`` runs it.
 
@@ -20,10 +21,10 @@ chunk (:func:`normlab.bench.timing.measure`, balanced orders), so machine noise 
 them. Throughput is ``chunk * 64 / seconds``; the ratios are of speeds (above 1: the
 first is faster).
 
-The original's moving averages keep every step's autograd graph alive (about 1 MB per
-step). To bound the memory of a long benchmark, its moving averages are detached before
-each of its chunks, outside the clock (freeing 25 steps of graphs takes a few ms); within
-a chunk it runs exactly as the seed does.
+The original's moving averages keep every step's autograd graph alive (the memory grows
+with every step). To bound the memory of a long benchmark, its moving averages are detached
+before each of its chunks, outside the clock; within a chunk it runs exactly as the course
+tutorial does.
 """
 
 from __future__ import annotations
@@ -158,8 +159,8 @@ def _lean_chunk(
 def _original_chunk(
     images: torch.Tensor, labels: torch.Tensor, device: str, seed: int
 ) -> tuple[Callable[[int], None], Callable[[], None]]:
-    """``(run(steps), release())``: the seed's pipeline (per-sample transforms, DataLoader,
-    its BN), and the detaching of its moving averages (see the module docstring)."""
+    """``(run(steps), release())``: the course tutorial's pipeline (per-sample transforms,
+    DataLoader, its BN), and the detaching of its moving averages (see the module docstring)."""
     original.device = torch.device(device)
     model, criterion, optimizer = original.tutorial_setup(seed)
     torch.manual_seed(seed)  # the DataLoader's shuffle draws from the global generator
@@ -199,7 +200,7 @@ def bench_train(
     Args:
         steps: timed training steps per candidate (rounded up to whole chunks).
         chunk: steps per timed call; the candidates alternate every chunk.
-        device: where normlab's and torch's loops run (the original follows the seed:
+        device: where normlab's and torch's loops run (the original follows the course tutorial:
             its model on ``device``, its DataLoader on the CPU).
         data, data_dir: see :func:`training_images`.
         seed: model initialisation and batch order.

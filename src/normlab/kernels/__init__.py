@@ -8,12 +8,14 @@ loops (``batch_norm.cpp``, ``layer_norm.cpp``, ``group_norm.cpp``): a few passes
 the data each way, as ``torch.nn``'s own kernels do; ``avg_pool.cpp`` is the 2x2 average
 pool of the tutorial's LeNet (:class:`normlab.models.lenet.AvgPool2d`);
 ``caching_allocator.cpp`` is a CPU allocator that reuses freed blocks
-(:func:`cache_cpu_memory`). They are compiled by ``make`` (:mod:`normlab.kernels.cpu.build`)
-and registered as ``torch.ops.normlab.*``.
+(:func:`cache_cpu_memory`). They are compiled by :mod:`normlab.kernels.cpu.build`: ``make``
+prebuilds them into the package folder; otherwise the first use builds them into a per-user
+cache (``NORMLAB_KERNEL_CACHE``, or ``python -m normlab.kernels.cpu --cache`` ahead of
+time), with a one-line notice. They are registered as ``torch.ops.normlab.*``.
 
-:func:`ops` returns that namespace, or None when the library is not built, is older than
-its sources (a warning says to run ``make kernels``) or ``NORMLAB_KERNELS=0`` is set;
-normlab then uses the pure-tensor code alone. Both paths
+:func:`ops` returns that namespace, or None when the library cannot be built or loaded
+(no compiler: one notice), is older than its sources (a warning says to rebuild) or
+``NORMLAB_KERNELS=0`` is set; normlab then uses the pure-tensor code alone. Both paths
 are tested against ``torch.nn``.
 
 On CUDA, batch, instance (batch norm of a reshaped input), layer and group norm run as
@@ -191,9 +193,9 @@ def cache_cpu_memory(max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES) -> bool:
     """Make torch's CPU allocator in this process cache freed blocks (``caching_allocator.cpp``).
 
     A training step allocates its activations and gradients afresh; with the default
-    allocator a block of ~1 MB goes back to the kernel when freed and its pages fault
-    again on the next step (on LeNet 90–1200 page faults per step, up to a quarter of the
-    step). Cached, they are reused: ~0 faults. Blocks of 64 KiB and more are kept per
+    allocator a large block goes back to the operating system when freed and its pages
+    fault again on the next step (LeNet's counts per step are in ``docs/results/``).
+    Cached, they are reused without faulting. Blocks of 64 KiB and more are kept per
     size up to ``max_cached_bytes`` in all; the process's memory then stays near its peak.
     Tensors allocated before keep their own allocator. Returns False (and changes
     nothing) when the kernels are not built or are off (``NORMLAB_KERNELS=0``).

@@ -62,7 +62,7 @@ class AvgPool2d(nn.AvgPool2d):
 
     Eager on CPU (float32/float64) it is one pass of :mod:`normlab.kernels` each way;
     elsewhere the sum of two strided halves along the width, then along the height, each
-    differentiated by autograd. Both run forward and backward 1.5-3x faster on CPU than
+    differentiated by autograd. Both run forward and backward faster on CPU than
     ``avg_pool2d`` and its backward (which walk every window); the results equal
     ``avg_pool2d``'s up to float rounding (the four values are summed in another order).
     Any other configuration, an odd height or width, or a non-contiguous input takes

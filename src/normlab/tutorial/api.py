@@ -1,6 +1,6 @@
 """The course tutorial's batch norm, with its names, corrected.
 
-Tutorial 12 ("Batch Normalization", ``shared/seed/batchnorm-tutorial.txt``) builds batch
+The course tutorial (tutorial 12, "Batch Normalization", a notebook) builds batch
 norm from scratch as ``batch_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum)``
 plus a ``BatchNorm(num_features, num_dims)`` module, puts it into LeNet
 (``BNLeNetScratch``), compares with ``torch.nn`` (``BNLeNet``) and prints the learned
@@ -15,9 +15,9 @@ teaching maths, so a reader can follow along, and fixes the defects of the origi
 2. **Moving averages kept every step's autograd graph alive.** ``moving_mean = (1 -
    momentum) * moving_mean + momentum * mean`` with a ``mean`` that requires grad chains
    each step's graph (and the activation-sized ``(X - mean) ** 2`` it saved) onto the
-   next: memory grew by about 1.4 MB per training step on LeNet (batch 64), 6.2 GB after
-   five epochs. Fix: the moving averages are computed under ``torch.no_grad()`` and copied
-   into the buffers in place, so memory stays flat.
+   next: memory grew with every training step (the growth on LeNet is in
+   ``docs/results/tutorial.md``). Fix: the moving averages are computed under
+   ``torch.no_grad()`` and copied into the buffers in place, so memory stays flat.
 3. **Moving statistics were plain attributes**: missing from ``state_dict`` (a saved model
    lost them), not moved by ``model.to(device)`` (the forward moved them by hand on every
    call). Fix: ``register_buffer``, so they are saved, loaded and moved with the model.

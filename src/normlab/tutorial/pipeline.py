@@ -1,8 +1,8 @@
 """The batch-normalization tutorial end to end: what ``normlab tutorial`` runs and reports.
 
-The seed tutorial (a course notebook) shows covariate shift on two Gaussian samples, then
-trains LeNet on Fashion-MNIST with its own batch norm and with ``torch.nn``'s and prints
-the learned gamma/beta. This module does the same, right and measured:
+The course tutorial (a notebook on batch normalization) shows covariate shift on two
+Gaussian samples, then trains LeNet on Fashion-MNIST with its own batch norm and with
+``torch.nn``'s and prints the learned gamma/beta. This module does the same, right and measured:
 
 1. the covariate-shift demo (:mod:`normlab.lab.experiments.shift`);
 2. LeNet trained with the tutorial's settings (SGD lr 0.03, momentum 0.9, batch 64,
@@ -56,7 +56,7 @@ REFERENCE_PAIR = ("batch", "torch-batch")  # the two arms whose curves must over
 
 @dataclass(frozen=True)
 class TutorialConfig:
-    """The tutorial's settings; every default is the seed notebook's."""
+    """The tutorial's settings; every default is the course notebook's."""
 
     dataset: str = "fashion-mnist"  # the notebook's dataset (mnist works too)
     epochs: int = 5  # the notebook's num_epochs

@@ -414,8 +414,8 @@ DEPTH = Depth()
 
 
 def _cost(config: DepthConfig, arm: str, depth: int) -> float:
-    """Estimated seconds: a LeNet step's cost scaled by the convolutions (measured: a
-    depth-32 step costs about 15 LeNet steps on this kind of machine)."""
+    """Estimated seconds: a LeNet step's cost scaled by the convolutions, linearly in the
+    depth (the slope fitted to the measured step times of the deeper networks)."""
     examples = config.epochs * (config.train_subset or 60_000)
     tests = config.test_subset or 10_000
     scale = 0.5 + 0.45 * depth

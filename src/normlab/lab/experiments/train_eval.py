@@ -475,8 +475,8 @@ TRAIN_EVAL = TrainEval()
 
 
 def _cost(config: TrainEvalConfig, part: str) -> float:
-    """Estimated seconds of one cell; the statistics part measured at about twice its
-    training and evaluation estimate (the copies of the model and the precise passes)."""
+    """Estimated seconds of one cell; the statistics part doubles its training and
+    evaluation estimate for the copies of the model and the precise passes."""
     examples = config.epochs * (config.train_subset or 60_000)
     tests = config.test_subset or 10_000
     if part == "statistics":
