@@ -29,7 +29,8 @@ def test_the_shape_families_are_lenet_resnet_and_transformer_tokens() -> None:
 def test_every_layer_of_the_registry_is_measured_with_the_extra_ones() -> None:
     names = layers.layer_names()
     mine = [n for n in registry.norm_names() if n != "none" and not n.startswith("torch-")]
-    assert names == [*mine, "lrn", "sync"]
+    convolutions = [f"{name}-conv" for name in registry.CONVOLUTIONS]
+    assert names == [*mine, *convolutions, "lrn", "sync"]
     assert {"batch", "layer", "group", "instance", "rms"} <= set(names)
 
 
@@ -50,6 +51,32 @@ def test_a_layer_added_to_the_registry_is_measured_without_touching_the_bench(
 
 def test_every_registry_layer_has_a_twin_on_every_shape() -> None:
     assert layers.missing_twins(layers.layer_names(), layers.select_families(None)) == []
+
+
+WITHOUT_TORCH_TWIN = [
+    case
+    for case in layers.cases(layers.layer_names(), layers.quick(layers.select_families(None)))
+    if case.layer not in layers.EXTRA_LAYERS and f"torch-{case.layer}" not in registry.NORM_LAYERS
+]
+
+
+@pytest.mark.parametrize(
+    "case",
+    WITHOUT_TORCH_TWIN,
+    ids=[f"{c.layer}-{'x'.join(map(str, c.shape))}" for c in WITHOUT_TORCH_TWIN],
+)
+def test_each_reference_computes_what_our_layer_computes(case: Case) -> None:
+    """The twin of a layer torch.nn lacks is the same formula: outputs and input gradients
+    agree in float64 (so the bench times the same work on both sides)."""
+    ours, reference = (m.double() for m in layers.build_twins(case))
+    x = torch.randn(case.shape, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(case.shape, dtype=torch.float64)
+    mine, theirs = ours(x), reference(x)
+    (grad_mine,) = torch.autograd.grad(mine, [x], dy)
+    (grad_theirs,) = torch.autograd.grad(theirs, [x], dy)
+    n = x.numel()  # at most every input in one sum
+    assert_close_sum(mine, theirs, terms=n, abs_sum=theirs.abs().max() + 1)
+    assert_close_sum(grad_mine, grad_theirs, terms=n, abs_sum=grad_theirs.abs().max() + 1)
 
 
 def test_tokens_are_only_for_layers_over_the_last_dimension_and_repeats_are_dropped() -> None:

@@ -45,7 +45,7 @@ from normlab.bench.memory import saved_bytes
 from normlab.bench.references import Reference, reference_for
 from normlab.bench.timing import Ratio, Summary, compare, measure
 from normlab.errors import UsageError
-from normlab.nn.registry import NORM_LAYERS, create_norm_layer
+from normlab.nn.registry import CONVOLUTIONS, NORM_LAYERS, create_norm_layer
 
 Shape = tuple[int, ...]
 
@@ -98,10 +98,23 @@ EXTRA_LAYERS: dict[str, Callable[[Any, int, int], nn.Module | None]] = {
 }
 
 
+def _convolutions() -> dict[str, Callable[[int, int], nn.Module | None]]:
+    """The registry's own convolutions (:data:`normlab.nn.registry.CONVOLUTIONS`, e.g. the
+    weight-standardized one of ``group-ws``), each as ``<name>-conv``: a 3x3 convolution
+    C -> C, padding 1, on convolutional features; timed against the torch code of its
+    formula (:mod:`normlab.bench.references`)."""
+
+    def builder(conv: type[nn.Module]) -> Callable[[int, int], nn.Module | None]:
+        return lambda channels, dims: conv(channels, channels, 3, padding=1) if dims == 2 else None
+
+    return {f"{name}-conv": builder(conv) for name, conv in CONVOLUTIONS.items()}
+
+
 def layer_names() -> list[str]:
-    """Every layer ``bench layers`` measures: the registry's, then :data:`EXTRA_LAYERS`."""
+    """Every layer ``bench layers`` measures: the registry's, its convolutions, then
+    :data:`EXTRA_LAYERS`."""
     registry = [n for n in NORM_LAYERS if n != "none" and not n.startswith("torch-")]
-    return [*registry, *EXTRA_LAYERS]
+    return [*registry, *_convolutions(), *EXTRA_LAYERS]
 
 
 def select_layers(names: Sequence[str] | None) -> list[str]:
@@ -151,6 +164,9 @@ class Case:
 
 
 def _build(layer: str, case: Case, torch_twin: bool) -> nn.Module | None:
+    convolutions = _convolutions()
+    if layer in convolutions:
+        return convolutions[layer](case.features, case.dims)
     if layer in EXTRA_LAYERS:
         return EXTRA_LAYERS[layer](nn if torch_twin else normlab_nn, case.features, case.dims)
     name = f"torch-{layer}" if torch_twin else layer
@@ -172,7 +188,7 @@ def twin(layer: str, module: nn.Module, case: Case) -> nn.Module | None:
     :func:`normlab.bench.references.reference_for`; None when there is none."""
     if layer in EXTRA_LAYERS or f"torch-{layer}" in NORM_LAYERS:
         return _build(layer, case, torch_twin=True)
-    own = getattr(NORM_LAYERS[layer], "reference", None)
+    own = getattr(NORM_LAYERS.get(layer), "reference", None)
     return own(module) if own is not None else reference_for(module)
 
 

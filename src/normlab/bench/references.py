@@ -17,6 +17,7 @@ normlab class               reference formula (``x``: the input, ``(N, C, *)``)
                             without gradient (Ioffe 2017, as torchrl writes it)
 ``GhostBatchNorm{1,2}d``    batch norm of each chunk of ``virtual_batch_size`` samples
 ``FilterResponseNorm2d``    ``max(weight * x / sqrt(mean_HW(x^2) + eps) + bias, tau)``
+                            (``eps + |eps_learned|`` with a learnable epsilon)
 ``EvoNorm2dS0``             ``x * sigmoid(v * x) / sqrt(var_group(x) + eps) * weight + bias``
 ``EvoNorm2dB0``             ``x / max(sqrt(var_batch + eps), v * x + sqrt(var_inst + eps))
                             * weight + bias``
@@ -109,7 +110,9 @@ def _ghost_batch_norm(m: nn.Module, x: Tensor) -> Tensor:
 
 def _filter_response_norm(m: nn.Module, x: Tensor) -> Tensor:
     nu2 = x.pow(2).mean(list(range(2, x.dim())), keepdim=True)
-    y = x * (nu2 + m.eps).rsqrt()
+    learned = getattr(m, "eps_learned", None)  # timm's learnable epsilon: eps + |eps_l|
+    eps = m.eps if learned is None else m.eps + learned.abs()
+    y = x * (nu2 + eps).rsqrt()
     y = y * _per_channel(m.weight, x.dim()) + _per_channel(m.bias, x.dim())
     return torch.maximum(y, _per_channel(m.tau, x.dim()))
 
