@@ -4,7 +4,9 @@
   repeat, in balanced orders), min/median/max over repeats, ratio of medians and
   per-repeat ratios.
 - :mod:`~normlab.bench.memory`: bytes a forward pass saves for its backward.
-- :mod:`~normlab.bench.layers`: ``normlab bench layers`` (each layer vs its torch.nn twin).
+- :mod:`~normlab.bench.layers`: ``normlab bench layers`` (every layer of the registry vs
+  its torch.nn twin, or vs :mod:`~normlab.bench.references`, the plain torch code of its
+  formula where torch.nn has none).
 - :mod:`~normlab.bench.train`: ``normlab bench train`` (training images/second).
 - :mod:`~normlab.bench.bandwidth`: ``normlab bench bandwidth`` (batch norm's GB/s against
   a copy of the same tensor and the GPU's datasheet peak).
