@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ import torch
 from normlab.data import synthetic_dataset
 from normlab.data.two_class_batches import two_class_batches
 from normlab.errors import UsageError
-from normlab.lab.cells import to_jsonable
+from normlab.lab.cells import Cell, to_jsonable
 from normlab.lab.common import seed_stats
 from normlab.lab.experiment import SeedStats
 from normlab.lab.experiments.small_batch import (
@@ -33,7 +34,7 @@ from normlab.lab.experiments.small_batch import (
 )
 from normlab.lab.guide import MICRO_BATCHES, NON_IID
 from normlab.lab.serialize import from_jsonable
-from normlab.lab.study import run_experiment
+from normlab.lab.study import run_experiment, run_study
 from normlab.lab.verdicts import AGREES, DISAGREES, INCONCLUSIVE, Finding
 
 TINY = SmallBatchConfig(norms=("batch", "group-ws"), batch_sizes=(4, 16), non_iid_batch_sizes=(8,),
@@ -296,3 +297,61 @@ def test_non_iid_row_and_its_omission() -> None:
     assert rows[1].verdict == AGREES and rows[1].recommendation == "batch renorm"
     assert "two-class batches of 32" in rows[1].evidence
     assert [r.situation for r in small_batch_guide(summary(iid))] == [MICRO_BATCHES]
+
+
+# ======================================================================= resume, command
+class Stop(Exception):
+    """Stands for a killed process in the middle of the run."""
+
+
+def test_a_killed_run_resumes_without_redoing_a_cell(tmp_path: Path) -> None:
+    config = dataclasses.replace(TINY, norms=("group-ws",), seeds=1)
+    data = synthetic_dataset(64, 32, seed=0)
+    first: list[str] = []
+
+    def stop_after_two(cell: Cell, result: object, computed: bool) -> None:
+        first.append(cell.key)
+        if len(first) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_study({"small-batch": config}, out=tmp_path, data=data, progress=False,
+                  on_cell=stop_after_two)  # fmt: skip
+    (run_dir,) = tmp_path.iterdir()
+    second: list[tuple[str, bool]] = []
+    resumed = run_study(
+        resume=run_dir,
+        data=data,
+        progress=False,
+        on_cell=lambda cell, r, computed: second.append((cell.key, computed)),
+    )
+    assert len(second) == 3  # two i.i.d. batch sizes, one two-class
+    assert sorted(k for k, computed in second if not computed) == sorted(first)
+    fresh = run_experiment(SMALL_BATCH, config, data, progress=False)
+    assert resumed.summaries["small-batch"].summary == fresh.summary
+
+
+def test_runs_as_its_own_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from normlab.cli.main import main
+
+    argv = ["sweep", "small-batch", "--dataset", "synthetic", "--train-subset", "64",
+            "--test-subset", "32", "--seeds", "1", "--norms", "batch,frn", "--batch-sizes",
+            "4,16", "--non-iid-batch-sizes", "8", "--workers", "1", "--no-progress",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    report = Path(out.strip().splitlines()[-1])
+    assert "Micro-batches and non-i.i.d. batches" in report.read_text(encoding="utf-8")
+    assert len(list((report.parent / "cells").glob("*/*.json"))) == 2 * 3
+
+
+def test_an_odd_two_class_batch_size_is_one_line_from_the_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from normlab.cli.main import main
+
+    code = main(["sweep", "small-batch", "--non-iid-batch-sizes", "7", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("non_iid_batch_sizes: two-class batches hold two equal halves: "
+                        "batch_size must be even, got 7") and "\n" not in err  # fmt: skip
