@@ -184,10 +184,14 @@ def ours(case: Case) -> nn.Module | None:
 
 def twin(layer: str, module: nn.Module, case: Case) -> nn.Module | None:
     """The module ``module`` is timed against: ``torch-<layer>`` (or ``torch.nn``'s for an
-    extra layer), else the registry entry's ``reference(module)``, else
+    extra layer), else the twin of a registry layer that builds the same module, else the
+    registry entry's ``reference(module)``, else
     :func:`normlab.bench.references.reference_for`; None when there is none."""
     if layer in EXTRA_LAYERS or f"torch-{layer}" in NORM_LAYERS:
         return _build(layer, case, torch_twin=True)
+    for other in NORM_LAYERS:  # the same module as a layer with a twin (group-ws's GroupNorm)
+        if f"torch-{other}" in NORM_LAYERS and repr(_build(other, case, False)) == repr(module):
+            return _build(other, case, torch_twin=True)
     own = getattr(NORM_LAYERS.get(layer), "reference", None)
     return own(module) if own is not None else reference_for(module)
 
