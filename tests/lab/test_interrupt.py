@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 CELLS = 7  # compare --quick with one seed: seven norms
 EXIT_WITHIN_S = 4.0  # the pool ends its workers within 2 s; the interpreter then exits
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "NORMLAB_KERNELS": "0"}  # no kernel build
 STUDY = ["study", "--quick", "--only", "compare", "--seeds", "1", "--dataset", "synthetic"]
 
 
@@ -35,7 +36,7 @@ def start(out: Path, *extra: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        env=ENV,
     )
 
 
@@ -113,7 +114,7 @@ def resume_finishes(out: Path) -> str:
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        env=ENV,
     )
     assert done.returncode == 0, done.stderr
     assert f"{CELLS - kept} cells computed, {kept} already finished" in done.stdout

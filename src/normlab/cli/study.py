@@ -57,6 +57,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--workers", metavar="N", help="processes computing cells at once (default: 2 cores)"
     )
     parser.add_argument("--threads", metavar="N", help="torch threads per process (default 1)")
+    parser.add_argument(
+        "--run-name",
+        metavar="NAME",
+        help="under torchrun: the name every rank gives the run directory (default: "
+        "torchrun's run id); see docs/lab/several-machines.md",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run, trains=True)
     return parser
@@ -71,13 +77,22 @@ def run(args: argparse.Namespace) -> int:
         refuse_with_resume,
         run_options,
     )
-    from normlab.lab.study import default_plan, estimate_plan_seconds, run_study
+    from normlab.errors import UsageError
+    from normlab.lab.ranks import Share
+    from normlab.lab.study import default_plan, default_workers, estimate_plan_seconds, run_study
     from normlab.report.stats import format_duration
 
     seeds = parse_int("--seeds", args.seeds)
     only = parse_list("--only", args.only)
+    share = Share.from_env(args.run_name, named=args.resume is None)
+    if args.run_name is not None and (share.world_size == 1 or args.resume is not None):
+        raise UsageError("--run-name names a new run shared by several ranks (torchrun); drop it")
     options = run_options(args)
+    if args.workers is None:
+        options["workers"] = default_workers(share.local_world_size)
     run = Resumable("study")
+    if share.world_size > 1:
+        options["share"] = share
     if args.resume is not None:
         refuse_with_resume(
             [
@@ -124,6 +139,12 @@ def run(args: argparse.Namespace) -> int:
                 on_start=run.started,
                 **options,
             )
+    if result.report_html is None:  # a rank other than 0: its share is saved
+        print(
+            f"rank {share.rank} of {share.world_size}: {result.cells_computed} cells computed "
+            f"in {format_duration(result.seconds)}; rank 0 writes the report in {result.run_dir}"
+        )
+        return 0
     print_summary(result.summaries, result.findings)
     print(
         f"{result.cells_computed} cells computed, {result.cells_loaded} already finished, "

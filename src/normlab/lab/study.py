@@ -39,6 +39,7 @@ from normlab.lab.cells import Cell, CellStore, CellTask, config_dict, run_cells
 from normlab.lab.common import cut, lab_data
 from normlab.lab.experiment import Experiment, ExperimentConfig, ExperimentResult
 from normlab.lab.plan import EXPERIMENTS, experiment_named, names
+from normlab.lab.ranks import Share, shared_run, wait_for_cells
 from normlab.lab.report import RESULTS_FILE, StudyTiming, write_study_outputs
 from normlab.lab.serialize import from_jsonable
 from normlab.lab.verdicts import Finding
@@ -62,9 +63,10 @@ __all__ = [
 Plan = Mapping[str, ExperimentConfig]  # experiment name -> its config, in the plan's order
 
 
-def default_workers() -> int:
-    """Processes for the cells: one per core, at most 2 (each runs one torch thread)."""
-    return max(1, min(2, os.cpu_count() or 1))
+def default_workers(ranks_here: int = 1) -> int:
+    """Processes for the cells: one per core, at most 2 (each runs one torch thread); with
+    ``ranks_here`` ranks on this machine, its cores shared among them."""
+    return max(1, min(2, (os.cpu_count() or 1) // max(1, ranks_here)))
 
 
 FIGURES_DIR = "figures"
@@ -158,8 +160,8 @@ class StudyResult:
     run_dir: Path
     summaries: dict[str, ExperimentResult]  # experiment name -> its result
     findings: list[Finding]
-    report_html: Path
-    report_md: Path
+    report_html: Path | None  # None on a rank other than 0 (see ``share``)
+    report_md: Path | None
     seconds: float  # wall time of this invocation
     cells_computed: int  # cells run by this invocation
     cells_loaded: int  # cells found finished in the run directory
@@ -179,6 +181,7 @@ def run_study(
     name: str = "study",
     title: str = "normlab study: why, where and when to normalize",
     on_start: Callable[[Path], None] | None = None,
+    share: Share | None = None,
 ) -> StudyResult:
     """Run every experiment of ``plan`` into one run directory and write the report.
 
@@ -200,6 +203,10 @@ def run_study(
         title: the report's title.
         on_start: called with the run directory once it exists, before any cell runs
             (so that an interrupted caller can say where to resume).
+        share: this process's share when several processes (torchrun's ranks) run the
+            study together (:mod:`normlab.lab.ranks`; default: every cell here). Rank 0
+            waits for the others' cells and writes the report; another rank returns once
+            its own cells are saved, with no summaries and no report.
     """
     from normlab.train.runs import Run
 
@@ -219,14 +226,26 @@ def run_study(
             raise UsageError("the study's plan is empty; give at least one experiment")
         for config in plan.values():
             config.validate()
-        run = Run.create(
-            out,
-            name,
-            {"plan": plan_to_dict(plan)},
-            data_dir=data_dir,
-            checkpoint_every=0,
-            extra={"threads": threads, "workers": workers},
-        )
+
+        def create(run_name: str) -> Run:
+            return Run.create(
+                out,
+                run_name,
+                {"plan": plan_to_dict(plan)},
+                data_dir=data_dir,
+                checkpoint_every=0,
+                extra={"threads": threads, "workers": workers},
+            )
+
+        if share is None or share.world_size == 1:
+            run = create(name)
+        else:
+            run = shared_run(out, name, share, create)
+            if run.meta["config"].get("plan") != plan_to_dict(plan):
+                raise UsageError(
+                    f"{run.path} holds another plan than this rank's; "
+                    "give every rank the same settings"
+                )
     if on_start is not None:
         on_start(run.path)
     counts = {"computed": 0, "loaded": 0}
@@ -246,8 +265,11 @@ def run_study(
             workers=workers,
             threads=threads,
             on_cell=count,
+            share=share,
         )
     seconds = time.perf_counter() - started
+    if share is not None and share.rank != 0:
+        return StudyResult(run.path, {}, [], None, None, seconds, counts["computed"], 0)
     findings, html, md = write_study_outputs(
         run.path,
         summaries,
@@ -306,11 +328,14 @@ def run_plan_cells(
     threads: int | None = 1,
     on_cell: Callable[[Cell, Mapping[str, Any], bool], None] | None = None,
     experiments: Mapping[str, Experiment] | None = None,
+    share: Share | None = None,
 ) -> dict[str, ExperimentResult]:
     """Compute (or load from ``store``) every cell of ``plan``; each experiment's result.
 
     ``experiments`` names the experiment objects (default: the plan's,
-    :func:`~normlab.lab.plan.experiment_named`).
+    :func:`~normlab.lab.plan.experiment_named`). With ``share`` of several ranks, only
+    this rank's cells are computed; rank 0 then waits for every other cell in ``store``
+    (the others get ``{}``).
     """
     chosen = {name: (experiments or {}).get(name) or experiment_named(name) for name in plan}
     tasks: list[CellTask] = []
@@ -322,9 +347,12 @@ def run_plan_cells(
         tasks.extend(CellTask(cell, config, data, data_dir, chosen[name]) for cell in cells)
 
     states = [(e, e.worker_state()) for e in chosen.values()]
+    several = share is not None and share.world_size > 1
+    if several and store is None:
+        raise UsageError("several ranks share a study through its cell files; give a store")
     with torch_threads(threads):
         results = run_cells(
-            tasks,
+            share.mine(tasks) if share is not None else tasks,
             compute_cell,
             store=store,
             progress=progress,
@@ -334,6 +362,10 @@ def run_plan_cells(
             worker_init=_init_worker,
             worker_args=(threads, states),
         )
+    if share is not None and share.world_size > 1:
+        if share.rank != 0 or store is None:
+            return {}
+        results = _others_cells(store, tasks, results, progress, on_cell)
     out: dict[str, ExperimentResult] = {}
     for name, config in plan.items():
         cells = cells_of[name]
@@ -345,6 +377,24 @@ def run_plan_cells(
             cell_seconds=None if store is None else _cell_seconds(store, cells),
         )
     return out
+
+
+def _others_cells(
+    store: CellStore,
+    tasks: Sequence[CellTask],
+    mine: Mapping[str, dict[str, Any]],
+    progress: bool,
+    on_cell: Callable[[Cell, Mapping[str, Any], bool], None] | None,
+) -> dict[str, dict[str, Any]]:
+    """Rank 0's view once its own cells are done: wait for the other ranks' cell files,
+    then every result (``on_cell`` sees the others' as loaded)."""
+    wait_for_cells(store, tasks, progress=progress)
+
+    def loaded(cell: Cell, result: Mapping[str, Any], computed: bool) -> None:
+        if on_cell is not None and cell.key not in mine:
+            on_cell(cell, result, False)
+
+    return run_cells(tasks, compute_cell, store=store, progress=False, on_cell=loaded)
 
 
 def run_experiment(
