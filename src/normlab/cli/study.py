@@ -2,8 +2,8 @@
 
 Examples::
 
-    normlab study                       # everything, well under 20 minutes on 2 cores
-    normlab study --quick               # the same report on a reduced budget, < 2 minutes
+    normlab study                       # everything (run times: docs/results/lab.md)
+    normlab study --quick               # the same report on a reduced budget
     normlab study --seeds 5 --out results
     normlab study --only compare,sweep-lr
     normlab study --resume runs/study-20250101-120000   # finish an interrupted study
@@ -32,7 +32,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "the literature."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="the reduced budget (< 2 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="the reduced budget (2 000 images, 1 epoch)"
+    )
     parser.add_argument("--seeds", metavar="N", help="seeds per setting, for every experiment")
     parser.add_argument(
         "--only",

@@ -45,9 +45,9 @@ __all__ = [
 CELLS_DIR = "cells"  # under the run directory
 CELL_FORMAT = 1  # bump when a cell file's layout changes
 
-# Time model of one LeNet training step on a 2-core CPU (measured on the project's
-# machine, torch 2.13): a fixed overhead per step plus a cost per example; the
-# normalizations without running statistics over the batch cost somewhat more.
+# Time model of one LeNet training step on one CPU thread: a fixed overhead per step plus
+# a cost per example; the normalizations without running statistics over the batch cost
+# somewhat more. Estimates for progress bars only (the run times: docs/results/lab.md).
 STEP_OVERHEAD_S = 2.0e-3  # Python, optimizer and kernel launches per step
 EXAMPLE_S = 6.0e-5  # forward + backward per 28x28 example
 EVAL_EXAMPLE_S = 1.5e-5  # forward only, large batches

@@ -85,9 +85,9 @@ def default_plan(
     :meth:`~normlab.lab.experiment.Experiment.study_config`), in the plan's order.
 
     Args:
-        quick: the reduced budget (< 2 minutes): 2 000 training images, 1 epoch, fewer
-            grid points. Default: 10 000 images (8 192 for the batch-size sweep), 1-3
-            epochs, 2-3 seeds (< 20 minutes).
+        quick: the reduced budget: 2 000 training images, 1 epoch, fewer grid points.
+            Default: 10 000 images (8 192 for the batch-size sweep), 1-3 epochs, 2-3
+            seeds. Their run times: docs/results/lab.md.
         seeds: override the number of seeds of every experiment.
         dataset: ``fashion-mnist`` (default) or ``mnist``.
         experiments: names of a subset of the plan (default: all, in order).
