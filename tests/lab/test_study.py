@@ -15,11 +15,15 @@ import pytest
 from normlab.data import synthetic_dataset
 from normlab.errors import UsageError
 from normlab.lab.experiments.compare import CompareConfig
+from normlab.lab.experiments.depth import DepthConfig
 from normlab.lab.experiments.momentum import MomentumConfig
 from normlab.lab.experiments.placement import PlacementConfig
 from normlab.lab.experiments.probes import ProbeConfig
+from normlab.lab.experiments.small_batch import SmallBatchConfig
 from normlab.lab.experiments.sweep_batch_size import BatchSizeSweepConfig
 from normlab.lab.experiments.sweep_lr import LrSweepConfig
+from normlab.lab.experiments.train_eval import TrainEvalConfig
+from normlab.lab.experiments.transformer import TransformerConfig
 from normlab.lab.plan import EXPERIMENTS, names
 from normlab.lab.study import (
     default_plan,
@@ -44,10 +48,25 @@ def tiny_plan() -> dict:
         "probe": ProbeConfig(**TINY, seeds=1, probes=2, probe_batch=16, batch_size=16),
         "placement": PlacementConfig(**TINY, activations=("relu",), seeds=1, batch_size=16),
         "momentum": MomentumConfig(**TINY, momenta=(0.1,), seeds=1, evaluations=2, batch_size=16),
+        "transformer": TransformerConfig(
+            **TINY, norms=("layer",), warmup_norms=(), causal_norms=("layer",), seeds=1,
+            width=8, depth=1, heads=2, batch_size=16, causal_batch_size=4, gradient_batches=1,
+        ),
+        "depth": DepthConfig(
+            **TINY, arms=("plain-batch",), depths=(4,), seeds=1, signal_batch=16, batch_size=16
+        ),
+        "train-eval": TrainEvalConfig(
+            **TINY, momenta=(0.1,), seeds=1, precise_batches=2, finetune_subset=8,
+            timing_repeats=1, batch_size=16, inference_batch_size=16,
+        ),
+        "small-batch": SmallBatchConfig(
+            **TINY, norms=("batch",), batch_sizes=(16,), non_iid_batch_sizes=(), seeds=1
+        ),
     }
 
 
-TOTAL_CELLS = 4 + 2 + 2 + 4 + 2 + 1  # probe: 2 activations x 2 norms
+TOTAL_CELLS = 4 + 2 + 2 + 4 + 2 + 1 + 4 + 1 + 2 + 1  # probe: 2 activations x 2 norms;
+# transformer: classification, gradients at initialisation pre- and post-LN, next row
 
 
 class Stop(Exception):
@@ -94,9 +113,11 @@ def test_resume_redoes_nothing_finished(resumed: dict) -> None:
 def test_report_embeds_every_figure(resumed: dict) -> None:
     result = resumed["result"]
     figures = sorted((result.run_dir / "figures").glob("*.png"))
-    assert [f.stem for f in figures] == sorted(
+    assert sorted(f.stem for f in figures) == sorted(
         ["compare", "sweep-lr", "sweep-batch-size", "probe-smoothness", "probe-layers-sigmoid",
-         "probe-layers-relu", "placement", "momentum"]
+         "probe-layers-relu", "placement", "momentum", "transformer-accuracy",
+         "transformer-gradients", "transformer-causal", "depth", "depth-signal",
+         "train-eval-statistics", "train-eval-finetune-fusion", "small-batch"]
     )  # fmt: skip
     html = result.report_html.read_text(encoding="utf-8")
     embedded = [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([^\"')]+)", html)]
