@@ -185,3 +185,23 @@ def test_finished_cells_are_kept_across_ctrl_c(tmp_path: Path) -> None:
     assert 1 <= len(kept) < CELLS
     resume_finishes(tmp_path)
     assert {path: path.read_bytes() for path in kept} == kept  # not recomputed
+
+
+def test_worker_errors_and_deaths_reach_the_parent() -> None:
+    """An exception in a worker is raised in the parent with its type and the worker's
+    traceback; a worker that exits names its task; every worker is reaped either way."""
+    from normlab.lab.workers import WorkerDied, run_in_workers
+
+    done: list[dict] = []
+    run_in_workers(
+        [[("a", 1)], [("b", 2)], [("c", 3)]], dict, lambda t, r, s: done.append(r), workers=2
+    )
+    assert sorted(done, key=str) == [{"a": 1}, {"b": 2}, {"c": 3}]
+
+    with pytest.raises(TypeError) as raised:  # dict(5): a bug in the cell's code
+        run_in_workers([[("a", 1)], 5], dict, lambda *_: None, workers=2, label=repr)
+    assert any("raised in the worker computing 5" in note for note in raised.value.__notes__)
+
+    with pytest.raises(WorkerDied, match=r"computing cell 7 died \(exit code 7\)"):
+        run_in_workers([7], os._exit, lambda *_: None, workers=1, label=lambda t: f"cell {t}")
+    assert not [p for p in workers_of(os.getpid()) if Path(f"/proc/{p}").exists()]

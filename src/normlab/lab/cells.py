@@ -303,7 +303,7 @@ def run_cells(
                 compute,
                 finish,
                 workers=min(workers, len(pending)),
-                label=lambda task: task.cell.key,
+                label=lambda task: f"cell {task.cell.key}",
                 init=worker_init,
                 init_args=worker_args,
             )

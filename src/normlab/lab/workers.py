@@ -296,8 +296,8 @@ class WorkerPool:
             if code is not None and code < 0
             else f"exit code {code}"
         )
-        what = f"cell {worker.label}" if worker.task is not None else "no cell (idle)"
-        return WorkerDied(f"the worker process computing {what} died ({how})")
+        what = f"computing {worker.label}" if worker.task is not None else "waiting for work"
+        return WorkerDied(f"the worker process {what} died ({how})")
 
     def finish(self) -> None:
         """Tell every worker to exit, and wait for them (killing any that lingers)."""
@@ -343,6 +343,17 @@ def run_in_workers(
 
     The first SIGINT/SIGTERM meanwhile stops the run (see :class:`SignalGuard`), after the
     workers are ended and reaped; an exception from ``finish`` or a worker does the same.
+
+    Args:
+        tasks: picklable tasks, handed out in order.
+        compute: a module-level function of one task returning a mapping.
+        finish: called with each task, its result and the seconds ``compute`` took.
+        workers: processes at once.
+        label: a task's name in messages, e.g. ``"cell compare/norm=batch/seed=0"``.
+        init, init_args: run once in each worker before its first task.
+
+    Raises:
+        WorkerDied: a worker ended (the message names its task's label).
     """
     queue = list(reversed(tasks))
     pool = WorkerPool(workers, compute, init, init_args)
