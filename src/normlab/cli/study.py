@@ -8,8 +8,13 @@ Examples::
     normlab study --only compare,sweep-lr
     normlab study --resume runs/study-20250101-120000   # finish an interrupted study
 
+    torchrun --standalone --nproc-per-node 2 -m normlab study --out runs   # cells over 2 ranks
+
 Every finished cell (one experiment x one setting x one seed) is saved as it ends, so
-``--resume`` redoes nothing finished. The last line printed is the path of report.html.
+``--resume`` redoes nothing finished. Ctrl-C (exit 130) or SIGTERM (143) stops the study
+within seconds, its worker processes ended, and prints the ``--resume`` command. Under
+torchrun the ranks share the cells (docs/lab/several-machines.md). The last line printed
+is the path of report.html.
 """
 
 from __future__ import annotations
