@@ -16,6 +16,7 @@ from torch import Tensor
 
 from normlab.functional.ghost import check_virtual_batch_size, ghost_batch_norm
 from normlab.nn._arguments import check_num_features
+from normlab.nn._base import document
 from normlab.nn.batchnorm import _BatchNorm, _check_dim
 
 _GHOST_BODY = r"""
@@ -101,33 +102,29 @@ class _GhostBatchNorm(_BatchNorm):
         )
 
 
-def _fill(body: str, **fields: str) -> str:
-    for key, value in fields.items():
-        body = body.replace("{" + key + "}", value)
-    return body
-
-
+@document(
+    over="the chunk's samples and length",
+    shape=":math:`(N, C)` or :math:`(N, C, L)`",
+    name="GhostBatchNorm1d",
+    example="8, 16, 20",
+)
 class GhostBatchNorm1d(_GhostBatchNorm):
-    __doc__ = "Ghost batch norm over a 2D ``(N, C)`` or 3D ``(N, C, L)`` input.\n" + _fill(
-        _GHOST_BODY,
-        over="the chunk's samples and length",
-        shape=":math:`(N, C)` or :math:`(N, C, L)`",
-        name="GhostBatchNorm1d",
-        example="8, 16, 20",
-    )
+    __doc__ = "Ghost batch norm over a 2D ``(N, C)`` or 3D ``(N, C, L)`` input.\n"
+    __doc__ += _GHOST_BODY
 
     def _check_input_dim(self, input: Tensor) -> None:
         _check_dim(input, (2, 3))
 
 
+@document(
+    over="the chunk's samples, height and width",
+    shape=":math:`(N, C, H, W)`",
+    name="GhostBatchNorm2d",
+    example="8, 16, 5, 5",
+)
 class GhostBatchNorm2d(_GhostBatchNorm):
-    __doc__ = "Ghost batch norm over a 4D input ``(N, C, H, W)``.\n" + _fill(
-        _GHOST_BODY,
-        over="the chunk's samples, height and width",
-        shape=":math:`(N, C, H, W)`",
-        name="GhostBatchNorm2d",
-        example="8, 16, 5, 5",
-    )
+    __doc__ = "Ghost batch norm over a 4D input ``(N, C, H, W)``.\n"
+    __doc__ += _GHOST_BODY
 
     def _check_input_dim(self, input: Tensor) -> None:
         _check_dim(input, (4,))

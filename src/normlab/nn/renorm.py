@@ -32,6 +32,7 @@ from torch import Tensor
 
 from normlab.functional.renorm import RenormWarmup, batch_renorm, check_limits
 from normlab.nn._arguments import check_num_features
+from normlab.nn._base import document
 from normlab.nn.batchnorm import _BatchNorm, _check_dim
 
 _RENORM_BODY = r"""
@@ -132,46 +133,43 @@ class _BatchRenorm(_BatchNorm):
         )
 
 
-def _fill(body: str, **fields: str) -> str:
-    for key, value in fields.items():
-        body = body.replace("{" + key + "}", value)
-    return body
-
-
+@document(
+    over="the batch and the length",
+    shape=":math:`(N, C)` or :math:`(N, C, L)`",
+    name="BatchRenorm1d",
+    example="8, 16, 20",
+)
 class BatchRenorm1d(_BatchRenorm):
-    __doc__ = "Batch renormalization over a 2D ``(N, C)`` or 3D ``(N, C, L)`` input.\n" + _fill(
-        _RENORM_BODY,
-        over="the batch and the length",
-        shape=":math:`(N, C)` or :math:`(N, C, L)`",
-        name="BatchRenorm1d",
-        example="8, 16, 20",
-    )
+    __doc__ = "Batch renormalization over a 2D ``(N, C)`` or 3D ``(N, C, L)`` input.\n"
+    __doc__ += _RENORM_BODY
 
     def _check_input_dim(self, input: Tensor) -> None:
         _check_dim(input, (2, 3))
 
 
+@document(
+    over="the batch, height and width",
+    shape=":math:`(N, C, H, W)`",
+    name="BatchRenorm2d",
+    example="8, 16, 5, 5",
+)
 class BatchRenorm2d(_BatchRenorm):
-    __doc__ = "Batch renormalization over a 4D input ``(N, C, H, W)``.\n" + _fill(
-        _RENORM_BODY,
-        over="the batch, height and width",
-        shape=":math:`(N, C, H, W)`",
-        name="BatchRenorm2d",
-        example="8, 16, 5, 5",
-    )
+    __doc__ = "Batch renormalization over a 4D input ``(N, C, H, W)``.\n"
+    __doc__ += _RENORM_BODY
 
     def _check_input_dim(self, input: Tensor) -> None:
         _check_dim(input, (4,))
 
 
+@document(
+    over="the batch, depth, height and width",
+    shape=":math:`(N, C, D, H, W)`",
+    name="BatchRenorm3d",
+    example="8, 16, 3, 5, 5",
+)
 class BatchRenorm3d(_BatchRenorm):
-    __doc__ = "Batch renormalization over a 5D input ``(N, C, D, H, W)``.\n" + _fill(
-        _RENORM_BODY,
-        over="the batch, depth, height and width",
-        shape=":math:`(N, C, D, H, W)`",
-        name="BatchRenorm3d",
-        example="8, 16, 3, 5, 5",
-    )
+    __doc__ = "Batch renormalization over a 5D input ``(N, C, D, H, W)``.\n"
+    __doc__ += _RENORM_BODY
 
     def _check_input_dim(self, input: Tensor) -> None:
         _check_dim(input, (5,))
