@@ -151,3 +151,23 @@ def test_rank_0_refuses_a_run_name_used_before(tmp_path: Path) -> None:
     assert shared_run(tmp_path, "study", Share(1, 2, "night"), create).path == first.path
     with pytest.raises(UsageError, match="run name 'night' was used before"):
         shared_run(tmp_path, "study", Share(0, 2, "night"), create)
+
+
+def test_rank_settings_are_one_line_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from normlab.cli.main import main
+
+    for variable in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(variable, raising=False)
+    assert main(["study", "--run-name", "night", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        "normlab study: error: --run-name names a new run shared by several ranks "
+        "(torchrun); drop it\n"
+    )
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["study", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give --run-name NAME" in err
+    assert not any(tmp_path.iterdir())
