@@ -28,10 +28,10 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "NORMLAB_KERNELS": "0"}  # no k
 STUDY = ["study", "--quick", "--only", "compare", "--seeds", "1", "--dataset", "synthetic"]
 
 
-def start(out: Path, *extra: str) -> subprocess.Popen[str]:
-    """``normlab study`` in a new session (its process group id is its pid)."""
+def start(out: Path, command: list[str] = STUDY) -> subprocess.Popen[str]:
+    """``normlab study`` (or ``command``) in a new session (its process group id is its pid)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "normlab", *STUDY, "--out", str(out), "--no-progress", *extra],
+        [sys.executable, "-m", "normlab", *command, "--out", str(out), "--no-progress"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -205,3 +205,16 @@ def test_worker_errors_and_deaths_reach_the_parent() -> None:
     with pytest.raises(WorkerDied, match=r"computing cell 7 died \(exit code 7\)"):
         run_in_workers([7], os._exit, lambda *_: None, workers=1, label=lambda t: f"cell {t}")
     assert not [p for p in workers_of(os.getpid()) if Path(f"/proc/{p}").exists()]
+
+
+def test_ctrl_c_ends_compare_and_its_workers(tmp_path: Path) -> None:
+    process = start(tmp_path, ["compare", "--quick", "--seeds", "1", "--dataset", "synthetic"])
+    cells_running(process, tmp_path)
+    sent = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    stderr, seconds = ended(process, sent)
+    assert process.returncode == 130, stderr
+    assert seconds <= EXIT_WITHIN_S
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    resume = f"to continue: normlab compare --resume {run_dir_of(tmp_path)}"
+    assert f"normlab compare: interrupted; finished cells are kept; {resume}" in stderr
