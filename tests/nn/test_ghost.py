@@ -4,6 +4,7 @@ chunks' formula (normlab.testing.references), and the usual proofs."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,57 +20,22 @@ from normlab.testing.tolerance import assert_close_sum, sum_tolerance, unit_roun
 COMPILE_BACKEND = "aot_eager" if os.environ.get("ATEN_CPU_CAPABILITY") == "default" else "inductor"
 
 
-def _randomise(*modules: nn.Module) -> None:
-    state = {}
-    for name, tensor in modules[0].state_dict().items():
-        if name == "num_batches_tracked":
-            state[name] = tensor
-        elif name.endswith(("weight", "running_var")):
-            state[name] = 0.5 + torch.rand_like(tensor)
-        else:
-            state[name] = 0.3 * torch.randn_like(tensor)
-    for module in modules:
-        module.load_state_dict(state)
-
-
-def _steps(ours: nn.Module, oracle: nn.Module, shape: tuple[int, ...]) -> None:
-    """Three training steps and an eval step: outputs, all gradients and buffers agree."""
-    for step in range(4):
-        ours.train(step < 3)
-        oracle.train(step < 3)
-        x = 1.5 * torch.randn(shape, dtype=torch.float64) + 0.5
-        x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        y1, y2 = ours(x1), oracle(x2)
-        n = x.numel() // x.shape[1]
-        assert_close_sum(y1, y2, terms=n, abs_sum=y2.abs() + 10)
-        upstream = torch.randn_like(y2)
-        y1.backward(upstream)
-        y2.backward(upstream)
-        bound = n * upstream.abs().max() * 10
-        assert_close_sum(x1.grad, x2.grad, terms=n, abs_sum=bound)
-        theirs = dict(oracle.named_parameters())
-        for name, p in ours.named_parameters():
-            assert_close_sum(p.grad, theirs[name].grad, terms=n, abs_sum=bound)
-        theirs_buffers = dict(oracle.named_buffers())
-        for name, b in ours.named_buffers():
-            if name == "num_batches_tracked":
-                assert torch.equal(b, theirs_buffers[name])
-            else:
-                assert_close_sum(b, theirs_buffers[name], terms=n, abs_sum=b.abs() * 10)
-
-
 @pytest.mark.parametrize(
     ("cls", "shape"),
     [(GhostBatchNorm1d, (6, 3)), (GhostBatchNorm1d, (5, 3, 4)), (GhostBatchNorm2d, (4, 3, 5, 5))],
 )
 @pytest.mark.parametrize("kwargs", [{}, {"momentum": None, "affine": False}, {"bias": False}])
 def test_one_virtual_batch_is_torch_batch_norm(
-    cls: type, shape: tuple[int, ...], kwargs: dict[str, Any]
+    cls: type,
+    shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    same_random_state: Callable[..., None],
+    steps_agree: Callable[..., None],
 ) -> None:
     ours = cls(3, shape[0], dtype=torch.float64, **kwargs)
     torch_bn = getattr(nn, f"BatchNorm{cls.__name__[-2:]}")(3, dtype=torch.float64, **kwargs)
-    _randomise(ours, torch_bn)
-    _steps(ours, torch_bn, shape)
+    same_random_state(ours, torch_bn)
+    steps_agree(ours, torch_bn, shape)
 
 
 @pytest.mark.parametrize(
@@ -83,12 +49,17 @@ def test_one_virtual_batch_is_torch_batch_norm(
 )
 @pytest.mark.parametrize("kwargs", [{}, {"momentum": None}, {"track_running_stats": False}])
 def test_several_virtual_batches_equal_the_formula(
-    cls: type, shape: tuple[int, ...], size: int, kwargs: dict[str, Any]
+    cls: type,
+    shape: tuple[int, ...],
+    size: int,
+    kwargs: dict[str, Any],
+    same_random_state: Callable[..., None],
+    steps_agree: Callable[..., None],
 ) -> None:
     ours = cls(3, size, dtype=torch.float64, **kwargs)
     oracle = getattr(references, cls.__name__)(3, size, dtype=torch.float64, **kwargs)
-    _randomise(ours, oracle)
-    _steps(ours, oracle, shape)
+    same_random_state(ours, oracle)
+    steps_agree(ours, oracle, shape)
 
 
 def test_each_chunk_is_normalised_alone() -> None:
@@ -128,9 +99,9 @@ def test_gradcheck_and_gradgradcheck() -> None:
     assert torch.autograd.gradgradcheck(f, (x, w, b))
 
 
-def test_compiled_equals_eager() -> None:
+def test_compiled_equals_eager(same_random_state: Callable[..., None]) -> None:
     eager = GhostBatchNorm2d(4, 3, momentum=0.2)
-    _randomise(eager)
+    same_random_state(eager)
     compiled_module = GhostBatchNorm2d(4, 3, momentum=0.2)
     compiled_module.load_state_dict(eager.state_dict())
     compiled = torch.compile(compiled_module, fullgraph=True, backend=COMPILE_BACKEND)
@@ -145,10 +116,10 @@ def test_compiled_equals_eager() -> None:
         )
 
 
-def test_far_from_zero_float32_against_float64() -> None:
+def test_far_from_zero_float32_against_float64(same_random_state: Callable[..., None]) -> None:
     ours = GhostBatchNorm2d(3, 4)
     oracle = references.GhostBatchNorm2d(3, 4, dtype=torch.float64)
-    _randomise(ours)
+    same_random_state(ours)
     oracle.load_state_dict(ours.state_dict())
     x = 1e4 + 1e-2 * torch.randn(8, 3, 6, 6)
     y, expected = ours(x), oracle(x.double())
@@ -159,9 +130,11 @@ def test_far_from_zero_float32_against_float64() -> None:
     )
 
 
-def test_bfloat16_computes_in_float32_and_rounds_once() -> None:
+def test_bfloat16_computes_in_float32_and_rounds_once(
+    same_random_state: Callable[..., None],
+) -> None:
     ours = GhostBatchNorm2d(3, 2, dtype=torch.bfloat16)
-    _randomise(ours)
+    same_random_state(ours)
     oracle = references.GhostBatchNorm2d(3, 2, dtype=torch.float64)
     oracle.load_state_dict(
         {k: v.double() if v.is_floating_point() else v for k, v in ours.state_dict().items()}

@@ -4,6 +4,7 @@ formula in float64 otherwise (normlab.testing.references), and the usual proofs.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,54 +22,19 @@ SHAPES = {1: (6, 3, 5), 2: (4, 3, 5, 5), 3: (3, 3, 2, 3, 4)}
 CLASSES = {1: BatchRenorm1d, 2: BatchRenorm2d, 3: BatchRenorm3d}
 
 
-def _randomise(*modules: nn.Module) -> None:
-    """The same parameters and running statistics off 1 and 0 in every module."""
-    state = {}
-    for name, tensor in modules[0].state_dict().items():
-        if name == "num_batches_tracked":
-            state[name] = tensor
-        elif name.endswith(("weight", "running_var")):
-            state[name] = 0.5 + torch.rand_like(tensor)
-        else:
-            state[name] = 0.3 * torch.randn_like(tensor)
-    for module in modules:
-        module.load_state_dict(state)
-
-
-def _steps(ours: nn.Module, oracle: nn.Module, shape: tuple[int, ...], scale: float = 1.5) -> None:
-    """Three training steps and an eval step: outputs, all gradients and buffers agree."""
-    for step in range(4):
-        ours.train(step < 3)
-        oracle.train(step < 3)
-        x = scale * torch.randn(shape, dtype=torch.float64) + 0.5
-        x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        y1, y2 = ours(x1), oracle(x2)
-        n = x.numel() // x.shape[1]
-        assert_close_sum(y1, y2, terms=n, abs_sum=y2.abs() + 10)
-        upstream = torch.randn_like(y2)
-        y1.backward(upstream)
-        y2.backward(upstream)
-        bound = n * upstream.abs().max() * 10
-        assert_close_sum(x1.grad, x2.grad, terms=n, abs_sum=bound)
-        theirs = dict(oracle.named_parameters())
-        for name, p in ours.named_parameters():
-            assert_close_sum(p.grad, theirs[name].grad, terms=n, abs_sum=bound)
-        theirs_buffers = dict(oracle.named_buffers())
-        for name, b in ours.named_buffers():
-            if name == "num_batches_tracked":
-                assert torch.equal(b, theirs_buffers[name])
-            else:
-                assert_close_sum(b, theirs_buffers[name], terms=n, abs_sum=b.abs() * 10)
-
-
 @pytest.mark.parametrize("dims", [1, 2, 3])
 @pytest.mark.parametrize("kwargs", [{}, {"momentum": None, "affine": False}, {"bias": False}])
-def test_without_room_to_correct_it_is_torch_batch_norm(dims: int, kwargs: dict[str, Any]) -> None:
+def test_without_room_to_correct_it_is_torch_batch_norm(
+    dims: int,
+    kwargs: dict[str, Any],
+    same_random_state: Callable[..., None],
+    steps_agree: Callable[..., None],
+) -> None:
     base = {"momentum": 0.1, **kwargs}
     ours = CLASSES[dims](3, rmax=1.0, dmax=0.0, dtype=torch.float64, **base)
     torch_bn = getattr(nn, f"BatchNorm{dims}d")(3, dtype=torch.float64, **base)
-    _randomise(ours, torch_bn)
-    _steps(ours, torch_bn, SHAPES[dims])
+    same_random_state(ours, torch_bn)
+    steps_agree(ours, torch_bn, SHAPES[dims])
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
@@ -76,11 +42,16 @@ def test_without_room_to_correct_it_is_torch_batch_norm(dims: int, kwargs: dict[
     "kwargs",
     [{}, {"rmax": 1.1, "dmax": 0.05}, {"momentum": None, "affine": False}, {"eps": 1e-2}],
 )
-def test_equals_the_papers_formula_in_float64(dims: int, kwargs: dict[str, Any]) -> None:
+def test_equals_the_papers_formula_in_float64(
+    dims: int,
+    kwargs: dict[str, Any],
+    same_random_state: Callable[..., None],
+    steps_agree: Callable[..., None],
+) -> None:
     ours = CLASSES[dims](3, dtype=torch.float64, **kwargs)
     oracle = getattr(references, f"BatchRenorm{dims}d")(3, dtype=torch.float64, **kwargs)
-    _randomise(ours, oracle)
-    _steps(ours, oracle, SHAPES[dims], scale=3.0)
+    same_random_state(ours, oracle)
+    steps_agree(ours, oracle, SHAPES[dims], scale=3.0)
 
 
 def test_clipping_is_what_separates_it_from_batch_norm() -> None:
@@ -114,11 +85,13 @@ def test_warmup_schedule_is_the_papers() -> None:
         RenormWarmup(start=10, rmax_at=5)
 
 
-def test_warmup_in_the_layer_starts_as_batch_norm_and_ends_as_renorm() -> None:
+def test_warmup_in_the_layer_starts_as_batch_norm_and_ends_as_renorm(
+    same_random_state: Callable[..., None],
+) -> None:
     warmup = RenormWarmup(start=1, rmax_at=3, dmax_at=2)
     ours = BatchRenorm2d(3, dtype=torch.float64, warmup=warmup, momentum=0.5)
     oracle = references.BatchRenorm2d(3, dtype=torch.float64, warmup=warmup, momentum=0.5)
-    _randomise(ours, oracle)
+    same_random_state(ours, oracle)
     limits = []
     for _ in range(4):
         x = 3 * torch.randn(4, 3, 3, 3, dtype=torch.float64)
@@ -147,9 +120,11 @@ def test_gradcheck_and_gradgradcheck() -> None:
 
 
 @pytest.mark.parametrize("warmup", [None, RenormWarmup(start=0, rmax_at=3, dmax_at=2)])
-def test_compiled_equals_eager_with_running_statistics(warmup: RenormWarmup | None) -> None:
+def test_compiled_equals_eager_with_running_statistics(
+    warmup: RenormWarmup | None, same_random_state: Callable[..., None]
+) -> None:
     eager = BatchRenorm2d(4, momentum=0.2, warmup=warmup)
-    _randomise(eager)
+    same_random_state(eager)
     compiled_module = BatchRenorm2d(4, momentum=0.2, warmup=warmup)
     compiled_module.load_state_dict(eager.state_dict())
     compiled = torch.compile(compiled_module, fullgraph=True, backend=COMPILE_BACKEND)
@@ -197,10 +172,12 @@ def test_far_from_zero_float32_against_float64() -> None:
     assert float((d_rounded.double() - d_exact).abs().max()) > 10 * bound
 
 
-def test_bfloat16_computes_in_float32_and_rounds_once() -> None:
+def test_bfloat16_computes_in_float32_and_rounds_once(
+    same_random_state: Callable[..., None],
+) -> None:
     ours = BatchRenorm2d(3, dtype=torch.bfloat16)
     oracle = references.BatchRenorm2d(3, dtype=torch.float64)
-    _randomise(ours)
+    same_random_state(ours)
     oracle.load_state_dict(
         {k: v.double() if v.is_floating_point() else v for k, v in ours.state_dict().items()}
     )
@@ -214,10 +191,10 @@ def test_bfloat16_computes_in_float32_and_rounds_once() -> None:
     assert bool(((y.double() - expected).abs() <= tolerance).all())
 
 
-def test_state_dict_is_batch_norms_both_ways() -> None:
+def test_state_dict_is_batch_norms_both_ways(same_random_state: Callable[..., None]) -> None:
     ours, bn = BatchRenorm2d(4), nn.BatchNorm2d(4)
     assert list(ours.state_dict()) == list(bn.state_dict())
-    _randomise(bn)
+    same_random_state(bn)
     ours.load_state_dict(bn.state_dict())
     back = nn.BatchNorm2d(4)
     back.load_state_dict(ours.state_dict())
