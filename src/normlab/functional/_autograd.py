@@ -15,9 +15,10 @@ shared by all norms::
 - ``path.forward(input, weight, bias) -> (out, stats)``: the output and the tensors its
   backward needs beyond ``input`` and ``weight`` (per-row or per-channel statistics);
   buffers a norm updates (running statistics) are the path's own attributes.
-- ``path.backward(grad_out, input, weight, stats, needs) -> (dx, dweight, dbias)``: the
-  first-order gradients (``None`` where ``needs`` says so), in any shape of the right
-  size and any dtype: the bridge returns them in the shapes and dtypes of the inputs.
+- ``path.backward(grad_out, saved) -> (dx, dweight, dbias)``: the first-order gradients
+  from the :class:`Saved` tensors (``input``, ``weight``, ``stats``), ``None`` where
+  ``saved.needs`` says so, in any shape of the right size and any dtype: the bridge
+  returns them in the shapes and dtypes of the inputs.
 - ``backward(grad_out, input, weight) -> (dx, dweight, dbias)``: the norm's closed form in
   differentiable operations, statistics recomputed from ``input``. The bridge calls it
   instead of ``path.backward`` when a graph of the backward is wanted (double backward,
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,7 +46,20 @@ from normlab.functional._common import as_layout, records_graph
 
 Grads = tuple[Tensor | None, Tensor | None, Tensor | None]
 Needs = tuple[bool, bool, bool]
+Stats = tuple[Tensor, ...]
 Backward = Callable[[Tensor, Tensor, Tensor | None], Grads]
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What a fast path's backward reads: the tensors the bridge saved in the forward
+    (``input``, ``weight``, the path's ``stats``) and which of ``(dx, dweight, dbias)``
+    are wanted (``needs``)."""
+
+    input: Tensor
+    weight: Tensor | None
+    stats: Stats
+    needs: Needs
 
 
 def eager(input: Tensor) -> bool:
@@ -65,18 +80,11 @@ class FastPath(abc.ABC):
     @abc.abstractmethod
     def forward(
         self, input: Tensor, weight: Tensor | None, bias: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    ) -> tuple[Tensor, Stats]:
         """The output and the statistics the backward needs (saved with input and weight)."""
 
     @abc.abstractmethod
-    def backward(
-        self,
-        grad_out: Tensor,
-        input: Tensor,
-        weight: Tensor | None,
-        stats: tuple[Tensor, ...],
-        needs: Needs,
-    ) -> Grads:
+    def backward(self, grad_out: Tensor, saved: Saved) -> Grads:
         """``(dx, dweight, dbias)`` from the saved tensors; ``None`` where not needed."""
 
 
@@ -139,7 +147,7 @@ class _Bridge(torch.autograd.Function):
         if torch.is_grad_enabled():  # a graph of the backward: the differentiable closed form
             grads = ctx.backward(grad_out, input, weight)
         else:
-            grads = ctx.path.backward(grad_out, input, weight, tuple(stats), needs)
+            grads = ctx.path.backward(grad_out, Saved(input, weight, tuple(stats), needs))
         shaped = (
             _shaped(grad, layout) if need else None
             for grad, layout, need in zip(grads, ctx.layouts, needs, strict=True)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from normlab import kernels
-from normlab.functional._autograd import FastPath, Grads, Needs
+from normlab.functional._autograd import FastPath, Grads, Saved, Stats
 from normlab.functional._common import (
     as_dtype,
     compute_dtype,
@@ -53,23 +53,16 @@ class KernelBatchNorm(FastPath):
 
     def forward(
         self, input: Tensor, weight: Tensor | None, bias: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    ) -> tuple[Tensor, Stats]:
         out, centre, invstd = self.ops.batch_norm_forward(
             input, weight, bias, self.running_mean, self.running_var, self.momentum, self.eps
         )
         return out, (centre, invstd)
 
-    def backward(
-        self,
-        grad_out: Tensor,
-        input: Tensor,
-        weight: Tensor | None,
-        stats: tuple[Tensor, ...],
-        needs: Needs,
-    ) -> Grads:
-        centre, invstd = stats
-        grad_out = as_dtype(grad_out, input.dtype)
-        return self.ops.batch_norm_backward(grad_out, input, centre, invstd, weight)
+    def backward(self, grad_out: Tensor, saved: Saved) -> Grads:
+        centre, invstd = saved.stats
+        grad_out = as_dtype(grad_out, saved.input.dtype)
+        return self.ops.batch_norm_backward(grad_out, saved.input, centre, invstd, saved.weight)
 
 
 @dataclass(slots=True)
@@ -83,22 +76,15 @@ class TensorBatchNorm(FastPath):
 
     def forward(
         self, input: Tensor, weight: Tensor | None, bias: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    ) -> tuple[Tensor, Stats]:
         out, mean, invstd, var = normalize_in_place(input, weight, bias, self.eps)
         n = input.numel() // input.shape[1]
         update_running_stats(self.running_mean, self.running_var, mean, var, n, self.momentum)
         return out, (mean, invstd)
 
-    def backward(
-        self,
-        grad_out: Tensor,
-        input: Tensor,
-        weight: Tensor | None,
-        stats: tuple[Tensor, ...],
-        needs: Needs,
-    ) -> Grads:
-        mean, invstd = stats
-        return grads_in_place(grad_out, input, mean, invstd, weight)
+    def backward(self, grad_out: Tensor, saved: Saved) -> Grads:
+        mean, invstd = saved.stats
+        return grads_in_place(grad_out, saved.input, mean, invstd, saved.weight)
 
 
 def fast_path(

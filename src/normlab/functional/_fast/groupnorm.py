@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from normlab import kernels
-from normlab.functional._autograd import FastPath, Grads, Needs
+from normlab.functional._autograd import FastPath, Grads, Needs, Saved, Stats
 from normlab.functional._common import as_layout, compute_dtype
 from normlab.functional._fast.layernorm import incoming
 from normlab.functional._fast.rows import standardize
@@ -38,21 +38,14 @@ class KernelGroupNorm(FastPath):
 
     def forward(
         self, input: Tensor, weight: Tensor | None, bias: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    ) -> tuple[Tensor, Stats]:
         out, stats = self.ops.group_norm_forward(input, weight, bias, self.num_groups, self.eps)
         return out, (stats,)
 
-    def backward(
-        self,
-        grad_out: Tensor,
-        input: Tensor,
-        weight: Tensor | None,
-        stats: tuple[Tensor, ...],
-        needs: Needs,
-    ) -> Grads:
-        grad_out = incoming(grad_out, input)
+    def backward(self, grad_out: Tensor, saved: Saved) -> Grads:
+        input, weight, (stats,) = saved.input, saved.weight, saved.stats
         return self.ops.group_norm_backward(
-            grad_out, input, stats[0], weight, self.num_groups, *needs
+            incoming(grad_out, input), input, stats, weight, self.num_groups, *saved.needs
         )
 
 
@@ -71,26 +64,20 @@ class TensorGroupNorm(FastPath):
 
     def forward(
         self, input: Tensor, weight: Tensor | None, bias: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    ) -> tuple[Tensor, Stats]:
         """``y = xhat * weight_c + bias_c``, computed in ``xhat``'s memory."""
         n, c = input.shape[:2]
         per_channel = self._rows(input)[0].view(n, c, -1)
         y = _channel_affine(per_channel, weight, bias)
         return as_layout(y, input.shape, input.dtype), ()
 
-    def backward(
-        self,
-        grad_out: Tensor,
-        input: Tensor,
-        weight: Tensor | None,
-        stats: tuple[Tensor, ...],
-        needs: Needs,
-    ) -> Grads:
+    def backward(self, grad_out: Tensor, saved: Saved) -> Grads:
+        input, weight = saved.input, saved.weight
         xhat, rstd = self._rows(input)
         n, c = input.shape[:2]
         w = None if weight is None else as_layout(weight, weight.shape, rstd.dtype)
         g = as_layout(grad_out, (n, c, xhat.numel() // (n * c)), rstd.dtype)
-        return grads_in_place(g, xhat, rstd, w, self.num_groups, needs)
+        return grads_in_place(g, xhat, rstd, w, self.num_groups, saved.needs)
 
 
 def _channel_affine(xhat: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:

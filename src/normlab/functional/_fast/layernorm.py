@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from normlab import kernels
-from normlab.functional._autograd import FastPath, Grads, Needs
+from normlab.functional._autograd import FastPath, Grads, Saved, Stats
 from normlab.functional._common import as_dtype, as_layout, compute_dtype
 from normlab.functional._fast.rows import standardize
 
@@ -46,20 +46,14 @@ class KernelLayerNorm(FastPath):
 
     def forward(
         self, input: Tensor, weight: Tensor | None, bias: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    ) -> tuple[Tensor, Stats]:
         out, stats = self.ops.layer_norm_forward(input, weight, bias, self.width, self.eps)
         return out, (stats,)
 
-    def backward(
-        self,
-        grad_out: Tensor,
-        input: Tensor,
-        weight: Tensor | None,
-        stats: tuple[Tensor, ...],
-        needs: Needs,
-    ) -> Grads:
+    def backward(self, grad_out: Tensor, saved: Saved) -> Grads:
+        input, weight, (stats,) = saved.input, saved.weight, saved.stats
         grad_out = incoming(grad_out, input)
-        return self.ops.layer_norm_backward(grad_out, input, stats[0], weight, *needs)
+        return self.ops.layer_norm_backward(grad_out, input, stats, weight, *saved.needs)
 
 
 @dataclass(slots=True)
@@ -77,7 +71,7 @@ class TensorLayerNorm(FastPath):
 
     def forward(
         self, input: Tensor, weight: Tensor | None, bias: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    ) -> tuple[Tensor, Stats]:
         """``y = xhat * weight + bias``, computed in ``xhat``'s memory."""
         xhat, _ = self._rows(input)
         w = None if weight is None else weight.reshape(self.width)
@@ -92,18 +86,12 @@ class TensorLayerNorm(FastPath):
             y = xhat
         return as_layout(y, input.shape, input.dtype), ()
 
-    def backward(
-        self,
-        grad_out: Tensor,
-        input: Tensor,
-        weight: Tensor | None,
-        stats: tuple[Tensor, ...],
-        needs: Needs,
-    ) -> Grads:
-        xhat, rstd = self._rows(input)
+    def backward(self, grad_out: Tensor, saved: Saved) -> Grads:
+        xhat, rstd = self._rows(saved.input)
         g = as_layout(grad_out, xhat.shape, rstd.dtype)
+        weight = saved.weight
         w = None if weight is None else as_layout(weight, (self.width,), rstd.dtype)
-        need_x, need_w, need_b = needs
+        need_x, need_w, need_b = saved.needs
         db = g.sum(0) if need_b else None
         return (*grads_in_place(g, xhat, rstd, w, need_x, need_w), db)
 

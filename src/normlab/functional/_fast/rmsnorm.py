@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from normlab.functional._autograd import FastPath, Grads, Needs
+from normlab.functional._autograd import FastPath, Grads, Saved, Stats
 from normlab.functional._common import compute_dtype
 from normlab.functional._fast.rows import rstd_from_centred
 
@@ -26,7 +26,7 @@ class TensorRMSNorm(FastPath):
 
     def forward(
         self, input: Tensor, weight: Tensor | None, bias: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    ) -> tuple[Tensor, Stats]:
         x = input.reshape(-1, self.width).to(compute_dtype(input.dtype))
         rstd = rstd_from_centred(x, self.width, self.eps)
         out = x * rstd
@@ -34,20 +34,13 @@ class TensorRMSNorm(FastPath):
             out.mul_(weight.reshape(self.width))
         return out.view(input.shape).to(input.dtype), (rstd,)
 
-    def backward(
-        self,
-        grad_out: Tensor,
-        input: Tensor,
-        weight: Tensor | None,
-        stats: tuple[Tensor, ...],
-        needs: Needs,
-    ) -> Grads:
+    def backward(self, grad_out: Tensor, saved: Saved) -> Grads:
         """``dx = rstd * (g * w - c2 * xhat)`` with ``c2 = mean(g * w * xhat)`` per row."""
-        (rstd,) = stats
-        need_x, need_w, _ = needs
-        width, cdtype = self.width, rstd.dtype
+        (rstd,) = saved.stats
+        need_x, need_w, _ = saved.needs
+        width, cdtype, weight = self.width, rstd.dtype, saved.weight
         g = grad_out.reshape(-1, width).to(cdtype)
-        xhat = input.reshape(-1, width).to(cdtype) * rstd
+        xhat = saved.input.reshape(-1, width).to(cdtype) * rstd
         gx = g * xhat
         dw = gx.sum(0) if need_w else None
         if not need_x:
