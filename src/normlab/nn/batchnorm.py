@@ -8,8 +8,9 @@ other batch norms (a synchronised one, in its own module) can reuse it:
 - :meth:`_BatchNorm._uses_batch_stats`: batch statistics in training, and in evaluation when
   there are no running statistics; decided by ``self.training`` only, never by grad mode;
 - :meth:`_BatchNorm._running_stats`: the buffers to read or update for this call;
-- :meth:`_BatchNorm._check_input`: torch's errors for a bad input (wrong channel count,
-  integer input, mixed dtypes), with a fast path for the common, valid call.
+- :meth:`_BatchNorm._check_input`: torch's errors for a bad input (a rank not in the
+  subclass's ``_input_dims``, wrong channel count, integer input, mixed dtypes), with a
+  fast path for the common, valid call.
 
 ``_BatchNorm`` is also a ``torch.nn.modules.batchnorm._BatchNorm`` (see
 :mod:`normlab.nn._base`), so that tools such as ``torch.optim.swa_utils.update_bn`` find it.
@@ -61,6 +62,8 @@ _BATCH_NORM_BODY = r"""
 class _BatchNorm(_NormBase, torch_batchnorm._BatchNorm):
     """Batch norm over ``(N, C, *)``: statistics over N and the spatial dimensions."""
 
+    _input_dims: tuple[int, ...]  # the input ranks a subclass takes, as torch.nn's: (4,) for 2d
+
     def __init__(
         self,
         num_features: int,
@@ -106,6 +109,9 @@ class _BatchNorm(_NormBase, torch_batchnorm._BatchNorm):
         if self.training and not self.track_running_stats:
             return None, None
         return self.running_mean, self.running_var
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        _check_dim(input, self._input_dims)
 
     def _check_input(self, input: Tensor, weight: Tensor | None = None) -> None:
         """torch.nn's checks of the input (:meth:`_check_input_thoroughly`), with a fast path:
@@ -178,9 +184,7 @@ _DEFAULTS = {"affine": "``True``", "track": "``True``"}
 class BatchNorm1d(_BatchNorm):
     __doc__ = "Batch normalization over a 2D ``(N, C)`` or 3D ``(N, C, L)`` input.\n"
     __doc__ += _BATCH_NORM_BODY
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        _check_dim(input, (2, 3))
+    _input_dims = (2, 3)
 
 
 @document(
@@ -194,9 +198,7 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     __doc__ = "Batch normalization over a 4D input ``(N, C, H, W)`` (spatial batch norm).\n"
     __doc__ += _BATCH_NORM_BODY
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        _check_dim(input, (4,))
+    _input_dims = (4,)
 
 
 @document(
@@ -210,6 +212,4 @@ class BatchNorm2d(_BatchNorm):
 class BatchNorm3d(_BatchNorm):
     __doc__ = "Batch normalization over a 5D input ``(N, C, D, H, W)`` (volumetric batch norm).\n"
     __doc__ += _BATCH_NORM_BODY
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        _check_dim(input, (5,))
+    _input_dims = (5,)

@@ -17,7 +17,7 @@ from torch import Tensor
 from normlab.functional.ghost import check_virtual_batch_size, ghost_batch_norm
 from normlab.nn._arguments import check_num_features
 from normlab.nn._base import document
-from normlab.nn.batchnorm import _BatchNorm, _check_dim
+from normlab.nn.batchnorm import _BatchNorm
 
 _GHOST_BODY = r"""
     .. math::
@@ -111,9 +111,7 @@ class _GhostBatchNorm(_BatchNorm):
 class GhostBatchNorm1d(_GhostBatchNorm):
     __doc__ = "Ghost batch norm over a 2D ``(N, C)`` or 3D ``(N, C, L)`` input.\n"
     __doc__ += _GHOST_BODY
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        _check_dim(input, (2, 3))
+    _input_dims = (2, 3)
 
 
 @document(
@@ -125,6 +123,4 @@ class GhostBatchNorm1d(_GhostBatchNorm):
 class GhostBatchNorm2d(_GhostBatchNorm):
     __doc__ = "Ghost batch norm over a 4D input ``(N, C, H, W)``.\n"
     __doc__ += _GHOST_BODY
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        _check_dim(input, (4,))
+    _input_dims = (4,)

@@ -33,7 +33,7 @@ from torch import Tensor
 from normlab.functional.renorm import RenormWarmup, batch_renorm, check_limits
 from normlab.nn._arguments import check_num_features
 from normlab.nn._base import document
-from normlab.nn.batchnorm import _BatchNorm, _check_dim
+from normlab.nn.batchnorm import _BatchNorm
 
 _RENORM_BODY = r"""
     .. math::
@@ -142,9 +142,7 @@ class _BatchRenorm(_BatchNorm):
 class BatchRenorm1d(_BatchRenorm):
     __doc__ = "Batch renormalization over a 2D ``(N, C)`` or 3D ``(N, C, L)`` input.\n"
     __doc__ += _RENORM_BODY
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        _check_dim(input, (2, 3))
+    _input_dims = (2, 3)
 
 
 @document(
@@ -156,9 +154,7 @@ class BatchRenorm1d(_BatchRenorm):
 class BatchRenorm2d(_BatchRenorm):
     __doc__ = "Batch renormalization over a 4D input ``(N, C, H, W)``.\n"
     __doc__ += _RENORM_BODY
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        _check_dim(input, (4,))
+    _input_dims = (4,)
 
 
 @document(
@@ -170,6 +166,4 @@ class BatchRenorm2d(_BatchRenorm):
 class BatchRenorm3d(_BatchRenorm):
     __doc__ = "Batch renormalization over a 5D input ``(N, C, D, H, W)``.\n"
     __doc__ += _RENORM_BODY
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        _check_dim(input, (5,))
+    _input_dims = (5,)
