@@ -100,7 +100,9 @@ def test_a_rank_that_never_came_has_its_cells_computed_on_resume(tmp_path: Path,
     )
     deadline = time.monotonic() + 300
     while len(list(tmp_path.glob("*/cells/*/*.json"))) < 4:  # rank 0's share is done
-        assert time.monotonic() < deadline and rank0.poll() is None
+        if rank0.poll() is not None:
+            pytest.fail(f"rank 0 ended early: {rank0.communicate()[1]}")
+        assert time.monotonic() < deadline, "rank 0 did not finish its 4 cells"
         time.sleep(0.2)
     time.sleep(1.0)  # rank 0 now waits for rank 1's cells, which never come
     assert rank0.poll() is None
