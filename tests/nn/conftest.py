@@ -56,6 +56,20 @@ def assert_steps_agree(
                 assert_close_sum(b, theirs_buffers[name], terms=n, abs_sum=b.abs() * 10)
 
 
+def assert_float32_buffers_agree(ours: nn.Module, expected: nn.Module, terms: int) -> None:
+    """Each float32 buffer of ``ours`` equals ``expected``'s within the rounding of sums of
+    ``terms`` values (``num_batches_tracked``, an integer, exactly)."""
+    state = ours.state_dict()
+    for name, buffer in expected.named_buffers():
+        assert_close_sum(
+            state[name].double(),
+            buffer.double(),
+            terms=terms,
+            abs_sum=buffer.abs() * 10,
+            dtype=torch.float32,
+        )
+
+
 @pytest.fixture
 def same_random_state() -> Callable[..., None]:
     return load_same_random_state
@@ -64,3 +78,8 @@ def same_random_state() -> Callable[..., None]:
 @pytest.fixture
 def steps_agree() -> Callable[..., None]:
     return assert_steps_agree
+
+
+@pytest.fixture
+def float32_buffers_agree() -> Callable[..., None]:
+    return assert_float32_buffers_agree

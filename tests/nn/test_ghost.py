@@ -99,7 +99,9 @@ def test_gradcheck_and_gradgradcheck() -> None:
     assert torch.autograd.gradgradcheck(f, (x, w, b))
 
 
-def test_compiled_equals_eager(same_random_state: Callable[..., None]) -> None:
+def test_compiled_equals_eager(
+    same_random_state: Callable[..., None], float32_buffers_agree: Callable[..., None]
+) -> None:
     eager = GhostBatchNorm2d(4, 3, momentum=0.2)
     same_random_state(eager)
     compiled_module = GhostBatchNorm2d(4, 3, momentum=0.2)
@@ -109,11 +111,7 @@ def test_compiled_equals_eager(same_random_state: Callable[..., None]) -> None:
     y = eager(x)
     n = x.numel() // 4
     assert_close_sum(compiled(x), y, terms=n, abs_sum=y.abs() + 10)
-    for name, buffer in eager.named_buffers():
-        got = compiled_module.state_dict()[name]
-        assert_close_sum(
-            got.double(), buffer.double(), terms=n, abs_sum=buffer.abs() * 10, dtype=torch.float32
-        )
+    float32_buffers_agree(compiled_module, eager, terms=n)
 
 
 def test_far_from_zero_float32_against_float64(same_random_state: Callable[..., None]) -> None:

@@ -121,7 +121,9 @@ def test_gradcheck_and_gradgradcheck() -> None:
 
 @pytest.mark.parametrize("warmup", [None, RenormWarmup(start=0, rmax_at=3, dmax_at=2)])
 def test_compiled_equals_eager_with_running_statistics(
-    warmup: RenormWarmup | None, same_random_state: Callable[..., None]
+    warmup: RenormWarmup | None,
+    same_random_state: Callable[..., None],
+    float32_buffers_agree: Callable[..., None],
 ) -> None:
     eager = BatchRenorm2d(4, momentum=0.2, warmup=warmup)
     same_random_state(eager)
@@ -133,11 +135,7 @@ def test_compiled_equals_eager_with_running_statistics(
         y = eager(x)
         n = x.numel() // 4
         assert_close_sum(compiled(x), y, terms=n, abs_sum=y.abs() + 10)
-    for name, buffer in eager.named_buffers():
-        got = compiled_module.state_dict()[name]
-        assert_close_sum(
-            got.double(), buffer.double(), terms=n, abs_sum=buffer.abs() * 10, dtype=torch.float32
-        )
+    float32_buffers_agree(compiled_module, eager, terms=n)
 
 
 def test_far_from_zero_float32_against_float64() -> None:
