@@ -42,14 +42,21 @@ from normlab.functional._common import (
 
 
 @dataclass(slots=True)
-class KernelBatchNorm(FastPath):
-    """Training-mode batch norm through ``ops`` (CPU or Triton kernels)."""
+class _TrainingBatchNorm(FastPath):
+    """What both paths of training-mode batch norm hold: the running statistics they update
+    (``None`` where not tracked), the momentum of this step and ``eps``."""
 
-    ops: Any
     running_mean: Tensor | None
     running_var: Tensor | None
     momentum: float
     eps: float
+
+
+@dataclass(slots=True)
+class KernelBatchNorm(_TrainingBatchNorm):
+    """Training-mode batch norm through ``ops`` (CPU or Triton kernels)."""
+
+    ops: Any
 
     def forward(
         self, input: Tensor, weight: Tensor | None, bias: Tensor | None
@@ -66,13 +73,8 @@ class KernelBatchNorm(FastPath):
 
 
 @dataclass(slots=True)
-class TensorBatchNorm(FastPath):
+class TensorBatchNorm(_TrainingBatchNorm):
     """Training-mode batch norm as in-place tensor arithmetic."""
-
-    running_mean: Tensor | None
-    running_var: Tensor | None
-    momentum: float
-    eps: float
 
     def forward(
         self, input: Tensor, weight: Tensor | None, bias: Tensor | None
@@ -99,7 +101,7 @@ def fast_path(
     """The kernels where they take these tensors, else the in-place tensor arithmetic."""
     ops = kernels.ops_for(input, weight, bias, running_mean, running_var)
     if ops is not None:
-        return KernelBatchNorm(ops, running_mean, running_var, momentum, eps)
+        return KernelBatchNorm(running_mean, running_var, momentum, eps, ops)
     return TensorBatchNorm(running_mean, running_var, momentum, eps)
 
 
