@@ -32,15 +32,16 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from normlab.data import (
+    Dataset,
     batches,
     final_batch_size,
     load_dataset,
@@ -51,6 +52,12 @@ from normlab.errors import UsageError
 from normlab.models.lenet import LeNet
 from normlab.train.config import TrainConfig
 from normlab.train.cuda_graphs import GraphedStep
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from normlab.distributed.groups import DataParallel
+    from normlab.train.runs import Run
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())  # the CLI prints; train.log records (runs.py)
@@ -181,7 +188,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, foreach=True)
 
 
-def load_data(config: TrainConfig, data_dir: str | None = None) -> Any:
+def load_data(config: TrainConfig, data_dir: str | None = None) -> Dataset:
     """The :class:`normlab.data.Dataset` ``config`` names, cut to its subsets.
 
     ``dataset="synthetic"`` builds the small learnable fake data (seed 0, so every model
@@ -205,8 +212,8 @@ def load_data(config: TrainConfig, data_dir: str | None = None) -> Any:
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    images: Any,
-    labels: Any,
+    images: torch.Tensor,
+    labels: torch.Tensor,
     *,
     batch_size: int = 1000,
     device: str | torch.device = "cpu",
@@ -269,7 +276,7 @@ class PartialEpoch:
     correct: int = 0  # training examples classified right so far
     train_seconds: float = 0.0  # training time of this epoch so far
 
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self) -> dict[str, object]:
         """The checkpoint's ``partial``: the losses are not repeated (they end the history's)."""
         return {
             "sizes": torch.tensor(self.sizes, dtype=torch.int64),
@@ -310,7 +317,7 @@ class TrainState:
         """Optimizer steps done over the whole run."""
         return self.epoch * self.steps_per_epoch + self.step_in_epoch
 
-    def to_checkpoint(self) -> dict[str, Any]:
+    def to_checkpoint(self) -> dict[str, object]:
         """The checkpoint: tensors and plain containers only (``weights_only``-safe)."""
         return {
             "format": CHECKPOINT_FORMAT,
@@ -349,7 +356,7 @@ class TrainState:
         )
 
 
-def saved_history(run: Any) -> History:
+def saved_history(run: Run) -> History:
     """The :class:`History` in ``run``'s checkpoint (empty without one): its finished epochs,
     and one loss per optimizer step done (a checkpoint follows a read of every loss)."""
     if not run.has_checkpoint():
@@ -359,16 +366,16 @@ def saved_history(run: Any) -> History:
 
 def fit(
     model: nn.Module,
-    data: Any,
+    data: Dataset,
     config: TrainConfig,
     *,
-    run: Any | None = None,
+    run: Run | None = None,
     progress: bool = True,
     on_step: Callable[[StepInfo], None] | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     rank: int = 0,
     world_size: int = 1,
-    parallel: Any | None = None,
+    parallel: DataParallel | None = None,
     until_step: int | None = None,
 ) -> History:
     """Train ``model`` on ``data`` as ``config`` says; resume from ``run``'s checkpoint if any.
@@ -437,29 +444,29 @@ class _Loop:
     drop_last: bool  # see drops_last_image
     total_steps: int
     stop: int  # the global step to stop at (total_steps unless until_step)
-    writer: Any | None  # the run, on rank 0 only
+    writer: Run | None  # the run, on rank 0 only
     checkpoint_every: int  # steps between mid-epoch checkpoints (0: only at epoch ends)
     progress: bool
     on_step: Callable[[StepInfo], None] | None
     on_epoch: Callable[[EpochMetrics], None] | None
     rank: int
     world_size: int
-    parallel: Any | None
+    parallel: DataParallel | None
 
     @classmethod
     def prepare(
         cls,
         model: nn.Module,
-        data: Any,
+        data: Dataset,
         config: TrainConfig,
-        run: Any | None,
+        run: Run | None,
         *,
         progress: bool,
         on_step: Callable[[StepInfo], None] | None,
         on_epoch: Callable[[EpochMetrics], None] | None,
         rank: int,
         world_size: int,
-        parallel: Any | None,
+        parallel: DataParallel | None,
         until_step: int | None,
     ) -> _Loop:
         """Check the call's arguments, move model and data to the device, wrap the model."""
@@ -510,7 +517,7 @@ class _Diverged(Exception):
         self.step, self.reason = step, reason
 
 
-def _stop_step(until_step: int | None, total_steps: int, run: Any | None) -> int:
+def _stop_step(until_step: int | None, total_steps: int, run: Run | None) -> int:
     stop = total_steps if until_step is None else until_step
     if not isinstance(stop, int) or not 1 <= stop <= total_steps:
         raise UsageError(f"until_step must be in 1..{total_steps}, got {until_step!r}")
@@ -519,7 +526,7 @@ def _stop_step(until_step: int | None, total_steps: int, run: Any | None) -> int
     return stop
 
 
-def _check_run_config(run: Any | None, config: TrainConfig) -> None:
+def _check_run_config(run: Run | None, config: TrainConfig) -> None:
     if run is not None and run.meta.get("kind", "train") == "train" and run.config != config:
         raise UsageError(
             f"the config given to fit differs from {run.path}/config.json; "
@@ -527,7 +534,7 @@ def _check_run_config(run: Any | None, config: TrainConfig) -> None:
         )
 
 
-def _start_state(loop: _Loop, model: nn.Module, run: Any | None) -> TrainState:
+def _start_state(loop: _Loop, model: nn.Module, run: Run | None) -> TrainState:
     """A fresh state (RNGs seeded from the config), or the run's checkpoint restored."""
     train_count = len(loop.train_labels)
     if run is None or not run.has_checkpoint():
@@ -614,7 +621,9 @@ def _train_epoch(loop: _Loop, state: TrainState) -> bool:
     return False
 
 
-def _remaining_batches(loop: _Loop, state: TrainState) -> Any:
+def _remaining_batches(
+    loop: _Loop, state: TrainState
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's batches of the epoch in progress from its next step on; the order
     depends only on ``(seed, epoch)``."""
     return batches(
@@ -652,7 +661,7 @@ def _train_step(
     return loss, hits, size
 
 
-def _after_step(loop: _Loop, state: TrainState, flight: _InFlight, bar: Any) -> bool:
+def _after_step(loop: _Loop, state: TrainState, flight: _InFlight, bar: tqdm) -> bool:
     """Read the losses every ``READ_EVERY`` steps and checkpoint when due (on every rank:
     the same decisions; only rank 0 writes). True when ``until_step`` is reached mid-epoch."""
     done, per_epoch = state.step_in_epoch, loop.steps_per_epoch
@@ -765,8 +774,9 @@ def _read_losses(
     return None
 
 
-def _history_to_state(history: History) -> dict[str, Any]:
-    state = history.to_dict()
+def _history_to_state(history: History) -> dict[str, object]:
+    state: dict[str, object] = history.to_dict()
+
     state["step_losses"] = torch.tensor(history.step_losses, dtype=torch.float64)
     return state
 
@@ -783,7 +793,7 @@ def _check_compatible(
     config: TrainConfig,
     train_count: int,
     steps_per_epoch: int,
-    run: Any,
+    run: Run,
 ) -> None:
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(
@@ -806,7 +816,7 @@ def _check_compatible(
         )
 
 
-def _summary(status: str, history: History) -> dict[str, Any]:
+def _summary(status: str, history: History) -> dict[str, object]:
     final = history.final
     return {
         "status": status,
@@ -826,7 +836,7 @@ def _all_finite(model: nn.Module) -> bool:
 
 def _progress_bar(
     epoch: int, epochs: int, total: int, initial: int, progress: bool, rank: int
-) -> Any:
+) -> tqdm:
     from tqdm.auto import tqdm
 
     return tqdm(
@@ -849,13 +859,13 @@ def _seed_all(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _rng_states() -> dict[str, Any]:
+def _rng_states() -> dict[str, object]:
     """The global RNG states as tensors and plain containers (``weights_only``-safe)."""
     import numpy as np
 
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    states: dict[str, Any] = {
+    states: dict[str, object] = {
         "torch": torch.get_rng_state(),
         "python": [version, list(internal), gauss],
         "numpy": [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached],
