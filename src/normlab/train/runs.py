@@ -34,7 +34,7 @@ import platform
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +200,7 @@ class Run:
         return self.checkpoint_path.is_file()
 
     # ----------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, state: Mapping[str, Any]) -> Path:
+    def save_checkpoint(self, state: Mapping[str, object]) -> Path:
         """Write ``state`` (tensors and plain containers only) atomically to checkpoint.pt."""
         import torch
 
@@ -236,7 +236,7 @@ class Run:
         )
 
     # ----------------------------------------------------------------- metrics
-    def append_metrics(self, record: Mapping[str, Any]) -> None:
+    def append_metrics(self, record: Mapping[str, object]) -> None:
         """Append one JSON line to metrics.jsonl and flush it to disk."""
         line = json.dumps(dict(record), allow_nan=True)
         with open(self.path / METRICS_FILE, "a", encoding="utf-8") as handle:
@@ -244,7 +244,7 @@ class Run:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def write_metrics(self, records: list[Mapping[str, Any]]) -> None:
+    def write_metrics(self, records: Sequence[Mapping[str, object]]) -> None:
         """Replace metrics.jsonl with ``records`` (atomically); used when a run resumes."""
         text = "".join(json.dumps(dict(r), allow_nan=True) + "\n" for r in records)
         write_text_atomic(self.path / METRICS_FILE, text)
@@ -265,7 +265,7 @@ class Run:
         return records
 
     # ----------------------------------------------------------------- summary
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
+    def write_summary(self, summary: Mapping[str, object]) -> None:
         """Write summary.json (status and final numbers) atomically."""
         write_text_atomic(
             self.path / SUMMARY_FILE, json.dumps(dict(summary), indent=2, allow_nan=True) + "\n"
