@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -45,6 +45,11 @@ from normlab.train.engine import (
 )
 from normlab.train.resources import peak_rss_bytes, reset_peak_rss
 from normlab.train.runs import CONFIG_FILE, Run
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from normlab.data import Dataset
 
 ARM_LABELS = {
     "batch": "normlab BatchNorm",
@@ -208,7 +213,7 @@ EpochCallback = Callable[[str, EpochMetrics], None]
 def train_arm(
     config: TutorialConfig,
     norm: str,
-    data: Any,
+    data: Dataset,
     run_dir: Path,
     *,
     progress: bool = True,
@@ -264,7 +269,7 @@ def _find_arm_run(norm: str, run_dir: Path) -> Run | None:
 _WORKER_DATA: Any = None  # the dataset, once per worker process (see _init_worker)
 
 
-def _init_worker(data: Any) -> None:
+def _init_worker(data: Dataset) -> None:
     """A worker's set-up: the dataset, one torch thread, the caching CPU allocator.
 
     A worker ignores Ctrl-C (the terminal sends it to the whole process group) and ends at
@@ -300,7 +305,7 @@ def _train_until(config: TutorialConfig, norm: str, run_path: Path, step: int) -
 
 def _train_arms_in_workers(
     config: TutorialConfig,
-    data: Any,
+    data: Dataset,
     run_dir: Path,
     workers: int,
     on_epoch: EpochCallback | None,
@@ -386,7 +391,7 @@ def _train_arms_in_workers(
     ]
 
 
-def _end_workers(pool: Any) -> None:
+def _end_workers(pool: ProcessPoolExecutor) -> None:
     """End ``pool``'s workers at once and reap them, a second Ctrl-C notwithstanding.
 
     A worker killed mid-piece leaves its arm's last checkpoint whole (atomic writes) and at
@@ -413,7 +418,7 @@ def _end_workers(pool: Any) -> None:
 
 def run_tutorial(
     config: TutorialConfig,
-    data: Any,
+    data: Dataset,
     run_dir: Path,
     *,
     progress: bool = True,
@@ -459,9 +464,9 @@ def code_path(device: str) -> str:
     return "kernels" if kernels.runs_on(device) else "tensors"
 
 
-def summary_rows(result: TutorialResult) -> list[dict[str, Any]]:
+def summary_rows(result: TutorialResult) -> list[dict[str, object]]:
     """One row per arm: label, test accuracy (%), train loss, s/epoch, peak memory (bytes)."""
-    rows = []
+    rows: list[dict[str, object]] = []
     for arm in result.arms:
         final = arm.history.final
         rows.append(
