@@ -25,10 +25,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from normlab.errors import UsageError
 from normlab.lab.workers import SignalGuard, run_in_workers
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from normlab.data import Dataset
+    from normlab.lab.experiment import Experiment, ExperimentConfig
 
 __all__ = [
     "Cell",
@@ -78,7 +84,7 @@ def seed_list(seeds: int) -> tuple[int, ...]:
     return tuple(range(seeds))
 
 
-def format_value(value: Any) -> str:
+def format_value(value: object) -> str:
     """A setting's value as it appears in cell keys and file names: ``0.03``, ``batch``."""
     if isinstance(value, float):
         return format(value, "g")
@@ -124,7 +130,7 @@ class Cell:
         return f"{safe}+seed={self.seed}.json"
 
 
-def to_jsonable(value: Any) -> Any:
+def to_jsonable(value: object) -> Any:
     """``value`` with tuples as lists, numpy scalars/arrays as Python numbers/lists and
     dataclasses as dicts, so ``json.dumps`` accepts it (NaN and infinity are kept)."""
     import dataclasses
@@ -211,13 +217,13 @@ class CellTask:
     """A cell and what computing it needs; picklable, so a worker process can run it."""
 
     cell: Cell
-    config: Any  # the experiment's frozen config dataclass
-    data: Any | None = None  # a Dataset to use; None: load config.dataset in the worker
+    config: ExperimentConfig  # the experiment's frozen config dataclass
+    data: Dataset | None = None  # a Dataset to use; None: load config.dataset in the worker
     data_dir: str | None = None  # where to look for config.dataset
-    experiment: Any | None = None  # the Experiment whose run_cell computes the cell
+    experiment: Experiment | None = None  # the Experiment whose run_cell computes the cell
 
 
-def config_dict(config: Any) -> dict[str, Any]:
+def config_dict(config: ExperimentConfig) -> dict[str, Any]:
     """A frozen config dataclass as a JSON-ready dict (tuples become lists)."""
     import dataclasses
 
@@ -316,7 +322,7 @@ def _run_here(
     pending: Sequence[CellTask],
     compute: Callable[[CellTask], Mapping[str, Any]],
     finish: Callable[[CellTask, Mapping[str, Any], float], None],
-    bar: Any,
+    bar: tqdm,
 ) -> None:
     """Compute ``pending`` in this process, in order; the first Ctrl-C or SIGTERM stops
     it, a second one cannot cut the clean-ups short (:class:`~normlab.lab.workers.SignalGuard`)."""
