@@ -36,12 +36,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    # what signal.signal takes and returns: a handler, SIG_DFL/SIG_IGN, or None
+    _Handler: TypeAlias = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 __all__ = ["GRACE_S", "SignalGuard", "WorkerDied", "WorkerPool", "run_in_workers"]
 
 GRACE_S = 2.0  # seconds a worker has to end after SIGTERM before it is killed
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+TaskT = TypeVar("TaskT")  # what the workers compute: the lab's CellTask
 
 
 class WorkerDied(ChildProcessError):
@@ -62,7 +69,7 @@ class SignalGuard:
 
     def __init__(self) -> None:
         self.fired = False
-        self._previous: dict[int, Any] = {}
+        self._previous: dict[int, _Handler] = {}
         self._holding = False
         self._noted: int | None = None
 
@@ -171,7 +178,7 @@ def _thread_lock_for_progress_bars() -> None:
 
 def _serve(
     connection: Connection,
-    compute: Callable[[Any], Mapping[str, Any]],
+    compute: Callable[[TaskT], Mapping[str, Any]],
     init: Callable[..., None] | None,
     init_args: tuple[Any, ...],
 ) -> None:
@@ -202,14 +209,14 @@ def _serve(
 
 
 @dataclass
-class _Worker:
-    process: Any  # a spawned multiprocessing Process
+class _Worker(Generic[TaskT]):
+    process: BaseProcess  # a spawned multiprocessing Process
     connection: Connection
-    task: Any | None = None  # what it is computing; None when idle
+    task: TaskT | None = None  # what it is computing; None when idle
     label: str = ""  # the task's name in messages
 
 
-class WorkerPool:
+class WorkerPool(Generic[TaskT]):
     """``workers`` spawned processes computing tasks with ``compute(task)``.
 
     :meth:`start` them, hand out tasks (:meth:`give`, :meth:`next_done`), then either
@@ -225,7 +232,7 @@ class WorkerPool:
     def __init__(
         self,
         workers: int,
-        compute: Callable[[Any], Mapping[str, Any]],
+        compute: Callable[[TaskT], Mapping[str, Any]],
         init: Callable[..., None] | None = None,
         init_args: tuple[Any, ...] = (),
     ) -> None:
@@ -233,7 +240,7 @@ class WorkerPool:
         self._compute = compute
         self._init = (init, init_args)
         self.count = workers
-        self.workers: list[_Worker] = []
+        self.workers: list[_Worker[TaskT]] = []
 
     def start(self) -> None:
         """Start the workers, each with SIGINT ignored from its first instruction."""
@@ -241,20 +248,20 @@ class WorkerPool:
             for _ in range(self.count):
                 self.workers.append(self._start())
 
-    def _start(self) -> _Worker:
+    def _start(self) -> _Worker[TaskT]:
         mine, theirs = self._context.Pipe()
         process = self._context.Process(target=_serve, args=(theirs, self._compute, *self._init))
         process.start()
         theirs.close()
         return _Worker(process, mine)
 
-    def idle(self) -> list[_Worker]:
+    def idle(self) -> list[_Worker[TaskT]]:
         return [worker for worker in self.workers if worker.task is None]
 
-    def busy(self) -> list[_Worker]:
+    def busy(self) -> list[_Worker[TaskT]]:
         return [worker for worker in self.workers if worker.task is not None]
 
-    def give(self, worker: _Worker, task: Any, label: str) -> None:
+    def give(self, worker: _Worker[TaskT], task: TaskT, label: str) -> None:
         """Send ``task`` to an idle ``worker``."""
         worker.task, worker.label = task, label
         try:
@@ -262,7 +269,7 @@ class WorkerPool:
         except (BrokenPipeError, ConnectionResetError):
             raise self._died(worker) from None
 
-    def next_done(self) -> tuple[Any, dict[str, Any], float]:
+    def next_done(self) -> tuple[TaskT, dict[str, Any], float]:
         """Wait for a busy worker to finish: ``(task, result, seconds)``.
 
         Raises:
@@ -270,7 +277,7 @@ class WorkerPool:
             Exception: the exception ``compute`` raised in the worker (the worker's
                 traceback in a note).
         """
-        by_handle: dict[Any, _Worker] = {}
+        by_handle: dict[Any, _Worker[TaskT]] = {}  # keys: connections and sentinels
         for worker in self.workers:
             if worker.task is not None:
                 by_handle[worker.connection] = worker
@@ -288,7 +295,7 @@ class WorkerPool:
             return task, reply.result, reply.seconds
         raise AssertionError("wait() returned no ready handle")  # pragma: no cover
 
-    def _died(self, worker: _Worker) -> WorkerDied:
+    def _died(self, worker: _Worker[TaskT]) -> WorkerDied:
         worker.process.join(GRACE_S)
         code = worker.process.exitcode
         how = (
@@ -329,12 +336,12 @@ class WorkerPool:
 
 
 def run_in_workers(
-    tasks: Sequence[Any],
-    compute: Callable[[Any], Mapping[str, Any]],
-    finish: Callable[[Any, dict[str, Any], float], None],
+    tasks: Sequence[TaskT],
+    compute: Callable[[TaskT], Mapping[str, Any]],
+    finish: Callable[[TaskT, dict[str, Any], float], None],
     *,
     workers: int,
-    label: Callable[[Any], str] = str,
+    label: Callable[[TaskT], str] = str,
     init: Callable[..., None] | None = None,
     init_args: tuple[Any, ...] = (),
 ) -> None:
