@@ -109,7 +109,7 @@ def default_plan(
     return plan
 
 
-def plan_to_dict(plan: Plan) -> dict[str, Any]:
+def plan_to_dict(plan: Plan) -> dict[str, dict[str, Any]]:
     """The plan as JSON-ready dicts (what config.json stores)."""
     return {name: config_dict(config) for name, config in plan.items()}
 
@@ -289,7 +289,7 @@ def run_study(
     )
 
 
-_DATA_CACHE: dict = {}  # full datasets loaded by this process, by (name, data_dir)
+_DATA_CACHE: dict[tuple[str, str | None], Dataset] = {}  # full datasets, by (name, data_dir)
 
 
 def compute_cell(task: CellTask) -> dict[str, Any]:
