@@ -51,7 +51,7 @@ browser-check: install kernels data browser
 	  --out build/browser-check/runs
 	$(VENV)/bin/normlab study --quick --seeds 1 --workers 2 --no-progress \
 	  --out build/browser-check/runs
-	$(PY) -m normlab.testing.browser build/browser-check/runs/*/report.html \
+	$(PY) -m normlab.testing.browser --print build/browser-check/runs/*/report.html \
 	  $(wildcard site) --screenshots build/browser-check/screenshots
 
 # The documentation site (docs/, mkdocs.yml) into site/; a warning fails the build.

@@ -30,10 +30,15 @@ def _check_one(path: Path, screenshots: Path | None = None) -> PageCheck:
 
 
 def _assert_reads_well(report: Path, screenshots: Path) -> None:
-    (check,) = check_pages([report], screenshots=screenshots)
+    """At each width and on paper: nothing sticks out, every image, link and console
+    clean; a screenshot per width and the printed PDF kept."""
+    (check,) = check_pages([report], screenshots=screenshots, printed=True)
     assert check.ok, "\n".join([check.page, *check.problems])
+    assert [w.media for w in check.widths] == ["screen"] * len(WIDTHS) + ["print"]
     for width in check.widths:
         assert width.screenshot is not None and width.screenshot.stat().st_size > 1000
+    pdf = check.widths[-1].screenshot.read_bytes()
+    assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page") >= 2  # pages and their tree
 
 
 # --- the checker, on pages built to have exactly one defect each ---------------------------
@@ -86,6 +91,21 @@ def test_checker_finds_a_broken_image_a_dead_anchor_and_a_console_error(
     assert check.broken_images == ("lost figure",)
     assert check.broken_links == ("#nowhere", "other.html")
     assert any("boom" in message for message in check.console_errors)
+
+
+def test_checker_finds_what_only_paper_cuts_off(tmp_path: Path) -> None:
+    """A box that scrolls on screen cannot scroll on paper."""
+    wide = "<div class='wide'>" + "0123456789 " * 5 + "</div>"
+    style = (
+        "<style>.wide { width: 1000px } .box { overflow-x: auto }"
+        "@media print { .box { overflow: visible } }</style>"
+    )
+    page = _page(tmp_path, f"{style}<h2>Paper</h2><div class='box'>{wide}</div>")
+    (check,) = check_pages([page], screenshots=tmp_path / "shots", printed=True)
+    screen, paper = check.widths[:-1], check.widths[-1]
+    assert all(not w.problems for w in screen)
+    assert paper.media == "print" and [o.section for o in paper.overflows] == ["Paper"]
+    assert any(p.startswith("in print (718 px)") for p in check.problems)
 
 
 def test_checker_is_satisfied_by_a_plain_page(tmp_path: Path) -> None:

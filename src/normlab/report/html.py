@@ -69,6 +69,7 @@ footer { margin-top: 3rem; padding-top: .75rem; border-top: 1px solid var(--rule
          color: var(--muted); font-size: .85rem; }
 @media print { nav.toc { display: none; } main { max-width: none; padding: 0; }
                .table-wrap { overflow: visible; } pre { white-space: pre-wrap; }
+               table { font-size: .8rem; } th, td { padding: .25rem .4rem; }
                figure, tr { break-inside: avoid; } h2, h3 { break-after: avoid; } }
 """.strip()
 

@@ -13,7 +13,10 @@ A page passes at a viewport width when, loaded as a reader would load it:
   file under the served folder);
 * the browser's console shows no error.
 
-Each width also leaves a screenshot of the first screen for a person to look at.
+Each width also leaves a screenshot of the first screen for a person to look at. With
+``printed=True`` the page is also laid out for print (CSS ``@media print``) at the width
+of an A4 page's text: nothing may stick out there either (paper does not scroll), and the
+PDF that Chromium prints is kept beside the screenshots.
 
 Used by the test suite (``tests/testing/test_browser.py``) and by ``make browser-check``::
 
@@ -26,6 +29,7 @@ This module needs the development extra (``selenium``) and Debian's ``chromium``
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import functools
 import http.server
@@ -57,6 +61,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WIDTHS = (1280, 800)
 """A laptop's width, and a narrow window (or a tablet held upright)."""
+PRINT_WIDTH = 718
+"""An A4 page's text width in CSS pixels: 210 mm less two 10 mm margins at 96 px per inch."""
 HEIGHT = 900
 
 # The flags that keep a headless Chromium quiet on a machine with no network and no screen.
@@ -181,14 +187,16 @@ class WidthCheck:
     scroll_width: int
     overflows: tuple[Overflow, ...]
     hidden_columns: tuple[HiddenColumns, ...]
-    screenshot: Path | None
+    screenshot: Path | None  # a PNG of the first screen; in print, the printed PDF
+    media: str = "screen"  # or "print"
 
     @property
     def problems(self) -> list[str]:
         found = [str(o) for o in self.overflows] + [str(h) for h in self.hidden_columns]
         if self.scroll_width > self.width and not self.overflows:
             found.append(f"the page is {self.scroll_width} px wide")
-        return [f"at {self.width} px: {p}" for p in found]
+        where = f"at {self.width} px" if self.media == "screen" else f"in print ({self.width} px)"
+        return [f"{where}: {p}" for p in found]
 
 
 @dataclass(frozen=True)
@@ -298,12 +306,47 @@ def _console_errors(driver: webdriver.Chrome) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
+def _width_check(measured: dict, width: int, shot: Path | None, media: str) -> WidthCheck:
+    return WidthCheck(
+        width=width,
+        scroll_width=int(measured["scrollWidth"]),
+        overflows=tuple(Overflow(*o) for o in measured["overflows"]),
+        hidden_columns=tuple(HiddenColumns(*h) for h in measured["hiddenTables"]),
+        screenshot=shot,
+        media=media,
+    )
+
+
+def _shot_path(screenshots: Path | None, root: Path, url: str, suffix: str) -> Path | None:
+    if screenshots is None:
+        return None
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page = f"{root.name}/{urllib.parse.urlparse(url).path}"
+    return screenshots / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', page).strip('-')}-{suffix}"
+
+
+def _check_print(driver: webdriver.Chrome, url: str, pdf: Path | None) -> WidthCheck:
+    """The page laid out for paper: print media at an A4 page's text width, then printed."""
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        _set_width(driver, PRINT_WIDTH)
+        driver.get(url)
+        measured = driver.execute_script(_MEASURE_JS)
+        if pdf is not None:
+            printed = driver.execute_cdp_cmd("Page.printToPDF", {"printBackground": True})
+            pdf.write_bytes(base64.b64decode(printed["data"]))
+    finally:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+    return _width_check(measured, PRINT_WIDTH, pdf, "print")
+
+
 def _check_page(
     driver: webdriver.Chrome,
     url: str,
     root: Path,
     widths: Sequence[int],
     screenshots: Path | None,
+    printed: bool = False,
 ) -> PageCheck:
     driver.get_log("browser")  # drop what earlier pages left
     results = []
@@ -312,23 +355,13 @@ def _check_page(
         _set_width(driver, width)
         driver.get(url)
         measured = driver.execute_script(_MEASURE_JS)
-        shot = None
-        if screenshots is not None:
-            screenshots.mkdir(parents=True, exist_ok=True)
-            page = f"{root.name}/{urllib.parse.urlparse(url).path}"
-            name = re.sub(r"[^A-Za-z0-9._-]+", "-", page).strip("-")
-            shot = screenshots / f"{name}-{width}.png"
+        shot = _shot_path(screenshots, root, url, f"{width}.png")
+        if shot is not None:
             driver.save_screenshot(str(shot))
-        results.append(
-            WidthCheck(
-                width=width,
-                scroll_width=int(measured["scrollWidth"]),
-                overflows=tuple(Overflow(*o) for o in measured["overflows"]),
-                hidden_columns=tuple(HiddenColumns(*h) for h in measured["hiddenTables"]),
-                screenshot=shot,
-            )
-        )
+        results.append(_width_check(measured, width, shot, "screen"))
     anchors = set(measured["ids"]) | set(measured["names"])
+    if printed:
+        results.append(_check_print(driver, url, _shot_path(screenshots, root, url, "print.pdf")))
     return PageCheck(
         page=url,
         widths=tuple(results),
@@ -353,17 +386,22 @@ def _pages_of(path: Path) -> tuple[Path, list[str]]:
 
 
 def check_pages(
-    paths: Sequence[Path], widths: Sequence[int] = WIDTHS, screenshots: Path | None = None
+    paths: Sequence[Path],
+    widths: Sequence[int] = WIDTHS,
+    screenshots: Path | None = None,
+    printed: bool = False,
 ) -> list[PageCheck]:
     """Open every page of ``paths`` (HTML files or site folders) in headless Chromium at
-    each width and check it (see the module's docstring)."""
+    each width (and laid out for print, with ``printed``) and check it (see the module's
+    docstring)."""
     checks = []
     with browser() as driver:
         for path in paths:
             root, pages = _pages_of(path)
             with serve(root) as url:
                 for page in pages:
-                    checks.append(_check_page(driver, url + page, root, widths, screenshots))
+                    check = _check_page(driver, url + page, root, widths, screenshots, printed)
+                    checks.append(check)
     return checks
 
 
@@ -390,15 +428,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--screenshots",
         type=Path,
         metavar="DIR",
-        help="save each page's first screen at each width here",
+        help="save each page's first screen at each width (and its printed PDF) here",
     )
+    parser.add_argument(
+        "--print", action="store_true", dest="printed",
+        help="also lay each page out for print at an A4 page's width, and print it",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         widths = [int(w) for w in args.widths.split(",")]
     except ValueError:
         parser.error(f"--widths takes whole numbers separated by commas, got {args.widths!r}")
     try:
-        checks = check_pages(args.paths, widths, args.screenshots)
+        checks = check_pages(args.paths, widths, args.screenshots, args.printed)
     except FileNotFoundError as error:
         print(f"browser check: {error}", file=sys.stderr)
         return 2
@@ -407,7 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in check.problems:
             print(f"     {problem}")
     failed = sum(not c.ok for c in checks)
-    print(f"{len(checks)} page(s) at {', '.join(map(str, widths))} px: {failed} with problems")
+    where = f"at {', '.join(map(str, widths))} px" + (" and in print" if args.printed else "")
+    print(f"{len(checks)} page(s) {where}: {failed} with problems")
     return 1 if failed else 0
 
 
