@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from normlab.errors import UsageError
 
 if TYPE_CHECKING:
-    from normlab.lab.experiment import Experiment, ExperimentResult
+    from normlab.lab.experiment import ConfigT, Experiment, ExperimentConfig, ExperimentResult
     from normlab.lab.verdicts import Finding
 
 # flag -> config field, for the flags every lab experiment has
@@ -140,8 +140,8 @@ def parse_int_list(flag: str, text: str | None) -> tuple[int, ...] | None:
 
 
 def build_config(
-    base: Any, args: argparse.Namespace, specific: dict[str, Any] | None = None
-) -> Any:
+    base: ConfigT, args: argparse.Namespace, specific: dict[str, Any] | None = None
+) -> ConfigT:
     """``base`` (a frozen experiment config) with the common flags and ``specific``
     changes applied (None values are left at ``base``'s), validated."""
     changes: dict[str, Any] = {}
@@ -165,7 +165,7 @@ def build_config(
     return config
 
 
-PARSERS: dict[str, Callable[[str, str | None], Any]] = {
+PARSERS: dict[str, Callable[[str, str | None], object]] = {
     "int": lambda flag, text: parse_int(flag, text),
     "int>=2": lambda flag, text: parse_int(flag, text, 2),
     "float": parse_float,
@@ -183,7 +183,9 @@ def experiments_of(command: str) -> list[Experiment]:
     return [e for e in EXPERIMENTS if e.command[0] == command]
 
 
-def add_experiment_flags(parser: Any, experiments: Sequence[Experiment]) -> None:
+def add_experiment_flags(
+    parser: argparse._ActionsContainer, experiments: Sequence[Experiment]
+) -> None:
     """Every flag of ``experiments`` (a flag several share is added once, with the first
     one's help)."""
     seen: set[str] = set()
@@ -221,7 +223,7 @@ def experiment_changes(
     }
 
 
-def quick_config(experiment: Experiment, args: argparse.Namespace) -> Any:
+def quick_config(experiment: Experiment, args: argparse.Namespace) -> ExperimentConfig:
     """The experiment's config in the study's plan (``--quick``: the reduced one)."""
     from normlab.lab.study import default_plan
 
@@ -364,7 +366,7 @@ def refuse_with_resume(given: Sequence[str], out: str | None, resume: str, what:
         raise UsageError(f"--resume continues the run in its own directory {resume}; drop --out")
 
 
-def _cells_line(experiment: Experiment, config: Any) -> str:
+def _cells_line(experiment: Experiment, config: ExperimentConfig) -> str:
     from normlab.lab.study import estimate_plan_seconds
     from normlab.report.stats import format_duration
 
