@@ -30,11 +30,16 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from normlab.kernels.cpu import build
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from torch._ops import _OpNamespace
 
 _FLOATS = (torch.float32, torch.float64)
 _TRITON_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -44,7 +49,7 @@ _triton: Any = _UNLOADED  # normlab.kernels.triton, None (off or no Triton), or 
 _triton_on_cpu = False  # run_triton_on_cpu() was called
 
 
-def ops() -> Any | None:
+def ops() -> _OpNamespace | None:
     """``torch.ops.normlab`` when the kernels are built and enabled, else None."""
     global _ops
     if _ops is _UNLOADED:
@@ -52,7 +57,7 @@ def ops() -> Any | None:
     return _ops
 
 
-def _load() -> Any | None:
+def _load() -> _OpNamespace | None:
     if os.environ.get("NORMLAB_KERNELS", "1") == "0":
         return None
     if build.LIBRARY.is_file() and build.is_stale():  # make's, from older sources: its
@@ -72,7 +77,7 @@ def _load() -> Any | None:
     return torch.ops.normlab
 
 
-def triton_ops() -> Any | None:
+def triton_ops() -> ModuleType | None:
     """:mod:`normlab.kernels.triton` (the Triton operators) when Triton is installed and the
     kernels are on (``NORMLAB_KERNELS`` is not ``0``), else None. Imported on first use."""
     global _triton
@@ -81,7 +86,7 @@ def triton_ops() -> Any | None:
     return _triton
 
 
-def _load_triton() -> Any | None:
+def _load_triton() -> ModuleType | None:
     if os.environ.get("NORMLAB_KERNELS", "1") == "0":
         return None
     try:
@@ -167,7 +172,7 @@ def applies(input: torch.Tensor, *others: torch.Tensor | None) -> bool:
     return True
 
 
-def ops_for(input: torch.Tensor, *others: torch.Tensor | None) -> Any | None:
+def ops_for(input: torch.Tensor, *others: torch.Tensor | None) -> ModuleType | None:
     """The normalization operators (``batch_norm_*``, ``layer_norm_*``, ``group_norm_*``)
     for these tensors: the CPU kernels where :func:`applies`; on CUDA (eager and outside
     ``torch.func`` transforms, contiguous,
