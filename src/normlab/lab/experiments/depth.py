@@ -156,8 +156,8 @@ def signal_propagation(
     hooks = []
     for name, module, layers in twin.trunk():
 
-        def keep(mod: Any, args: Any, out: torch.Tensor, name: str = name,
-                 layers: int = layers) -> None:  # fmt: skip
+        def keep(mod: torch.nn.Module, args: tuple[object, ...], out: torch.Tensor,
+                 name: str = name, layers: int = layers) -> None:  # fmt: skip
             out.retain_grad()
             captured.append((name, layers, out))
 
