@@ -41,6 +41,7 @@ from normlab.lab.verdicts import AGREES, DISAGREES, INCONCLUSIVE, Finding, pct
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from torch import nn
 
     from normlab.data import Dataset
 
@@ -70,7 +71,7 @@ def steps_to_forget(momentum: float, fraction: float = 0.05) -> float:
     return math.log(fraction) / math.log(1.0 - momentum)
 
 
-def set_norm_momentum(model: Any, momentum: float) -> int:
+def set_norm_momentum(model: nn.Module, momentum: float) -> int:
     """Set ``momentum`` on every norm layer that keeps running statistics; how many."""
     count = 0
     for module in model.modules():
