@@ -123,7 +123,7 @@ class BatchSizeSweepConfig:
 LR_SCALINGS = ("linear", "constant")
 
 
-BatchSizeArm = Callable[["BatchSizeSweepConfig", Any, int, int], Mapping[str, Any]]
+BatchSizeArm = Callable[["BatchSizeSweepConfig", "Dataset", int, int], Mapping[str, Any]]
 """``arm(config, data, batch_size, seed) -> record``: trains one model, returns a dict
 with at least ``final`` (``None`` or ``{"test_accuracy", ...}`` in eval mode),
 ``diverged``, ``batch_stats_accuracy`` and ``loss_curve`` (see :func:`run_batch_size_cell`)."""
@@ -353,7 +353,7 @@ BATCH_SIZE_SWEEP = BatchSizeSweep()
 
 
 def _train_norm_arm(
-    config: BatchSizeSweepConfig, data: Any, norm: str, batch_size: int, seed: int
+    config: BatchSizeSweepConfig, data: Dataset, norm: str, batch_size: int, seed: int
 ) -> dict[str, Any]:
     from normlab.train.engine import build_model, fit
 
