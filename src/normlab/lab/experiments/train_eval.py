@@ -30,7 +30,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,7 @@ from normlab.lab.verdicts import AGREES, DISAGREES, INCONCLUSIVE, Finding, fmt3,
 
 if TYPE_CHECKING:
     import torch
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from torch import nn
 
@@ -117,7 +118,7 @@ class MovingAverages:
             for index, layer in enumerate(self.layers)
         ]
 
-    def _hook(self, index: int) -> Any:
+    def _hook(self, index: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         import torch
 
         def update(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -614,10 +615,10 @@ def _statistics_runs(config: TrainEvalConfig, runs: Sequence[Mapping[str, Any]])
     common = min(len(r["epochs"]) for r in runs)
     epochs = [[e for e in r["epochs"][:common]] for r in runs]
 
-    def curve(read: Any) -> Curve:
+    def curve(read: Callable[..., float]) -> Curve:
         return curve_mean_std([[read(e) for e in seed] for seed in epochs])
 
-    def final(read: Any) -> SeedStats:
+    def final(read: Callable[..., float | None]) -> SeedStats:
         return seed_stats([read(seed[-1]) if seed else None for seed in epochs])
 
     keys = [_key(m) for m in config.momenta]
@@ -949,7 +950,7 @@ def finetune_fusion_figure(summary: TrainEvalSummary) -> Figure:
 
 
 def _bar(
-    ax: Any, x: float, stat: SeedStats, color: str, alpha: float, scale: float = 100.0
+    ax: Axes, x: float, stat: SeedStats, color: str, alpha: float, scale: float = 100.0
 ) -> None:
     values = [scale * v for v in stat.values if v is not None and math.isfinite(v)]
     if not values:
