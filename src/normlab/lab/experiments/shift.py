@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -164,7 +164,7 @@ def covariate_shift(
     )
 
 
-def summary_rows(result: ShiftResult) -> list[dict[str, Any]]:
+def summary_rows(result: ShiftResult) -> list[dict[str, object]]:
     """The numbers as table rows (one per stage): ``stage``, ``train_mean``, ``train_std``,
     ``test_mean``, ``test_std``, ``ks``, ``p``. Formatting is the caller's."""
     stages = (
