@@ -87,7 +87,8 @@ def _code_paths(code: str, device: object) -> list[str]:
     usable = kernels.runs_on(device)
     if code == "kernels" and not usable:
         raise UsageError(
-            "normlab's kernels run on the CPU once built (make kernels) and on CUDA with "
+            "normlab's kernels run on the CPU once built (make kernels in a checkout, else "
+            "python -m normlab.kernels.cpu --cache) and on CUDA with "
             "Triton installed; use --code tensors"
         )
     if code == "both":

@@ -71,17 +71,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+REBUILD = "run `make kernels` in a checkout, else `python -m normlab.kernels.cpu --cache`"
+
+
 def _cpu_path(built: bool, stale: bool, enabled: bool, loaded: bool) -> str:
     if loaded:
         return "C++ kernels"
     if not enabled:
         why = "NORMLAB_KERNELS=0"
     elif not built:
-        why = "kernels not built; run `make kernels`"
+        why = f"kernels not built; {REBUILD}"
     elif stale:
-        why = "kernels older than their sources; run `make kernels`"
+        why = f"kernels older than their sources; {REBUILD}"
     else:
-        why = "kernels failed to load (built for another torch?); run `make kernels`"
+        why = f"kernels failed to load (built for another torch?); {REBUILD}"
     return f"tensor code ({why})"
 
 
