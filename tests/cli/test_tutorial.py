@@ -140,6 +140,7 @@ def straight_tutorial(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts processes in /proc")
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("workers", "signum", "code", "word"),
     [("1", signal.SIGINT, 130, "interrupted"), ("2", signal.SIGTERM, 143, "terminated")],

@@ -225,6 +225,7 @@ def _one_process_on_concatenated_batches(config: TrainConfig) -> dict[str, objec
     return {"model": model.state_dict(), "losses": losses, "epochs": epochs}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
 def test_two_rank_sync_bn_training_killed_and_resumed_equals_one_process(
     tmp_path: Path, capfd: pytest.CaptureFixture

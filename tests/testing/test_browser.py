@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from normlab.cli.main import main
 from normlab.testing.browser import WIDTHS, PageCheck, check_pages
 
@@ -130,6 +132,7 @@ def test_tutorial_report_reads_well(tmp_path: Path) -> None:
     _assert_reads_well(_only_run_dir(out) / "report.html", tmp_path / "shots")
 
 
+@pytest.mark.slow
 def test_study_report_reads_well(tmp_path: Path) -> None:
     """The study's report opens with its findings table: its verdicts must be on screen."""
     out = tmp_path / "runs"
@@ -145,6 +148,7 @@ def test_single_experiment_report_reads_well(tmp_path: Path) -> None:
     _assert_reads_well(_only_run_dir(out) / "report.html", tmp_path / "shots")
 
 
+@pytest.mark.slow
 def test_docs_site_reads_well(tmp_path: Path) -> None:
     """Every page of the docs site, built as `make docs` builds it."""
     site = tmp_path / "site"
