@@ -28,6 +28,12 @@ The bridge saves ``input``, ``weight`` and the path's statistics (not ``bias``: 
 shape and dtype) and records nothing when no gradient is wanted (the path's forward runs
 alone). It is never entered under ``torch.func``: the plain formula runs there.
 
+A norm whose kernels are also one operator with its backward registered for autograd in
+C++ (normlab's CPU kernels: ``torch.ops.normlab.batch_norm_train``, ``layer_norm``,
+``group_norm``) picks an :class:`Operator` instead of a :class:`FastPath` where they apply:
+``run`` calls it directly, one dispatch with no Python ``autograd.Function`` (its backward
+runs in C++, a differentiable closed form there when a graph of the backward is wanted).
+
 A new norm plugs in by writing its plain formula, a :class:`FastPath` subclass, and
 ``if eager(input): return run(path, backward, input, weight, bias)`` in its public function.
 """
@@ -88,8 +94,18 @@ class FastPath(abc.ABC):
         """``(dx, dweight, dbias)`` from the saved tensors; ``None`` where not needed."""
 
 
+class Operator(abc.ABC):
+    """A norm's kernels as one operator with its autograd in C++, with its configuration."""
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def __call__(self, input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        """The output, recorded for autograd by the operator itself."""
+
+
 def run(
-    path: FastPath,
+    path: FastPath | Operator,
     backward: Backward,
     input: Tensor,
     weight: Tensor | None,
@@ -97,8 +113,11 @@ def run(
 ) -> Tensor:
     """Normalise through ``path``, with autograd when a graph is recorded.
 
-    ``backward`` is the norm's differentiable closed form, for higher derivatives.
+    ``backward`` is the norm's differentiable closed form, for higher derivatives (an
+    :class:`Operator` has its own, in C++).
     """
+    if isinstance(path, Operator):
+        return path(input, weight, bias)
     if not records_graph(input, weight, bias):
         return path.forward(input, weight, bias)[0]
     return _Bridge.apply(path, backward, input, weight, bias)[0]

@@ -2,6 +2,9 @@
 
 :mod:`normlab.functional.batchnorm` holds the formulas; here is how they run eagerly.
 
+- The CPU operator (:class:`CpuBatchNorm`): ``torch.ops.normlab.batch_norm_train``, the
+  kernels below with their backward registered for autograd in C++ (``autograd.cpp``), one
+  call with no Python ``autograd.Function``; the same loops, so the same bits.
 - Kernels (:class:`KernelBatchNorm`): ``batch_norm.cpp`` on the CPU (three passes forward,
   two backward, the running statistics updated in the same call), the Triton kernels of
   :mod:`normlab.kernels.triton.batch_norm` on CUDA. The backward centres on the rounded
@@ -31,7 +34,7 @@ import torch
 from torch import Tensor
 
 from normlab import kernels
-from normlab.functional._autograd import FastPath, Grads, Saved, Stats
+from normlab.functional._autograd import FastPath, Grads, Operator, Saved, Stats
 from normlab.functional._common import (
     as_dtype,
     compute_dtype,
@@ -50,6 +53,23 @@ class _TrainingBatchNorm(FastPath):
     running_var: Tensor | None
     momentum: float
     eps: float
+
+
+@dataclass(slots=True)
+class CpuBatchNorm(Operator):
+    """Training-mode batch norm as ``torch.ops.normlab.batch_norm_train`` (``ops``): the
+    running statistics (``None`` where not tracked) are updated in place by the operator."""
+
+    ops: Any
+    running_mean: Tensor | None
+    running_var: Tensor | None
+    momentum: float
+    eps: float
+
+    def __call__(self, input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        return self.ops.batch_norm_train(
+            input, weight, bias, self.running_mean, self.running_var, self.momentum, self.eps
+        )
 
 
 @dataclass(slots=True)
@@ -97,8 +117,11 @@ def fast_path(
     running_var: Tensor | None,
     momentum: float,
     eps: float,
-) -> FastPath:
-    """The kernels where they take these tensors, else the in-place tensor arithmetic."""
+) -> FastPath | Operator:
+    """The CPU operator where normlab's CPU kernels take these tensors, else the (Triton)
+    kernels where they do, else the in-place tensor arithmetic."""
+    if kernels.applies(input, weight, bias, running_mean, running_var):
+        return CpuBatchNorm(kernels.ops(), running_mean, running_var, momentum, eps)
     ops = kernels.ops_for(input, weight, bias, running_mean, running_var)
     if ops is not None:
         return KernelBatchNorm(running_mean, running_var, momentum, eps, ops)
