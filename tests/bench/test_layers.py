@@ -66,17 +66,48 @@ WITHOUT_TORCH_TWIN = [
     ids=[f"{c.layer}-{'x'.join(map(str, c.shape))}" for c in WITHOUT_TORCH_TWIN],
 )
 def test_each_reference_computes_what_our_layer_computes(case: Case) -> None:
-    """The twin of a layer torch.nn lacks is the same formula: outputs and input gradients
-    agree in float64 (so the bench times the same work on both sides)."""
+    """The twin of a layer torch.nn lacks is the same formula: outputs, input gradients and
+    running statistics agree in float64 over two training steps (so the bench times the same
+    work on both sides, and the oracle follows normlab's update rule)."""
     ours, reference = (m.double() for m in layers.build_twins(case))
-    x = torch.randn(case.shape, dtype=torch.float64, requires_grad=True)
-    dy = torch.randn(case.shape, dtype=torch.float64)
-    mine, theirs = ours(x), reference(x)
-    (grad_mine,) = torch.autograd.grad(mine, [x], dy)
-    (grad_theirs,) = torch.autograd.grad(theirs, [x], dy)
-    n = x.numel()  # at most every input in one sum
-    assert_close_sum(mine, theirs, terms=n, abs_sum=theirs.abs().max() + 1)
-    assert_close_sum(grad_mine, grad_theirs, terms=n, abs_sum=grad_theirs.abs().max() + 1)
+    n = 1
+    for _ in range(2):  # the second step starts from the first one's running statistics
+        x = torch.randn(case.shape, dtype=torch.float64, requires_grad=True)
+        dy = torch.randn(case.shape, dtype=torch.float64)
+        mine, theirs = ours(x), reference(x)
+        (grad_mine,) = torch.autograd.grad(mine, [x], dy)
+        (grad_theirs,) = torch.autograd.grad(theirs, [x], dy)
+        n = x.numel()  # at most every input in one sum
+        assert_close_sum(mine, theirs, terms=n, abs_sum=theirs.abs().max() + 1)
+        assert_close_sum(grad_mine, grad_theirs, terms=n, abs_sum=grad_theirs.abs().max() + 1)
+    for buffer, expected in zip(ours.buffers(), reference.buffers(), strict=True):
+        if not expected.is_floating_point():  # num_batches_tracked
+            assert torch.equal(buffer, expected)
+            continue
+        # each update sums every input once (mean, then the squares for the variance)
+        assert_close_sum(buffer, expected, terms=2 * n, abs_sum=expected.abs().max() + 1)
+
+
+def test_the_bench_twins_update_running_statistics() -> None:
+    """The running-statistics check above is not vacuous: ghost batch norm's twin moves its
+    buffers once per call, by the chunks' size-weighted mean (normlab.nn.ghost's rule)."""
+    case = Case("ghost", (64, 16, 8, 8), "lenet", False)
+    _, reference = layers.build_twins(case)
+    x = torch.randn(case.shape)
+    reference(x)
+    chunks = x.split(reference.oracle.virtual_batch_size)
+    assert len(chunks) > 1
+    mean = sum(c.shape[0] * c.mean((0, 2, 3)) for c in chunks) / x.shape[0]
+    momentum = reference.oracle.momentum
+    expected = momentum * mean  # from zeros, once: not once per chunk
+    assert_close_sum(
+        reference.oracle.running_mean,
+        expected,
+        terms=x.numel(),
+        abs_sum=x.abs().max() + 1,
+        dtype=torch.float32,
+    )
+    assert int(reference.oracle.num_batches_tracked) == 1
 
 
 def test_tokens_are_only_for_layers_over_the_last_dimension_and_repeats_are_dropped() -> None:
@@ -132,7 +163,7 @@ class FrozenBatchNorm2d(nn.Module):
 
     def __init__(self, c: int) -> None:
         super().__init__()
-        self.eps = 1e-5
+        self.num_features, self.eps = c, 1e-5
         for name, value in [("weight", 1.5), ("bias", 0.25), ("running_mean", 0.5)]:
             self.register_buffer(name, torch.full((c,), value))
         self.register_buffer("running_var", torch.rand(c) + 0.5)

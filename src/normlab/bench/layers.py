@@ -4,8 +4,8 @@ Every layer of normlab's registry (:mod:`normlab.nn.registry`, each name but ``n
 and the ``torch-`` copies) plus the layers it does not hold (:data:`EXTRA_LAYERS`) is
 timed against a *twin*: the registry's ``torch-<name>`` where it exists (the same layer
 from ``torch.nn``), else the straightforward torch code of the same formula
-(:mod:`normlab.bench.references`). Both run forward+backward on the same input and
-output gradient::
+(:mod:`normlab.testing.references`, built by :mod:`normlab.bench.references`). Both run
+forward+backward on the same input and output gradient::
 
     step() = autograd.grad(layer(x), [x, *layer.parameters()], dy)
 
@@ -281,7 +281,7 @@ def build_twins(case: Case) -> tuple[nn.Module, nn.Module]:
     if theirs is None:
         raise UsageError(
             f"layer {case.layer!r} ({type(mine).__name__}) has no torch twin nor reference; "
-            "add one to normlab.bench.references.FORMULAS"
+            "add an oracle of that class name to normlab.testing.references"
         )
     with torch.no_grad():
         for p, q in zip(mine.parameters(), theirs.parameters(), strict=True):

@@ -246,8 +246,35 @@ class StdConv2d(nn.Conv2d):
     """Weight standardization (Qiao et al. 2019) as batch norm of the weight seen as
     ``(1, O, fan_in)``: per output channel, biased variance, ``eps`` inside the root."""
 
-    def __init__(self, *args: Any, eps: float = 1e-6, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    # StdConv2d's signature again, on purpose: an oracle is independent of normlab.nn.
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        eps: float = 1e-6,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+        )
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
