@@ -23,6 +23,12 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import normlab.functional as N
 from normlab.functional import DtypeError, ShapeError
+from normlab.testing.tolerance import (
+    NormalizationSums,
+    assert_close_sum,
+    first_order_sums,
+    normalization_sums,
+)
 
 
 def _rand(*shape: int, dtype: torch.dtype = torch.float64, scale: float = 1.0) -> torch.Tensor:
@@ -71,10 +77,13 @@ def _compare(
     x: torch.Tensor,
     w: torch.Tensor | None,
     b: torch.Tensor | None,
-    atol: float,
-    rtol: float,
+    normalized: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
 ) -> None:
-    """Output and every gradient of ours equal torch's."""
+    """Output and every gradient of ours equal torch's, within the rounding bound of the
+    sums each one is (terms and magnitudes from torch's float64 Jacobian). ``normalized``
+    maps ``g`` to the magnitudes of a normalization's terms (output, then the gradient of
+    ``x``, then ``w``'s, from ``normalization_sums``), which cancel in the Jacobian; every
+    value then counts all of ``x``'s elements as its terms."""
     leaves = [t for t in (x, w, b) if t is not None]
     ours_in = [t.detach().clone().requires_grad_(True) for t in leaves]
     ref_in = [t.detach().clone().requires_grad_(True) for t in leaves]
@@ -86,14 +95,52 @@ def _compare(
     ours = call(N, *unpack(ours_in))
     ref = call(F, *unpack(ref_in))
     assert ours.dtype == ref.dtype and ours.shape == ref.shape
-    torch.testing.assert_close(ours, ref, atol=atol, rtol=rtol)
     upstream = torch.randn_like(ref)
+    sums = first_order_sums(
+        lambda *ts: _unit_weight_call(call, *unpack(list(ts))), leaves, upstream
+    )
+    terms, output_sum, grad_sums = sums.terms, sums.output, list(sums.grads)
+    if normalized is not None:
+        terms = max(terms, x.numel())
+        extra = normalized(upstream)
+        output_sum = output_sum + extra[0]
+        grad_sums = [a + e for a, e in zip(grad_sums, extra[1:], strict=False)] + grad_sums[
+            len(extra) - 1 :
+        ]
+    assert_close_sum(ours, ref, terms=terms, abs_sum=output_sum)
     used = [i for i, t in enumerate(ref_in) if _depends(ref, t)]
     ours_grads = torch.autograd.grad(ours, [ours_in[i] for i in used], upstream)
     ref_grads = torch.autograd.grad(ref, [ref_in[i] for i in used], upstream)
-    for a, r in zip(ours_grads, ref_grads, strict=True):
+    for i, a, r in zip(used, ours_grads, ref_grads, strict=True):
         assert a.dtype == r.dtype
-        torch.testing.assert_close(a, r, atol=atol, rtol=rtol)
+        assert_close_sum(a, r, terms=terms, abs_sum=grad_sums[i])
+
+
+def _reshaped(
+    sums: NormalizationSums, x: torch.Tensor, w: torch.Tensor | None, per_channel: bool = False
+) -> list[torch.Tensor]:
+    """``normalization_sums`` in ``x``'s shape, and the weight's terms summed over every
+    element that shares a weight (into ``w``'s shape: ``x``'s last dimensions, or its
+    channels, dimension 1, when ``per_channel``)."""
+    output, grad_input = sums.output.reshape(x.shape), sums.grad_input.reshape(x.shape)
+    if w is None:
+        return [output, grad_input]
+    terms = sums.weight_terms.reshape(x.shape)
+    if per_channel:
+        grad_weight = terms.transpose(0, 1).reshape(w.shape[0], -1).sum(1)
+    else:
+        grad_weight = terms.reshape(-1, *w.shape).sum(0)
+    return [output, grad_input, grad_weight]
+
+
+def _unit_weight_call(
+    call: Call, x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None
+) -> torch.Tensor:
+    """torch's call, a weight of ones standing in for a missing one beside a bias (torch's
+    backward through a bias without a weight fails; the values are the same)."""
+    if w is None and b is not None:
+        w = torch.ones_like(b)
+    return call(F, x, w, b)
 
 
 def _depends(out: torch.Tensor, leaf: torch.Tensor) -> bool:
@@ -104,13 +151,13 @@ def _depends(out: torch.Tensor, leaf: torch.Tensor) -> bool:
 @pytest.mark.parametrize("name,shape,param,call", CASES, ids=[c[0] for c in CASES])
 def test_float64_equals_torch(name: str, shape: tuple, param: tuple | None, call: Call) -> None:
     torch.manual_seed(0)
-    _compare(call, *_inputs(shape, param, torch.float64), atol=1e-12, rtol=1e-12)
+    _compare(call, *_inputs(shape, param, torch.float64))
 
 
 @pytest.mark.parametrize("name,shape,param,call", CASES, ids=[c[0] for c in CASES])
 def test_float32_equals_torch(name: str, shape: tuple, param: tuple | None, call: Call) -> None:
     torch.manual_seed(1)
-    _compare(call, *_inputs(shape, param, torch.float32), atol=1e-5, rtol=1e-5)
+    _compare(call, *_inputs(shape, param, torch.float32))
 
 
 @pytest.mark.parametrize("name,shape,param,call", CASES[::3], ids=[c[0] for c in CASES[::3]])
@@ -119,7 +166,7 @@ def test_non_contiguous_input(name: str, shape: tuple, param: tuple | None, call
     x, w, b = _inputs(shape, param, torch.float64)
     x = x.transpose(0, -1).contiguous().transpose(0, -1)  # same values, other strides
     assert not x.is_contiguous() or x.dim() == 1
-    _compare(call, x, w, b, atol=1e-12, rtol=1e-12)
+    _compare(call, x, w, b)
 
 
 @pytest.mark.parametrize(
@@ -144,10 +191,11 @@ def test_partial_requires_grad(fn: str, needs: tuple[bool, bool, bool]) -> None:
     upstream = torch.randn_like(out_ref)
     out_ours.backward(upstream)
     out_ref.backward(upstream)
-    for a, r in zip(ours, ref, strict=True):
+    sums = first_order_sums(lambda *ts: call(F, *ts), tensors, upstream)
+    for a, r, abs_sum in zip(ours, ref, sums.grads, strict=True):
         assert (a.grad is None) == (r.grad is None)
         if r.grad is not None:
-            torch.testing.assert_close(a.grad, r.grad, atol=1e-12, rtol=1e-12)
+            assert_close_sum(a.grad, r.grad, terms=sums.terms, abs_sum=abs_sum)
 
 
 def test_group_norm_bias_only() -> None:
@@ -159,14 +207,16 @@ def test_group_norm_bias_only() -> None:
     ref_in = [x.clone().requires_grad_(True), b.clone().requires_grad_(True)]
     ours = N.group_norm(ours_in[0], 2, None, ours_in[1])
     ref = F.group_norm(ref_in[0], 2) + ref_in[1].view(4, 1)
-    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-12)
     upstream = torch.randn_like(ref)
-    for a, r in zip(
+    sums = first_order_sums(lambda x, b: F.group_norm(x, 2) + b.view(4, 1), [x, b], upstream)
+    assert_close_sum(ours, ref, terms=sums.terms, abs_sum=sums.output)
+    for a, r, abs_sum in zip(
         torch.autograd.grad(ours, ours_in, upstream),
         torch.autograd.grad(ref, ref_in, upstream),
+        sums.grads,
         strict=True,
     ):
-        torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-12)
+        assert_close_sum(a, r, terms=sums.terms, abs_sum=abs_sum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +373,12 @@ def test_layer_norm_property(
     x = _rand(*batch, *normalized, scale=2.0)
     w = 1 + _rand(*normalized) if affine in ("weight", "both") else None
     b = _rand(*normalized) if affine in ("bias", "both") else None
-    _compare(lambda m, x, w, b: m.layer_norm(x, normalized, w, b, eps), x, w, b, 1e-12, 1e-12)
+    n = math.prod(normalized)
+    weight = None if w is None else w.reshape(1, n)
+    grad_sum = lambda g: _reshaped(  # noqa: E731
+        normalization_sums(x.reshape(-1, n), g.reshape(-1, n), eps, weight=weight), x, w
+    )
+    _compare(lambda m, x, w, b: m.layer_norm(x, normalized, w, b, eps), x, w, b, grad_sum)
 
 
 @settings(max_examples=25, deadline=None)
@@ -347,7 +402,13 @@ def test_group_norm_property(
         with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
             N.group_norm(x, groups, w, b, eps)
         return
-    _compare(lambda m, x, w, b: m.group_norm(x, groups, w, b, eps), x, w, b, 1e-12, 1e-12)
+    view = (n * groups, -1)
+    channel_weight = None if w is None else w.view(1, c, *[1] * len(spatial)).expand_as(x)
+    weight = None if channel_weight is None else channel_weight.reshape(view)
+    grad_sum = lambda g: _reshaped(  # noqa: E731
+        normalization_sums(x.reshape(view), g.reshape(view), eps, weight=weight), x, w, True
+    )
+    _compare(lambda m, x, w, b: m.group_norm(x, groups, w, b, eps), x, w, b, grad_sum)
 
 
 @settings(max_examples=25, deadline=None)
@@ -364,7 +425,17 @@ def test_rms_norm_property(
     torch.manual_seed(seed)
     x = _rand(*batch, *normalized, scale=2.0)
     w = 1 + _rand(*normalized) if weight else None
-    _compare(lambda m, x, w, b: m.rms_norm(x, normalized, w, eps), x, w, None, 1e-12, 1e-12)
+    n = math.prod(normalized)
+    weight = None if w is None else w.reshape(1, n)
+    variance_eps = torch.finfo(x.dtype).eps if eps is None else eps
+    grad_sum = lambda g: _reshaped(  # noqa: E731
+        normalization_sums(
+            x.reshape(-1, n), g.reshape(-1, n), variance_eps, centered=False, weight=weight
+        ),
+        x,
+        w,
+    )
+    _compare(lambda m, x, w, b: m.rms_norm(x, normalized, w, eps), x, w, None, grad_sum)
 
 
 @settings(max_examples=25, deadline=None)
@@ -382,7 +453,7 @@ def test_local_response_norm_property(
     torch.manual_seed(seed)
     x = _rand(*shape, scale=2.0)
     call = lambda m, x, w, b: m.local_response_norm(x, size, alpha, beta, k)  # noqa: E731
-    _compare(call, x, None, None, 1e-12, 1e-12)
+    _compare(call, x, None, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +464,8 @@ def test_local_response_norm_property(
 def test_layer_norm_closed_form() -> None:
     x = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
     expected = (x - 2.5) / math.sqrt(1.25 + 1e-5)
-    torch.testing.assert_close(N.layer_norm(x, [4]), expected, atol=1e-15, rtol=1e-15)
+    magnitudes = normalization_sums(x, torch.zeros_like(x), 1e-5).output
+    assert_close_sum(N.layer_norm(x, [4]), expected, terms=4, abs_sum=magnitudes)
 
 
 def test_local_response_norm_size_one_closed_form() -> None:
@@ -419,9 +491,9 @@ def test_rms_norm_default_eps(dtype: torch.dtype, eps: float) -> None:
     expected = x.double() / torch.sqrt(x.double().square() + eps)
     got = N.rms_norm(x, [4])
     assert got.dtype == dtype
-    tolerance = {torch.float16: 2e-3, torch.bfloat16: 1e-2}.get(dtype, 1e-6)
-    torch.testing.assert_close(got.double(), expected, atol=tolerance, rtol=0)
-    torch.testing.assert_close(got, F.rms_norm(x, [4]), atol=tolerance, rtol=0)
+    # a sum of 4 squares, then the result rounded to ``dtype`` (a wrong eps misses by ~0.3)
+    assert_close_sum(got, expected, terms=4, abs_sum=expected.abs(), dtype=dtype)
+    assert_close_sum(got, F.rms_norm(x, [4]), terms=4, abs_sum=expected.abs(), dtype=dtype)
 
 
 HALF_CALLS: list[tuple[str, Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]]] = [
