@@ -2,6 +2,9 @@
 
 :mod:`normlab.functional.layernorm` holds the formulas; here is how they run eagerly.
 
+- The CPU operator (:class:`CpuLayerNorm`): ``torch.ops.normlab.layer_norm``, the loops of
+  ``layer_norm.cpp`` with their backward registered for autograd in C++ (``autograd.cpp``),
+  one call with no Python ``autograd.Function``; the same loops, so the same bits.
 - Kernels (:class:`KernelLayerNorm`): ``layer_norm.cpp`` on the CPU, the Triton kernels of
   :mod:`normlab.kernels.triton.feature_norm` on CUDA: a few passes over the data each
   way. The forward returns two numbers per row (on the CPU the rounded first mean and
@@ -26,7 +29,7 @@ import torch
 from torch import Tensor
 
 from normlab import kernels
-from normlab.functional._autograd import FastPath, Grads, Saved, Stats
+from normlab.functional._autograd import FastPath, Grads, Operator, Saved, Stats
 from normlab.functional._common import as_dtype, as_layout, compute_dtype
 from normlab.functional._fast.rows import standardize
 
@@ -34,6 +37,18 @@ from normlab.functional._fast.rows import standardize
 def incoming(grad_out: Tensor, input: Tensor) -> Tensor:
     """The output gradient as the kernels take it: contiguous, in the input's dtype."""
     return as_dtype(grad_out.contiguous(), input.dtype)
+
+
+@dataclass(slots=True)
+class CpuLayerNorm(Operator):
+    """Layer norm over the trailing ``shape`` as ``torch.ops.normlab.layer_norm`` (``ops``)."""
+
+    ops: Any
+    shape: tuple[int, ...]
+    eps: float
+
+    def __call__(self, input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        return self.ops.layer_norm(input, self.shape, weight, bias, self.eps)
 
 
 @dataclass(slots=True)
@@ -122,8 +137,11 @@ def grads_in_place(
 
 def fast_path(
     input: Tensor, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float
-) -> FastPath:
-    """The kernels where they take these tensors, else the in-place tensor arithmetic."""
+) -> FastPath | Operator:
+    """The CPU operator where normlab's CPU kernels take these tensors, else the (Triton)
+    kernels where they do, else the in-place tensor arithmetic."""
+    if kernels.applies(input, weight, bias):
+        return CpuLayerNorm(kernels.ops(), shape, eps)
     ops = kernels.ops_for(input, weight, bias)
     width = math.prod(shape)
     return TensorLayerNorm(width, eps) if ops is None else KernelLayerNorm(ops, width, eps)
