@@ -2,6 +2,9 @@
 
 :mod:`normlab.functional.groupnorm` holds the formulas; here is how they run eagerly.
 
+- The CPU operator (:class:`CpuGroupNorm`): ``torch.ops.normlab.group_norm``, the loops of
+  ``group_norm.cpp`` with their backward registered for autograd in C++ (``autograd.cpp``),
+  one call with no Python ``autograd.Function``; the same loops, so the same bits.
 - Kernels (:class:`KernelGroupNorm`): ``group_norm.cpp`` on the CPU, the Triton kernels of
   :mod:`normlab.kernels.triton.feature_norm` on CUDA; two numbers per (sample, group) are
   saved, from which the backward recomputes ``xhat`` in its loops.
@@ -22,10 +25,22 @@ import torch
 from torch import Tensor
 
 from normlab import kernels
-from normlab.functional._autograd import FastPath, Grads, Needs, Saved, Stats
+from normlab.functional._autograd import FastPath, Grads, Needs, Operator, Saved, Stats
 from normlab.functional._common import as_layout, compute_dtype
 from normlab.functional._fast.layernorm import incoming
 from normlab.functional._fast.rows import standardize
+
+
+@dataclass(slots=True)
+class CpuGroupNorm(Operator):
+    """Group norm of ``(N, C, *)`` in ``num_groups`` groups as ``torch.ops.normlab.group_norm``."""
+
+    ops: Any
+    num_groups: int
+    eps: float
+
+    def __call__(self, input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        return self.ops.group_norm(input, self.num_groups, weight, bias, self.eps)
 
 
 @dataclass(slots=True)
@@ -144,8 +159,11 @@ def grads_in_place(
 
 def fast_path(
     input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
-) -> FastPath:
-    """The kernels where they take these tensors, else the in-place tensor arithmetic."""
+) -> FastPath | Operator:
+    """The CPU operator where normlab's CPU kernels take these tensors, else the (Triton)
+    kernels where they do, else the in-place tensor arithmetic."""
+    if kernels.applies(input, weight, bias):
+        return CpuGroupNorm(kernels.ops(), num_groups, eps)
     ops = kernels.ops_for(input, weight, bias)
     if ops is None:
         return TensorGroupNorm(num_groups, eps)
