@@ -8,6 +8,7 @@ and forward/backward parity on random configurations (hypothesis, float64).
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import normlab.nn
-from normlab.testing.tolerance import assert_close_sum
+from normlab.testing.tolerance import assert_close_sum, first_order_sums, normalization_sums
 
 CLASSES = ["LayerNorm", "GroupNorm", "RMSNorm", "LocalResponseNorm"]
 
@@ -169,6 +170,31 @@ def test_group_norm_rejects_zero_groups_clearly() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _cancelling_sums(
+    name: str, module: Any, x: torch.Tensor, g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``normalization_sums`` of a layer, group or RMS norm module in ``x``'s shape (output,
+    input gradient) and its weight's (the weight's terms summed over what shares it)."""
+    weight = None if getattr(module, "weight", None) is None else module.weight.detach()
+    if name in ("LayerNorm", "RMSNorm"):
+        n = math.prod(module.normalized_shape)
+        rows, grads = x.reshape(-1, n), g.reshape(-1, n)
+        w = None if weight is None else weight.reshape(1, n)
+        eps = torch.finfo(x.dtype).eps if module.eps is None else module.eps
+        sums = normalization_sums(rows, grads, eps, centered=name == "LayerNorm", weight=w)
+        weight_sum = sums.weight_terms.sum(0).reshape(module.normalized_shape)
+    elif name == "GroupNorm":
+        view = (x.shape[0] * module.num_groups, -1)
+        shape = (1, x.shape[1], *[1] * (x.dim() - 2))
+        w = None if weight is None else weight.view(shape).expand_as(x).reshape(view)
+        sums = normalization_sums(x.reshape(view), g.reshape(view), module.eps, weight=w)
+        weight_sum = sums.weight_terms.reshape(x.shape).transpose(0, 1).reshape(x.shape[1], -1)
+        weight_sum = weight_sum.sum(1)
+    else:
+        return None
+    return sums.output.reshape(x.shape), sums.grad_input.reshape(x.shape), weight_sum
+
+
 def _compare_modules(name: str, args: tuple, kwargs: dict, shape: tuple, seed: int) -> None:
     torch.manual_seed(seed)
     ours, theirs = _both(
@@ -181,16 +207,33 @@ def _compare_modules(name: str, args: tuple, kwargs: dict, shape: tuple, seed: i
     x = 2 * torch.randn(shape, dtype=torch.float64)
     x_ours, x_theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
-    torch.testing.assert_close(y_ours, y_theirs, atol=1e-12, rtol=1e-12)
     upstream = torch.randn_like(y_theirs)
+    names = [key for key, _ in theirs.named_parameters()]
+
+    def oracle(x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(theirs, dict(zip(names, params, strict=True)), (x,))
+
+    parameters = [p.detach() for _, p in theirs.named_parameters()]
+    sums = first_order_sums(oracle, [x, *parameters], upstream)
+    terms, output_sum, grad_sums = sums.terms, sums.output, list(sums.grads)
+    extra = _cancelling_sums(name, theirs, x, upstream)
+    if extra is not None:  # the normalization's terms, which cancel in the Jacobian
+        terms = max(terms, x.numel())
+        output_sum = output_sum + extra[0]
+        grad_sums[0] = grad_sums[0] + extra[1]
+        if "weight" in names:
+            grad_sums[names.index("weight") + 1] += extra[2]
+    assert_close_sum(y_ours, y_theirs, terms=terms, abs_sum=output_sum)
     y_ours.backward(upstream)
     y_theirs.backward(upstream)
-    torch.testing.assert_close(x_ours.grad, x_theirs.grad, atol=1e-12, rtol=1e-12)
+    assert_close_sum(x_ours.grad, x_theirs.grad, terms=terms, abs_sum=grad_sums[0])
     their_params = dict(theirs.named_parameters())
+    by_name = dict(zip(names, grad_sums[1:], strict=True))
     for key, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, their_params[key].grad, atol=1e-12, rtol=1e-12)
+        assert_close_sum(p.grad, their_params[key].grad, terms=terms, abs_sum=by_name[key])
     ours.eval()
-    torch.testing.assert_close(ours(x), y_ours.detach(), atol=0, rtol=0)  # no running stats
+    # not a rounding tolerance: no running statistics, so evaluation is the same computation
+    torch.testing.assert_close(ours(x), y_ours.detach(), atol=0, rtol=0)
 
 
 small = st.integers(1, 4)
