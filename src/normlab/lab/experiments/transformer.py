@@ -870,14 +870,24 @@ def gradient_finding(summary: TransformerSummary) -> Finding | None:
     )  # fmt: skip
 
 
+def _accuracy_gap(
+    summary: TransformerSummary, first: str, second: str
+) -> tuple[SeedStats, SeedStats, float, float] | None:
+    """Two pre-LN arms with warm-up: their test accuracies, ``first`` minus ``second`` in
+    points (rounded to 0.1) and the larger seed spread in points; None if one did not run."""
+    one, two = _arm(summary, first, "pre", True), _arm(summary, second, "pre", True)
+    if one is None or two is None:
+        return None
+    a, b = one.test_accuracy, two.test_accuracy
+    return a, b, round(pct(a.mean) - pct(b.mean), 1), pct(max(_std(a), _std(b)))
+
+
 def dyt_finding(summary: TransformerSummary) -> Finding | None:
     """Zhu et al.: DyT matches layer norm (pre-LN, warm-up)."""
-    dyt, layer = _arm(summary, "dyt", "pre", True), _arm(summary, "layer", "pre", True)
-    if dyt is None or layer is None:
+    gap = _accuracy_gap(summary, "dyt", "layer")
+    if gap is None:
         return None
-    a, b = dyt.test_accuracy, layer.test_accuracy
-    difference = round(pct(a.mean) - pct(b.mean), 1)
-    noise = pct(max(_std(a), _std(b)))
+    a, b, difference, noise = gap
     return Finding(
         "transformer",
         f"Pre-LN with warm-up, DyT reaches {fmt_pm(a)} and layer norm {fmt_pm(b)}: a "
@@ -895,12 +905,10 @@ def dyt_finding(summary: TransformerSummary) -> Finding | None:
 
 def batch_accuracy_finding(summary: TransformerSummary) -> Finding | None:
     """Shen et al.: batch norm falls behind layer norm in a transformer."""
-    batch, layer = _arm(summary, "batch", "pre", True), _arm(summary, "layer", "pre", True)
-    if batch is None or layer is None:
+    gap = _accuracy_gap(summary, "layer", "batch")
+    if gap is None:
         return None
-    a, b = layer.test_accuracy, batch.test_accuracy
-    difference = round(pct(a.mean) - pct(b.mean), 1)
-    noise = pct(max(_std(a), _std(b)))
+    a, b, difference, noise = gap
     return Finding(
         "transformer",
         f"Pre-LN with warm-up, layer norm reaches {fmt_pm(a)} and batch norm over the "
