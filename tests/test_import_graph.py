@@ -3,11 +3,13 @@
 Every module under src/normlab is parsed with ``ast``: each ``import normlab.x`` and
 ``from normlab.x import y`` anywhere in it (module level, functions, methods) is an edge,
 except under ``if TYPE_CHECKING:`` (never executed). ``from normlab.x import y`` points at
-the submodule ``normlab.x.y`` when that is a module, else at ``normlab.x``; relative
-imports are resolved against the importing module's package. Importing ``normlab.x.y``
-also runs ``normlab.x/__init__``, but that is not counted as an edge of the importer: a
-package that re-exports its submodules would otherwise make every child import a cycle
-with its own parent.
+``normlab.x`` (the module named in the from-clause, which must run to hand ``y`` over) and
+also at the submodule ``normlab.x.y`` when that is one; a module that wants a sibling
+without its package names it in full (``import normlab.x.y as y``). Relative imports are
+resolved against the importing module's package. Importing ``normlab.x.y`` also runs
+``normlab.x/__init__``, but that is not counted as an edge of the importer: a package that
+re-exports its submodules would otherwise make every child import a cycle with its own
+parent.
 """
 
 from __future__ import annotations
@@ -72,9 +74,11 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
                 source = node.module or ""
             if source.split(".")[0] != PACKAGE:
                 continue
+            found.add(_known(source, modules))  # the from-clause's module runs first
             for alias in node.names:
                 child = f"{source}.{alias.name}"
-                found.add(child if child in modules else _known(source, modules))
+                if child in modules:
+                    found.add(child)
     found.discard(name)
     return found
 
@@ -175,10 +179,22 @@ def test_the_graph_sees_imports_inside_functions_and_skips_type_checking(tmp_pat
         "def f():\n    from normlab.a import y\n    import normlab.c.d\n"
         "class K:\n    def m(self):\n        from . import e\n"
     )
-    modules = {
-        n: source for n in ("normlab.mod", "normlab.a", "normlab.b", "normlab.c", "normlab.e")
-    }
-    assert imports_of("normlab.mod", source, modules) == {"normlab.a", "normlab.c", "normlab.e"}
+    names = ("normlab", "normlab.mod", "normlab.a", "normlab.b", "normlab.c", "normlab.e")
+    modules = dict.fromkeys(names, source)
+    # `from . import e` runs the package `normlab` too, and hands over its submodule `e`
+    assert imports_of("normlab.mod", source, modules) == {
+        "normlab", "normlab.a", "normlab.c", "normlab.e"
+    }  # fmt: skip
+
+
+def test_a_sibling_taken_from_its_package_is_an_edge_to_the_package(tmp_path: Path) -> None:
+    """`from normlab.p import s` runs `normlab.p` first: with `p/__init__` importing the
+    importer, that is a cycle, which `import normlab.p.s as s` avoids."""
+    source = tmp_path / "normlab" / "p" / "t.py"
+    source.parent.mkdir(parents=True)
+    source.write_text("from normlab.p import s\nimport normlab.p.u as u\n")
+    modules = dict.fromkeys(("normlab.p", "normlab.p.s", "normlab.p.t", "normlab.p.u"), source)
+    assert imports_of("normlab.p.t", source, modules) == {"normlab.p", "normlab.p.s", "normlab.p.u"}
 
 
 def test_cycles_are_found_and_named() -> None:

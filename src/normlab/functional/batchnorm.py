@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normlab.functional import _autograd
+import normlab.functional._autograd as _autograd
 from normlab.functional._common import (
     as_dtype,
     compute_dtype,

@@ -28,8 +28,8 @@ from typing import Any
 
 from torch import Tensor
 
+import normlab.functional._autograd as _autograd
 from normlab.errors import UsageError
-from normlab.functional import _autograd
 from normlab.functional._common import (
     ShapeError,
     check_floating,

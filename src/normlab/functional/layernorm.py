@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor
 
-from normlab.functional import _autograd
+import normlab.functional._autograd as _autograd
 from normlab.functional._common import (
     check_floating,
     check_normalized_shape,

@@ -176,7 +176,8 @@ def _images_only(
 
 def _beyond_torch() -> dict[str, NormBuilder]:
     """normlab's layers that ``torch.nn`` lacks (no ``torch-`` twin)."""
-    from normlab.nn import normalization, renorm
+    import normlab.nn.normalization as normalization
+    import normlab.nn.renorm as renorm
     from normlab.nn.dynamic_tanh import DynamicTanh
     from normlab.nn.evonorm import EvoNorm2dB0, EvoNorm2dS0
     from normlab.nn.filter_response import FilterResponseNorm2d

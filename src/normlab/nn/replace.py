@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules import batchnorm as torch_batchnorm
 
-from normlab.nn import normalization
+import normlab.nn.normalization as normalization
 from normlab.nn.registry import NORM_LAYERS, AsImage, ChannelsLast
 
 _CHANNELS_FIRST = (nn.GroupNorm, normalization.GroupNorm, nn.LocalResponseNorm)
