@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from normlab.data import synthetic_dataset
 from normlab.errors import UsageError
-from normlab.lab.cells import CellStore, to_jsonable
+from normlab.lab.cells import to_jsonable
 from normlab.lab.common import curve_mean_std, seed_stats
 from normlab.lab.experiments.depth import (
     DEPTH,
@@ -28,7 +28,7 @@ from normlab.lab.experiments.depth import (
     signal_propagation,
 )
 from normlab.lab.serialize import from_jsonable
-from normlab.lab.study import run_experiment, run_plan_cells
+from normlab.lab.study import run_experiment
 from normlab.lab.verdicts import AGREES, DISAGREES, INCONCLUSIVE
 
 DATA = synthetic_dataset(96, 48, seed=0)
@@ -98,31 +98,13 @@ def test_tiny_run_summary_and_round_trip() -> None:
     assert [f.stem for f in DEPTH.figures(summary)] == ["depth", "depth-signal"]
 
 
-class Stop(Exception):
-    """Stands for a killed process in the middle of the run."""
-
-
-def test_a_killed_run_resumes_to_the_same_summary(tmp_path) -> None:
+def test_a_killed_run_resumes_to_the_same_summary(kill_and_resume) -> None:
     config = dataclasses.replace(TINY, depths=(4,), arms=("plain-none", "residual-batch"))
-    store, first = CellStore(tmp_path), []
-
-    def stop_after_two(cell, result, computed) -> None:
-        first.append(cell.key)
-        if len(first) == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_plan_cells({"depth": config}, store=store, data=DATA, progress=False,
-                       on_cell=stop_after_two)  # fmt: skip
-    second: list[tuple[str, bool]] = []
-    resumed = run_plan_cells(
-        {"depth": config}, store=store, data=DATA, progress=False,
-        on_cell=lambda cell, result, computed: second.append((cell.key, computed)),
-    )["depth"]  # fmt: skip
-    assert [key for key, computed in second if not computed] == first
-    assert len(second) == 4
+    run = kill_and_resume("depth", config, DATA, after=2)
+    assert run.read_back == run.before_kill
+    assert len(run.resumed_cells) == 4
     fresh = run_experiment(DEPTH, config, DATA, progress=False)  # every cell seeds itself
-    assert resumed.summary == fresh.summary
+    assert run.resumed.summary == fresh.summary
 
 
 def test_config_errors() -> None:

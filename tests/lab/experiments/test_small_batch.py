@@ -15,7 +15,7 @@ import torch
 from normlab.data import synthetic_dataset
 from normlab.data.two_class_batches import two_class_batches
 from normlab.errors import UsageError
-from normlab.lab.cells import Cell, to_jsonable
+from normlab.lab.cells import to_jsonable
 from normlab.lab.common import seed_stats
 from normlab.lab.experiment import SeedStats
 from normlab.lab.experiments.small_batch import (
@@ -34,7 +34,7 @@ from normlab.lab.experiments.small_batch import (
 )
 from normlab.lab.guide import MICRO_BATCHES, NON_IID
 from normlab.lab.serialize import from_jsonable
-from normlab.lab.study import run_experiment, run_study
+from normlab.lab.study import run_experiment
 from normlab.lab.verdicts import AGREES, DISAGREES, INCONCLUSIVE, Finding
 
 TINY = SmallBatchConfig(norms=("batch", "group-ws"), batch_sizes=(4, 16), non_iid_batch_sizes=(8,),
@@ -300,35 +300,14 @@ def test_non_iid_row_and_its_omission() -> None:
 
 
 # ======================================================================= resume, command
-class Stop(Exception):
-    """Stands for a killed process in the middle of the run."""
-
-
-def test_a_killed_run_resumes_without_redoing_a_cell(tmp_path: Path) -> None:
+def test_a_killed_run_resumes_without_redoing_a_cell(kill_and_resume) -> None:
     config = dataclasses.replace(TINY, norms=("group-ws",), seeds=1)
     data = synthetic_dataset(64, 32, seed=0)
-    first: list[str] = []
-
-    def stop_after_two(cell: Cell, result: object, computed: bool) -> None:
-        first.append(cell.key)
-        if len(first) == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_study({"small-batch": config}, out=tmp_path, data=data, progress=False,
-                  on_cell=stop_after_two)  # fmt: skip
-    (run_dir,) = tmp_path.iterdir()
-    second: list[tuple[str, bool]] = []
-    resumed = run_study(
-        resume=run_dir,
-        data=data,
-        progress=False,
-        on_cell=lambda cell, r, computed: second.append((cell.key, computed)),
-    )
-    assert len(second) == 3  # two i.i.d. batch sizes, one two-class
-    assert sorted(k for k, computed in second if not computed) == sorted(first)
+    run = kill_and_resume("small-batch", config, data, after=2)
+    assert len(run.resumed_cells) == 3  # two i.i.d. batch sizes, one two-class
+    assert sorted(run.read_back) == sorted(run.before_kill)
     fresh = run_experiment(SMALL_BATCH, config, data, progress=False)
-    assert resumed.summaries["small-batch"].summary == fresh.summary
+    assert run.resumed.summary == fresh.summary
 
 
 def test_runs_as_its_own_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from normlab.data import synthetic_dataset
 from normlab.errors import UsageError
-from normlab.lab.cells import CellStore, to_jsonable
+from normlab.lab.cells import to_jsonable
 from normlab.lab.common import curve_mean_std, seed_stats
 from normlab.lab.experiments.train_eval import (
     TRAIN_EVAL,
@@ -28,7 +28,7 @@ from normlab.lab.experiments.train_eval import (
     train_eval_findings,
 )
 from normlab.lab.serialize import from_jsonable
-from normlab.lab.study import run_experiment, run_plan_cells
+from normlab.lab.study import run_experiment
 from normlab.lab.verdicts import AGREES, DISAGREES, INCONCLUSIVE
 from normlab.models.lenet import LeNet
 from normlab.nn import BatchNorm2d
@@ -134,27 +134,11 @@ def test_tiny_run_summary_and_round_trip() -> None:
     ]  # fmt: skip
 
 
-class Stop(Exception):
-    """Stands for a killed process in the middle of the run."""
-
-
-def test_a_killed_run_resumes_to_the_same_numbers(tmp_path) -> None:
+def test_a_killed_run_resumes_to_the_same_numbers(kill_and_resume) -> None:
     config = dataclasses.replace(TINY, epochs=1)
-    store, first = CellStore(tmp_path), []
-
-    def stop_after_one(cell, result, computed) -> None:
-        first.append(cell.key)
-        raise Stop
-
-    with pytest.raises(Stop):
-        run_plan_cells({"train-eval": config}, store=store, data=DATA, progress=False,
-                       on_cell=stop_after_one)  # fmt: skip
-    second: list[tuple[str, bool]] = []
-    resumed = run_plan_cells(
-        {"train-eval": config}, store=store, data=DATA, progress=False,
-        on_cell=lambda cell, result, computed: second.append((cell.key, computed)),
-    )["train-eval"].summary  # fmt: skip
-    assert [key for key, computed in second if not computed] == first and len(second) == 4
+    run = kill_and_resume("train-eval", config, DATA, after=1)
+    resumed = run.resumed.summary
+    assert run.read_back == run.before_kill and len(run.resumed_cells) == 4
     fresh = run_experiment(TRAIN_EVAL, config, DATA, progress=False).summary
     assert resumed.statistics == fresh.statistics and resumed.finetune == fresh.finetune
     assert resumed.fusion is not None and fresh.fusion is not None  # timings differ

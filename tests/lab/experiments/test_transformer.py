@@ -14,7 +14,7 @@ import torch
 
 from normlab.data import synthetic_dataset
 from normlab.errors import UsageError
-from normlab.lab.cells import Cell, to_jsonable
+from normlab.lab.cells import to_jsonable
 from normlab.lab.common import curve_mean_std, seed_stats
 from normlab.lab.experiment import SeedStats
 from normlab.lab.experiments.transformer import (
@@ -40,7 +40,7 @@ from normlab.lab.experiments.transformer import (
     warmup_finding,
 )
 from normlab.lab.serialize import from_jsonable
-from normlab.lab.study import run_experiment, run_study
+from normlab.lab.study import run_experiment
 from normlab.lab.verdicts import AGREES, DISAGREES, INCONCLUSIVE, Finding
 from normlab.models.vit import NextRowTransformer
 from normlab.testing.tolerance import assert_close_sum
@@ -114,36 +114,15 @@ def test_report_pieces(tiny_run: TransformerSummary) -> None:
         _assert_cites_its_numbers(finding)
 
 
-class Stop(Exception):
-    """Stands for a killed process in the middle of the run."""
-
-
-def test_a_killed_run_resumes_without_redoing_a_cell(tmp_path: Path) -> None:
+def test_a_killed_run_resumes_without_redoing_a_cell(kill_and_resume) -> None:
     config = dataclasses.replace(TINY, norms=("layer",), warmup_norms=(), causal_norms=("layer",),
                                  seeds=1)  # fmt: skip
     data = synthetic_dataset(64, 16, seed=0)
-    first: list[str] = []
-
-    def stop_after_two(cell: Cell, result: object, computed: bool) -> None:
-        first.append(cell.key)
-        if len(first) == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_study({"transformer": config}, out=tmp_path, data=data, progress=False,
-                  on_cell=stop_after_two)  # fmt: skip
-    (run_dir,) = tmp_path.iterdir()
-    second: list[tuple[str, bool]] = []
-    resumed = run_study(
-        resume=run_dir,
-        data=data,
-        progress=False,
-        on_cell=lambda cell, r, computed: second.append((cell.key, computed)),
-    )
-    assert len(second) == 4  # 1 arm, gradients pre and post, 1 next-row model
-    assert sorted(k for k, computed in second if not computed) == sorted(first)
+    run = kill_and_resume("transformer", config, data, after=2)
+    assert len(run.resumed_cells) == 4  # 1 arm, gradients pre and post, 1 next-row model
+    assert sorted(run.read_back) == sorted(run.before_kill)
     fresh = run_experiment(TRANSFORMER, config, data, progress=False)
-    assert resumed.summaries["transformer"].summary == fresh.summary
+    assert run.resumed.summary == fresh.summary
 
 
 def test_runs_as_its_own_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
