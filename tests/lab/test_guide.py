@@ -33,6 +33,7 @@ from normlab.lab.experiments.transformer import (
     TransformerSummary,
     causal_guide,
     transformer_guide,
+    zero_share_bound,
 )
 from normlab.lab.guide import (
     CAUSAL,
@@ -183,17 +184,23 @@ def trained(norm: str, accuracy: tuple[float, ...], placement: str = "pre") -> T
     )  # fmt: skip
 
 
-def causal(norm: str, seen: tuple[float, ...], honest: tuple[float, ...]) -> CausalArm:
+def causal(norm: str, seen: tuple[float, ...], honest: tuple[float, ...],
+           share: tuple[float, ...] | None = None) -> CausalArm:  # fmt: skip
     gaps = [c - s for c, s in zip(honest, seen, strict=True)]
+    share = share if share is not None else (0.0,) * len(seen)
     return CausalArm(norm=norm, train_loss=stats(*seen), batch_stats_loss=stats(*seen),
                      running_stats_loss=stats(*honest), row_by_row_loss=stats(*honest),
-                     one_sequence_loss=stats(*honest), future_share=stats(*[0.0] * len(seen)),
+                     one_sequence_loss=stats(*honest), future_share=stats(*share),
                      leak=stats(*gaps))  # fmt: skip
+
+
+SHARE_BOUND = zero_share_bound(batch_size=16, width=64, depth=4)  # the study's settings
 
 
 def transformer_summary(arms: list[TrainedArm], causal_arms: list[CausalArm]) -> TransformerSummary:
     return TransformerSummary(arms=arms, gradients=[], reference=None, causal=causal_arms,
-                              depth=4, lr=0.01, warmup_steps=25)  # fmt: skip
+                              depth=4, lr=0.01, warmup_steps=25,
+                              share_bound=SHARE_BOUND)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -213,18 +220,49 @@ def test_transformer_row(batch: tuple[float, ...], verdict: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "batch_honest,verdict",
-    [((0.14, 0.15, 0.14), AGREES), ((0.06, 0.061, 0.06), DISAGREES),
-     ((0.1, 0.1005, 0.1), INCONCLUSIVE)],
+    "batch_share,layer_share,verdict,recommendation",
+    [
+        # batch norm clearly above the rounding bound in every seed, layer norm at zero
+        ((0.135, 0.137, 0.133), (0.0, 0.0, 0.0), AGREES, "layer norm"),
+        # layer norm's residue below the bound still counts as zero
+        ((0.135, 0.137, 0.133), (0.0, 1e-7, 0.0), AGREES, "layer norm"),
+        # batch norm zero up to rounding: no leak where the claim expects one
+        ((0.0, 1e-7, 0.0), (0.0, 0.0, 0.0), DISAGREES, "batch norm or layer norm"),
+        # layer norm clearly above the bound: a leak where the claim expects none
+        ((0.135, 0.137, 0.133), (0.05, 0.06, 0.05), DISAGREES,
+         "inconclusive: no norm's later-rows share is zero up to rounding"),
+        # batch norm above the bound in one seed only: not separated from zero
+        ((0.0, 0.2, 0.0), (0.0, 0.0, 0.0), INCONCLUSIVE, "layer norm"),
+    ],
 )  # fmt: skip
-def test_causal_row(batch_honest: tuple[float, ...], verdict: str) -> None:
-    layer = causal("layer", (0.08, 0.081, 0.08), (0.08, 0.081, 0.08))
-    batch = causal("batch", (0.1, 0.1, 0.1), batch_honest)
+def test_causal_row_rests_on_the_later_rows_share(
+    batch_share: tuple[float, ...], layer_share: tuple[float, ...], verdict: str,
+    recommendation: str,
+) -> None:  # fmt: skip
+    # the loss gap says the opposite of the shares in every case: the row must not read it
+    layer = causal("layer", (0.08, 0.081, 0.08), (0.08, 0.081, 0.08), layer_share)
+    batch = causal("batch", (0.1, 0.1, 0.1), (0.06, 0.061, 0.06), batch_share)
     row = causal_guide(transformer_summary([], [layer, batch]))
-    assert row is not None and row.situation == CAUSAL and row.verdict == verdict
-    if verdict == AGREES:
-        assert row.recommendation == "layer norm"  # batch norm's loss leaks
+    assert row is not None and row.situation == CAUSAL
+    assert row.verdict == verdict, row.evidence
+    assert row.recommendation == recommendation
+    # the share of each arm, the rounding bound, then the loss gap as the consequence
+    share_part, loss_part = row.evidence.split("Consequence")
+    for arm in (layer, batch):
+        mean, std = arm.future_share.mean, arm.future_share.std
+        assert f"{label(arm.norm)} {100 * mean:.1f} ± {100 * std:.1f} %" in share_part
+        assert f"gap {arm.leak.mean:.3g}" in loss_part
+    assert f"at most {100 * SHARE_BOUND:.2g} %" in share_part
     assert causal_guide(transformer_summary([], [])) is None
+
+
+def test_causal_row_needs_a_per_token_norm_to_agree() -> None:
+    batch = causal("batch", (0.1, 0.1, 0.1), (0.14, 0.15, 0.14), (0.135, 0.137, 0.133))
+    row = causal_guide(transformer_summary([], [batch]))
+    assert row is not None and row.verdict == INCONCLUSIVE
+    rms = causal("rms", (0.08, 0.08, 0.08), (0.08, 0.08, 0.08))
+    row = causal_guide(transformer_summary([], [batch, rms]))
+    assert row is not None and row.verdict == AGREES and row.recommendation == "RMS norm"
 
 
 # ------------------------------------------------------------------------- the report
@@ -243,7 +281,7 @@ def results(*names: str) -> dict[str, ExperimentResult]:
             transformer_summary(
                 [trained("layer", (0.8, 0.81, 0.8)), trained("batch", (0.7, 0.71, 0.7))],
                 [causal("layer", (0.08, 0.08, 0.08), (0.08, 0.08, 0.08)),
-                 causal("batch", (0.1, 0.1, 0.1), (0.14, 0.15, 0.14))],
+                 causal("batch", (0.1, 0.1, 0.1), (0.14, 0.15, 0.14), (0.13, 0.14, 0.13))],
             ),
         ),
     }  # fmt: skip

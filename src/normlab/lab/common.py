@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from normlab.train.engine import History
 
 __all__ = [
+    "LENET",
     "accuracy_with_batch_stats",
     "check_choices",
     "check_positive_int",
@@ -40,6 +41,7 @@ __all__ = [
     "train_config",
 ]
 
+LENET = "LeNet"  # normlab.models.lenet.LeNet, as the study report names it
 CHANCE_MARGIN = 0.05  # an accuracy within 5 points of chance counts as "did not learn"
 
 

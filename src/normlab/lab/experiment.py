@@ -7,6 +7,8 @@ the lab needs to run it and report it:
   report section, the paragraph that opens the section;
 - ``config_type``: a frozen dataclass with a ``validate()`` method (its settings);
 - :meth:`Experiment.study_config`: the config the study runs (full or quick budget);
+- :meth:`Experiment.models`: the networks the config trains (the study report's
+  subtitle names them);
 - :meth:`Experiment.cells`: the work, one :class:`~normlab.lab.cells.Cell` per
   setting x seed;
 - :meth:`Experiment.run_cell`: one training run; a JSON-ready dict kept in the cell file;
@@ -164,7 +166,7 @@ class Experiment(ABC, Generic[ConfigT, SummaryT]):
     Class attributes to set: ``name``, ``title``, ``introduction``, ``config_type``,
     ``summary_type``, ``command``, ``options`` (and ``refused``, for a sweep that turns
     down a sibling's flag with its own reason). Methods to write: :meth:`study_config`,
-    :meth:`cells`, :meth:`run_cell`, :meth:`summarize`, :meth:`findings`,
+    :meth:`models`, :meth:`cells`, :meth:`run_cell`, :meth:`summarize`, :meth:`findings`,
     :meth:`table`, :meth:`figures` (abstract: a subclass that forgets one cannot be
     created). Instances hold no state: the plan keeps one.
     """
@@ -183,6 +185,11 @@ class Experiment(ABC, Generic[ConfigT, SummaryT]):
         """The config ``normlab study`` runs: the default budget, or the reduced one
         (``quick``: under 2 minutes for the whole study). ``syncbn`` asks for the
         multi-process arms where an experiment has them."""
+
+    @abstractmethod
+    def models(self, config: ConfigT) -> tuple[str, ...]:
+        """The networks ``config`` trains, in words, as the study report's subtitle names
+        them: ``("LeNet",)``, ``("vision transformer", "next-row transformer")``."""
 
     @abstractmethod
     def cells(self, config: ConfigT) -> list[Cell]:

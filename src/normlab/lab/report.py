@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.lab.cells import config_dict, to_jsonable
-from normlab.lab.experiment import Experiment, ExperimentResult, TableSpec
+from normlab.lab.experiment import Experiment, ExperimentConfig, ExperimentResult, TableSpec
 from normlab.lab.guide import SITUATIONS, GuideRow
 from normlab.lab.plan import experiment_named
 from normlab.lab.verdicts import Finding
@@ -35,6 +35,7 @@ __all__ = [
     "build_report",
     "experiment_table",
     "guide_entries",
+    "study_subtitle",
     "write_study_outputs",
 ]
 
@@ -140,6 +141,30 @@ def _finding_items(findings: Sequence[Finding]) -> list[str]:
     return items
 
 
+def study_subtitle(configs: Mapping[str, ExperimentConfig]) -> str:
+    """The line under the study's title, from the configs run (experiment name ->
+    config): the networks they train (each named once, in the order the experiments
+    first use them, :meth:`Experiment.models`), the datasets, and the experiments'
+    titles: ``"LeNet and vision transformer on fashion-mnist; which normalization?,
+    normalization in a transformer"``."""
+    experiments = {name: experiment_named(name) for name in configs}
+    models = dict.fromkeys(
+        model for name, config in configs.items() for model in experiments[name].models(config)
+    )
+    datasets = dict.fromkeys(config.dataset for config in configs.values())
+    titles = ", ".join(e.title.lower() for e in experiments.values())
+    return f"{_and(list(models))} on {_and(list(datasets))}; {titles}"
+
+
+def _and(words: Sequence[str]) -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"`` (``"?"`` for none)."""
+    if not words:
+        return "?"
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def build_report(
     summaries: Mapping[str, ExperimentResult],
     figures: Mapping[str, Sequence[tuple[Path, str]]],
@@ -151,9 +176,8 @@ def build_report(
     one section per experiment (introduction, figures, table, findings), then how it was
     run."""
     findings = all_findings(summaries)
-    dataset = next(iter(summaries.values())).config.dataset if summaries else "?"
     experiments: dict[str, Experiment] = {n: experiment_named(n) for n in summaries}
-    subtitle = f"LeNet on {dataset}; " + ", ".join(e.title.lower() for e in experiments.values())
+    subtitle = study_subtitle({name: result.config for name, result in summaries.items()})
     report = Report(title, subtitle=subtitle)
     claims = [f for f in findings if f.claim]
     entries = guide_entries(summaries)

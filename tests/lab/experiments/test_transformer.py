@@ -18,7 +18,10 @@ from normlab.lab.cells import to_jsonable
 from normlab.lab.common import curve_mean_std, seed_stats
 from normlab.lab.experiment import SeedStats
 from normlab.lab.experiments.transformer import (
+    LEAKS,
+    NO_LEAK,
     TRANSFORMER,
+    UNCLEAR,
     BatchStatsMonitor,
     CausalArm,
     FluctuationReference,
@@ -34,16 +37,19 @@ from normlab.lab.experiments.transformer import (
     gradient_finding,
     influence_finding,
     leak_finding,
+    leak_status,
+    leak_verdict,
     lr_factor,
     match_verdict,
     next_row_losses,
     warmup_finding,
+    zero_share_bound,
 )
 from normlab.lab.serialize import from_jsonable
 from normlab.lab.study import run_experiment
 from normlab.lab.verdicts import AGREES, DISAGREES, INCONCLUSIVE, Finding
 from normlab.models.vit import NextRowTransformer
-from normlab.testing.tolerance import assert_close_sum
+from normlab.testing.tolerance import CONFIDENCE, assert_close_sum, unit_roundoff
 
 TINY = TransformerConfig(
     norms=("layer", "batch"), warmup_norms=("layer",), causal_norms=("layer", "batch"),
@@ -242,7 +248,8 @@ def _summary(
     causal: list[CausalArm] | None = None,
 ) -> TransformerSummary:
     return TransformerSummary(arms=arms or [], gradients=gradients or [], reference=reference,
-                              causal=causal or [], depth=4, lr=0.01, warmup_steps=25)  # fmt: skip
+                              causal=causal or [], depth=4, lr=0.01, warmup_steps=25,
+                              share_bound=BOUND)  # fmt: skip
 
 
 def _assert_cites_its_numbers(finding: Finding) -> None:
@@ -333,7 +340,8 @@ def _causal(norm: str, seen: tuple[float, ...], causal: tuple[float, ...],
 
 @pytest.mark.parametrize(
     "future,verdict",
-    [((0.05, 0.06, 0.05), AGREES), ((0.0, 0.0, 0.0), INCONCLUSIVE)],
+    [((0.05, 0.06, 0.05), AGREES), ((0.0, 0.0, 0.0), DISAGREES),
+     ((0.0, 0.05, 0.0), INCONCLUSIVE)],
 )  # fmt: skip
 def test_influence_verdicts(future: tuple[float, ...], verdict: str) -> None:
     layer = _causal("layer", (0.08, 0.08, 0.08), (0.08, 0.08, 0.08))
@@ -343,6 +351,47 @@ def test_influence_verdicts(future: tuple[float, ...], verdict: str) -> None:
     swapped = [dataclasses.replace(layer, future_share=_stats(0.05, 0.06, 0.05)),
                dataclasses.replace(batch, future_share=_stats(0.0, 0.0, 0.0))]  # fmt: skip
     _check(influence_finding(_summary(causal=swapped)), DISAGREES)
+
+
+# ========================================================================= the leak's rule
+BOUND = zero_share_bound(batch_size=16, width=64, depth=4)  # the study's settings
+
+
+def test_zero_share_bound_is_the_float32_sum_bound() -> None:
+    # 2 lam sqrt(n) u, n = 16 sequences x 27 rows x 128 hidden features x 4 blocks
+    terms = 16 * 27 * 128 * 4
+    expected = 2 * CONFIDENCE * math.sqrt(terms) * unit_roundoff(torch.float32)
+    assert math.isclose(BOUND, expected, rel_tol=1e-12)
+    assert 1e-4 < BOUND < 1e-3  # far below batch norm's measured share, far above zero
+    assert zero_share_bound(4, 64, 4) == pytest.approx(BOUND / 2, rel=1e-12)  # sqrt(n)
+
+
+@pytest.mark.parametrize(
+    "share,status",
+    [((0.0, 0.0, 0.0), NO_LEAK), ((0.0, 0.135, 0.0), UNCLEAR),
+     ((0.135, 0.137, 0.133), LEAKS), ((0.135,), UNCLEAR)],
+)  # fmt: skip
+def test_leak_status(share: tuple[float, ...], status: str) -> None:
+    # one seed above the bound among zeros, or a single seed: not separated from zero
+    assert leak_status(_stats(*share), BOUND) == status
+
+
+def test_leak_status_edges() -> None:
+    assert leak_status(_stats(BOUND, BOUND, 0.0), BOUND) == NO_LEAK  # at the bound: rounding
+    assert leak_status(_stats(2 * BOUND, 2.1 * BOUND, 2 * BOUND), BOUND) == LEAKS
+    # every seed above the bound, but the spread reaches down to it: not clear
+    assert leak_status(_stats(1.1 * BOUND, 5 * BOUND, 1.1 * BOUND), BOUND) == UNCLEAR
+    assert leak_status(_stats(math.nan, math.nan), BOUND) == UNCLEAR  # nothing finished
+
+
+def test_leak_verdict() -> None:
+    leak, zero = _stats(0.135, 0.137, 0.133), _stats(0.0, 0.0, 0.0)
+    assert leak_verdict({"batch": leak, "layer": zero, "rms": zero}, BOUND) == AGREES
+    assert leak_verdict({"batch": zero, "layer": zero}, BOUND) == DISAGREES
+    assert leak_verdict({"batch": leak, "rms": leak}, BOUND) == DISAGREES
+    assert leak_verdict({"batch": leak}, BOUND) == INCONCLUSIVE  # no per-token norm
+    assert leak_verdict({"batch": leak, "dyt": zero}, BOUND) == INCONCLUSIVE
+    assert leak_verdict({"batch": _stats(0.0, 0.2, 0.0), "layer": zero}, BOUND) == INCONCLUSIVE
 
 
 @pytest.mark.parametrize(

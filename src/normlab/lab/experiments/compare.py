@@ -28,6 +28,7 @@ import numpy as np
 from normlab.errors import UsageError
 from normlab.lab.cells import Cell, estimate_seconds, eval_seconds, seed_list
 from normlab.lab.common import (
+    LENET,
     check_choices,
     check_common,
     curve_mean_std,
@@ -158,6 +159,10 @@ class Compare(Experiment[CompareConfig, CompareSummary]):
                 seeds=2, epochs=1,
             )  # fmt: skip
         return CompareConfig(dataset=dataset, device=device)
+
+    def models(self, config: CompareConfig) -> tuple[str, ...]:
+        del config
+        return (LENET,)
 
     def cells(self, config: CompareConfig) -> list[Cell]:
         """One cell per norm x seed."""

@@ -314,6 +314,12 @@ class Depth(Experiment[DepthConfig, DepthSummary]):
             )  # fmt: skip
         return DepthConfig(dataset=dataset, device=device)
 
+    def models(self, config: DepthConfig) -> tuple[str, ...]:
+        """The narrow CNN, plain and residual, at the config's depths."""
+        low, high = min(config.depths), max(config.depths)
+        depths = f"depth {low}" if low == high else f"depths {low} to {high}"
+        return (f"plain and residual CNNs ({depths})",)
+
     def cells(self, config: DepthConfig) -> list[Cell]:
         """One cell per arm x depth x seed."""
         return [

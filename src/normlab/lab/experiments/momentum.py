@@ -28,6 +28,7 @@ import numpy as np
 from normlab.errors import UsageError
 from normlab.lab.cells import Cell, estimate_seconds, eval_seconds, seed_list
 from normlab.lab.common import (
+    LENET,
     accuracy_with_batch_stats,
     check_common,
     check_positive_int,
@@ -186,6 +187,10 @@ class Momentum(Experiment[MomentumConfig, MomentumSummary]):
                 seeds=2, evaluations=6,
             )  # fmt: skip
         return MomentumConfig(dataset=dataset, device=device)
+
+    def models(self, config: MomentumConfig) -> tuple[str, ...]:
+        del config
+        return (LENET,)
 
     def cells(self, config: MomentumConfig) -> list[Cell]:
         """One cell per batch-norm momentum x seed."""

@@ -19,6 +19,7 @@ import numpy as np
 from normlab.errors import UsageError
 from normlab.lab.cells import Cell, estimate_seconds, eval_seconds, seed_list
 from normlab.lab.common import (
+    LENET,
     check_choices,
     check_common,
     curve_mean_std,
@@ -118,6 +119,10 @@ class Placement(Experiment[PlacementConfig, PlacementSummary]):
                 seeds=2, epochs=1,
             )  # fmt: skip
         return PlacementConfig(dataset=dataset, device=device)
+
+    def models(self, config: PlacementConfig) -> tuple[str, ...]:
+        del config
+        return (LENET,)
 
     def cells(self, config: PlacementConfig) -> list[Cell]:
         """One cell per activation x placement x seed."""

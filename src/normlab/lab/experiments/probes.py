@@ -34,6 +34,7 @@ import numpy as np
 from normlab.errors import UsageError
 from normlab.lab.cells import Cell, estimate_seconds, seed_list
 from normlab.lab.common import (
+    LENET,
     check_choices,
     check_common,
     check_positive_int,
@@ -361,6 +362,10 @@ class Probe(Experiment[ProbeConfig, ProbeSummary]):
                 seeds=2, epochs=1, probes=5,
             )  # fmt: skip
         return ProbeConfig(dataset=dataset, device=device)
+
+    def models(self, config: ProbeConfig) -> tuple[str, ...]:
+        del config
+        return (LENET,)
 
     def cells(self, config: ProbeConfig) -> list[Cell]:
         """One cell per activation x norm x seed."""

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from normlab.errors import UsageError
 from normlab.lab.cells import Cell, estimate_seconds, eval_seconds, seed_list
 from normlab.lab.common import (
+    LENET,
     accuracy_with_batch_stats,
     check_choices,
     check_common,
@@ -206,6 +207,10 @@ class SmallBatch(Experiment[SmallBatchConfig, SmallBatchSummary]):
                 test_subset=500,
             )  # fmt: skip
         return SmallBatchConfig(dataset=dataset, device=device)
+
+    def models(self, config: SmallBatchConfig) -> tuple[str, ...]:
+        del config
+        return (LENET,)
 
     def cells(self, config: SmallBatchConfig) -> list[Cell]:
         """One cell per norm x (sampling, batch size) x seed."""

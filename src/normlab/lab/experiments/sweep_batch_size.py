@@ -26,6 +26,7 @@ from normlab.errors import UsageError
 from normlab.lab.cells import Cell, estimate_seconds, eval_seconds, seed_list
 from normlab.lab.common import (
     CHANCE_MARGIN,
+    LENET,
     accuracy_with_batch_stats,
     check_choices,
     check_common,
@@ -229,6 +230,10 @@ class BatchSizeSweep(Experiment[BatchSizeSweepConfig, BatchSizeSummary]):
         if syncbn:
             config = dataclasses.replace(config, arms=(*config.arms, "syncbn", "localbn"))
         return config
+
+    def models(self, config: BatchSizeSweepConfig) -> tuple[str, ...]:
+        del config
+        return (LENET,)
 
     def cells(self, config: BatchSizeSweepConfig) -> list[Cell]:
         """One cell per arm x batch size x seed."""

@@ -21,6 +21,7 @@ from normlab.errors import UsageError
 from normlab.lab.cells import Cell, estimate_seconds, eval_seconds, seed_list
 from normlab.lab.common import (
     CHANCE_MARGIN,
+    LENET,
     check_choices,
     check_common,
     check_positive_int,
@@ -151,6 +152,10 @@ class LrSweep(Experiment[LrSweepConfig, LrSummary]):
                 lrs=(0.03, 0.3, 1.0, 3.0), seeds=2, epochs=1,
             )  # fmt: skip
         return LrSweepConfig(dataset=dataset, device=device)
+
+    def models(self, config: LrSweepConfig) -> tuple[str, ...]:
+        del config
+        return (LENET,)
 
     def cells(self, config: LrSweepConfig) -> list[Cell]:
         """One cell per norm x learning rate x seed."""

@@ -39,6 +39,7 @@ import numpy as np
 from normlab.errors import UsageError
 from normlab.lab.cells import Cell, estimate_seconds, eval_seconds, format_value, seed_list
 from normlab.lab.common import (
+    LENET,
     accuracy_with_batch_stats,
     check_choices,
     check_common,
@@ -381,6 +382,10 @@ class TrainEval(Experiment[TrainEvalConfig, TrainEvalSummary]):
                 epochs=1, precise_batches=20, finetune_subset=200, timing_repeats=3,
             )  # fmt: skip
         return TrainEvalConfig(dataset=dataset, device=device)
+
+    def models(self, config: TrainEvalConfig) -> tuple[str, ...]:
+        del config
+        return (LENET,)
 
     def cells(self, config: TrainEvalConfig) -> list[Cell]:
         """One cell per part x seed."""

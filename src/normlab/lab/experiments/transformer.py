@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from normlab.errors import UsageError
 from normlab.lab.cells import Cell, eval_seconds, seed_list
 from normlab.lab.common import (
+    LENET,
     check_choices,
     check_common,
     check_positive_int,
@@ -85,7 +86,10 @@ __all__ = [
     "TransformerConfig",
     "TransformerSummary",
     "directional_verdict",
+    "leak_status",
+    "leak_verdict",
     "match_verdict",
+    "zero_share_bound",
 ]
 
 NORMS = ("layer", "rms", "dyt", "batch", "none")
@@ -94,6 +98,9 @@ CLASSIFY, GRADIENTS, NEXT_ROW, CNN = "classify", "init-gradients", "next-row", "
 MATCH_MARGIN_POINTS = 1.0  # two accuracies "match" when they differ by at most 1 point
 IMAGE_ROWS = 28
 NEXT_ROW_LOSSES = ("batch_stats_loss", "running_stats_loss", "row_by_row_loss", "one_sequence_loss")
+NEXT_ROW_MLP_RATIO = 2  # NextRowTransformer's feed-forward width over the token width
+PER_TOKEN_NORMS = ("layer", "rms")  # statistics of each token alone: no later row reaches it
+LEAKS, NO_LEAK, UNCLEAR = "leaks", "zero up to rounding", "not separated from zero"
 # Time model on a 2-core CPU, one thread per worker: CPU seconds per image of one step
 VIT_EXAMPLE_S = 3.6e-4  # forward + backward, 16 tokens, width 64, 4 blocks
 CAUSAL_EXAMPLE_S = 5.4e-4  # 27 tokens
@@ -204,6 +211,7 @@ class TransformerSummary:
     depth: int
     lr: float
     warmup_steps: int
+    share_bound: float  # a later-rows share at most this is zero up to float32 rounding
 
 
 # ============================================================================ experiment
@@ -245,6 +253,15 @@ class Transformer(Experiment[TransformerConfig, TransformerSummary]):
                 epochs=1, warmup_steps=3, width=32, depth=2, gradient_batches=1,
             )  # fmt: skip
         return TransformerConfig(dataset=dataset, device=device)
+
+    def models(self, config: TransformerConfig) -> tuple[str, ...]:
+        """The vision transformer; the next-row transformer when ``causal_norms`` is set;
+        LeNet, the fluctuation reference, when batch norm is among ``norms``."""
+        return (
+            "vision transformer",
+            *(["next-row transformer"] if config.causal_norms else []),
+            *([LENET] if "batch" in config.norms else []),
+        )
 
     def cells(self, config: TransformerConfig) -> list[Cell]:
         """Classification arms, gradients at initialisation, the CNN reference and the
@@ -290,6 +307,7 @@ class Transformer(Experiment[TransformerConfig, TransformerSummary]):
         return TransformerSummary(
             arms=arms, gradients=gradients, reference=reference, causal=causal,
             depth=config.depth, lr=config.lr, warmup_steps=config.warmup_steps,
+            share_bound=zero_share_bound(config.causal_batch_size, config.width, config.depth),
         )  # fmt: skip
 
     def findings(self, summary: TransformerSummary) -> list[Finding]:
@@ -761,6 +779,65 @@ def causal_gap(losses: Mapping[str, float]) -> float:
     return best - losses["batch_stats_loss"]
 
 
+def zero_share_bound(batch_size: int, width: int, depth: int) -> float:
+    """The largest later-rows share (:func:`future_share`) that float32 rounding alone can
+    make of a share that is zero in exact arithmetic.
+
+    An element of the gradient of an output with respect to an input row is a sum over
+    the paths between them; with a per-token norm, the paths from a later row carry
+    exactly zero (masked attention weights, no statistics shared across time). Computed
+    in float32, a sum of ``n`` terms that is zero exactly comes out at most
+    ``2 lam sqrt(n) u sum_i |t_i|`` (:func:`normlab.testing.tolerance.sum_tolerance`).
+    Taking the terms no larger than the gradient they make up (``sum_i |t_i|`` of the
+    order of ``||g||``), the share is at most
+
+    .. math:: 2 \\lambda \\sqrt{n}\\, u_{\\text{float32}}, \\qquad
+              n = N \\cdot T \\cdot r D \\cdot L
+
+    with every term that can reach one gradient element counted: ``N`` sequences of
+    ``T = 27`` rows (statistics over batch and time), the feed-forward's ``r D`` hidden
+    features (the widest sum of a block, ``r = 2``) and ``L`` blocks. At the study's
+    settings (16 sequences, width 64, 4 blocks) it is 3.4e-4 (0.034 %).
+    """
+    import torch
+
+    from normlab.testing.tolerance import sum_tolerance
+
+    terms = batch_size * (IMAGE_ROWS - 1) * NEXT_ROW_MLP_RATIO * width * depth
+    return float(sum_tolerance(torch.float32, terms, 1.0))
+
+
+def leak_status(share: SeedStats, bound: float) -> str:
+    """What one norm's later-rows share says about a leak: :data:`NO_LEAK` when every
+    seed's share is at most ``bound`` (:func:`zero_share_bound`); :data:`LEAKS` when at
+    least two seeds finished, each above ``bound``, and the mean minus the spread between
+    seeds is still above it; :data:`UNCLEAR` otherwise."""
+    finite = [v for v in share.values if v is not None and math.isfinite(v)]
+    if not finite:
+        return UNCLEAR
+    if all(v <= bound for v in finite):
+        return NO_LEAK
+    clear = share.mean is not None and share.mean - _std(share) > bound
+    if len(finite) >= 2 and all(v > bound for v in finite) and clear:
+        return LEAKS
+    return UNCLEAR
+
+
+def leak_verdict(shares: Mapping[str, SeedStats], bound: float) -> str:
+    """The claim that batch norm over (batch, time) leaks the later rows and a per-token
+    norm (:data:`PER_TOKEN_NORMS`) does not, judged on the later-rows shares
+    (:func:`leak_status`): agrees when batch norm leaks and every per-token norm measured
+    (at least one) is zero up to rounding; disagrees when batch norm's share is zero up to
+    rounding or a per-token norm leaks; inconclusive otherwise."""
+    status = {norm: leak_status(share, bound) for norm, share in shares.items()}
+    per_token = [status[n] for n in PER_TOKEN_NORMS if n in status]
+    if status.get("batch") == NO_LEAK or LEAKS in per_token:
+        return DISAGREES
+    if status.get("batch") == LEAKS and per_token and all(s == NO_LEAK for s in per_token):
+        return AGREES
+    return INCONCLUSIVE
+
+
 # ============================================================================= verdicts
 def directional_verdict(difference: float, noise: float, expected_positive: bool = True) -> str:
     """A claim that a difference has a sign: within the spread between seeds (``|d| <=
@@ -957,7 +1034,8 @@ def fluctuation_finding(summary: TransformerSummary) -> Finding | None:
 
 def influence_finding(summary: TransformerSummary) -> Finding | None:
     """Causal model: how much the later rows move each output, batch norm against layer
-    norm (zero: the attention is causal and layer norm works per token)."""
+    norm (zero: the attention is causal and layer norm works per token); the verdict is
+    the guide's (:func:`leak_verdict`)."""
     by = {c.norm: c for c in summary.causal}
     if "batch" not in by or "layer" not in by:
         return None
@@ -965,17 +1043,20 @@ def influence_finding(summary: TransformerSummary) -> Finding | None:
     if batch.mean is None or layer.mean is None:
         return None
     noise = max(_std(batch), _std(layer))
-    n = {"batch": pct(batch.mean), "layer": pct(layer.mean), "noise": pct(noise)}
+    bound = summary.share_bound
+    n = {"batch": pct(batch.mean), "layer": pct(layer.mean), "noise": pct(noise),
+         "bound": float(fmt_num(100 * bound))}  # fmt: skip
     return Finding(
         "transformer",
         f"In the trained next-row models, with batch statistics, the rows below each "
         f"output carry {n['batch']:.1f} % of its gradient with batch norm and "
-        f"{n['layer']:.1f} % with layer norm (spread between seeds {n['noise']:.1f} points).",
+        f"{n['layer']:.1f} % with layer norm (spread between seeds {n['noise']:.1f} points; "
+        f"zero up to float32 rounding is at most {fmt_num(n['bound'])} %).",
         claim=(
             "Batch statistics over (batch, time) let each position of a causal model see "
             "the later positions; layer norm, per token, does not."
         ),
-        verdict=directional_verdict(n["batch"] - n["layer"], n["noise"]),
+        verdict=leak_verdict({"batch": batch, "layer": layer}, bound),
         numbers=n,
     )
 
@@ -1053,48 +1134,58 @@ def transformer_guide(summary: TransformerSummary) -> GuideRow | None:
 
 
 def causal_guide(summary: TransformerSummary) -> GuideRow | None:
-    """The guide's "causal sequence models" row: the norms whose leak (best causal test
-    loss minus the loss with whole sequences in the batch) is within the spread between
-    seeds of zero, lowest causal loss first; the verdict: batch norm leaks more than layer
-    norm by more than that spread."""
-    arms = {
-        c.norm: c
-        for c in summary.causal
-        if c.leak.mean is not None
-        and c.running_stats_loss.mean is not None
-        and c.row_by_row_loss.mean is not None
-    }
+    """The guide's "causal sequence models" row, judged on the leak itself: the share of
+    each output's gradient that flows from the later rows (:func:`leak_status` against
+    :func:`zero_share_bound`). Recommended: the norms whose share is zero up to rounding in
+    every seed, lowest causal test loss first; the verdict: :func:`leak_verdict`. The loss
+    gap (best causal test loss minus the loss with whole sequences in the batch) is
+    reported as the leak's consequence."""
+    arms = {c.norm: c for c in summary.causal if c.future_share.mean is not None}
     if not arms:
         return None
-
-    def causal_loss(arm: CausalArm) -> float:
-        return min(arm.running_stats_loss.mean, arm.row_by_row_loss.mean)  # type: ignore[type-var]
-
-    order = sorted(arms, key=lambda n: causal_loss(arms[n]))
-    honest = [n for n in order if arms[n].leak.mean <= _std(arms[n].leak)]  # type: ignore[operator]
+    bound = summary.share_bound
+    status = {n: leak_status(arm.future_share, bound) for n, arm in arms.items()}
+    order = sorted(arms, key=lambda n: _causal_loss_key(arms[n]))
     evidence = (
-        "Next-row prediction, test error per pixel with whole sequences in the batch "
-        "against the best causal one (running statistics or row by row): "
-        + "; ".join(
-            f"{label(n)} {fmt3(arms[n].batch_stats_loss.mean)} against "  # type: ignore[arg-type]
-            f"{fmt3(causal_loss(arms[n]))} (leak {fmt3(arms[n].leak.mean)})"  # type: ignore[arg-type]
-            for n in order
-        )
+        "Next-row prediction, share of each output's gradient that flows from the later "
+        f"rows (zero up to float32 rounding: at most {fmt_num(100 * bound)} %): "
+        + "; ".join(f"{label(n)} {fmt_pm(arms[n].future_share)} ({status[n]})" for n in order)
+        + ". Consequence, test error per pixel with whole sequences in the batch against "
+        "the best causal prediction (running statistics or row by row): "
+        + "; ".join(_loss_gap_text(n, arms[n]) for n in order)
         + "."
     )
-    verdict = INCONCLUSIVE
-    if "batch" in arms and "layer" in arms:
-        batch, layer = arms["batch"].leak, arms["layer"].leak
-        difference = batch.mean - layer.mean  # type: ignore[operator]
-        verdict = directional_verdict(difference, max(_std(batch), _std(layer)))
     literature = (
         "Vaswani et al. (2017) and Radford et al. (2019, GPT-2) normalise each token on its "
         "own (layer norm): batch statistics over (batch, time) let a position see later ones."
     )
+    honest = [n for n in order if status[n] == NO_LEAK]
     recommendation = (
-        " or ".join(label(n) for n in honest) if honest else "inconclusive: every norm's loss leaks"
+        " or ".join(label(n) for n in honest)
+        if honest
+        else "inconclusive: no norm's later-rows share is zero up to rounding"
     )
+    verdict = leak_verdict({n: arm.future_share for n, arm in arms.items()}, bound)
     return GuideRow(CAUSAL, recommendation, evidence, literature, verdict)
+
+
+def _causal_loss(arm: CausalArm) -> float | None:
+    """The best causal test loss: running statistics or row by row (None if unmeasured)."""
+    losses = [arm.running_stats_loss.mean, arm.row_by_row_loss.mean]
+    finite = [v for v in losses if v is not None]
+    return min(finite) if finite else None
+
+
+def _causal_loss_key(arm: CausalArm) -> tuple[bool, float]:
+    loss = _causal_loss(arm)
+    return (loss is None, loss if loss is not None else 0.0)
+
+
+def _loss_gap_text(norm: str, arm: CausalArm) -> str:
+    loss, seen = _causal_loss(arm), arm.batch_stats_loss.mean
+    if loss is None or seen is None or arm.leak.mean is None:
+        return f"{label(norm)} not measured"
+    return f"{label(norm)} {fmt3(seen)} against {fmt3(loss)} (gap {fmt3(arm.leak.mean)})"
 
 
 # ============================================================================== figures
