@@ -15,16 +15,44 @@ deviation (over ``(C / groups, H, W)`` per sample, as group norm)::
 
     y = x * sigmoid(v * x) / sqrt(var_group + eps) * weight + bias
 
-How they are computed: the formulas as written (``torch.var``, two-pass, stable far from
-zero), differentiated by autograd; ``torch.compile`` fuses each into a few reductions and
-one pointwise kernel. float16 / bfloat16 inputs: arithmetic in float32, output in the
+The backwards in closed form, with sums over a row (one sample and channel, ``m``
+positions) or over the batch (``N`` rows per channel). B0, with
+``den = max(sb, v * x + si)`` (``sb``, ``si`` the two standard deviations, ``mub``, ``mu``
+the means), ``I`` the mask of the instance branch ``v * x + si > sb`` (a tie counts as the
+batch's) and ``E = dy * x / den^2``::
+
+    dx = w * dy / den - w * v * I * E
+         - (x - mu)  * w * sum_row(I * E) / (m * si)
+         - (x - mub) * w * sum_batch((1 - I) * E) / (N * m * sb)       (training only)
+    dv = -sum(w * I * E * x)      dweight = sum(dy * x / den)      dbias = sum(dy)
+
+S0, with ``s = sigmoid(v * x)``, ``r = (var_group + eps)^(-1/2)`` and ``mu`` per sample and
+group of ``M`` values, ``P = sum_row(dy * x * s)``::
+
+    dx = w * r * dy * (s + v * x * s * (1 - s)) - (x - mu) * r^3 / M * sum_group(w * P)
+    dv = sum(w * r * dy * x^2 * s * (1 - s))   dweight = sum_N(r * P)   dbias = sum(dy)
+
+How they are computed: :func:`b0_forward`, :func:`b0_backward`, :func:`s0_forward` and
+:func:`s0_backward` are these formulas as differentiable tensor operations (``torch.var``,
+two-pass, stable far from zero); :func:`evonorm_b0` and :func:`evonorm_s0` run the
+forwards under ``torch.compile`` and ``torch.func`` (which differentiate them
+themselves). Eagerly each runs one ``autograd.Function``
+(:mod:`normlab.functional._fast.evonorm`): shifted two-pass statistics, the closed-form
+backward in place on tensors, and the differentiable backward when a graph of the
+backward is wanted. float16 / bfloat16 inputs: arithmetic in float32, output in the
 input's dtype.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+import normlab.functional._autograd as _autograd
+from normlab.functional._common import as_dtype, as_layout, compute_dtype
+from normlab.functional._fast import evonorm as fast
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -58,6 +86,99 @@ def check_groups(num_features: int, groups: object) -> None:
         raise ValueError(f"groups must be a positive integer, got {groups!r}")
     if num_features % groups:
         raise ValueError(f"num_features ({num_features}) must be divisible by groups ({groups})")
+
+
+def _spatial(ndim: int) -> tuple[int, ...]:
+    return tuple(range(2, ndim))
+
+
+def _records_graph(*tensors: Tensor) -> bool:
+    """Whether autograd records this call: grad mode on and some tensor requires grad."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------------
+# EvoNorm-B0: the formula and its backward
+# ---------------------------------------------------------------------------------------------
+
+
+def _denominator(x: Tensor, v: Tensor, batch_var: Tensor, eps: float) -> Tensor:
+    """``max(sqrt(batch_var + eps), v * x + sqrt(var_HW + eps))`` as ``where``: a tie
+    takes the batch branch (as the closed form), NaN is kept."""
+    ndim = x.dim()
+    instance_std = (x.var(_spatial(ndim), correction=0, keepdim=True) + eps).sqrt()
+    instance = _channel(v, ndim, x.dtype) * x + instance_std
+    batch_std = (batch_var + eps).sqrt()
+    return torch.where(instance <= batch_std, batch_std, instance)
+
+
+def _batch_var(x: Tensor) -> Tensor:
+    return x.var((0, *_spatial(x.dim())), correction=0, keepdim=True)
+
+
+def b0_forward(
+    input: Tensor,
+    running_var: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    v: Tensor,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """EvoNorm-B0 as tensor operations (``running_var`` updated in training), in the
+    computation dtype, output in ``input``'s dtype."""
+    dtype, ndim = _compute_dtype(input), input.dim()
+    x = input.to(dtype)
+    if training:
+        var_batch = _batch_var(x)
+        with torch.no_grad():
+            n = x.numel() // x.shape[1]
+            unbiased = var_batch.reshape(-1) * (n / (n - 1))
+            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+    else:
+        var_batch = _channel(running_var, ndim, dtype)
+    y = x / _denominator(x, v, var_batch, eps) * _channel(weight, ndim, dtype)
+    return (y + _channel(bias, ndim, dtype)).to(input.dtype)
+
+
+def b0_backward(
+    grad_out: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    v: Tensor,
+    running_var: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Closed-form ``(dx, dweight, dbias, dv)`` in the shapes and dtypes of the arguments;
+    ``running_var`` ``None`` in training (the batch's statistics, recomputed from
+    ``input``). Differentiable, for higher derivatives."""
+    dtype, ndim = _compute_dtype(input), input.dim()
+    x, dy = input.to(dtype), grad_out.to(dtype)
+    spatial, reduced = _spatial(ndim), (0, *_spatial(ndim))
+    m = math.prod(x.shape[2:])
+    w, v_c = _channel(weight, ndim, dtype), _channel(v, ndim, dtype)
+    training = running_var is None
+    var_batch = _batch_var(x) if training else _channel(running_var, ndim, dtype)
+    den = _denominator(x, v, var_batch, eps)
+    batch_std = (var_batch + eps).sqrt()
+    instance_std = (x.var(spatial, correction=0, keepdim=True) + eps).sqrt()
+    e = dy * x / den.square()
+    e_instance = torch.where(den > batch_std, e, 0.0)
+    dx = w * dy / den - w * v_c * e_instance
+    instance_mean = x.mean(spatial, keepdim=True)
+    dx = dx - (x - instance_mean) * w * e_instance.sum(spatial, keepdim=True) / (m * instance_std)
+    if training:
+        batch_mean = x.mean(reduced, keepdim=True)
+        e_batch = (e - e_instance).sum(reduced, keepdim=True)
+        dx = dx - (x - batch_mean) * w * e_batch / (x.shape[0] * m * batch_std)
+    dv = -(w * e_instance * x).sum(reduced)
+    return (
+        dx.to(input.dtype),
+        as_dtype((dy * x / den).sum(reduced), weight.dtype),
+        as_dtype(dy.sum(reduced), weight.dtype),
+        as_dtype(dv, v.dtype),
+    )
 
 
 def evonorm_b0(
@@ -95,28 +216,85 @@ def evonorm_b0(
     _check_input(input, "evonorm_b0")
     if input.numel() == 0:
         return _empty(input, weight, bias)
+    if training and input.numel() == input.shape[1]:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {input.size()}"
+        )
+    if not _autograd.eager(input):
+        return b0_forward(input, running_var, weight, bias, v, training, momentum, eps)
+    rows = fast.rows_of(as_dtype(input, compute_dtype(input.dtype)))
+    if _records_graph(rows, weight, bias, v):
+        out = fast.EvoNormB0Function.apply(
+            b0_backward, rows, weight, bias, v, running_var, training, momentum, eps
+        )
+    else:
+        stats = fast.b0_statistics(rows, running_var, training, momentum, eps)
+        out = fast.b0_forward(rows, weight, bias, v, stats)[0]
+    return as_layout(out, input.shape, input.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# EvoNorm-S0: the formula and its backward
+# ---------------------------------------------------------------------------------------------
+
+
+def _group_statistics(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
+    """Per sample and group: mean and ``(var + eps)^(-1/2)``, each expanded to ``(N, C)``
+    and viewed as ``(N, C, 1, ...)``."""
+    n, c = x.shape[:2]
+    grouped = x.reshape(n, groups, -1)
+    var, mean = torch.var_mean(grouped, -1, correction=0, keepdim=True)
+    return _per_channel(mean, c, x.dim()), _per_channel((var + eps).rsqrt(), c, x.dim())
+
+
+def _per_channel(t: Tensor, channels: int, ndim: int) -> Tensor:
+    """``(N, G, 1)`` per group as ``(N, C, 1, ...)`` per channel."""
+    n, groups = t.shape[:2]
+    expanded = t.expand(n, groups, channels // groups).reshape(n, channels)
+    return expanded.reshape(n, channels, *[1] * (ndim - 2))
+
+
+def s0_forward(
+    input: Tensor, weight: Tensor, bias: Tensor, v: Tensor, groups: int, eps: float
+) -> Tensor:
+    """EvoNorm-S0 as tensor operations, in the computation dtype, output in ``input``'s
+    dtype."""
     dtype, ndim = _compute_dtype(input), input.dim()
     x = input.to(dtype)
-    spatial = tuple(range(2, ndim))
-    if training:
-        n = x.numel() // x.shape[1]
-        if n == 1:
-            raise ValueError(
-                f"Expected more than 1 value per channel when training, got input size "
-                f"{input.size()}"
-            )
-        var_batch = x.var((0, *spatial), correction=0, keepdim=True)
-        with torch.no_grad():
-            unbiased = var_batch.reshape(-1) * (n / (n - 1))
-            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
-    else:
-        var_batch = _channel(running_var, ndim, dtype)
-    instance_std = (x.var(spatial, correction=0, keepdim=True) + eps).sqrt()
-    denominator = torch.maximum(
-        (var_batch + eps).sqrt(), _channel(v, ndim, dtype) * x + instance_std
-    )
-    y = x / denominator * _channel(weight, ndim, dtype) + _channel(bias, ndim, dtype)
+    grouped = x.reshape(x.shape[0], groups, -1)
+    group_std = (grouped.var(-1, correction=0, keepdim=True) + eps).sqrt()
+    gate = x * torch.sigmoid(_channel(v, ndim, dtype) * x)
+    normalised = (gate.reshape_as(grouped) / group_std).reshape(x.shape)
+    y = normalised * _channel(weight, ndim, dtype) + _channel(bias, ndim, dtype)
     return y.to(input.dtype)
+
+
+def s0_backward(
+    grad_out: Tensor, input: Tensor, weight: Tensor, v: Tensor, groups: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Closed-form ``(dx, dweight, dbias, dv)`` in the shapes and dtypes of the arguments,
+    statistics recomputed from ``input``; differentiable, for higher derivatives."""
+    dtype, ndim = _compute_dtype(input), input.dim()
+    x, dy = input.to(dtype), grad_out.to(dtype)
+    n, c = x.shape[:2]
+    spatial, reduced = _spatial(ndim), (0, *_spatial(ndim))
+    count = x.numel() // (n * groups)
+    mean, rstd = _group_statistics(x, groups, eps)
+    w, v_c = _channel(weight, ndim, dtype), _channel(v, ndim, dtype)
+    s = torch.sigmoid(v_c * x)
+    gate_sums = (dy * x * s).sum(spatial)  # P, (N, C)
+    group_sums = (gate_sums * weight.to(dtype)).reshape(n, groups, -1).sum(-1, keepdim=True)
+    k = _per_channel(group_sums, c, ndim) * rstd.pow(3) / count
+    q = w * rstd
+    slope = dy * x * s * (1 - s)
+    dx = q * (dy * s + v_c * slope) - (x - mean) * k
+    rstd_c = rstd.reshape(n, c)
+    return (
+        dx.to(input.dtype),
+        as_dtype((rstd_c * gate_sums).sum(0), weight.dtype),
+        as_dtype(dy.sum(reduced), weight.dtype),
+        as_dtype((q * slope * x).sum(reduced), v.dtype),
+    )
 
 
 def evonorm_s0(
@@ -145,11 +323,11 @@ def evonorm_s0(
     check_groups(input.shape[1], groups)
     if input.numel() == 0:
         return _empty(input, weight, bias)
-    dtype, ndim = _compute_dtype(input), input.dim()
-    x = input.to(dtype)
-    grouped = x.reshape(x.shape[0], groups, -1)
-    group_std = (grouped.var(-1, correction=0, keepdim=True) + eps).sqrt()
-    gate = x * torch.sigmoid(_channel(v, ndim, dtype) * x)
-    normalised = (gate.reshape_as(grouped) / group_std).reshape(x.shape)
-    y = normalised * _channel(weight, ndim, dtype) + _channel(bias, ndim, dtype)
-    return y.to(input.dtype)
+    if not _autograd.eager(input):
+        return s0_forward(input, weight, bias, v, groups, eps)
+    rows = fast.rows_of(as_dtype(input, compute_dtype(input.dtype)))
+    if _records_graph(rows, weight, bias, v):
+        out = fast.EvoNormS0Function.apply(s0_backward, rows, weight, bias, v, groups, eps)
+    else:
+        out = fast.s0_forward(rows, weight, bias, v, groups, eps)[0]
+    return as_layout(out, input.shape, input.dtype)
