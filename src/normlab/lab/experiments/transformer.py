@@ -803,6 +803,10 @@ def zero_share_bound(batch_size: int, width: int, depth: int) -> float:
     ``T = 27`` rows (statistics over batch and time), the feed-forward's ``r D`` hidden
     features (the widest sum of a block, ``r = 2``) and ``L`` blocks. At the study's
     settings (16 sequences, width 64, 4 blocks) it is 3.4e-4 (0.034 %).
+
+    Args:
+        batch_size: ``N``, the sequences of the batch the share is measured on.
+        width: ``D``, the token features. depth: ``L``, the blocks.
     """
     import torch
 
