@@ -106,7 +106,13 @@ def renorm_corrections(
             rmax, dmax = rmax.to(dtype), torch.as_tensor(dmax).to(dtype)
         r = ((var_b + eps).sqrt() / sigma).clamp(1.0 / rmax, rmax)
         d = (offset / sigma).clamp(-dmax, dmax)
-    return r, d
+        # Compiled, the backward may recompute r and d rather than save them, from graph
+        # inputs it takes as unchanged: the running statistics and the step count, which
+        # this step updates in place before the backward runs (torch's partitioner). A
+        # stack is an operation it saves, never recomputes: r and d read back from it are
+        # this step's in the backward too.
+        corrections = torch.stack((r, d))
+    return corrections[0], corrections[1]
 
 
 def _corrected_affine(
