@@ -21,8 +21,12 @@ B0, with ``den = max(sb, v * x + si)``, ``E = dy * x / den^2``, ``I`` the mask
          - (x - mub) * w * sum_{N,row}((1 - I) * E) / (N * m * sb)
     dv = -w * sum(I * E * x)      dweight = sum(dy * x / den)      dbias = sum(dy)
 
-The forward saves ``input`` and ``den``, the backward assembles ``dx`` in the memory of
-``dy / den``.
+The forward saves ``input`` and ``den``; the backward forms ``w * E`` as
+``(dy * w) * (x / den) / den``, the order in which autograd of the formula rounds it: the
+sums of ``dweight`` and ``dv`` over the batch cancel (terms of random sign, far larger
+than the result), so their rounding errors are large relative to the result, and rounding
+the terms alike keeps the two paths close. ``dx`` is assembled in the memory of
+``dy * w``.
 
 S0, with ``s = sigmoid(v * x)``, ``r`` and ``mu`` per (sample, group), ``q = w * r``,
 ``P = sum_row(dy * x * s)`` and ``K = r^3 / M * sum_{c in group}(w_c * P)``
@@ -149,27 +153,28 @@ def b0_backward(
     n, _, m = x.shape
     w = _channel(weight, x.dtype)
     dbias = dy.sum((0, 2)) if need_b else None
-    q = torch.div(dy, den)
-    e = torch.mul(q, x)
-    dweight = e.sum((0, 2)) if need_w else None
+    ratio = torch.div(x, den)  # the forward's x / den, rounded alike
+    product = torch.mul(dy, ratio)
+    dweight = product.sum((0, 2)) if need_w else None
     if not (need_x or need_v):
         return None, dweight, dbias, None
-    e.div_(den)  # dy * x / den^2
+    scaled = torch.mul(dy, w)
+    e = ratio.div_(den).mul_(scaled)  # w * E = (dy * w) * (x / den) / den
     total = e.sum(-1, keepdim=True) if stats.batch_mean is not None else None
     e.mul_(den > stats.batch_std)  # the instance branch's share
-    dv = torch.linalg.vecdot(e, x).sum(0).mul_(w.view(-1)).neg_() if need_v else None
+    dv = torch.mul(e, x, out=product).sum((0, 2)).neg_() if need_v else None
     if not need_x:
         return None, dweight, dbias, dv
     instance_sum = e.sum(-1, keepdim=True)
     batch_sum = None if total is None else total.sub_(instance_sum).sum(0, keepdim=True)
-    k = instance_sum.mul_(w).div_(stats.std).mul_(-1.0 / m)  # per row
+    k = instance_sum.div_(stats.std).mul_(-1.0 / m)  # per row
     shift = k * stats.mean
     if stats.batch_mean is not None and batch_sum is not None:
-        kb = batch_sum.mul_(w).div_(stats.batch_std).mul_(-1.0 / (n * m))
+        kb = batch_sum.div_(stats.batch_std).mul_(-1.0 / (n * m))
         k = k + kb
         shift.add_(kb * stats.batch_mean)
-    q.mul_(w).addcmul_(e, w * _channel(v, x.dtype), value=-1.0)
-    return q.addcmul_(x, k).sub_(shift), dweight, dbias, dv
+    dx = scaled.div_(den).addcmul_(e, _channel(v, x.dtype), value=-1.0)
+    return dx.addcmul_(x, k).sub_(shift), dweight, dbias, dv
 
 
 def _b0_fields(stats: B0Stats) -> tuple[Tensor | None, ...]:
