@@ -14,9 +14,9 @@ closed form, with ``g = dy * weight`` and means over the row::
 
 :func:`forward` and :func:`backward` are these formulas as differentiable tensor
 operations; :func:`rms_norm` runs them under ``torch.compile`` and ``torch.func`` (and
-differentiates the backward for higher derivatives). Eagerly it runs the same formulas in
-place on tensors (:mod:`normlab.functional._fast.rmsnorm`) through
-:mod:`normlab.functional._autograd`.
+differentiates the backward for higher derivatives). Eagerly it runs a fast path through
+:mod:`normlab.functional._autograd` (:mod:`normlab.functional._fast.rmsnorm`: normlab's CPU
+operator ``torch.ops.normlab.rms_norm``, or the formulas in place on tensors).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def rms_norm(
     if not _autograd.eager(input):
         return forward(input, shape, weight, eps_value)
     return _autograd.run(
-        fast.TensorRMSNorm(math.prod(shape), eps_value),
+        fast.fast_path(input, shape, weight, eps_value),
         lambda dy, x, w: backward(dy, x, shape, w, eps_value),
         input,
         weight,

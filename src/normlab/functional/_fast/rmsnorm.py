@@ -1,20 +1,42 @@
-"""RMS norm's fast path: the formulas of :mod:`normlab.functional.rmsnorm` in place.
+"""RMS norm's fast paths: normlab's CPU operator, and the formulas in place on tensors.
 
-There is no kernel: torch's own RMS norm on the CPU is a composite of tensor operations,
-and this is faster. The forward saves ``input``, ``weight`` and ``rstd`` (one number per
-row); the backward recomputes ``xhat`` and assembles ``dx`` in the memory of ``g * xhat``.
+:mod:`normlab.functional.rmsnorm` holds the formulas; here is how they run eagerly.
+
+- The CPU operator (:class:`CpuRMSNorm`): ``torch.ops.normlab.rms_norm``, the loops of
+  ``rms_norm.cpp`` (one pass for ``sum(x^2)``, one for the output; two back) with their
+  backward registered for autograd in C++ in the same file: one call with no Python
+  ``autograd.Function``.
+- Tensors (:class:`TensorRMSNorm`), everywhere else (half precision, CUDA, no kernels):
+  the forward saves ``input``, ``weight`` and ``rstd`` (one number per row); the backward
+  recomputes ``xhat`` and assembles ``dx`` in the memory of ``g * xhat``.
 """
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from normlab.functional._autograd import FastPath, Grads, Saved, Stats
+from normlab import kernels
+from normlab.functional._autograd import FastPath, Grads, Operator, Saved, Stats
 from normlab.functional._common import compute_dtype
 from normlab.functional._fast.rows import rstd_from_centred
+
+
+@dataclass(slots=True)
+class CpuRMSNorm(Operator):
+    """RMS norm over the trailing ``shape`` as ``torch.ops.normlab.rms_norm`` (``ops``)."""
+
+    ops: Any
+    shape: tuple[int, ...]
+    eps: float
+
+    def __call__(self, input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        return self.ops.rms_norm(input, self.shape, weight, self.eps)
 
 
 @dataclass(slots=True)
@@ -53,3 +75,13 @@ class TensorRMSNorm(FastPath):
         else:
             dx = torch.addcmul(xhat, torch.mul(g, w, out=gx), rstd, out=gx)
         return dx, dw, None
+
+
+def fast_path(
+    input: Tensor, shape: tuple[int, ...], weight: Tensor | None, eps: float
+) -> FastPath | Operator:
+    """The CPU operator where normlab's CPU kernels take these tensors, else the in-place
+    tensor arithmetic."""
+    if kernels.applies(input, weight):
+        return CpuRMSNorm(kernels.ops(), shape, eps)
+    return TensorRMSNorm(math.prod(shape), eps)
