@@ -19,7 +19,7 @@ def test_subtitle_names_the_models_of_the_experiments_run() -> None:
     })  # fmt: skip
     assert subtitle == (
         "LeNet, vision transformer, next-row transformer and plain and residual CNNs "
-        "(depths 4 to 16) on fashion-mnist; "
+        "(depths 4 to 16) on Fashion-MNIST; "
         f"{COMPARE.title.lower()}, {TRANSFORMER.title.lower()}, {DEPTH.title.lower()}"
     )
 
@@ -31,12 +31,12 @@ def test_subtitle_follows_the_config_not_the_experiment() -> None:
         f"vision transformer on synthetic; {TRANSFORMER.title.lower()}"
     )
     assert study_subtitle({"depth": DepthConfig(depths=(8,))}).startswith(
-        "plain and residual CNNs (depth 8) on fashion-mnist;"
+        "plain and residual CNNs (depth 8) on Fashion-MNIST;"
     )
 
 
 def test_lenet_only_runs_say_lenet_once() -> None:
-    assert study_subtitle({"compare": CompareConfig()}).startswith("LeNet on fashion-mnist;")
+    assert study_subtitle({"compare": CompareConfig()}).startswith("LeNet on Fashion-MNIST;")
 
 
 def test_every_experiment_names_its_models() -> None:

@@ -48,6 +48,12 @@ class DatasetSpec:
     image_size: tuple[int, int] = (28, 28)
     num_train: int | None = None  # None = not checked
     num_test: int | None = None
+    title: str = ""  # as written in prose: "Fashion-MNIST" (default: name)
+
+    @property
+    def display_name(self) -> str:
+        """The name as written in prose and reports (``"Fashion-MNIST"``)."""
+        return self.title or self.name
 
     def file(self, role: str) -> FileSpec:
         for spec in self.files:
@@ -110,6 +116,7 @@ FASHION_MNIST = DatasetSpec(
     torchvision_dir="FashionMNIST",
     num_train=60000,
     num_test=10000,
+    title="Fashion-MNIST",
 )
 
 MNIST = DatasetSpec(
@@ -120,6 +127,7 @@ MNIST = DatasetSpec(
     torchvision_dir="MNIST",
     num_train=60000,
     num_test=10000,
+    title="MNIST",
 )
 
 SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (FASHION_MNIST, MNIST)}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from normlab.data.sources import SPECS
 from normlab.lab.cells import config_dict, to_jsonable
 from normlab.lab.experiment import Experiment, ExperimentConfig, ExperimentResult, TableSpec
 from normlab.lab.guide import SITUATIONS, GuideRow
@@ -145,15 +146,21 @@ def study_subtitle(configs: Mapping[str, ExperimentConfig]) -> str:
     """The line under the study's title, from the configs run (experiment name ->
     config): the networks they train (each named once, in the order the experiments
     first use them, :meth:`Experiment.models`), the datasets, and the experiments'
-    titles: ``"LeNet and vision transformer on fashion-mnist; which normalization?,
+    titles: ``"LeNet and vision transformer on Fashion-MNIST; which normalization?,
     normalization in a transformer"``."""
     experiments = {name: experiment_named(name) for name in configs}
     models = dict.fromkeys(
         model for name, config in configs.items() for model in experiments[name].models(config)
     )
-    datasets = dict.fromkeys(config.dataset for config in configs.values())
+    datasets = dict.fromkeys(_dataset_title(config.dataset) for config in configs.values())
     titles = ", ".join(e.title.lower() for e in experiments.values())
     return f"{_and(list(models))} on {_and(list(datasets))}; {titles}"
+
+
+def _dataset_title(name: str) -> str:
+    """``"Fashion-MNIST"`` for ``"fashion-mnist"``; an unknown name as it is."""
+    spec = SPECS.get(name)
+    return name if spec is None else spec.display_name
 
 
 def _and(words: Sequence[str]) -> str:
