@@ -4,7 +4,8 @@ The oracle is autograd of the plain formula (``dynamic_tanh.forward``) in float6
 closed form (``backward``) must equal it for the input, ``alpha``, weight and bias, and
 the eager fast path (one ``autograd.Function``) must equal the closed form, in first and
 second order, on contiguous inputs and on a channels-last view (the registry's DyT of
-convolutional maps).
+convolutional maps). The fast path runs from ``FUNCTION_MIN_ELEMENTS`` elements on; the
+tests of it lower that bound to 0 (``fast_path`` fixture) to run it on small inputs.
 
 Tolerances: ``dx`` is a product of three factors (3 roundings); the parameters' gradients
 are sums of ``dy`` times values of at most ``|weight| * |x|`` over all elements, bounded by
@@ -23,6 +24,12 @@ from normlab.testing.tolerance import assert_close_sum
 
 dyt = importlib.import_module("normlab.functional.dynamic_tanh")
 F64 = torch.float64
+
+
+@pytest.fixture
+def fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path on inputs of any size."""
+    monkeypatch.setattr(dyt, "FUNCTION_MIN_ELEMENTS", 0)
 
 
 def _arguments(shape: tuple[int, ...], width: int, dtype: torch.dtype = F64):
@@ -74,7 +81,9 @@ def test_closed_form_equals_autograd_of_the_formula(affine: str) -> None:
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fast_path_is_one_function_whose_gradients_are_the_closed_form(channels_last) -> None:
+def test_fast_path_is_one_function_whose_gradients_are_the_closed_form(
+    channels_last, fast_path: None
+) -> None:
     x, alpha, weight, bias = _arguments((3, 5, 4, 4), 5 if channels_last else 4)
     leaves = _leaves((x, alpha, weight, bias))
     xin = leaves[0].movedim(1, -1) if channels_last else leaves[0]
@@ -89,7 +98,7 @@ def test_fast_path_is_one_function_whose_gradients_are_the_closed_form(channels_
         _close(a, b, dy.movedim(-1, 1) if channels_last else dy, x)
 
 
-def test_float32_and_a_retained_graph() -> None:
+def test_float32_and_a_retained_graph(fast_path: None) -> None:
     args = _arguments((8, 16), 16, torch.float32)
     leaves = _leaves(args)
     y = dyt.dynamic_tanh(*leaves)
@@ -102,7 +111,7 @@ def test_float32_and_a_retained_graph() -> None:
         assert_close_sum(a, e, terms=y.numel(), abs_sum=10 * dy.abs().sum() * 10)
 
 
-def test_gradcheck_and_gradgradcheck_through_the_fast_path() -> None:
+def test_gradcheck_and_gradgradcheck_through_the_fast_path(fast_path: None) -> None:
     leaves = _leaves(_arguments((3, 2, 5), 5))
     assert gradcheck(dyt.dynamic_tanh, leaves)
     assert gradgradcheck(dyt.dynamic_tanh, leaves)
@@ -112,7 +121,7 @@ def test_gradcheck_and_gradgradcheck_through_the_fast_path() -> None:
     )
 
 
-def test_no_grad_and_bfloat16() -> None:
+def test_no_grad_and_bfloat16(fast_path: None) -> None:
     x, alpha, weight, bias = _arguments((4, 6), 6, torch.float32)
     with torch.no_grad():
         y = dyt.dynamic_tanh(x, alpha, weight, bias)
@@ -123,3 +132,13 @@ def test_no_grad_and_bfloat16() -> None:
     out.backward(torch.ones_like(out))
     assert out.dtype == torch.bfloat16 and leaves[0].grad.dtype == torch.bfloat16
     assert all(leaf.grad.dtype == torch.float32 for leaf in leaves[1:])
+
+
+def test_small_inputs_run_the_plain_formula() -> None:
+    """Below ``FUNCTION_MIN_ELEMENTS`` elements the plain formula's autograd graph is
+    recorded (three nodes in C++, cheaper than one Python ``autograd.Function``); from it
+    on, the fast path."""
+    small = _leaves(_arguments((2, dyt.FUNCTION_MIN_ELEMENTS // 8 - 1, 4), 4))
+    large = _leaves(_arguments((2, dyt.FUNCTION_MIN_ELEMENTS // 8, 4), 4))
+    assert "DynamicTanhFunctionBackward" not in _graph_nodes(dyt.dynamic_tanh(*small))
+    assert "DynamicTanhFunctionBackward" in _graph_nodes(dyt.dynamic_tanh(*large))

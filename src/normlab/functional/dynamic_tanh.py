@@ -19,8 +19,10 @@ The backward in closed form, with ``t = tanh(alpha * x)`` and sums over the lead
 
 How it is computed: :func:`forward` and :func:`backward` are these formulas as
 differentiable tensor operations; :func:`dynamic_tanh` runs the forward under
-``torch.compile`` and ``torch.func`` (which differentiate it themselves). Eagerly it runs
-one ``autograd.Function`` (:mod:`normlab.functional._fast.dynamic_tanh`) whose backward is
+``torch.compile`` and ``torch.func`` (which differentiate it themselves), and eagerly on
+inputs of fewer than :data:`FUNCTION_MIN_ELEMENTS` elements (there autograd's three C++
+nodes cost less than a Python ``autograd.Function``). Eagerly on larger inputs it runs one
+``autograd.Function`` (:mod:`normlab.functional._fast.dynamic_tanh`) whose backward is
 the closed form in place on tensors, and which differentiates :func:`backward` when a graph
 of the backward is wanted. float16 / bfloat16 inputs: arithmetic in float32, output in the
 input's dtype.
@@ -46,8 +48,10 @@ def forward(input: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | 
     dtype = compute_dtype(input.dtype)
     x = as_dtype(input, dtype)
     y = torch.tanh(as_dtype(alpha, dtype) * x)
-    if weight is not None and bias is not None:
+    if weight is not None and bias is not None and y.is_contiguous():
         y = torch.addcmul(as_dtype(bias, dtype), y, as_dtype(weight, dtype))
+    elif weight is not None and bias is not None:  # a channels-last view: addcmul is slower
+        y = y * as_dtype(weight, dtype) + as_dtype(bias, dtype)
     elif weight is not None:
         y = y * as_dtype(weight, dtype)
     elif bias is not None:
@@ -84,6 +88,11 @@ def backward(
 # Public API
 # ---------------------------------------------------------------------------------------------
 
+#: Below this many elements the plain formula runs eagerly too: its three autograd nodes
+#: (C++) cost less than one Python ``autograd.Function``, and the closed form's savings (two
+#: passes fewer, no temporaries) are smaller than that difference.
+FUNCTION_MIN_ELEMENTS = 1 << 17
+
 
 def _records_graph(*tensors: Tensor | None) -> bool:
     """Whether autograd records this call: grad mode on and some tensor requires grad."""
@@ -111,7 +120,7 @@ def dynamic_tanh(
         >>> bool(y.abs().max() < 1)
         True
     """
-    if not _autograd.eager(input):
+    if input.numel() < FUNCTION_MIN_ELEMENTS or not _autograd.eager(input):
         return forward(input, alpha, weight, bias)
     x = as_dtype(input, compute_dtype(input.dtype))
     if _records_graph(x, alpha, weight, bias):

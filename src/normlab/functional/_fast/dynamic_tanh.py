@@ -34,8 +34,10 @@ def forward(
     """``(weight * t + bias, t)`` with ``t = tanh(alpha * x)``, all in ``x``'s dtype."""
     dtype = x.dtype
     t = torch.mul(x, as_dtype(alpha, dtype)).tanh_()
-    if weight is not None and bias is not None:
+    if weight is not None and bias is not None and t.is_contiguous():
         return torch.addcmul(as_dtype(bias, dtype), t, as_dtype(weight, dtype)), t
+    if weight is not None and bias is not None:  # a channels-last view: addcmul is slower
+        return torch.mul(t, as_dtype(weight, dtype)).add_(as_dtype(bias, dtype)), t
     if weight is not None:
         return t * as_dtype(weight, dtype), t
     if bias is not None:
@@ -50,6 +52,8 @@ def _memory_order(t: Tensor) -> list[int]:
 def total_product(a: Tensor, b: Tensor) -> Tensor:
     """``sum(a * b)`` as one dot product when both are dense in the same memory order (a
     channels-last view included), else as a product and a sum."""
+    if a.is_contiguous() and b.is_contiguous():
+        return torch.dot(a.view(-1), b.view(-1))
     order = _memory_order(a)
     pa, pb = a.permute(order), b.permute(order)
     if pa.is_contiguous() and pb.is_contiguous():
@@ -100,15 +104,17 @@ class DynamicTanhFunction(torch.autograd.Function):
     ) -> Tensor:
         out, t = forward(input, alpha, weight, bias)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(input, t, alpha, weight, bias)
+        ctx.save_for_backward(input, t, alpha, weight)
         ctx.closed_form = closed_form
+        ctx.bias = None if bias is None else torch.empty_like(bias, device="meta")
         return out
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         if dy is None:
             return (None,) * 5
-        x, t, alpha, weight, bias = ctx.saved_tensors
+        x, t, alpha, weight = ctx.saved_tensors
+        bias = ctx.bias  # its shape and dtype: the backward needs no values of it
         if torch.is_grad_enabled():  # a graph of the backward: the differentiable closed form
             grads = ctx.closed_form(dy, x, alpha, weight, bias)
         else:
