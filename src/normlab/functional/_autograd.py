@@ -36,6 +36,9 @@ runs in C++, a differentiable closed form there when a graph of the backward is 
 
 A new norm plugs in by writing its plain formula, a :class:`FastPath` subclass, and
 ``if eager(input): return run(path, backward, input, weight, bias)`` in its public function.
+Norms with more parameters than ``weight`` and ``bias`` (FRN, EvoNorm, DyT) keep the bridge
+to its three and run one ``autograd.Function`` of their own (in
+:mod:`normlab.functional._fast`), under the same :func:`eager` rule.
 """
 
 from __future__ import annotations
