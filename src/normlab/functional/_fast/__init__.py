@@ -7,8 +7,9 @@ on CPU, CUDA without Triton), with a function ``fast_path`` that picks between t
 has no kernel: its one path is the tensor arithmetic). The layers with parameters beyond
 ``weight`` and ``bias`` (FRN's ``tau`` and learned ``eps``, EvoNorm's ``v``, DyT's
 ``alpha``) have one ``autograd.Function`` each instead (``filter_response``, ``evonorm``,
-``dynamic_tanh``): in-place tensor arithmetic, entered when :func:`~normlab.functional.
-_autograd.eager` allows, with the closed form of their norm's module for higher derivatives.
+``dynamic_tanh``): in-place tensor arithmetic, entered where
+:func:`normlab.functional._autograd.eager` allows, with the closed form of their norm's
+module for higher derivatives.
 The formulas are those of the norm's own module (``normlab.functional.batchnorm``, ...);
 these are how they run fast: few passes, few allocations, sums of squares as squared
 norms of contiguous rows, scalars in the operations' own arguments.
