@@ -75,14 +75,30 @@ def train_forward(
     ``E[v]`` is small, so ``xhat = (v - E[v]) * invstd`` keeps float32 accuracy for inputs
     far from zero (where ``E[x^2] - E[x]^2`` would cancel).
     """
+    y, mean, var, _, _ = _shifted_forward(input, weight, bias, eps)
+    return y, mean, var
+
+
+def _first_values(x: Tensor) -> Tensor:
+    """Each channel's first value ``x[0, c, 0, ...]``, shaped to broadcast over ``x``."""
+    return x[(0, slice(None), *[slice(0, 1)] * (x.dim() - 2))]
+
+
+def _shifted_forward(
+    input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`train_forward`'s ``(y, mean, var)`` and the ``(C,)`` ``offset = E[v]`` of the
+    shifted input ``v = x - first`` and ``invstd``, from which ``xhat = (v - offset) *
+    invstd`` is recomputed exactly (the closed-form backward of :class:`_TrainingFormula`)."""
     ndim = input.dim()
     x = as_dtype(input, compute_dtype(input.dtype))
-    first = x[(0, slice(None), *[slice(0, 1)] * (ndim - 2))]
+    first = _first_values(x)
     v = x - first
     var, offset = torch.var_mean(v, reduce_dims(input), correction=0)
-    xhat = (v - per_channel(offset, ndim)) * per_channel(torch.rsqrt(var + eps), ndim)
+    invstd = torch.rsqrt(var + eps)
+    xhat = (v - per_channel(offset, ndim)) * per_channel(invstd, ndim)
     y = _affine(xhat, weight, bias)
-    return as_dtype(y, input.dtype), first.reshape(-1) + offset, var
+    return as_dtype(y, input.dtype), first.reshape(-1) + offset, var, offset, invstd
 
 
 def train_backward(
@@ -108,6 +124,48 @@ def train_backward(
         dy - per_channel(sum_dy / n, ndim) - xhat * per_channel(sum_dy_xhat / n, ndim)
     )
     return dx.to(input.dtype), sum_dy_xhat, sum_dy
+
+
+class _TrainingFormula(torch.autograd.Function):
+    """:func:`train_forward` with the closed-form backward from its saved statistics:
+    ``(input, weight, bias, eps) -> (y, mean, var, offset, invstd)``, the last four without
+    gradient. What ``torch.compile`` runs: it then fuses one reduction and one pass for
+    the backward, where differentiating the formula (through ``var_mean`` and the shift
+    by each channel's first value) takes several. Not differentiable twice (``torch.compile``
+    has no double backward); ``torch.func`` transforms differentiate the formula itself.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return _shifted_forward(input, weight, bias, eps)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        input, weight, bias, _ = inputs
+        _, mean, var, offset, invstd = output
+        ctx.mark_non_differentiable(mean, var, offset, invstd)
+        ctx.save_for_backward(input, weight, offset, invstd)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        input, weight, offset, invstd = ctx.saved_tensors
+        dims, ndim = reduce_dims(input), input.dim()
+        n = input.numel() // input.shape[1]
+        x = as_dtype(input, invstd.dtype)
+        dy = as_dtype(grad_out, invstd.dtype)
+        xhat = (x - _first_values(x) - per_channel(offset, ndim)) * per_channel(invstd, ndim)
+        sum_dy = dy.sum(dims)
+        sum_dy_xhat = (dy * xhat).sum(dims)
+        scale = invstd if weight is None else invstd * weight
+        dx = per_channel(scale, ndim) * (
+            dy - per_channel(sum_dy / n, ndim) - xhat * per_channel(sum_dy_xhat / n, ndim)
+        )
+        dweight = None if weight is None else as_dtype(sum_dy_xhat, weight.dtype)
+        dbias = None if ctx.bias_dtype is None else as_dtype(sum_dy, ctx.bias_dtype)
+        return as_dtype(dx, input.dtype), dweight, dbias, None
 
 
 def eval_forward(
@@ -153,13 +211,17 @@ def _train(
     momentum: float,
     eps: float,
 ) -> Tensor:
-    """Training-mode batch norm: the fast path eagerly, else the formula."""
+    """Training-mode batch norm: the fast path eagerly, else the formula (with its
+    closed-form backward under ``torch.compile``)."""
     if _autograd.eager(input):
         path = fast.fast_path(input, weight, bias, running_mean, running_var, momentum, eps)
         return _autograd.run(
             path, lambda dy, x, w: train_backward(dy, x, w, eps), input, weight, bias
         )
-    out, mean, var = train_forward(input, weight, bias, eps)
+    if torch._C._are_functorch_transforms_active():  # torch.func: the formula itself
+        out, mean, var = train_forward(input, weight, bias, eps)
+    else:  # torch.compile: the formula with its closed-form backward
+        out, mean, var, _, _ = _TrainingFormula.apply(input, weight, bias, eps)
     n = input.numel() // input.shape[1]
     update_running_stats(running_mean, running_var, mean, var, n, momentum)
     return out
@@ -277,6 +339,10 @@ def batch_norm(
         >>> y.mean((0, 2, 3)).abs().max() < 1e-6
         tensor(True)
     """
+    if training:  # the common call, at the cost of one operator call
+        out = fast.train_by_operator(input, weight, bias, running_mean, running_var, momentum, eps)
+        if out is not None:
+            return out
     check_input(input, "batch_norm")
     if training:
         values_per_channel = input.shape[0] * math.prod(input.shape[2:])

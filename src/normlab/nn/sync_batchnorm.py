@@ -16,7 +16,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from normlab.functional import batch_norm
 from normlab.functional.sync_batchnorm import SyncBatchNormFunction
 from normlab.nn._base import document
 from normlab.nn.batchnorm import _BatchNorm
@@ -98,21 +97,12 @@ class SyncBatchNorm(_BatchNorm):
         return group if dist.get_world_size(group) > 1 else None
 
     def forward(self, input: Tensor) -> Tensor:
+        group = self._sync_group()
+        if group is None:  # plain batch norm
+            return super().forward(input)
         self._check_input(input)
         factor = self._exponential_average_factor()
         running_mean, running_var = self._running_stats()
-        group = self._sync_group()
-        if group is None:
-            return batch_norm(
-                input,
-                running_mean,
-                running_var,
-                self.weight,
-                self.bias,
-                self._uses_batch_stats(),
-                factor,
-                self.eps,
-            )
         output: Tensor = SyncBatchNormFunction.apply(
             input, self.weight, self.bias, running_mean, running_var, self.eps, factor, group
         )

@@ -128,6 +128,37 @@ def fast_path(
     return TensorBatchNorm(running_mean, running_var, momentum, eps)
 
 
+def train_by_operator(
+    input: Any,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    momentum: float,
+    eps: float,
+) -> Tensor | None:
+    """Training-mode batch norm in one call of the CPU operator, for the common valid call:
+    an ``(N, C, *)`` input with more than one value per channel, ``(C,)`` parameters and
+    buffers, ``eps > 0``, tensors the kernels take (:func:`normlab.kernels.applies`:
+    eager, CPU, contiguous, float32/float64). None for any other call: the caller's
+    general path then checks the arguments and picks the path."""
+    if not isinstance(input, Tensor) or input.dim() < 2 or not eps > 0.0:
+        return None
+    channels = input.shape[1]
+    if input.numel() <= channels:  # empty, or one value per channel
+        return None
+    for other in (weight, bias, running_mean, running_var):
+        if other is not None and other.shape != (channels,):
+            return None
+    if not kernels.applies(input, weight, bias, running_mean, running_var):
+        return None
+    ops: Any = kernels.ops()
+    out: Tensor = ops.batch_norm_train(
+        input, weight, bias, running_mean, running_var, momentum, eps
+    )
+    return out
+
+
 def channel_affine(input: Tensor, scale: Tensor, shift: Tensor) -> Tensor | None:
     """``x * scale_c + shift_c`` in one pass of the kernels, or None where they do not apply
     (the kernel records no autograd graph: call it only when none is wanted)."""
