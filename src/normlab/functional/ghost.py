@@ -23,11 +23,23 @@ so that evaluation uses the variance the layer normalised with in training (the 
 within-chunk variance, which excludes the spread between chunk means) rather than the whole
 batch's. One chunk is batch norm exactly, running statistics included.
 
-How it is computed: each chunk by :func:`normlab.functional.batchnorm.batch_norm` (its
-closed-form backward, its fused paths) and the results concatenated; the running
-statistics read from those batch norms (each chunk's mean and unbiased variance, no
-extra pass over the input). float16 / bfloat16 inputs: statistics in float32, output in
-the input's dtype.
+The backward in closed form is batch norm's within each chunk, with ``m = n_k * prod(*)``
+values per chunk and channel and sums over the chunk; the affine's gradients add up over
+the chunks::
+
+    dx_k    = weight * invstd_k * (dy_k - sum_k(dy) / m - xhat_k * sum_k(dy * xhat) / m)
+    dweight = sum over all chunks of dy * xhat          dbias = sum of dy
+
+How it is computed: the batch is seen as runs of equal chunks, ``(K, V, C, S)`` views
+(``S`` the spatial size; the full chunks, then the remainder as one more chunk), and
+:func:`forward` and :func:`backward` reduce all chunks of a run at once over dims 1 and 3.
+Eagerly each chunk runs through batch norm's fast paths (normlab's kernels, else its
+in-place tensor arithmetic) inside one autograd function
+(:mod:`normlab.functional._fast.ghost`, through :mod:`normlab.functional._autograd`;
+:func:`backward` is differentiated for higher derivatives); under ``torch.compile`` and
+``torch.func`` :func:`forward` runs and autograd differentiates it. A batch of at most
+``V`` samples is :func:`normlab.functional.batchnorm.batch_norm` itself. float16 /
+bfloat16 inputs: statistics in float32, output in the input's dtype.
 """
 
 from __future__ import annotations
@@ -35,9 +47,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+import normlab.functional._autograd as _autograd
+from normlab.functional._common import as_dtype, assign_running, compute_dtype
+from normlab.functional._fast import ghost as fast
 from normlab.functional.batchnorm import batch_norm
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def check_virtual_batch_size(virtual_batch_size: object) -> None:
@@ -65,36 +78,134 @@ def _check_chunks(input: Tensor, virtual_batch_size: int) -> None:
         )
 
 
-def _chunk_norm(
-    chunk: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, track: bool
-) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-    """Batch norm of one chunk; with ``track``, also its mean and unbiased variance, read
-    from the batch norm itself (fresh buffers it overwrites: ``momentum=1``), no extra pass."""
-    if not track:
-        return batch_norm(chunk, None, None, weight, bias, True, 0.0, eps), None
-    dtype = torch.float32 if chunk.dtype in _LOW_PRECISION else chunk.dtype
-    mean = torch.zeros(chunk.shape[1], dtype=dtype, device=chunk.device)
-    var = torch.ones(chunk.shape[1], dtype=dtype, device=chunk.device)
-    return batch_norm(chunk, mean, var, weight, bias, True, 1.0, eps), (mean, var)
+# ---------------------------------------------------------------------------------------------
+# The formula: all chunks of a run at once, and its closed-form backward
+# ---------------------------------------------------------------------------------------------
 
 
-def _update_running_stats(
+def runs(batch: int, size: int) -> list[tuple[int, int]]:
+    """``(chunks, samples per chunk)`` of each run of equal chunks of a batch, in order: the
+    full chunks of ``size``, then the remainder as one chunk."""
+    full, rest = divmod(batch, size)
+    return [run for run in ((full, size), (1, rest)) if run[0] and run[1]]
+
+
+def _chunk_views(t: Tensor, size: int) -> list[Tensor]:
+    """``t`` ``(N, C, *)`` as one ``(K, V, C, S)`` tensor per run of equal chunks."""
+    views, start = [], 0
+    for chunks, samples in runs(t.shape[0], size):
+        stop = start + chunks * samples
+        views.append(t[start:stop].reshape(chunks, samples, t.shape[1], -1))
+        start = stop
+    return views
+
+
+def _channel(v: Tensor | None) -> Tensor | None:
+    """A ``(C,)`` vector as ``(1, 1, C, 1)``, to broadcast over ``(K, V, C, S)``."""
+    return None if v is None else v.reshape(1, 1, -1, 1)
+
+
+def _run_forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, mean, var)`` of one run ``(K, V, C, S)``: statistics ``(K, C)`` per chunk and
+    channel (``var`` biased), on the values shifted by each chunk's first value of the
+    channel (Welford's ``var_mean`` of a small offset: stable far from zero)."""
+    first = x[:, :1, :, :1]
+    shifted = x - first
+    var, offset = torch.var_mean(shifted, (1, 3), correction=0, keepdim=True)
+    y = (shifted - offset) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * _channel(weight)
+    if bias is not None:
+        y = y + _channel(bias)
+    return y, (first + offset).flatten(1), var.flatten(1)
+
+
+def forward(
+    input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, mean, var)``: the output, and the chunks' means and *unbiased* variances
+    ``(K, C)`` (what the running statistics take), in the computation dtype."""
+    per_sample = input[0, 0].numel()
+    views = _chunk_views(as_dtype(input, compute_dtype(input.dtype)), size)
+    outputs, means, variances = [], [], []
+    for (_, samples), run in zip(runs(input.shape[0], size), views, strict=True):
+        y, mean, var = _run_forward(run, weight, bias, eps)
+        values = samples * per_sample  # per chunk and channel
+        outputs.append(y.reshape(-1, *input.shape[1:]))
+        means.append(mean)
+        variances.append(var * (values / (values - 1)))
+    if len(outputs) == 1:
+        return as_dtype(outputs[0], input.dtype), means[0], variances[0]
+    return as_dtype(torch.cat(outputs), input.dtype), torch.cat(means), torch.cat(variances)
+
+
+def _run_backward(
+    dy: Tensor, x: Tensor, weight: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch norm's closed form per chunk of one run ``(K, V, C, S)``: ``(dx, dweight,
+    dbias)``, the affine's gradients ``(C,)`` summed over the run's chunks."""
+    dims = (1, 3)
+    n = x.shape[1] * x.shape[3]
+    centred = x - x.mean(dims, keepdim=True)
+    invstd = torch.rsqrt((centred * centred).sum(dims, keepdim=True) / n + eps)
+    xhat = centred * invstd
+    sum_dy = dy.sum(dims, keepdim=True)
+    sum_dy_xhat = (dy * xhat).sum(dims, keepdim=True)
+    scale = invstd if weight is None else invstd * _channel(weight)
+    dx = scale * (dy - sum_dy / n - xhat * (sum_dy_xhat / n))
+    return dx, sum_dy_xhat.sum((0, 1, 3)), sum_dy.sum((0, 1, 3))
+
+
+def backward(
+    grad_out: Tensor, input: Tensor, weight: Tensor | None, eps: float, size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Closed-form ``(dx, dweight, dbias)`` of all chunks, statistics recomputed from
+    ``input``; differentiable, for higher derivatives."""
+    dtype = compute_dtype(input.dtype)
+    x_runs = _chunk_views(as_dtype(input, dtype), size)
+    dy_runs = _chunk_views(as_dtype(grad_out, dtype), size)
+    dxs, dweight, dbias = [], 0, 0
+    for dy, x in zip(dy_runs, x_runs, strict=True):
+        dx, dw, db = _run_backward(dy, x, weight, eps)
+        dxs.append(dx.reshape(-1, *input.shape[1:]))
+        dweight, dbias = dweight + dw, dbias + db
+    dx = dxs[0] if len(dxs) == 1 else torch.cat(dxs)
+    return as_dtype(dx, input.dtype), dweight, dbias  # type: ignore[return-value]
+
+
+def update_running_stats(
     running_mean: Tensor | None,
     running_var: Tensor | None,
-    moments: list[tuple[Tensor, Tensor]],
-    sizes: list[int],
+    mean: Tensor,
+    var: Tensor,
+    batch: int,
+    size: int,
     momentum: float,
 ) -> None:
     """One move of the running statistics towards the chunks' size-weighted mean and
-    unbiased variance."""
-    total = sum(sizes)
-    with torch.no_grad():
-        mean = sum(m * (size / total) for (m, _), size in zip(moments, sizes, strict=True))
-        var = sum(v * (size / total) for (_, v), size in zip(moments, sizes, strict=True))
-        if running_mean is not None:
-            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-        if running_var is not None:
-            running_var.lerp_(var.to(running_var.dtype), momentum)
+    unbiased variance (``mean``, ``var``: the chunks', ``(K, C)``, of a batch of ``batch``
+    samples in chunks of ``size``)."""
+    mean, var = mean.detach(), var.detach()
+    full = batch // size
+    batch_mean = mean[:full].sum(0) * (size / batch)
+    batch_var = var[:full].sum(0) * (size / batch)
+    if full < mean.shape[0]:  # the remainder, a smaller chunk
+        rest = (batch - full * size) / batch
+        batch_mean = batch_mean + mean[full] * rest
+        batch_var = batch_var + var[full] * rest
+    if running_mean is not None:
+        new_mean = torch.lerp(running_mean, as_dtype(batch_mean, running_mean.dtype), momentum)
+        assign_running(running_mean, new_mean)
+    if running_var is not None:
+        new_var = torch.lerp(running_var, as_dtype(batch_var, running_var.dtype), momentum)
+        assign_running(running_var, new_var)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
 
 
 def ghost_batch_norm(
@@ -142,16 +253,19 @@ def ghost_batch_norm(
         True
     """
     check_virtual_batch_size(virtual_batch_size)
-    if not training or input.numel() == 0:  # an empty batch: batch norm's empty output
-        return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
+    if not training or input.numel() == 0 or input.shape[0] <= virtual_batch_size:
+        # evaluation, an empty batch (batch norm's empty output) or one chunk: batch norm
+        return batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     _check_chunks(input, virtual_batch_size)
-    chunks = input.split(virtual_batch_size)
-    track = running_mean is not None or running_var is not None
-    results = [_chunk_norm(chunk, weight, bias, eps, track) for chunk in chunks]
-    if track:
-        moments = [m for _, m in results if m is not None]
-        _update_running_stats(
-            running_mean, running_var, moments, [c.shape[0] for c in chunks], momentum
+    size = virtual_batch_size
+    if _autograd.eager(input):
+        path = fast.fast_path(input, weight, bias, size, eps)
+        out = _autograd.run(
+            path, lambda dy, x, w: backward(dy, x, w, eps, size), input, weight, bias
         )
-    outputs = [out for out, _ in results]
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        assert path.moments is not None
+        mean, var = path.moments
+    else:  # torch.compile, torch.func: the formula
+        out, mean, var = forward(input, weight, bias, eps, size)
+    update_running_stats(running_mean, running_var, mean, var, input.shape[0], size, momentum)
+    return out

@@ -12,23 +12,24 @@ and the layer convolves with ``What``. Paired with group norm it lets small batc
 as well as batch norm does with large ones (the paper's headline), because the loss
 landscape is smoothed in the weights themselves rather than through batch statistics.
 
-The standardized weight is batch norm of ``W`` viewed as ``(1, O, fan_in)``; here it is
-written as the formula and differentiated by autograd. Each channel is first shifted by its
-first weight, ``V = W[o] - W[o, 0]``, then centred on ``mean(V)`` (Welford's ``var_mean``
-gives both moments): subtracting a rounded ``mean(W[o])`` directly would cost every digit
-of a weight far from zero (mean 1e4, std 1e-2 in float32: the mean's rounding is 5e-4, a
-twentieth of the spread), while ``V`` is exact and its mean small. Autograd suffices for
-the backward: the weight is small next to the activations, and a closed form would save
-nothing that matters. float16 / bfloat16 weights: arithmetic in float32, result in the
-weight's dtype.
+The standardized weight is batch norm of ``W`` viewed as ``(1, O, fan_in)`` (one sample,
+``O`` channels, ``fan_in`` values each, no affine), and that is how it is computed:
+:func:`normlab.functional.batchnorm.batch_norm_core` in training, with its closed-form
+backward, its fused paths (normlab's CPU kernels: one operator each way) and its plain
+formula under ``torch.compile`` and ``torch.func``. Its statistics are those of each channel
+shifted by a value of its own (the kernels' rounded first mean, the formula's first value)
+before the moments are taken: subtracting a rounded ``mean(W[o])`` directly would cost
+every digit of a weight far from zero (mean 1e4, std 1e-2 in float32: the mean's rounding
+is 5e-4, a twentieth of the spread). A channel of one weight (a ``1x1`` convolution of one
+input channel per group) has zero variance: its standardized weight is 0. float16 /
+bfloat16 weights: arithmetic in float32, result in the weight's dtype.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+from normlab.functional.batchnorm import batch_norm_core
 
 
 def standardize_weight(weight: Tensor, eps: float = 1e-6) -> Tensor:
@@ -53,8 +54,6 @@ def standardize_weight(weight: Tensor, eps: float = 1e-6) -> Tensor:
         raise ValueError(
             f"standardize_weight: expected a weight of shape (O, *) (got {weight.dim()}D)"
         )
-    compute = torch.float32 if weight.dtype in _LOW_PRECISION else weight.dtype
-    flat = weight.to(compute).reshape(weight.shape[0], -1)
-    shifted = flat - flat[:, :1]  # exact for close values; its mean is small, so exact too
-    var, mean = torch.var_mean(shifted, 1, correction=0, keepdim=True)
-    return ((shifted - mean) * torch.rsqrt(var + eps)).reshape(weight.shape).to(weight.dtype)
+    flat = weight.reshape(1, weight.shape[0], -1)
+    standardized = batch_norm_core(flat, None, None, None, None, True, 0.0, eps)
+    return standardized.reshape(weight.shape)
