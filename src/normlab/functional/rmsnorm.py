@@ -72,7 +72,7 @@ def backward(
 
 def _rms_eps(eps: float | None, dtype: torch.dtype) -> float:
     """torch's default: the machine epsilon of the computation dtype."""
-    return torch.finfo(compute_dtype(dtype)).eps if eps is None else eps
+    return eps if eps is not None else torch.finfo(compute_dtype(dtype)).eps
 
 
 def rms_norm(
@@ -98,6 +98,9 @@ def rms_norm(
     Example:
         >>> y = rms_norm(torch.randn(8, 5, 16), [16])
     """
+    operator = fast.cpu_operator(input, normalized_shape, weight)
+    if operator is not None:  # the common case, checked in one go
+        return operator(input, normalized_shape, weight, _rms_eps(eps, input.dtype))
     check_floating(input, "rms_norm")
     shape = check_normalized_shape(input, normalized_shape, {"weight": weight}, "rms_norm")
     eps_value = _rms_eps(eps, input.dtype)

@@ -18,6 +18,7 @@ Both save only ``input`` and ``weight`` (and the kernels' statistics), not ``bia
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +156,30 @@ def grads_in_place(
     scale = rstd.view(n, groups, 1)
     scale = scale.expand(n, groups, c // groups) if w is None else scale * w.view(groups, -1)
     return gx.addcmul_(g, scale.reshape(n, c, 1)), dw, db
+
+
+def cpu_operator(
+    input: Tensor, num_groups: Any, weight: Tensor | None, bias: Tensor | None
+) -> Callable[..., Tensor] | None:
+    """``torch.ops.normlab.group_norm`` where it takes these arguments as they are, else None.
+
+    The check a small layer can afford on every call, in one go: the kernels apply
+    (:func:`normlab.kernels.applies`), ``num_groups`` is a positive int that divides the
+    channels of an ``(N, C, *)`` input, each group of a sample has more than one value
+    (``numel > num_groups``), and the parameters are ``(C,)``. Anything else goes the long
+    way: the checks and errors of :func:`normlab.functional.groupnorm.group_norm`.
+    """
+    if type(num_groups) is not int or not kernels.applies(input, weight, bias):
+        return None
+    if input.dim() < 2 or num_groups < 1 or input.numel() <= num_groups:
+        return None
+    channels = input.shape[1]
+    if channels % num_groups != 0:
+        return None
+    for param in (weight, bias):
+        if param is not None and param.shape != (channels,):
+            return None
+    return kernels.ops().group_norm
 
 
 def fast_path(

@@ -22,6 +22,7 @@ than ``torch.nn`` saves.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,39 @@ def grads_in_place(
     minus_b = torch.addmm(rstd, gx, column, beta=0, alpha=scale)
     dx = torch.mul(xhat, minus_b, out=gx)  # gx is summed: its memory becomes dx
     return dx.add_(minus_a).addcmul_(g, w).mul_(rstd), dw
+
+
+def cpu_operator(
+    input: Tensor, normalized_shape: Any, weight: Tensor | None, bias: Tensor | None
+) -> Callable[..., Tensor] | None:
+    """``torch.ops.normlab.layer_norm`` where it takes these arguments as they are, else None.
+
+    The check a small layer can afford on every call (its Python time is as long as its
+    arithmetic), in one go: the kernels apply (:func:`normlab.kernels.applies`: eager, CPU,
+    contiguous, one float32/float64 dtype), the input is not empty, and
+    ``normalized_shape`` is a tuple of ints that ends the input's shape and is the
+    parameters'. Anything else goes the long way: the checks and errors of
+    :func:`normlab.functional.layernorm.layer_norm`, then :func:`fast_path`.
+    """
+    if type(normalized_shape) is not tuple or not kernels.applies(input, weight, bias):
+        return None
+    if not trailing(input, normalized_shape):
+        return None
+    for param in (weight, bias):
+        if param is not None and param.shape != normalized_shape:
+            return None
+    return kernels.ops().layer_norm
+
+
+def trailing(input: Tensor, shape: tuple[Any, ...]) -> bool:
+    """True when ``shape``, a tuple of one or more ints, ends ``input``'s non-empty shape."""
+    count = len(shape)
+    if count == 0 or input.numel() == 0 or input.dim() < count:
+        return False
+    for size in shape:
+        if type(size) is not int:
+            return False
+    return input.shape[input.dim() - count :] == shape
 
 
 def fast_path(

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import Tensor
 from normlab import kernels
 from normlab.functional._autograd import FastPath, Grads, Operator, Saved, Stats
 from normlab.functional._common import compute_dtype
+from normlab.functional._fast.layernorm import trailing
 from normlab.functional._fast.rows import rstd_from_centred
 
 
@@ -74,6 +76,22 @@ class TensorRMSNorm(FastPath):
         else:
             dx = torch.addcmul(xhat, torch.mul(g, w, out=gx), rstd, out=gx)
         return dx, dw, None
+
+
+def cpu_operator(
+    input: Tensor, normalized_shape: Any, weight: Tensor | None
+) -> Callable[..., Tensor] | None:
+    """``torch.ops.normlab.rms_norm`` where it takes these arguments as they are, else None:
+    the kernels apply, the input is not empty, ``normalized_shape`` is a tuple of ints that
+    ends the input's shape and is the weight's (as
+    :func:`normlab.functional._fast.layernorm.cpu_operator`)."""
+    if type(normalized_shape) is not tuple or not kernels.applies(input, weight):
+        return None
+    if not trailing(input, normalized_shape):
+        return None
+    if weight is not None and weight.shape != normalized_shape:
+        return None
+    return kernels.ops().rms_norm
 
 
 def fast_path(
