@@ -23,12 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _per_channel(v: Tensor, ndim: int) -> Tensor:
-    """A ``(C,)`` vector viewed as ``(C, 1, ..., 1)`` to broadcast over ``(N, C, *)``."""
-    return v.reshape(-1, *[1] * (ndim - 2))
+from normlab.functional._common import as_dtype, compute_dtype, per_channel
 
 
 def frozen_batch_norm(
@@ -65,9 +60,8 @@ def frozen_batch_norm(
         raise ValueError(
             f"frozen_batch_norm: expected input of shape (N, C, *) (got {input.dim()}D input)"
         )
-    compute = torch.float32 if input.dtype in _LOW_PRECISION else input.dtype
-    ndim = input.dim()
-    scale = weight.to(compute) * torch.rsqrt(running_var.to(compute) + eps)
-    out = input.to(compute) - _per_channel(running_mean.to(compute), ndim)  # the one allocation
-    out.mul_(_per_channel(scale, ndim)).add_(_per_channel(bias.to(compute), ndim))
-    return out.to(input.dtype)
+    dtype, ndim = compute_dtype(input.dtype), input.dim()
+    scale = torch.rsqrt(as_dtype(running_var, dtype) + eps) * as_dtype(weight, dtype)
+    out = as_dtype(input, dtype) - per_channel(as_dtype(running_mean, dtype), ndim)
+    out.mul_(per_channel(scale, ndim)).add_(per_channel(as_dtype(bias, dtype), ndim))
+    return as_dtype(out, input.dtype)  # out: the one activation-sized allocation
