@@ -135,12 +135,16 @@ def test_no_grad_and_bfloat16() -> None:
     assert all(leaf.grad.dtype == torch.float32 for leaf in leaves[1:])
 
 
-def test_a_tie_goes_to_tau_in_both_paths() -> None:
+def test_a_tie_passes_through_in_both_paths() -> None:
     """x = 0 with bias = tau = 0 gives z = tau exactly: the TLU's value is tau, and all of
-    dy goes to tau, in the plain formula's autograd and in the fast path alike."""
+    dy goes to z (clamp's convention), in the plain formula's autograd and in the fast path
+    alike: dbias is the sum of dy, dtau is 0."""
     x = torch.zeros(2, 3, 2, 2, dtype=F64, requires_grad=True)
     weight, bias, tau = (torch.zeros(3, dtype=F64, requires_grad=True) for _ in range(3))
     dy = torch.randn(2, 3, 2, 2, dtype=F64)
-    fast = torch.autograd.grad(frn.filter_response_norm(x, weight, bias, tau), tau, dy)[0]
-    plain = torch.autograd.grad(frn.forward(x, weight, bias, tau, 1e-6), tau, dy)[0]
-    assert torch.equal(fast, dy.sum((0, 2, 3))) and torch.equal(plain, fast)
+    fast = torch.autograd.grad(frn.filter_response_norm(x, weight, bias, tau), (bias, tau), dy)
+    plain = torch.autograd.grad(frn.forward(x, weight, bias, tau, 1e-6), (bias, tau), dy)
+    assert torch.equal(fast[0], dy.sum((0, 2, 3))) and torch.equal(
+        fast[1], torch.zeros(3, dtype=F64)
+    )
+    assert torch.equal(plain[0], fast[0]) and torch.equal(plain[1], fast[1])

@@ -103,13 +103,14 @@ def _records_graph(*tensors: Tensor) -> bool:
 
 
 def _denominator(x: Tensor, v: Tensor, batch_var: Tensor, eps: float) -> Tensor:
-    """``max(sqrt(batch_var + eps), v * x + sqrt(var_HW + eps))`` as ``where``: a tie
-    takes the batch branch (as the closed form), NaN is kept."""
+    """``max(sqrt(batch_var + eps), v * x + sqrt(var_HW + eps))`` as
+    ``clamp(batch_std, min=instance)``: a tie takes the batch branch (as the closed form),
+    NaN is kept."""
     ndim = x.dim()
     instance_std = (x.var(_spatial(ndim), correction=0, keepdim=True) + eps).sqrt()
     instance = _channel(v, ndim, x.dtype) * x + instance_std
     batch_std = (batch_var + eps).sqrt()
-    return torch.where(instance <= batch_std, batch_std, instance)
+    return torch.clamp(batch_std, min=instance)
 
 
 def _batch_var(x: Tensor) -> Tensor:

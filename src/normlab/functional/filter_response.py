@@ -12,13 +12,13 @@ whose spatial extent is 1x1, where ``nu2 = x^2`` and a fixed small ``eps`` turns
 into a sign function).
 
 The backward in closed form, with ``r = (nu2 + eps)^(-1/2)``, ``z = weight * x * r + bias``,
-``m`` the number of spatial positions, ``g = dL/dy`` where ``z > tau`` (else 0; a tie
-``z = tau`` counts as below, as the TLU's value there is ``tau``) and ``S = sum_HW(g * x)``
-per sample and channel::
+``m`` the number of spatial positions, ``g = dL/dy`` where ``z >= tau`` (else 0; a tie
+``z = tau`` passes, as through ``clamp``) and ``S = sum_HW(g * x)`` per sample and
+channel::
 
     dL/dx       = weight * r * (g - x * r^2 * S / m)
     dL/dweight  = sum_N(r * S)          dL/dbias = sum(g)
-    dL/dtau     = sum of dL/dy where z <= tau
+    dL/dtau     = sum of dL/dy where z < tau
     dL/deps     = -1/2 * sum_{N,C}(weight * r^3 * S)        (a tensor ``eps`` only)
 
 How it is computed: :func:`forward` and :func:`backward` are these formulas as
@@ -67,15 +67,15 @@ def forward(
     input: Tensor, weight: Tensor, bias: Tensor, tau: Tensor | None, eps: float | Tensor
 ) -> Tensor:
     """``max(weight * x * r + bias, tau)`` as tensor operations, in the computation dtype,
-    output in ``input``'s dtype. The TLU is ``where(z <= tau, tau, z)``: ``max`` with the
-    gradient of a tie given to ``tau`` (as the closed form), NaN kept."""
+    output in ``input``'s dtype. The TLU is ``clamp(z, min=tau)``: ``max`` with the
+    gradient of a tie given to ``z`` (as the closed form), NaN kept."""
     dtype, ndim = compute_dtype(input.dtype), input.dim()
     x = input.to(dtype)
     z = x * _rsqrt_mean_square(x, eps) * _channel(weight, ndim, dtype)
     z = z + _channel(bias, ndim, dtype)
     if tau is not None:
         tau_c = _channel(tau, ndim, dtype)
-        z = torch.where(z <= tau_c, tau_c, z)
+        z = torch.clamp(z, min=tau_c)
     return z.to(input.dtype)
 
 
@@ -98,7 +98,7 @@ def backward(
     w = _channel(weight, ndim, dtype)
     g, dtau = dy, None
     if tau is not None:
-        below = w * x * r + _channel(bias, ndim, dtype) <= _channel(tau, ndim, dtype)
+        below = w * x * r + _channel(bias, ndim, dtype) < _channel(tau, ndim, dtype)
         g = torch.where(below, 0.0, dy)
         dtau = as_dtype(torch.where(below, dy, 0.0).sum(reduced), tau.dtype)
     row_sums = (g * x).sum(spatial, keepdim=True) if ndim > 2 else g * x

@@ -6,7 +6,7 @@ spatial positions. The forward::
 
     r = rsqrt(|x_row|^2 / m + eps)               (a squared 2-norm per row: one pass)
     z = x * (weight * r) + bias                  (one addcmul)
-    below = z <= tau;  y = max(z, tau)           (in z's memory)
+    below = z < tau;   y = max(z, tau)           (in z's memory)
 
 saves ``input``, ``r`` (one number per row) and the mask ``below`` (one byte per element),
 and the backward, with ``g = dy`` where not ``below`` (else 0), ``S = sum_row(g * x)``::
@@ -44,7 +44,7 @@ def forward(
     x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor | None, eps: float | Tensor
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(y, r, below)`` for rows ``x`` of shape ``(N, C, m)``; ``r`` is ``(N, C, 1)``,
-    ``below`` the mask ``z <= tau`` (``None`` without ``tau``)."""
+    ``below`` the mask ``z < tau`` (``None`` without ``tau``)."""
     _, c, m = x.shape
     dtype = x.dtype
     r = rstd_from_centred(x, m, as_dtype(eps, dtype) if isinstance(eps, Tensor) else eps)
@@ -52,7 +52,7 @@ def forward(
     if tau is None:
         return z, r, None
     tau_c = as_dtype(tau, dtype).view(c, 1)
-    below = torch.le(z, tau_c)
+    below = torch.lt(z, tau_c)
     return torch.maximum(z, tau_c, out=z), r, below
 
 
