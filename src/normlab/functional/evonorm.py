@@ -265,9 +265,8 @@ def s0_forward(
     grouped = x.reshape(x.shape[0], groups, -1)
     group_std = (grouped.var(-1, correction=0, keepdim=True) + eps).sqrt()
     gate = x * torch.sigmoid(_channel(v, ndim, dtype) * x)
-    normalised = (gate.reshape_as(grouped) / group_std).reshape(x.shape)
-    y = normalised * _channel(weight, ndim, dtype) + _channel(bias, ndim, dtype)
-    return y.to(input.dtype)
+    y = gate / _per_channel(group_std, x.shape[1], ndim) * _channel(weight, ndim, dtype)
+    return (y + _channel(bias, ndim, dtype)).to(input.dtype)
 
 
 def s0_backward(
