@@ -37,6 +37,7 @@ from normlab.functional._common import (
     compute_dtype,
 )
 from normlab.functional._fast import groupnorm as fast
+from normlab.functional._fast.layernorm import compiled_ops
 from normlab.functional.layernorm import standardize
 
 # ---------------------------------------------------------------------------------------------
@@ -156,6 +157,9 @@ def group_norm(
     _check_group_norm(input, num_groups, weight, bias)
     check_param_dtypes(input, (weight, bias), "group_norm")
     if not _autograd.eager(input):
+        ops = compiled_ops(input, weight, bias)
+        if ops is not None:  # torch.compile on the CPU: the operator, one call each way
+            return ops.group_norm(input, num_groups, weight, bias, eps)
         return forward(input, num_groups, weight, bias, eps)
     return _autograd.run(
         fast.fast_path(input, num_groups, weight, bias, eps),

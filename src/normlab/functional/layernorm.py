@@ -37,6 +37,7 @@ from normlab.functional._common import (
     compute_dtype,
 )
 from normlab.functional._fast import layernorm as fast
+from normlab.functional._fast.layernorm import compiled_ops
 
 # ---------------------------------------------------------------------------------------------
 # The formula
@@ -131,6 +132,9 @@ def layer_norm(
     )
     check_param_dtypes(input, (weight, bias), "layer_norm")
     if not _autograd.eager(input):
+        ops = compiled_ops(input, weight, bias)
+        if ops is not None:  # torch.compile on the CPU: the operator, one call each way
+            return ops.layer_norm(input, shape, weight, bias, eps)
         return forward(input, shape, weight, bias, eps)
     return _autograd.run(
         fast.fast_path(input, shape, weight, bias, eps),

@@ -33,6 +33,7 @@ from normlab.functional._common import (
     compute_dtype,
 )
 from normlab.functional._fast import rmsnorm as fast
+from normlab.functional._fast.layernorm import compiled_ops
 
 # ---------------------------------------------------------------------------------------------
 # The formula
@@ -105,6 +106,9 @@ def rms_norm(
     shape = check_normalized_shape(input, normalized_shape, {"weight": weight}, "rms_norm")
     eps_value = _rms_eps(eps, input.dtype)
     if not _autograd.eager(input):
+        ops = compiled_ops(input, weight)
+        if ops is not None:  # torch.compile on the CPU: the operator, one call each way
+            return ops.rms_norm(input, shape, weight, eps_value)
         return forward(input, shape, weight, eps_value)
     return _autograd.run(
         fast.fast_path(input, shape, weight, eps_value),

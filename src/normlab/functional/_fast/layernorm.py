@@ -34,6 +34,8 @@ from normlab.functional._autograd import FastPath, Grads, Operator, Saved, Stats
 from normlab.functional._common import as_dtype, as_layout, compute_dtype
 from normlab.functional._fast.rows import standardize
 
+_KERNEL_FLOATS = (torch.float32, torch.float64)
+
 
 def incoming(grad_out: Tensor, input: Tensor) -> Tensor:
     """The output gradient as the kernels take it: contiguous, in the input's dtype."""
@@ -156,6 +158,28 @@ def cpu_operator(
         if param is not None and param.shape != normalized_shape:
             return None
     return kernels.ops().layer_norm
+
+
+def compiled_ops(input: Tensor, *params: Tensor | None) -> Any:
+    """``torch.ops.normlab`` under ``torch.compile`` where its CPU operators take these
+    tensors (CPU, not empty, one float32/float64 dtype; any strides), else None.
+
+    Layer, group and RMS norm's operators trace as one call each way (their Meta kernels
+    give the shapes, symbolic ones too), and the compiled graph calls the loops eager mode
+    runs: the same bits, and no slower than what inductor generates from the plain formula
+    and its autograd. Not under ``torch.func`` transforms (the operators have no batching
+    or forward-mode rules): the plain formula runs there.
+    """
+    if not torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return None
+    ops = kernels.ops()
+    dtype = input.dtype
+    if ops is None or dtype not in _KERNEL_FLOATS or not input.is_cpu or input.numel() == 0:
+        return None
+    for param in params:
+        if param is not None and (param.dtype != dtype or not param.is_cpu):
+            return None
+    return ops
 
 
 def trailing(input: Tensor, shape: tuple[Any, ...]) -> bool:

@@ -217,12 +217,21 @@ Tensor batch_norm_train_kernel(const Tensor& input, const OptTensor& weight,
 // layer norm
 // ------------------------------------------------------------------------------------------
 
+// Sizes are read as symbolic ones (sym_size): under FakeTensor tracing with dynamic shapes
+// (torch.compile) a size may be a symbol; comparing it with an int fixes it.
+bool trailing_dims_are(const Tensor& input, at::IntArrayRef shape) {
+  const int64_t k = static_cast<int64_t>(shape.size()), lead = input.dim() - k;
+  if (k < 1 || lead < 0) return false;
+  for (int64_t i = 0; i < k; ++i) {
+    if (input.sym_size(lead + i) != shape[i]) return false;
+  }
+  return true;
+}
+
 int64_t width_of(const Tensor& input, at::IntArrayRef normalized_shape, const char* name) {
-  const int64_t k = static_cast<int64_t>(normalized_shape.size());
-  TORCH_CHECK(k >= 1 && k <= input.dim() &&
-                  input.sizes().slice(input.dim() - k).equals(normalized_shape),
-              name, ": normalized_shape ", normalized_shape,
-              " must be the trailing dims of the input of shape ", input.sizes());
+  TORCH_CHECK(trailing_dims_are(input, normalized_shape), name, ": normalized_shape ",
+              normalized_shape, " must be the trailing dims of the input of shape ",
+              input.sym_sizes());
   return c10::multiply_integers(normalized_shape);
 }
 
@@ -288,8 +297,8 @@ Tensor layer_norm_kernel(const Tensor& input, at::IntArrayRef normalized_shape,
 void check_groups(const Tensor& input, int64_t num_groups) {
   TORCH_CHECK(input.dim() >= 2, "normlab::group_norm: expected (N, C, *) input, got ",
               input.dim(), " dims");
-  TORCH_CHECK(num_groups >= 1 && input.size(1) % num_groups == 0,
-              "normlab::group_norm: expected the number of channels ", input.size(1),
+  TORCH_CHECK(num_groups >= 1 && input.sym_size(1) % num_groups == 0,
+              "normlab::group_norm: expected the number of channels ", input.sym_size(1),
               " to be divisible by num_groups ", num_groups);
 }
 
@@ -349,7 +358,8 @@ Tensor group_norm_kernel(const Tensor& input, int64_t num_groups, const OptTenso
 // Meta: the kernels' output shapes, for FakeTensor tracing
 // ------------------------------------------------------------------------------------------
 
-Tensor channels_like(const Tensor& x) { return at::empty({x.size(1)}, x.options()); }
+// Symbolic sizes (dynamic shapes) stay symbolic: sym_size, sym_numel, empty_symint.
+Tensor channels_like(const Tensor& x) { return at::empty_symint({x.sym_size(1)}, x.options()); }
 
 Triple bn_forward_meta(const Tensor& x, const OptTensor&, const OptTensor&, const OptTensor&,
                        const OptTensor&, double, double) {
@@ -363,19 +373,20 @@ Triple bn_backward_meta(const Tensor&, const Tensor& x, const Tensor&, const Ten
 
 Pair ln_forward_meta(const Tensor& x, const OptTensor&, const OptTensor&, int64_t width,
                      double) {
-  return {at::empty_like(x), at::empty({x.numel() / width, 2}, x.options())};
+  return {at::empty_like(x), at::empty_symint({x.sym_numel() / width, 2}, x.options())};
 }
 
 Triple ln_backward_meta(const Tensor&, const Tensor& x, const Tensor& stats, const OptTensor&,
                         bool nx, bool nw, bool nb) {
-  const int64_t width = x.numel() / stats.size(0);
-  return {nx ? at::empty_like(x) : Tensor(), nw ? at::empty({width}, x.options()) : Tensor(),
-          nb ? at::empty({width}, x.options()) : Tensor()};
+  const c10::SymInt width = x.sym_numel() / stats.sym_size(0);
+  return {nx ? at::empty_like(x) : Tensor(),
+          nw ? at::empty_symint({width}, x.options()) : Tensor(),
+          nb ? at::empty_symint({width}, x.options()) : Tensor()};
 }
 
 Pair gn_forward_meta(const Tensor& x, const OptTensor&, const OptTensor&, int64_t groups,
                      double) {
-  return {at::empty_like(x), at::empty({x.size(0) * groups, 2}, x.options())};
+  return {at::empty_like(x), at::empty_symint({x.sym_size(0) * groups, 2}, x.options())};
 }
 
 Triple gn_backward_meta(const Tensor&, const Tensor& x, const Tensor&, const OptTensor&,
