@@ -114,6 +114,25 @@ def test_compiled_equals_eager(
     float32_buffers_agree(compiled_module, eager, terms=n)
 
 
+@pytest.mark.parametrize(
+    ("cls", "shape"), [(GhostBatchNorm1d, (7, 3, 4)), (GhostBatchNorm2d, (8, 3, 3, 3))]
+)
+def test_compiled_equals_the_formula_in_float64(
+    cls: type,
+    shape: tuple[int, ...],
+    same_random_state: Callable[..., None],
+    steps_agree: Callable[..., None],
+) -> None:
+    """Compiled (the formula with its closed-form backward from saved statistics), chunks
+    of 3 with a smaller last one: outputs, gradients and buffers as the chunks' formula."""
+    torch._dynamo.reset()
+    ours = cls(3, 3, dtype=torch.float64)
+    oracle = getattr(references, cls.__name__)(3, 3, dtype=torch.float64)
+    same_random_state(ours, oracle)
+    ours.compile(fullgraph=True, backend=COMPILE_BACKEND)  # in place: the same names
+    steps_agree(ours, oracle, shape)
+
+
 def test_far_from_zero_float32_against_float64(same_random_state: Callable[..., None]) -> None:
     ours = GhostBatchNorm2d(3, 4)
     oracle = references.GhostBatchNorm2d(3, 4, dtype=torch.float64)

@@ -36,13 +36,16 @@ How it is computed: the batch is seen as runs of equal chunks, ``(K, V, C, S)`` 
 Eagerly each chunk runs through batch norm's fast paths (normlab's kernels, else its
 in-place tensor arithmetic) inside one autograd function
 (:mod:`normlab.functional._fast.ghost`, through :mod:`normlab.functional._autograd`;
-:func:`backward` is differentiated for higher derivatives); under ``torch.compile`` and
+:func:`backward` is differentiated for higher derivatives); under ``torch.compile``
+:func:`forward` runs with the closed-form backward from its saved statistics, under
 ``torch.func`` :func:`forward` runs and autograd differentiates it. A batch of at most
 ``V`` samples is :func:`normlab.functional.batchnorm.batch_norm` itself. float16 /
 bfloat16 inputs: statistics in float32, output in the input's dtype.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -107,19 +110,40 @@ def _channel(v: Tensor | None) -> Tensor | None:
 
 def _run_forward(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(y, mean, var)`` of one run ``(K, V, C, S)``: statistics ``(K, C)`` per chunk and
-    channel (``var`` biased), on the values shifted by each chunk's first value of the
-    channel (Welford's ``var_mean`` of a small offset: stable far from zero)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(y, mean, var, offset, invstd)`` of one run ``(K, V, C, S)``: statistics ``(K, C)``
+    per chunk and channel (``var`` biased), on the values shifted by each chunk's first value
+    of the channel, ``v = x - first`` (Welford's ``var_mean`` of a small offset ``E[v]``:
+    stable far from zero); ``xhat = (v - offset) * invstd``."""
     first = x[:, :1, :, :1]
     shifted = x - first
     var, offset = torch.var_mean(shifted, (1, 3), correction=0, keepdim=True)
-    y = (shifted - offset) * torch.rsqrt(var + eps)
+    invstd = torch.rsqrt(var + eps)
+    y = (shifted - offset) * invstd
     if weight is not None:
         y = y * _channel(weight)
     if bias is not None:
         y = y + _channel(bias)
-    return y, (first + offset).flatten(1), var.flatten(1)
+    return y, (first + offset).flatten(1), var.flatten(1), offset.flatten(1), invstd.flatten(1)
+
+
+def _shifted_forward(
+    input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, size: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`forward`'s ``(y, mean, var)``, and the ``(K, C)`` ``offset`` and ``invstd``
+    from which the backward recomputes ``xhat`` exactly."""
+    per_sample = input[0, 0].numel()
+    views = _chunk_views(as_dtype(input, compute_dtype(input.dtype)), size)
+    outputs, stats = [], []
+    for (_, samples), run in zip(runs(input.shape[0], size), views, strict=True):
+        y, mean, var, offset, invstd = _run_forward(run, weight, bias, eps)
+        values = samples * per_sample  # per chunk and channel
+        outputs.append(y.reshape(-1, *input.shape[1:]))
+        stats.append((mean, var * (values / (values - 1)), offset, invstd))
+    if len(outputs) == 1:
+        return as_dtype(outputs[0], input.dtype), *stats[0]
+    joined = (torch.cat(parts) for parts in zip(*stats, strict=True))
+    return as_dtype(torch.cat(outputs), input.dtype), *joined
 
 
 def forward(
@@ -127,35 +151,33 @@ def forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(y, mean, var)``: the output, and the chunks' means and *unbiased* variances
     ``(K, C)`` (what the running statistics take), in the computation dtype."""
-    per_sample = input[0, 0].numel()
-    views = _chunk_views(as_dtype(input, compute_dtype(input.dtype)), size)
-    outputs, means, variances = [], [], []
-    for (_, samples), run in zip(runs(input.shape[0], size), views, strict=True):
-        y, mean, var = _run_forward(run, weight, bias, eps)
-        values = samples * per_sample  # per chunk and channel
-        outputs.append(y.reshape(-1, *input.shape[1:]))
-        means.append(mean)
-        variances.append(var * (values / (values - 1)))
-    if len(outputs) == 1:
-        return as_dtype(outputs[0], input.dtype), means[0], variances[0]
-    return as_dtype(torch.cat(outputs), input.dtype), torch.cat(means), torch.cat(variances)
+    return _shifted_forward(input, weight, bias, eps, size)[:3]
 
 
-def _run_backward(
-    dy: Tensor, x: Tensor, weight: Tensor | None, eps: float
+def _run_grads(
+    dy: Tensor, xhat: Tensor, invstd: Tensor, weight: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Batch norm's closed form per chunk of one run ``(K, V, C, S)``: ``(dx, dweight,
-    dbias)``, the affine's gradients ``(C,)`` summed over the run's chunks."""
+    """Batch norm's closed form per chunk of one run ``(K, V, C, S)`` (``invstd``
+    ``(K, 1, C, 1)``): ``(dx, dweight, dbias)``, the affine's gradients ``(C,)`` summed over
+    the run's chunks."""
     dims = (1, 3)
-    n = x.shape[1] * x.shape[3]
-    centred = x - x.mean(dims, keepdim=True)
-    invstd = torch.rsqrt((centred * centred).sum(dims, keepdim=True) / n + eps)
-    xhat = centred * invstd
+    n = xhat.shape[1] * xhat.shape[3]
     sum_dy = dy.sum(dims, keepdim=True)
     sum_dy_xhat = (dy * xhat).sum(dims, keepdim=True)
     scale = invstd if weight is None else invstd * _channel(weight)
     dx = scale * (dy - sum_dy / n - xhat * (sum_dy_xhat / n))
     return dx, sum_dy_xhat.sum((0, 1, 3)), sum_dy.sum((0, 1, 3))
+
+
+def _joined_grads(
+    input: Tensor, grads: list[tuple[Tensor, Tensor, Tensor]]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The runs' gradients as those of the batch: ``dx`` concatenated, the affine's summed."""
+    dxs = [dx.reshape(-1, *input.shape[1:]) for dx, _, _ in grads]
+    dx = dxs[0] if len(dxs) == 1 else torch.cat(dxs)
+    dweight = sum((dw for _, dw, _ in grads[1:]), grads[0][1])
+    dbias = sum((db for _, _, db in grads[1:]), grads[0][2])
+    return as_dtype(dx, input.dtype), dweight, dbias
 
 
 def backward(
@@ -164,15 +186,61 @@ def backward(
     """Closed-form ``(dx, dweight, dbias)`` of all chunks, statistics recomputed from
     ``input``; differentiable, for higher derivatives."""
     dtype = compute_dtype(input.dtype)
-    x_runs = _chunk_views(as_dtype(input, dtype), size)
-    dy_runs = _chunk_views(as_dtype(grad_out, dtype), size)
-    dxs, dweight, dbias = [], 0, 0
-    for dy, x in zip(dy_runs, x_runs, strict=True):
-        dx, dw, db = _run_backward(dy, x, weight, eps)
-        dxs.append(dx.reshape(-1, *input.shape[1:]))
-        dweight, dbias = dweight + dw, dbias + db
-    dx = dxs[0] if len(dxs) == 1 else torch.cat(dxs)
-    return as_dtype(dx, input.dtype), dweight, dbias  # type: ignore[return-value]
+    grads = []
+    for dy, x in zip(
+        _chunk_views(as_dtype(grad_out, dtype), size),
+        _chunk_views(as_dtype(input, dtype), size),
+        strict=True,
+    ):
+        n = x.shape[1] * x.shape[3]
+        centred = x - x.mean((1, 3), keepdim=True)
+        invstd = torch.rsqrt((centred * centred).sum((1, 3), keepdim=True) / n + eps)
+        grads.append(_run_grads(dy, centred * invstd, invstd, weight))
+    return _joined_grads(input, grads)
+
+
+class _Formula(torch.autograd.Function):
+    """:func:`forward` with the closed-form backward from its saved statistics:
+    ``(input, weight, bias, eps, size) -> (y, mean, var, offset, invstd)``, the last four
+    without gradient. What ``torch.compile`` runs: it then fuses one reduction and one pass
+    per run for the backward, where differentiating the formula (through ``var_mean`` and
+    the shift by each chunk's first values) takes several. Not differentiable twice
+    (``torch.compile`` has no double backward); ``torch.func`` transforms differentiate the
+    formula itself."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, size: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return _shifted_forward(input, weight, bias, eps, size)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        input, weight, bias, _, size = inputs
+        _, mean, var, offset, invstd = output
+        ctx.mark_non_differentiable(mean, var, offset, invstd)
+        ctx.save_for_backward(input, weight, offset, invstd)
+        ctx.size, ctx.bias_dtype = size, None if bias is None else bias.dtype
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        input, weight, offset, invstd = ctx.saved_tensors
+        grads, row = [], 0
+        for dy, x in zip(
+            _chunk_views(as_dtype(grad_out, invstd.dtype), ctx.size),
+            _chunk_views(as_dtype(input, invstd.dtype), ctx.size),
+            strict=True,
+        ):
+            rows = slice(row, row + x.shape[0])
+            row += x.shape[0]
+            run_invstd = invstd[rows].view(x.shape[0], 1, -1, 1)
+            run_offset = offset[rows].view(x.shape[0], 1, -1, 1)
+            xhat = (x - x[:, :1, :, :1] - run_offset) * run_invstd
+            grads.append(_run_grads(dy, xhat, run_invstd, weight))
+        dx, dweight, dbias = _joined_grads(input, grads)
+        dweight_out = None if weight is None else as_dtype(dweight, weight.dtype)
+        dbias_out = None if ctx.bias_dtype is None else as_dtype(dbias, ctx.bias_dtype)
+        return dx, dweight_out, dbias_out, None, None
 
 
 def update_running_stats(
@@ -265,7 +333,9 @@ def ghost_batch_norm(
         )
         assert path.moments is not None
         mean, var = path.moments
-    else:  # torch.compile, torch.func: the formula
+    elif torch._C._are_functorch_transforms_active():  # torch.func: the formula itself
         out, mean, var = forward(input, weight, bias, eps, size)
+    else:  # torch.compile: the formula with its closed-form backward
+        out, mean, var, _, _ = _Formula.apply(input, weight, bias, eps, size)
     update_running_stats(running_mean, running_var, mean, var, input.shape[0], size, momentum)
     return out
