@@ -192,3 +192,15 @@ def test_bfloat16_takes_the_tensor_code_within_its_rounding(ops: Any) -> None:
     expected = F.rms_norm(x.double(), [64], module.weight.double(), module.eps)
     # float32 statistics of 64 terms, then one rounding to bfloat16 of the output
     assert_close_sum(y, expected, terms=64, abs_sum=expected.abs() + 1, dtype=torch.bfloat16)
+
+
+def test_a_moved_dimension_runs_the_operator(ops: Any) -> None:
+    """RMS norm over the channels of a map (``movedim(1, -1)``, not contiguous) takes the
+    operator too; values and gradients as torch.nn's in float64."""
+    x = torch.randn(2, 5, 3, 4, dtype=F64).movedim(1, -1)
+    w, dy = torch.rand(5, dtype=F64) + 0.5, torch.randn(2, 3, 4, 5, dtype=F64)
+    x_grad = x.detach().requires_grad_()
+    assert "RMSNorm" in N.rms_norm(x_grad, [5], w).grad_fn.name()
+    mine = _fwd_bwd(lambda x, w: N.rms_norm(x, [5], w), x, w, dy)
+    exact = _fwd_bwd(lambda x, w: F.rms_norm(x, [5], w), x, w, dy)
+    _close(mine, exact, x.numel())

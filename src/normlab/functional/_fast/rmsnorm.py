@@ -84,8 +84,9 @@ def cpu_operator(
     """``torch.ops.normlab.rms_norm`` where it takes these arguments as they are, else None:
     the kernels apply, the input is not empty, ``normalized_shape`` is a tuple of ints that
     ends the input's shape and is the weight's (as
-    :func:`normlab.functional._fast.layernorm.cpu_operator`)."""
-    if type(normalized_shape) is not tuple or not kernels.applies(input, weight):
+    :func:`normlab.functional._fast.layernorm.cpu_operator`); the input may have any
+    strides (:func:`_kernels_take`)."""
+    if type(normalized_shape) is not tuple or not _kernels_take(input, weight):
         return None
     if not trailing(input, normalized_shape):
         return None
@@ -99,6 +100,21 @@ def fast_path(
 ) -> FastPath | Operator:
     """The CPU operator where normlab's CPU kernels take these tensors, else the in-place
     tensor arithmetic."""
-    if kernels.applies(input, weight):
+    if _kernels_take(input, weight):
         return CpuRMSNorm(kernels.ops(), shape, eps)
     return TensorRMSNorm(math.prod(shape), eps)
+
+
+def _kernels_take(input: Tensor, weight: Tensor | None) -> bool:
+    """:func:`normlab.kernels.applies`, the input of any strides: the operator copies a
+    strided input into contiguous rows inside its call (one copy, as the tensor path's
+    reshape makes, and no graph node), so that RMS norm over the channels of a
+    convolutional map, a moved dimension, runs the kernels too. The output is contiguous,
+    as the tensor path's is."""
+    if input.is_contiguous():
+        return kernels.applies(input, weight)
+    if input.dtype not in (torch.float32, torch.float64) or not input.is_cpu:
+        return False
+    if weight is not None:
+        return weight.dtype == input.dtype and kernels.applies(weight)
+    return kernels.applies(input.new_empty(0))  # eager, and the kernels built and on

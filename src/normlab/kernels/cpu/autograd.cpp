@@ -267,8 +267,10 @@ struct LayerNorm : public torch::autograd::Function<LayerNorm> {
     } else {
       std::tie(dx, dw, db) = ln_backward(dy, x, stats, w.defined() ? OptTensor(w) : OptTensor(),
                                          needs.input, needs.weight, needs.bias);
-      if (dw.defined()) dw = dw.view(shape);
-      if (db.defined()) db = db.view(shape);
+      if (shape.size() > 1) {  // (D,) vectors as the parameters' shape
+        if (dw.defined()) dw = dw.view(shape);
+        if (db.defined()) db = db.view(shape);
+      }
     }
     return {needs.input ? dx : Tensor(), Tensor(), needs.weight ? dw : Tensor(),
             needs.bias ? db : Tensor(), Tensor()};

@@ -193,14 +193,22 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_backward(const Tensor& grad_out,
     backward_rows(g.data_ptr<T>(), input.data_ptr<T>(), stats.data_ptr<T>(),
                   data_or_null<T>(weight), dx.defined() ? dx.data_ptr<T>() : nullptr, sg.data(),
                   sgx.data(), L);
-    for (int64_t c = 0; c < L.C; ++c) {  // dweight, dbias: sums over the samples
-      double sum_w = 0, sum_b = 0;
-      for (int64_t n = 0; n < L.N; ++n) {
-        sum_w += sgx[n * L.C + c];
-        sum_b += sg[n * L.C + c];
+    // dweight, dbias: sums over the samples, in sample order, read row by row (a column
+    // walk of (N, C) strides through memory and costs more than the kernels themselves)
+    std::vector<double> sum_w(L.C, 0.0), sum_b(L.C, 0.0);
+    for (int64_t n = 0; n < L.N; ++n) {
+      const double* __restrict row_gx = sgx.data() + n * L.C;
+      const double* __restrict row_g = sg.data() + n * L.C;
+      for (int64_t c = 0; c < L.C; ++c) {  // (no pragma inside the dispatch macro)
+        sum_w[c] += row_gx[c];
+        sum_b[c] += row_g[c];
       }
-      if (need_weight) dw.data_ptr<T>()[c] = static_cast<T>(sum_w);
-      if (need_bias) db.data_ptr<T>()[c] = static_cast<T>(sum_b);
+    }
+    T* out_w = need_weight ? dw.data_ptr<T>() : nullptr;
+    T* out_b = need_bias ? db.data_ptr<T>() : nullptr;
+    for (int64_t c = 0; c < L.C; ++c) {
+      if (out_w) out_w[c] = static_cast<T>(sum_w[c]);
+      if (out_b) out_b[c] = static_cast<T>(sum_b[c]);
     }
   });
   return {dx, dw, db};

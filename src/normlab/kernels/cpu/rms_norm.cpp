@@ -254,7 +254,7 @@ struct RMSNorm : public torch::autograd::Function<RMSNorm> {
     } else {
       std::tie(dx, dw) = backward_op(dy, x, rstd, w.defined() ? OptTensor(w) : OptTensor(),
                                      c10::multiply_integers(shape), need_x, need_w);
-      if (dw.defined()) dw = dw.view(shape);
+      if (dw.defined() && shape.size() > 1) dw = dw.view(shape);
     }
     return {need_x ? dx : Tensor(), Tensor(), need_w ? dw : Tensor(), Tensor()};
   }
