@@ -686,7 +686,8 @@ def test_local_response_norm_empty_returns_the_input_and_ints_like_torch() -> No
 
 
 def test_compiles_without_graph_breaks() -> None:
-    """torch.compile(fullgraph=True) sees plain tensor operations and matches eager."""
+    """torch.compile(fullgraph=True) traces all four without a graph break (the plain
+    formula, or normlab's operators on the CPU) and matches eager."""
     torch._dynamo.reset()
 
     def all_four(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ Each norm module of :mod:`normlab.functional` starts with its plain formula: a f
 written as differentiable tensor operations and its closed-form backward. The plain
 forward is what runs under ``torch.compile`` and ``torch.func`` transforms (both
 differentiate and fuse ordinary tensor operations themselves) and for empty inputs:
-:func:`eager` says when a fast path may run instead.
+:func:`eager` says when a fast path may run instead. (Under ``torch.compile`` on the CPU,
+layer, group and RMS norm call their C++ operators, which trace as one call each way.)
 
 Eagerly, a norm runs a :class:`FastPath` (normlab's C++ or Triton kernels, or in-place
 tensor arithmetic, in :mod:`normlab.functional._fast`) through one ``autograd.Function``
@@ -28,11 +29,12 @@ The bridge saves ``input``, ``weight`` and the path's statistics (not ``bias``: 
 shape and dtype) and records nothing when no gradient is wanted (the path's forward runs
 alone). It is never entered under ``torch.func``: the plain formula runs there.
 
-A norm whose kernels are also one operator with its backward registered for autograd in
-C++ (normlab's CPU kernels: ``torch.ops.normlab.batch_norm_train``, ``layer_norm``,
-``group_norm``) picks an :class:`Operator` instead of a :class:`FastPath` where they apply:
-``run`` calls it directly, one dispatch with no Python ``autograd.Function`` (its backward
-runs in C++, a differentiable closed form there when a graph of the backward is wanted).
+A norm whose kernels are also one operator with its backward registered for autograd in C++
+(normlab's CPU kernels: ``torch.ops.normlab.batch_norm_train``, ``layer_norm``,
+``group_norm``, ``rms_norm``) picks an :class:`Operator` instead of a :class:`FastPath`
+where they apply: ``run`` calls it directly, one dispatch with no Python
+``autograd.Function`` (its backward runs in C++, a differentiable closed form there when a
+graph of the backward is wanted).
 
 A new norm plugs in by writing its plain formula, a :class:`FastPath` subclass, and
 ``if eager(input): return run(path, backward, input, weight, bias)`` in its public function.

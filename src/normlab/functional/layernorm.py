@@ -13,13 +13,17 @@ The backward in closed form, with ``g = dy * weight`` and means over the row::
     dweight = sum over rows of dy * xhat            dbias = sum over rows of dy
 
 :func:`forward` and :func:`backward` are these formulas as differentiable tensor
-operations; :func:`layer_norm` runs them under ``torch.compile`` and ``torch.func`` (and
-differentiates the backward for higher derivatives). Eagerly it runs a fast path through
-:mod:`normlab.functional._autograd` (:mod:`normlab.functional._fast.layernorm`: normlab's
-kernels, or in-place tensor arithmetic). The statistics are per row, so training and
-evaluation compute the same thing and there are no running buffers. float16 / bfloat16
-inputs: statistics and arithmetic in float32, output in the input's dtype. Errors are
-torch's (:class:`~normlab.functional.ShapeError` where torch raises ``RuntimeError``).
+operations; :func:`layer_norm` runs them under ``torch.func`` and ``torch.compile`` (and
+differentiates the backward for higher derivatives), except that a compiled graph on the
+CPU (float32, float64) calls normlab's operator ``torch.ops.normlab.layer_norm`` instead.
+Eagerly it runs a fast path through :mod:`normlab.functional._autograd`
+(:mod:`normlab.functional._fast.layernorm`: normlab's kernels, or in-place tensor
+arithmetic); the common call, the CPU operator with valid arguments, is recognised by one
+short check before the full ones (:func:`normlab.functional._fast.layernorm.cpu_operator`).
+The statistics are per row, so training and evaluation compute the same thing and there are
+no running buffers. float16 / bfloat16 inputs: statistics and arithmetic in float32, output
+in the input's dtype. Errors are torch's (:class:`~normlab.functional.ShapeError` where
+torch raises ``RuntimeError``).
 """
 
 from __future__ import annotations

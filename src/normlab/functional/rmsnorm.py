@@ -13,10 +13,12 @@ closed form, with ``g = dy * weight`` and means over the row::
     dweight = sum over rows of dy * xhat
 
 :func:`forward` and :func:`backward` are these formulas as differentiable tensor
-operations; :func:`rms_norm` runs them under ``torch.compile`` and ``torch.func`` (and
-differentiates the backward for higher derivatives). Eagerly it runs a fast path through
-:mod:`normlab.functional._autograd` (:mod:`normlab.functional._fast.rmsnorm`: normlab's CPU
-operator ``torch.ops.normlab.rms_norm``, or the formulas in place on tensors).
+operations; :func:`rms_norm` runs them under ``torch.func`` and ``torch.compile`` (and
+differentiates the backward for higher derivatives), except that a compiled graph on the
+CPU (float32, float64) calls normlab's operator ``torch.ops.normlab.rms_norm`` instead.
+Eagerly it runs a fast path through :mod:`normlab.functional._autograd`
+(:mod:`normlab.functional._fast.rmsnorm`: normlab's CPU operator
+``torch.ops.normlab.rms_norm``, or the formulas in place on tensors).
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 Same constructor signatures (``device``, ``dtype``, the keyword ``bias``), parameter names,
 ``state_dict`` keys, ``reset_parameters``, ``extra_repr`` and errors as ``torch.nn``; the
-maths is :mod:`normlab.functional.feature`. These layers compute their statistics from the
-input in training and in evaluation alike, so they hold no buffers.
+maths is in :mod:`normlab.functional.layernorm`, :mod:`~normlab.functional.groupnorm`,
+:mod:`~normlab.functional.rmsnorm` and :mod:`~normlab.functional.localresponsenorm`. These
+layers compute their statistics from the input in training and in evaluation alike, so they
+hold no buffers.
 
 As torch's, ``GroupNorm`` and ``RMSNorm`` return a ``channels_last`` (``channels_last_3d``)
 output for such an input; other layouts give a contiguous output.
