@@ -40,8 +40,8 @@ CASES = [
     ),
     (
         "rms",
-        lambda x, w, b: N.rms_norm(x, [6], w) + b,
-        lambda x, w, b: F.rms_norm(x, [6], w) + b,
+        lambda x, w, b: N.rms_norm(x, [6], w),  # (b unused: no other kernel in the graph)
+        lambda x, w, b: F.rms_norm(x, [6], w),
         "rms_norm",
         (6,),
     ),
@@ -71,7 +71,7 @@ class _Recorder:
 def _fwd_bwd(fn: Callable, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> list:
     x, w, b = (t.detach().requires_grad_() for t in (x, w, b))
     y = fn(x, w, b)
-    return [y.detach(), *torch.autograd.grad(y.sin().sum(), [x, w, b])]
+    return [y.detach(), *torch.autograd.grad(y.sin().sum(), [x, w, b], allow_unused=True)]
 
 
 def _inputs(batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -81,6 +81,8 @@ def _inputs(batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
 
 def _close(mine: list, exact: list, terms: int, dtype: torch.dtype) -> None:
     for a, e in zip(mine, exact, strict=True):
+        if a is None and e is None:  # an argument the norm does not take
+            continue
         # sums of at most ``terms`` terms of the size of the largest value, in another order
         assert_close_sum(a, e.to(a.dtype), terms=terms, abs_sum=e.abs().max() + 1, dtype=dtype)
 
