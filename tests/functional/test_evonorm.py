@@ -15,6 +15,7 @@ units) over at most ``N * C * m`` terms; ``abs_sum`` bounds that sum by ``10 * s
 from __future__ import annotations
 
 import importlib
+import os
 
 import pytest
 import torch
@@ -183,3 +184,42 @@ def test_no_grad_paths_and_bfloat16() -> None:
         out.backward(torch.ones_like(out))
         assert out.dtype == torch.bfloat16 and leaves[0].grad.dtype == torch.bfloat16
         assert all(leaf.grad.dtype == torch.float32 for leaf in leaves[1:])
+
+
+def _compiled_s0_gradients(x: torch.Tensor, params: tuple, dy: torch.Tensor) -> tuple:
+    backend = "aot_eager" if os.environ.get("ATEN_CPU_CAPABILITY") == "default" else "inductor"
+    torch._dynamo.reset()
+    compiled = torch.compile(evonorm.evonorm_s0, fullgraph=True, backend=backend)
+    leaves = _leaves(x, *params)
+    y = compiled(*leaves, 2, 1e-5)
+    return y, torch.autograd.grad(y, leaves, dy)
+
+
+def test_s0_compiled_equals_the_eager_fast_path() -> None:
+    """Under torch.compile(fullgraph=True): outputs and all four gradients equal the eager
+    fast path's."""
+    x = 2 * torch.randn(3, 4, 5, 5) + 1
+    params = _parameters(4, torch.float32)
+    leaves = _leaves(x, *params)
+    y = evonorm.evonorm_s0(*leaves, 2, 1e-5)
+    dy = torch.randn_like(y)
+    y_compiled, grads = _compiled_s0_gradients(x, params, dy)
+    assert_close_sum(y_compiled, y, terms=100, abs_sum=10 * y.abs() + 10)
+    for a, b in zip(grads, torch.autograd.grad(y, leaves, dy), strict=True):
+        assert_close_sum(a, b, terms=dy.numel(), abs_sum=10 * dy.abs().sum() + 1)
+
+
+def test_s0_compiled_traces_the_closed_form_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe in place of ``s0_backward`` that doubles ``dbias``: the compiled graph's
+    ``dbias`` doubles too, so its backward is the closed form (not autograd of the formula)."""
+    closed_form = evonorm.s0_backward
+
+    def probe(*args: object) -> tuple:
+        dx, dweight, dbias, dv = closed_form(*args)
+        return dx, dweight, 2 * dbias, dv
+
+    monkeypatch.setattr(evonorm, "s0_backward", probe)
+    x, params = torch.randn(2, 4, 3, 3), _parameters(4, torch.float32)
+    dy = torch.randn_like(x)
+    _, grads = _compiled_s0_gradients(x, params, dy)
+    assert_close_sum(grads[2], 2 * dy.sum((0, 2, 3)), terms=18, abs_sum=2 * dy.abs().sum())

@@ -35,8 +35,10 @@ group of ``M`` values, ``P = sum_row(dy * x * s)``::
 How they are computed: :func:`b0_forward`, :func:`b0_backward`, :func:`s0_forward` and
 :func:`s0_backward` are these formulas as differentiable tensor operations (``torch.var``,
 two-pass, stable far from zero); :func:`evonorm_b0` and :func:`evonorm_s0` run the
-forwards under ``torch.compile`` and ``torch.func`` (which differentiate them
-themselves). Eagerly each runs one ``autograd.Function``
+forwards under ``torch.func`` and B0's under ``torch.compile`` (which differentiate them
+themselves); under ``torch.compile`` S0 traces :func:`s0_forward` with :func:`s0_backward`
+as its backward (one ``autograd.Function``: the closed form compiles to less work than
+autograd of the formula). Eagerly each runs one ``autograd.Function``
 (:mod:`normlab.functional._fast.evonorm`): shifted two-pass statistics, the closed-form
 backward in place on tensors, and the differentiable backward when a graph of the
 backward is wanted. float16 / bfloat16 inputs: arithmetic in float32, output in the
@@ -46,6 +48,7 @@ input's dtype.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -297,6 +300,30 @@ def s0_backward(
     )
 
 
+class _CompiledS0(torch.autograd.Function):
+    """:func:`s0_forward` with :func:`s0_backward` as its backward: what ``torch.compile``
+    traces for S0 (the closed form compiles to fewer passes than autograd of the formula);
+    ``torch.func`` transforms see the plain formula."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        input: Tensor, weight: Tensor, bias: Tensor, v: Tensor, groups: int, eps: float
+    ) -> Tensor:
+        return s0_forward(input, weight, bias, v, groups, eps)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        input, weight, _, v, groups, eps = inputs
+        ctx.save_for_backward(input, weight, v)
+        ctx.groups, ctx.eps = groups, eps
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        input, weight, v = ctx.saved_tensors
+        dx, dweight, dbias, dv = s0_backward(dy, input, weight, v, ctx.groups, ctx.eps)
+        return dx, dweight, dbias, dv, None, None
+
+
 def evonorm_s0(
     input: Tensor, weight: Tensor, bias: Tensor, v: Tensor, groups: int, eps: float = 1e-5
 ) -> Tensor:
@@ -324,6 +351,8 @@ def evonorm_s0(
     if input.numel() == 0:
         return _empty(input, weight, bias)
     if not _autograd.eager(input):
+        if torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active():
+            return _CompiledS0.apply(input, weight, bias, v, groups, eps)
         return s0_forward(input, weight, bias, v, groups, eps)
     rows = fast.rows_of(as_dtype(input, compute_dtype(input.dtype)))
     if _records_graph(rows, weight, bias, v):
