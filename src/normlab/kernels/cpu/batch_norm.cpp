@@ -117,6 +117,8 @@ void forward_channels(const T* x, T* y, const T* w, const T* b, T* mean, T* invs
 // Per-column sums over `rows` rows of `width` columns: term(i, c, a, b, e) sets the terms
 // of row i, column c (T&, up to three sums). Vectorized across the columns; each column
 // adds up to kRowBlock rows in T, then moves on in double (the lanes' rule of common.h).
+// A term left unset is -0, which x + (-0) leaves exactly as it was: the compiler drops
+// the additions of unused sums (x + 0 would turn -0 into +0, so it must keep those).
 constexpr int64_t kRowBlock = 32;
 
 template <typename T, typename Term>
@@ -132,7 +134,7 @@ void column_sums(int64_t rows, int64_t width, Term term, double* __restrict tota
     for (int64_t i = first; i < last; ++i) {
 #pragma omp simd
       for (int64_t c = 0; c < width; ++c) {
-        T a = 0, b = 0, e = 0;
+        T a = T(-0.0), b = T(-0.0), e = T(-0.0);
         term(i, c, a, b, e);
         block_a[c] += a;
         block_b[c] += b;
