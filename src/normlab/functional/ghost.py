@@ -255,6 +255,8 @@ def update_running_stats(
     """One move of the running statistics towards the chunks' size-weighted mean and
     unbiased variance (``mean``, ``var``: the chunks', ``(K, C)``, of a batch of ``batch``
     samples in chunks of ``size``)."""
+    if running_mean is None and running_var is None:
+        return
     mean, var = mean.detach(), var.detach()
     full = batch // size
     batch_mean = mean[:full].sum(0) * (size / batch)
