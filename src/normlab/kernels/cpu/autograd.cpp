@@ -4,10 +4,12 @@
 // A call costs one dispatch, and the backward runs on autograd's thread without Python:
 //
 //   normlab::batch_norm_train(input, weight?, bias?, running_mean!?, running_var!?,
-//                             momentum, eps) -> out
+//                             momentum?, eps, num_batches_tracked!? = None) -> out
 //       training-mode batch norm of (N, C, *) over N and the spatial dims, per channel:
 //       out = (x - mean) / sqrt(var + eps) * weight + bias (biased var); the running
-//       statistics, when given, move by momentum towards mean and the unbiased var
+//       statistics, when given, move by momentum towards mean and the unbiased var;
+//       num_batches_tracked, when given, counts the batch first, and no momentum is
+//       the cumulative average 1 / num_batches_tracked (0 when not counted)
 //   normlab::layer_norm(input, normalized_shape, weight?, bias?, eps) -> out
 //       over the trailing dims given by normalized_shape (weight, bias of that shape)
 //   normlab::group_norm(input, num_groups, weight?, bias?, eps) -> out
@@ -195,22 +197,33 @@ struct BatchNormTrain : public torch::autograd::Function<BatchNormTrain> {
   }
 };
 
+// This step's momentum, after counting the batch in `tracked` when given (a module's
+// num_batches_tracked); no momentum is the cumulative average 1 / count (0 uncounted).
+double count_batch(const OptTensor& tracked, std::optional<double> momentum) {
+  if (!given(tracked)) return momentum.value_or(0.0);
+  tracked->add_(1);
+  return momentum ? *momentum : 1.0 / static_cast<double>(tracked->item<int64_t>());
+}
+
 Tensor batch_norm_train(const Tensor& input, const OptTensor& weight, const OptTensor& bias,
                         const OptTensor& running_mean, const OptTensor& running_var,
-                        double momentum, double eps) {
+                        std::optional<double> momentum, double eps, const OptTensor& tracked) {
   check_input(input, weight, bias, "normlab::batch_norm_train");
   TORCH_CHECK(input.dim() >= 2, "normlab::batch_norm_train: expected (N, C, *) input, got ",
               input.dim(), " dims");
-  return BatchNormTrain::apply(input, weight, bias, running_mean, running_var, momentum, eps);
+  const double factor = count_batch(tracked, momentum);
+  return BatchNormTrain::apply(input, weight, bias, running_mean, running_var, factor, eps);
 }
 
 // Below autograd (no graph recorded): the forward kernel alone.
 Tensor batch_norm_train_kernel(const Tensor& input, const OptTensor& weight,
                                const OptTensor& bias, const OptTensor& running_mean,
-                               const OptTensor& running_var, double momentum, double eps) {
+                               const OptTensor& running_var, std::optional<double> momentum,
+                               double eps, const OptTensor& tracked) {
   check_input(input, weight, bias, "normlab::batch_norm_train");
+  const double factor = count_batch(tracked, momentum);
   return std::get<0>(bn_forward(input.contiguous(), contiguous(weight), contiguous(bias),
-                                running_mean, running_var, momentum, eps));
+                                running_mean, running_var, factor, eps));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -403,8 +416,8 @@ Tensor like_input(const Tensor& x) { return at::empty_like(x); }
 
 TORCH_LIBRARY_FRAGMENT(normlab, m) {
   m.def("batch_norm_train(Tensor input, Tensor? weight, Tensor? bias,"
-        " Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, float eps)"
-        " -> Tensor");
+        " Tensor(a!)? running_mean, Tensor(b!)? running_var, float? momentum, float eps,"
+        " Tensor(c!)? num_batches_tracked=None) -> Tensor");
   m.def("layer_norm(Tensor input, int[] normalized_shape, Tensor? weight, Tensor? bias,"
         " float eps) -> Tensor");
   m.def("group_norm(Tensor input, int num_groups, Tensor? weight, Tensor? bias, float eps)"
@@ -432,7 +445,8 @@ TORCH_LIBRARY_IMPL(normlab, Meta, m) {
   m.impl("group_norm_backward", &gn_backward_meta);
   m.impl("batch_norm_train",
          [](const Tensor& x, const OptTensor&, const OptTensor&, const OptTensor&,
-            const OptTensor&, double, double) { return like_input(x); });
+            const OptTensor&, std::optional<double>, double,
+            const OptTensor&) { return like_input(x); });
   m.impl("layer_norm", [](const Tensor& x, at::IntArrayRef, const OptTensor&, const OptTensor&,
                           double) { return like_input(x); });
   m.impl("group_norm", [](const Tensor& x, int64_t, const OptTensor&, const OptTensor&,
