@@ -356,3 +356,35 @@ def batch_norm(
     if eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     return batch_norm_core(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def count_batch(momentum: float | None, num_batches_tracked: Tensor | None) -> float:
+    """A batch norm module's momentum for this step, after counting the batch in
+    ``num_batches_tracked`` (``None``: not counted): ``momentum``, or for ``momentum=None``
+    the cumulative average's ``1 / num_batches_tracked`` (0 when not counted)."""
+    if num_batches_tracked is None:
+        return 0.0 if momentum is None else momentum
+    num_batches_tracked.add_(1)
+    return 1.0 / float(num_batches_tracked) if momentum is None else momentum
+
+
+def batch_norm_step(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float | None,
+    eps: float,
+    num_batches_tracked: Tensor | None,
+) -> Tensor:
+    """A batch norm module's training step: :func:`count_batch`, then :func:`batch_norm`
+    with ``training=True`` and that momentum. Eagerly on the CPU both are one call of the
+    operator (the count included)."""
+    out = fast.train_by_operator(
+        input, weight, bias, running_mean, running_var, momentum, eps, num_batches_tracked
+    )
+    if out is not None:
+        return out
+    factor = count_batch(momentum, num_batches_tracked)
+    return batch_norm(input, running_mean, running_var, weight, bias, True, factor, eps)

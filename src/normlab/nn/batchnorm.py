@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.nn.modules import batchnorm as torch_batchnorm
 
 from normlab.functional import batch_norm
+from normlab.functional.batchnorm import batch_norm_step, count_batch
 from normlab.nn._base import (
     _NormBase,
     check_floating,
@@ -90,7 +91,7 @@ class _BatchNorm(_NormBase, torch_batchnorm._BatchNorm):
     def _exponential_average_factor(self) -> float:
         """This step's momentum; in training with tracking, counts the batch first."""
         counted = self.training and self.track_running_stats
-        return _count_batch(self.momentum, self.num_batches_tracked if counted else None)
+        return count_batch(self.momentum, self.num_batches_tracked if counted else None)
 
     def _uses_batch_stats(self) -> bool:
         """Batch statistics in training, and in evaluation without running statistics."""
@@ -168,23 +169,17 @@ class _BatchNorm(_NormBase, torch_batchnorm._BatchNorm):
         weight, bias, running_mean, running_var, tracked = self._tensors()
         self._check_input(input, weight if self.affine else running_mean)
         training, tracking = self.training, self.track_running_stats
-        factor = _count_batch(self.momentum, tracked if training and tracking else None)
-        if training and not tracking:
+        if training and tracking:
+            return batch_norm_step(
+                input, running_mean, running_var, weight, bias, self.momentum, self.eps, tracked
+            )
+        factor = count_batch(self.momentum, None)
+        if training:  # not tracking
             running_mean = running_var = None
         batch_stats = training or (running_mean is None and running_var is None)
         return batch_norm(
             input, running_mean, running_var, weight, bias, batch_stats, factor, self.eps
         )
-
-
-def _count_batch(momentum: float | None, tracked: Tensor | None) -> float:
-    """The momentum of this step after counting the batch in ``tracked`` (``None``: not
-    counted): ``momentum``, or for ``momentum=None`` the cumulative average's
-    ``1 / num_batches_tracked`` (0 when not counted)."""
-    if tracked is None:
-        return 0.0 if momentum is None else momentum
-    tracked.add_(1)
-    return 1.0 / float(tracked) if momentum is None else momentum
 
 
 def _check_dim(input: Tensor, valid: tuple[int, ...]) -> None:

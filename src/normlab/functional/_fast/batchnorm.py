@@ -134,14 +134,18 @@ def train_by_operator(
     bias: Tensor | None,
     running_mean: Tensor | None,
     running_var: Tensor | None,
-    momentum: float,
+    momentum: float | None,
     eps: float,
+    num_batches_tracked: Tensor | None = None,
 ) -> Tensor | None:
     """Training-mode batch norm in one call of the CPU operator, for the common valid call:
     an ``(N, C, *)`` input with more than one value per channel, ``(C,)`` parameters and
     buffers, ``eps > 0``, tensors the kernels take (:func:`normlab.kernels.applies`:
-    eager, CPU, contiguous, float32/float64). None for any other call: the caller's
-    general path then checks the arguments and picks the path."""
+    eager, CPU, contiguous, float32/float64). None for any other call, before any side
+    effect: the caller's general path then checks the arguments and picks the path.
+
+    With ``num_batches_tracked`` the operator counts the batch in it first, and
+    ``momentum=None`` is the cumulative average ``1 / num_batches_tracked``."""
     if not isinstance(input, Tensor) or input.dim() < 2 or not eps > 0.0:
         return None
     channels = input.shape[1]
@@ -154,7 +158,7 @@ def train_by_operator(
         return None
     ops: Any = kernels.ops()
     out: Tensor = ops.batch_norm_train(
-        input, weight, bias, running_mean, running_var, momentum, eps
+        input, weight, bias, running_mean, running_var, momentum, eps, num_batches_tracked
     )
     return out
 
