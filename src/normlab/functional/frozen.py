@@ -12,8 +12,12 @@ loses every digit of the output when ``x`` and ``running_mean`` are large and cl
 (mean 1e4, std 1e-2 in float32: ``x * scale`` is about 1e6, its rounding error 0.06, of an
 output of order one). The centred input is the output's buffer, scaled and shifted in place:
 one activation-sized allocation (torchvision's form makes two). The gradient is
-``dL/dx = dL/dy * scale``, differentiated by autograd from this formula (a product by a
-constant needs no closed form of its own).
+``dL/dx = dL/dy * scale`` (and, where the per-channel tensors want gradients, autograd's
+of the formula).
+
+Eagerly on the CPU, with buffers that want no gradient (the module's case), the formula
+runs as one C++ operator, one pass each way (:mod:`normlab.functional._fast.frozen`);
+under ``torch.compile`` and ``torch.func``, and elsewhere, as the tensor operations below.
 
 float16 / bfloat16 inputs: arithmetic in float32, output in the input's dtype.
 """
@@ -23,7 +27,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+import normlab.functional._autograd as _autograd
 from normlab.functional._common import as_dtype, compute_dtype, per_channel
+from normlab.functional._fast import frozen as fast
 
 
 def frozen_batch_norm(
@@ -60,6 +66,10 @@ def frozen_batch_norm(
         raise ValueError(
             f"frozen_batch_norm: expected input of shape (N, C, *) (got {input.dim()}D input)"
         )
+    if _autograd.eager(input):
+        ops = fast.cpu_operator(input, (weight, bias, running_mean, running_var))
+        if ops is not None:
+            return ops.frozen_batch_norm(input, weight, bias, running_mean, running_var, eps)
     dtype, ndim = compute_dtype(input.dtype), input.dim()
     scale = torch.rsqrt(as_dtype(running_var, dtype) + eps) * as_dtype(weight, dtype)
     out = as_dtype(input, dtype) - per_channel(as_dtype(running_mean, dtype), ndim)
