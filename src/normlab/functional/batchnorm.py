@@ -139,7 +139,19 @@ class _TrainingFormula(torch.autograd.Function):
     def forward(  # type: ignore[override]
         input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        return _shifted_forward(input, weight, bias, eps)
+        """:func:`_shifted_forward` with ``weight`` folded into ``invstd`` per channel: one
+        multiplication per value less, ``y = (v - offset) * scale + bias``."""
+        ndim = input.dim()
+        x = as_dtype(input, compute_dtype(input.dtype))
+        first = _first_values(x)
+        v = x - first
+        var, offset = torch.var_mean(v, reduce_dims(input), correction=0)
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight
+        y = (v - per_channel(offset, ndim)) * per_channel(scale, ndim)
+        if bias is not None:
+            y = y + per_channel(bias, ndim)
+        return as_dtype(y, input.dtype), first.reshape(-1) + offset, var, offset, invstd
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
@@ -156,13 +168,14 @@ class _TrainingFormula(torch.autograd.Function):
         n = input.numel() // input.shape[1]
         x = as_dtype(input, invstd.dtype)
         dy = as_dtype(grad_out, invstd.dtype)
-        xhat = (x - _first_values(x) - per_channel(offset, ndim)) * per_channel(invstd, ndim)
+        centred = x - _first_values(x) - per_channel(offset, ndim)  # x - mean, as forward
         sum_dy = dy.sum(dims)
-        sum_dy_xhat = (dy * xhat).sum(dims)
+        sum_dy_xhat = (dy * centred).sum(dims) * invstd
         scale = invstd if weight is None else invstd * weight
-        dx = per_channel(scale, ndim) * (
-            dy - per_channel(sum_dy / n, ndim) - xhat * per_channel(sum_dy_xhat / n, ndim)
-        )
+        # dx = scale * (dy - sum_dy / n - xhat * sum_dy_xhat / n), per channel coefficients
+        k2 = scale * invstd * sum_dy_xhat / -n
+        k3 = scale * sum_dy / -n
+        dx = dy * per_channel(scale, ndim) + centred * per_channel(k2, ndim) + per_channel(k3, ndim)
         dweight = None if weight is None else as_dtype(sum_dy_xhat, weight.dtype)
         dbias = None if ctx.bias_dtype is None else as_dtype(sum_dy, ctx.bias_dtype)
         return as_dtype(dx, input.dtype), dweight, dbias, None
