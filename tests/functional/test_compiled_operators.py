@@ -9,6 +9,8 @@ inductor.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -119,3 +121,31 @@ def test_half_precision_compiles_the_plain_formula(ops: Any) -> None:
     y = compiled(x)
     assert y.dtype == torch.bfloat16
     assert not any("normlab" in target for target in recorder.targets)
+
+
+FIRST_CALL_COMPILED = """
+import torch
+import normlab.functional as N
+import normlab.nn
+x = torch.randn(4, 6, 3, requires_grad=True)
+compiled = [
+    lambda t: N.rms_norm(t, [3]),  # no module built yet: the kernels are not loaded
+    normlab.nn.LayerNorm(3),
+    normlab.nn.GroupNorm(2, 6),
+    normlab.nn.RMSNorm([6, 3]),
+]
+for f in compiled:
+    torch.compile(f, fullgraph=True, backend="aot_eager")(x).sum().backward()
+print("ok")
+"""
+
+
+def test_the_first_call_of_a_process_compiles_in_one_graph() -> None:
+    """Loading the kernels (a file-system check, maybe a build) inside a trace would break
+    ``fullgraph=True``: they load when a module is built, and a function traced before any
+    load runs the formula."""
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_CALL_COMPILED], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"

@@ -57,6 +57,14 @@ def ops() -> _OpNamespace | None:
     return _ops
 
 
+def loaded_ops() -> _OpNamespace | None:
+    """``torch.ops.normlab`` if :func:`ops` has loaded it already, else None, without
+    loading: safe inside a ``torch.compile`` trace, where loading (a file-system check,
+    maybe a build) would break the graph. Any eager call of a normlab norm, or building one
+    of normlab's modules, loads the kernels first."""
+    return None if _ops is _UNLOADED else _ops
+
+
 def _load() -> _OpNamespace | None:
     if os.environ.get("NORMLAB_KERNELS", "1") == "0":
         return None

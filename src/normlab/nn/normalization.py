@@ -21,6 +21,7 @@ from torch import Size, Tensor, nn
 from torch.nn import init
 from torch.nn.parameter import Parameter
 
+from normlab import kernels
 from normlab.errors import UsageError
 from normlab.functional import (
     ShapeError,
@@ -135,6 +136,7 @@ class LayerNorm(nn.Module):
         self.elementwise_affine = elementwise_affine
         _affine_parameters(self, self.normalized_shape, elementwise_affine, bias, factory_kwargs)
         self.reset_parameters()
+        kernels.ops()  # loaded here, not inside a torch.compile trace of the first call
 
     def reset_parameters(self) -> None:
         """Weight to ones, bias to zeros."""
@@ -211,6 +213,7 @@ class GroupNorm(nn.Module):
         self.affine = affine
         _affine_parameters(self, (num_channels,), affine, bias, factory_kwargs)
         self.reset_parameters()
+        kernels.ops()  # loaded here, not inside a torch.compile trace of the first call
 
     def reset_parameters(self) -> None:
         """Weight to ones, bias to zeros."""
@@ -274,6 +277,7 @@ class RMSNorm(nn.Module):
         else:
             self.register_parameter("weight", None)
         self.reset_parameters()
+        kernels.ops()  # loaded here, not inside a torch.compile trace of the first call
 
     def reset_parameters(self) -> None:
         """Weight to ones."""

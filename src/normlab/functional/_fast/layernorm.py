@@ -168,11 +168,12 @@ def compiled_ops(input: Tensor, *params: Tensor | None) -> Any:
     give the shapes, symbolic ones too), and the compiled graph calls the loops eager mode
     runs: the same bits, and no slower than what inductor generates from the plain formula
     and its autograd. Not under ``torch.func`` transforms (the operators have no batching
-    or forward-mode rules): the plain formula runs there.
+    or forward-mode rules): the plain formula runs there. Nor before the kernels are loaded
+    (:func:`normlab.kernels.loaded_ops`: loading inside the trace would break the graph).
     """
     if not torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return None
-    ops = kernels.ops()
+    ops = kernels.loaded_ops()
     dtype = input.dtype
     if ops is None or dtype not in _KERNEL_FLOATS or not input.is_cpu or input.numel() == 0:
         return None
