@@ -4,8 +4,10 @@ The pure-tensor code in :mod:`normlab.functional` is the reference: it runs ever
 (CUDA, half precision, ``torch.compile``) and is what the docs explain. On CPU, eager
 mode, float32/float64 and contiguous tensors, a few tens of small tensor operations per
 layer cost more in dispatch than the arithmetic itself, so the same formulas also exist as
-loops (``batch_norm.cpp``, ``layer_norm.cpp``, ``group_norm.cpp``): a few passes over
-the data each way, as ``torch.nn``'s own kernels do; ``avg_pool.cpp`` is the 2x2 average
+loops (``batch_norm.cpp``, ``layer_norm.cpp``, ``group_norm.cpp``, ``rms_norm.cpp``,
+``frozen_batch_norm.cpp``): a few passes over the data each way, as ``torch.nn``'s own
+kernels do, most of them one operator each with its backward registered for autograd in
+C++ (``autograd.cpp``, or the norm's own file); ``avg_pool.cpp`` is the 2x2 average
 pool of the tutorial's LeNet (:class:`normlab.models.lenet.AvgPool2d`);
 ``caching_allocator.cpp`` is a CPU allocator that reuses freed blocks
 (:func:`cache_cpu_memory`). They are compiled by :mod:`normlab.kernels.cpu.build`: ``make``
