@@ -24,12 +24,13 @@ The training backward in closed form, with ``dy`` the incoming gradient, per cha
     dx      = weight * invstd * (dy - dbias / n - xhat * dweight / n)
 
 :func:`train_forward` and :func:`train_backward` are these formulas as differentiable tensor
-operations; :func:`batch_norm` runs them under ``torch.compile`` and ``torch.func`` (and
-differentiates the backward for higher derivatives). Eagerly it runs a fast path through
-:mod:`normlab.functional._autograd`: normlab's kernels (C++ on CPU, Triton on CUDA) or
-in-place tensor arithmetic (:mod:`normlab.functional._fast.batchnorm`), the same formulas
-in few passes. float16 / bfloat16 inputs: statistics and arithmetic in float32, output in
-the input's dtype. None of torch's normalization kernels is called.
+operations; :func:`batch_norm` runs them under ``torch.func`` (and differentiates the
+backward for higher derivatives), and under ``torch.compile`` the forward with the closed
+form backward from its saved statistics (:class:`_TrainingFormula`). Eagerly it runs a
+fast path through :mod:`normlab.functional._autograd`: normlab's kernels (C++ on CPU,
+Triton on CUDA) or in-place tensor arithmetic (:mod:`normlab.functional._fast.batchnorm`),
+the same formulas in few passes. float16 / bfloat16 inputs: statistics and arithmetic in
+float32, output in the input's dtype. None of torch's normalization kernels is called.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
 - The CPU operator (:class:`CpuBatchNorm`): ``torch.ops.normlab.batch_norm_train``, the
   kernels below with their backward registered for autograd in C++ (``autograd.cpp``), one
   call with no Python ``autograd.Function``; the same loops, so the same bits.
+  :func:`train_by_operator` calls it first for the common valid call, before any other
+  check (a module's call also counts its batch in the operator).
 - Kernels (:class:`KernelBatchNorm`): ``batch_norm.cpp`` on the CPU (three passes forward,
   two backward, the running statistics updated in the same call), the Triton kernels of
   :mod:`normlab.kernels.triton.batch_norm` on CUDA. The backward centres on the rounded
