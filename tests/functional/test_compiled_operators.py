@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import normlab.functional as N
 from normlab import kernels
+from normlab.functional._fast import layernorm as layernorm_fast
 from normlab.testing.tolerance import assert_close_sum
 
 F64 = torch.float64
@@ -52,10 +53,13 @@ IDS = [case[0] for case in CASES]
 
 
 @pytest.fixture
-def ops() -> Any:
+def ops(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The operators, taken under compile from the first element on (the tests' inputs
+    are small)."""
     library = kernels.ops()
     if library is None:
         pytest.skip("normlab's CPU kernels are not built or are off (NORMLAB_KERNELS=0)")
+    monkeypatch.setattr(layernorm_fast, "COMPILED_OPERATOR_MIN_ELEMENTS", 1)
     return library
 
 
@@ -111,6 +115,18 @@ def test_inductor_runs_the_operator_in_float32(
     x, w, b = _inputs(3, torch.float32)
     exact = _fwd_bwd(theirs, *(t.double() for t in (x, w, b)))
     _close(_fwd_bwd(compiled, x, w, b), exact, x.numel(), torch.float32)
+
+
+@pytest.mark.parametrize(("name", "ours", "theirs", "op", "pshape"), CASES, ids=IDS)
+def test_small_inputs_compile_the_plain_formula(name: str, ours, theirs, op: str, pshape) -> None:
+    if kernels.ops() is None:
+        pytest.skip("normlab's CPU kernels are not built or are off (NORMLAB_KERNELS=0)")
+    torch._dynamo.reset()
+    recorder = _Recorder()
+    compiled = torch.compile(ours, backend=recorder, fullgraph=True)
+    x, w, b = _inputs(3, F64)  # far below COMPILED_OPERATOR_MIN_ELEMENTS
+    _close(_fwd_bwd(compiled, x, w, b), _fwd_bwd(theirs, x, w, b), x.numel(), F64)
+    assert not any("normlab" in target for target in recorder.targets)
 
 
 def test_half_precision_compiles_the_plain_formula(ops: Any) -> None:

@@ -160,9 +160,17 @@ def cpu_operator(
     return kernels.ops().layer_norm
 
 
+#: Under ``torch.compile``, inputs of fewer elements run the plain formula: there the code
+#: inductor generates for it (fused into its neighbours) costs less than two calls of an
+#: operator it cannot see into; from this size on the operators' loops win (measured with
+#: ``normlab bench layers --compile``: docs/results/bench-layers.md).
+COMPILED_OPERATOR_MIN_ELEMENTS = 1 << 17
+
+
 def compiled_ops(input: Tensor, *params: Tensor | None) -> Any:
     """``torch.ops.normlab`` under ``torch.compile`` where its CPU operators take these
-    tensors (CPU, not empty, one float32/float64 dtype; any strides), else None.
+    tensors (CPU, one float32/float64 dtype, any strides, at least
+    :data:`COMPILED_OPERATOR_MIN_ELEMENTS` elements), else None.
 
     Layer, group and RMS norm's operators trace as one call each way (their Meta kernels
     give the shapes, symbolic ones too), and the compiled graph calls the loops eager mode
@@ -175,7 +183,9 @@ def compiled_ops(input: Tensor, *params: Tensor | None) -> Any:
         return None
     ops = kernels.loaded_ops()
     dtype = input.dtype
-    if ops is None or dtype not in _KERNEL_FLOATS or not input.is_cpu or input.numel() == 0:
+    if ops is None or dtype not in _KERNEL_FLOATS or not input.is_cpu:
+        return None
+    if input.numel() < COMPILED_OPERATOR_MIN_ELEMENTS:  # a guard on the size class
         return None
     for param in params:
         if param is not None and (param.dtype != dtype or not param.is_cpu):
