@@ -21,11 +21,19 @@ torch.set_num_threads(1)
 
 
 import importlib.util  # noqa: E402
+import signal  # noqa: E402
 import struct  # noqa: E402
 import zlib  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import pytest  # noqa: E402
+
+# A shell without job control starts background commands with Ctrl-C ignored, and an
+# ignored signal stays ignored in every process started from them: the tests that send a
+# real Ctrl-C to a real run would see it finish instead. Caught here, Ctrl-C is back at its
+# default in the processes the tests start (a caught signal resets at exec).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
