@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
+from normlab.testing.graph import node_names
 from normlab.testing.tolerance import assert_close_sum
 
 dyt = importlib.import_module("normlab.functional.dynamic_tanh")
@@ -40,17 +41,6 @@ def _arguments(shape: tuple[int, ...], width: int, dtype: torch.dtype = F64):
 
 def _leaves(args) -> list[torch.Tensor]:
     return [a.clone().requires_grad_(True) for a in args if a is not None]
-
-
-def _graph_nodes(y: torch.Tensor) -> set[str]:
-    """The names of the autograd nodes behind ``y``."""
-    seen, stack = {}, [y.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and id(node) not in seen:
-            seen[id(node)] = type(node).__name__
-            stack.extend(next_node for next_node, _ in node.next_functions)
-    return set(seen.values())
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, dy: torch.Tensor, x: torch.Tensor):
@@ -88,7 +78,7 @@ def test_fast_path_is_one_function_whose_gradients_are_the_closed_form(
     leaves = _leaves((x, alpha, weight, bias))
     xin = leaves[0].movedim(1, -1) if channels_last else leaves[0]
     y = dyt.dynamic_tanh(xin, *leaves[1:])
-    assert "DynamicTanhFunctionBackward" in _graph_nodes(y)
+    assert "DynamicTanhFunctionBackward" in node_names(y)
     dy = torch.randn_like(y)
     got = torch.autograd.grad(y, leaves, dy)
     closed = dyt.backward(dy, x.movedim(1, -1) if channels_last else x, alpha, weight, bias)
@@ -140,5 +130,5 @@ def test_small_inputs_run_the_plain_formula() -> None:
     on, the fast path."""
     small = _leaves(_arguments((2, dyt.FUNCTION_MIN_ELEMENTS // 8 - 1, 4), 4))
     large = _leaves(_arguments((2, dyt.FUNCTION_MIN_ELEMENTS // 8, 4), 4))
-    assert "DynamicTanhFunctionBackward" not in _graph_nodes(dyt.dynamic_tanh(*small))
-    assert "DynamicTanhFunctionBackward" in _graph_nodes(dyt.dynamic_tanh(*large))
+    assert "DynamicTanhFunctionBackward" not in node_names(dyt.dynamic_tanh(*small))
+    assert "DynamicTanhFunctionBackward" in node_names(dyt.dynamic_tanh(*large))

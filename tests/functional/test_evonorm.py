@@ -21,6 +21,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
+from normlab.testing.graph import node_names
 from normlab.testing.tolerance import assert_close_sum
 
 evonorm = importlib.import_module("normlab.functional.evonorm")
@@ -34,17 +35,6 @@ def _parameters(c: int, dtype: torch.dtype = F64) -> tuple[torch.Tensor, ...]:
 
 def _leaves(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return [t.clone().requires_grad_(True) for t in tensors]
-
-
-def _graph_nodes(y: torch.Tensor) -> set[str]:
-    """The names of the autograd nodes behind ``y``."""
-    seen, stack = {}, [y.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and id(node) not in seen:
-            seen[id(node)] = type(node).__name__
-            stack.extend(next_node for next_node, _ in node.next_functions)
-    return set(seen.values())
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, dy: torch.Tensor) -> None:
@@ -94,7 +84,7 @@ def test_b0_fast_path_equals_the_closed_form_and_updates_the_running_variance(tr
     fast_running, plain_running = running.clone(), running.clone()
     leaves = _leaves(x, weight, bias, v)
     y = evonorm.evonorm_b0(leaves[0], fast_running, *leaves[1:], training, 0.2, 1e-5)
-    assert "EvoNormB0FunctionBackward" in _graph_nodes(y)
+    assert "EvoNormB0FunctionBackward" in node_names(y)
     expected_y = evonorm.b0_forward(x, plain_running, weight, bias, v, training, 0.2, 1e-5)
     assert_close_sum(y, expected_y, terms=100, abs_sum=10 * expected_y.abs() + 10)
     assert_close_sum(fast_running, plain_running, terms=100, abs_sum=10 * plain_running)
@@ -111,7 +101,7 @@ def test_s0_fast_path_equals_the_closed_form() -> None:
     weight, bias, v = _parameters(4)
     leaves = _leaves(x, weight, bias, v)
     y = evonorm.evonorm_s0(*leaves, 2, 1e-5)
-    assert "EvoNormS0FunctionBackward" in _graph_nodes(y)
+    assert "EvoNormS0FunctionBackward" in node_names(y)
     dy = torch.randn_like(y)
     got = torch.autograd.grad(y, leaves, dy)
     for a, b in zip(got, evonorm.s0_backward(dy, x, weight, v, 2, 1e-5), strict=True):

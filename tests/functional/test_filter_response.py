@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
+from normlab.testing.graph import node_names
 from normlab.testing.tolerance import assert_close_sum
 
 frn = importlib.import_module("normlab.functional.filter_response")
@@ -42,17 +43,6 @@ def _autograd_of(fn, args: tuple, dy: torch.Tensor) -> tuple[torch.Tensor, ...]:
     it = iter(leaves)
     full = [next(it) if isinstance(a, torch.Tensor) else a for a in args]
     return torch.autograd.grad(fn(*full), leaves, dy)
-
-
-def _graph_nodes(y: torch.Tensor) -> set[str]:
-    """The names of the autograd nodes behind ``y``."""
-    seen, stack = {}, [y.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and id(node) not in seen:
-            seen[id(node)] = type(node).__name__
-            stack.extend(next_node for next_node, _ in node.next_functions)
-    return set(seen.values())
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, dy: torch.Tensor, terms: int) -> None:
@@ -89,7 +79,7 @@ def test_fast_path_is_one_function_whose_gradients_are_the_closed_form() -> None
     args = _arguments((3, 4, 5, 5))
     leaves = _differentiable(args)
     y = frn.filter_response_norm(*leaves)
-    names = _graph_nodes(y)
+    names = node_names(y)
     assert "FilterResponseFunctionBackward" in names and "WhereBackward0" not in names
     dy = torch.randn_like(y)
     grads = torch.autograd.grad(y, leaves, dy)

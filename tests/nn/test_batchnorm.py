@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import normlab.nn as ours_nn
+from normlab.testing.graph import autograd_nodes
 from normlab.testing.tolerance import assert_close_sum, normalization_sums, sum_tolerance
 
 CASES = [  # (class name, input shape)
@@ -301,19 +302,6 @@ def test_eval_without_running_stats_uses_batch_stats() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def graph_nodes(tensors: list[torch.Tensor]) -> int:
-    """Number of autograd nodes reachable from ``tensors`` (what a stored graph keeps alive)."""
-    seen: set[object] = set()
-    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return len(seen)
-
-
 def rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm") as f:
@@ -335,7 +323,7 @@ def test_memory_stays_flat_over_hundreds_of_steps() -> None:
         loss.backward()
         opt.step()
         if step % 50 == 0:
-            assert graph_nodes(list(bn.buffers())) == 0
+            assert autograd_nodes(bn.buffers()) == []
             assert all(b.grad_fn is None and not b.requires_grad for b in bn.buffers())
         rss.append(rss_bytes())
     assert bn.num_batches_tracked.item() == 300

@@ -30,6 +30,7 @@ from normlab.testing.auditing.bench import (
     step,
 )
 from normlab.testing.auditing.result import Status
+from normlab.testing.graph import autograd_nodes
 from normlab.testing.tolerance import sum_tolerance, unit_roundoff
 
 __all__ = ["CHECKS", "Check", "Outcome"]
@@ -463,15 +464,7 @@ class _Saved:
 
 def graph_nodes(tensors: Iterable[Tensor]) -> int:
     """Autograd nodes reachable from ``tensors``: the graph they keep alive."""
-    seen: set[object] = set()
-    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        stack.extend(following for following, _ in node.next_functions)
-    return len(seen)
+    return len(autograd_nodes(tensors))
 
 
 def memory_flat(bench: Bench) -> Outcome:
