@@ -56,16 +56,6 @@ from normlab.functional._fast import batchnorm as fast
 # ---------------------------------------------------------------------------------------------
 
 
-def _affine(xhat: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    """``xhat * weight_c + bias_c`` for ``xhat`` of shape ``(N, C, *)``."""
-    ndim = xhat.dim()
-    if weight is not None:
-        xhat = xhat * per_channel(weight, ndim)
-    if bias is not None:
-        xhat = xhat + per_channel(bias, ndim)
-    return xhat
-
-
 def train_forward(
     input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -90,15 +80,19 @@ def _shifted_forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """:func:`train_forward`'s ``(y, mean, var)`` and the ``(C,)`` ``offset = E[v]`` of the
     shifted input ``v = x - first`` and ``invstd``, from which ``xhat = (v - offset) *
-    invstd`` is recomputed exactly (the closed-form backward of :class:`_TrainingFormula`)."""
+    invstd`` is recomputed exactly (the closed-form backward of :class:`_TrainingFormula`).
+    ``y = (v - offset) * scale + bias`` with ``weight`` folded into ``scale = invstd *
+    weight`` per channel."""
     ndim = input.dim()
     x = as_dtype(input, compute_dtype(input.dtype))
     first = _first_values(x)
     v = x - first
     var, offset = torch.var_mean(v, reduce_dims(input), correction=0)
     invstd = torch.rsqrt(var + eps)
-    xhat = (v - per_channel(offset, ndim)) * per_channel(invstd, ndim)
-    y = _affine(xhat, weight, bias)
+    scale = invstd if weight is None else invstd * weight  # one multiplication per value less
+    y = (v - per_channel(offset, ndim)) * per_channel(scale, ndim)
+    if bias is not None:
+        y = y + per_channel(bias, ndim)
     return as_dtype(y, input.dtype), first.reshape(-1) + offset, var, offset, invstd
 
 
@@ -140,19 +134,8 @@ class _TrainingFormula(torch.autograd.Function):
     def forward(  # type: ignore[override]
         input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """:func:`_shifted_forward` with ``weight`` folded into ``invstd`` per channel: one
-        multiplication per value less, ``y = (v - offset) * scale + bias``."""
-        ndim = input.dim()
-        x = as_dtype(input, compute_dtype(input.dtype))
-        first = _first_values(x)
-        v = x - first
-        var, offset = torch.var_mean(v, reduce_dims(input), correction=0)
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight
-        y = (v - per_channel(offset, ndim)) * per_channel(scale, ndim)
-        if bias is not None:
-            y = y + per_channel(bias, ndim)
-        return as_dtype(y, input.dtype), first.reshape(-1) + offset, var, offset, invstd
+        """:func:`_shifted_forward`, whose statistics the backward reads."""
+        return _shifted_forward(input, weight, bias, eps)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
