@@ -1,17 +1,20 @@
 """The blocks a report is made of: headings, paragraphs, bullets, code, tables, figures.
 
 Plain frozen dataclasses, filled by :class:`normlab.report.document.Report` and read by the
-renderers (:mod:`normlab.report.html`, :mod:`normlab.report.markdown`).
+renderers (:mod:`normlab.report.html`, :mod:`normlab.report.markdown`), which see a report
+as a :class:`Document`: what they read of it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from normlab.report.tables import TableData
 
-__all__ = ["Block", "Bullets", "Code", "Figure", "Heading", "Paragraph", "Table"]
+__all__ = ["Block", "Bullets", "Code", "Document", "Figure", "Heading", "Paragraph", "Table"]
 
 
 @dataclass(frozen=True)
@@ -53,3 +56,19 @@ class Figure:
 
 
 Block = Heading | Paragraph | Bullets | Code | Table | Figure
+
+
+class Document(Protocol):
+    """What the renderers read of a report (:class:`normlab.report.document.Report` is one):
+    its title lines, its blocks in order, and its level-2 headings (the contents)."""
+
+    @property
+    def title(self) -> str: ...
+    @property
+    def subtitle(self) -> str | None: ...
+    @property
+    def footer(self) -> str: ...
+    @property
+    def blocks(self) -> Sequence[Block]: ...
+    @property
+    def sections(self) -> list[Heading]: ...

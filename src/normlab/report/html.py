@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING
 from normlab.report.blocks import Bullets, Code, Figure, Heading, Paragraph, Table
 
 if TYPE_CHECKING:
-    from normlab.report.blocks import Block
-    from normlab.report.document import Report
+    from normlab.report.blocks import Block, Document
 
 __all__ = ["CSS", "LINK", "cell_html", "inline_html", "render_html", "split_links"]
 
@@ -168,7 +167,7 @@ def _block(block: Block) -> str:
     raise TypeError(f"unknown report block {type(block).__name__}")
 
 
-def _toc(report: Report) -> str:
+def _toc(report: Document) -> str:
     sections = report.sections
     if len(sections) < 2:
         return ""
@@ -178,7 +177,7 @@ def _toc(report: Report) -> str:
     return f'<nav class="toc"><strong>Contents</strong><ol>{items}</ol></nav>'
 
 
-def render_html(report: Report) -> str:
+def render_html(report: Document) -> str:
     """The report as a complete HTML5 document (a ``str``)."""
     head = [
         "<!DOCTYPE html>",

@@ -24,8 +24,7 @@ from normlab.report.html import split_links
 from normlab.train.atomic import write_bytes_atomic
 
 if TYPE_CHECKING:
-    from normlab.report.blocks import Block
-    from normlab.report.document import Report
+    from normlab.report.blocks import Block, Document
 
 __all__ = [
     "cell_markdown",
@@ -103,7 +102,7 @@ def _block(block: Block, links: dict[int, str]) -> str:
     raise TypeError(f"unknown report block {type(block).__name__}")
 
 
-def render_markdown(report: Report, links: dict[int, str]) -> str:
+def render_markdown(report: Document, links: dict[int, str]) -> str:
     """The report as Markdown. ``links`` maps each figure number to its relative path."""
     lines = [f"# {inline_markdown(report.title)}"]
     if report.subtitle:
@@ -113,7 +112,7 @@ def render_markdown(report: Report, links: dict[int, str]) -> str:
     return "\n\n".join(lines) + "\n"
 
 
-def _figure_files(report: Report, directory: Path) -> dict[int, str]:
+def _figure_files(report: Document, directory: Path) -> dict[int, str]:
     """Link each figure: in place when its source PNG is under ``directory``, else write it."""
     links: dict[int, str] = {}
     root = directory.resolve()
@@ -131,7 +130,7 @@ def _figure_files(report: Report, directory: Path) -> dict[int, str]:
     return links
 
 
-def write_markdown(report: Report, path: Path) -> Path:
+def write_markdown(report: Document, path: Path) -> Path:
     """Write ``report`` to ``path`` and the figures it needs beside it; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     links = _figure_files(report, path.parent)
