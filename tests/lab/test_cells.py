@@ -12,13 +12,13 @@ from normlab.errors import UsageError
 from normlab.lab.cells import (
     Cell,
     CellStore,
-    CellTask,
     estimate_seconds,
     format_value,
     run_cells,
     seed_list,
     to_jsonable,
 )
+from normlab.lab.experiment import CellTask
 
 
 @dataclass(frozen=True)

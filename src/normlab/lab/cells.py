@@ -25,21 +25,19 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from normlab.errors import UsageError
 from normlab.lab.workers import SignalGuard, run_in_workers
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
     from tqdm import tqdm
-
-    from normlab.data import Dataset
-    from normlab.lab.experiment import Experiment, ExperimentConfig
 
 __all__ = [
     "Cell",
     "CellStore",
-    "CellTask",
+    "Task",
     "config_dict",
     "estimate_seconds",
     "format_value",
@@ -212,18 +210,21 @@ class CellStore:
         return sorted(self.dir.glob("*/*.json"))
 
 
-@dataclass(frozen=True)
-class CellTask:
-    """A cell and what computing it needs; picklable, so a worker process can run it."""
+class Task(Protocol):
+    """What :func:`run_cells` reads of a task: its cell, and the frozen config dataclass
+    it was planned with (kept in the cell's file). The lab's tasks are
+    :class:`normlab.lab.experiment.CellTask`."""
 
-    cell: Cell
-    config: ExperimentConfig  # the experiment's frozen config dataclass
-    data: Dataset | None = None  # a Dataset to use; None: load config.dataset in the worker
-    data_dir: str | None = None  # where to look for config.dataset
-    experiment: Experiment | None = None  # the Experiment whose run_cell computes the cell
+    @property
+    def cell(self) -> Cell: ...
+    @property
+    def config(self) -> DataclassInstance: ...
 
 
-def config_dict(config: ExperimentConfig) -> dict[str, Any]:
+TaskT = TypeVar("TaskT", bound=Task)
+
+
+def config_dict(config: DataclassInstance) -> dict[str, Any]:
     """A frozen config dataclass as a JSON-ready dict (tuples become lists)."""
     import dataclasses
 
@@ -231,8 +232,8 @@ def config_dict(config: ExperimentConfig) -> dict[str, Any]:
 
 
 def run_cells(
-    tasks: Sequence[CellTask],
-    compute: Callable[[CellTask], Mapping[str, Any]],
+    tasks: Sequence[TaskT],
+    compute: Callable[[TaskT], Mapping[str, Any]],
     *,
     store: CellStore | None = None,
     progress: bool = True,
@@ -271,7 +272,7 @@ def run_cells(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UsageError(f"workers must be a positive integer, got {workers!r}")
     results: dict[str, dict[str, Any]] = {}
-    pending: list[CellTask] = []
+    pending: list[TaskT] = []
     for task in tasks:
         stored = store.load(task.cell, config_dict(task.config)) if store is not None else None
         if stored is None:
@@ -290,7 +291,7 @@ def run_cells(
         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est. s [{elapsed}<{remaining}]{postfix}",
     )
 
-    def finish(task: CellTask, result: Mapping[str, Any], seconds: float) -> None:
+    def finish(task: TaskT, result: Mapping[str, Any], seconds: float) -> None:
         result = dict(result)
         if store is not None:
             store.save(task.cell, config_dict(task.config), result, seconds)
@@ -319,9 +320,9 @@ def run_cells(
 
 
 def _run_here(
-    pending: Sequence[CellTask],
-    compute: Callable[[CellTask], Mapping[str, Any]],
-    finish: Callable[[CellTask, Mapping[str, Any], float], None],
+    pending: Sequence[TaskT],
+    compute: Callable[[TaskT], Mapping[str, Any]],
+    finish: Callable[[TaskT, Mapping[str, Any], float], None],
     bar: tqdm,
 ) -> None:
     """Compute ``pending`` in this process, in order; the first Ctrl-C or SIGTERM stops

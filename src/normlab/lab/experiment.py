@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from normlab.lab.cells import Cell
+from normlab.lab.seeds import Curve, SeedStats
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from normlab.report import Column
 
 __all__ = [
+    "CellTask",
     "Curve",
     "Experiment",
     "ExperimentConfig",
@@ -75,34 +77,6 @@ class ExperimentConfig(Protocol):
 
 ConfigT = TypeVar("ConfigT", bound=ExperimentConfig)
 SummaryT = TypeVar("SummaryT")
-
-
-@dataclass(frozen=True)
-class SeedStats:
-    """One number measured once per seed: mean and std (ddof=1) over the finite values.
-
-    ``values`` keeps every seed's value in seed order (None where a seed did not finish);
-    ``mean`` and ``std`` are None when no value is finite.
-    """
-
-    mean: float | None
-    std: float | None
-    n: int
-    values: list[float | None]
-
-
-@dataclass(frozen=True)
-class Curve:
-    """A curve measured once per seed, cut to the shortest: pointwise mean and std
-    (ddof=1) and the curves themselves.
-
-    Shape:
-        ``mean``, ``std``: ``(T,)``; ``values``: ``(seeds, T)``.
-    """
-
-    mean: list[float]
-    std: list[float]
-    values: list[list[float]]
 
 
 @dataclass(frozen=True)
@@ -237,3 +211,14 @@ class Experiment(ABC, Generic[ConfigT, SummaryT]):
 
     def __reduce__(self) -> tuple[Callable[[], Experiment], tuple[()]]:
         return (type(self), ())
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """A cell and what computing it needs; picklable, so a worker process can run it."""
+
+    cell: Cell
+    config: ExperimentConfig  # the experiment's frozen config dataclass
+    data: Dataset | None = None  # a Dataset to use; None: load config.dataset in the worker
+    data_dir: str | None = None  # where to look for config.dataset
+    experiment: Experiment | None = None  # the Experiment whose run_cell computes the cell

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from normlab.lab.verdicts import AGREES, DISAGREES, INCONCLUSIVE
 
 if TYPE_CHECKING:
-    from normlab.lab.experiment import SeedStats
+    from normlab.lab.seeds import SeedStats
 
 __all__ = [
     "CAUSAL",

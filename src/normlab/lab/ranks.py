@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from normlab.errors import UsageError
-from normlab.lab.cells import CellStore, CellTask
+from normlab.lab.cells import CellStore
+from normlab.lab.experiment import CellTask
 
 if TYPE_CHECKING:
     from normlab.train.runs import Run

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from normlab.errors import UsageError
-from normlab.lab.cells import Cell, CellStore, CellTask, config_dict, run_cells
+from normlab.lab.cells import Cell, CellStore, config_dict, run_cells
 from normlab.lab.common import cut, lab_data
-from normlab.lab.experiment import Experiment, ExperimentConfig, ExperimentResult
+from normlab.lab.experiment import CellTask, Experiment, ExperimentConfig, ExperimentResult
 from normlab.lab.plan import EXPERIMENTS, experiment_named, names
 from normlab.lab.ranks import Share, shared_run, wait_for_cells
 from normlab.lab.report import RESULTS_FILE, StudyTiming, write_study_outputs

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from normlab.lab.experiment import SeedStats
+from normlab.lab.seeds import SeedStats
 
 __all__ = [
     "AGREES",
