@@ -39,13 +39,14 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
-    """Every node except the bodies of ``if TYPE_CHECKING:`` blocks (their ``else`` runs)."""
+def _runtime_nodes(tree: ast.AST, type_checking: bool = False) -> Iterator[ast.AST]:
+    """Every node except the bodies of ``if TYPE_CHECKING:`` blocks (their ``else`` runs);
+    with ``type_checking``, those bodies too."""
     stack = [tree]
     while stack:
         node = stack.pop()
         yield node
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
+        if not type_checking and isinstance(node, ast.If) and _is_type_checking(node.test):
             stack.extend(node.orelse)
             continue
         stack.extend(ast.iter_child_nodes(node))
@@ -55,11 +56,14 @@ def _package_of(name: str, path: Path) -> str:
     return name if path.name == "__init__.py" else name.rpartition(".")[0]
 
 
-def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The normlab modules that ``name`` imports when it runs."""
+def imports_of(
+    name: str, path: Path, modules: dict[str, Path], type_checking: bool = False
+) -> set[str]:
+    """The normlab modules that ``name`` imports when it runs (with ``type_checking``, also
+    those its annotations name under ``if TYPE_CHECKING:``)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     found: set[str] = set()
-    for node in _runtime_nodes(tree):
+    for node in _runtime_nodes(tree, type_checking):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == PACKAGE:
@@ -90,9 +94,9 @@ def _known(dotted: str, modules: dict[str, Path]) -> str:
     return dotted
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(type_checking: bool = False) -> dict[str, set[str]]:
     modules = all_modules()
-    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+    return {name: imports_of(name, path, modules, type_checking) for name, path in modules.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -205,5 +209,15 @@ def test_cycles_are_found_and_named() -> None:
 def test_no_import_cycles() -> None:
     found = cycles(import_graph())
     assert not found, "import cycles among normlab's modules:\n" + "\n".join(
+        " -> ".join(cycle) for cycle in found
+    )
+
+
+def test_no_cycles_through_type_annotations_either() -> None:
+    """The layout reads top-down for the types too: a lower module describes what it reads
+    of a higher one with a Protocol of its own (``report.blocks.Document``,
+    ``lab.cells.Task``) instead of importing it under ``TYPE_CHECKING``."""
+    found = cycles(import_graph(type_checking=True))
+    assert not found, "import cycles through annotations:\n" + "\n".join(
         " -> ".join(cycle) for cycle in found
     )
