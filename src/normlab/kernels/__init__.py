@@ -23,7 +23,10 @@ are tested against ``torch.nn``.
 On CUDA, batch, instance (batch norm of a reshaped input), layer and group norm run as
 Triton kernels (:mod:`normlab.kernels.triton`) when Triton is installed (it comes with
 torch's CUDA builds): one or two launches each way instead of a dozen tensor operations.
-:func:`ops_for` picks the operators for given tensors.
+With the CPU library loaded as well, the Triton kernels are registered as the CUDA
+implementations of its operators (:func:`cuda_operators`), so that float32/float64 layers
+call the same C++ autograd operators on either device (:func:`operators_apply`).
+:func:`ops_for` picks the forward and backward kernels for given tensors.
 :func:`run_triton_on_cpu` runs them on CPU tensors through Triton's interpreter, which is
 how the test suite checks them on a machine without a GPU.
 """
@@ -49,6 +52,7 @@ _UNLOADED = object()
 _ops: Any = _UNLOADED  # torch.ops.normlab, None (off or not built), or not loaded yet
 _triton: Any = _UNLOADED  # normlab.kernels.triton, None (off or no Triton), or not loaded yet
 _triton_on_cpu = False  # run_triton_on_cpu() was called
+_cuda_library: Any = _UNLOADED  # the Triton kernels' CUDA registration, None, or not yet
 
 
 def ops() -> _OpNamespace | None:
@@ -177,6 +181,42 @@ def applies(input: torch.Tensor, *others: torch.Tensor | None) -> bool:
     for other in others:
         if other is not None and (
             other.dtype != dtype or not other.is_cpu or not other.is_contiguous()
+        ):
+            return False
+    return True
+
+
+def cuda_operators() -> _OpNamespace | None:
+    """``torch.ops.normlab`` with the Triton kernels registered as its CUDA implementations
+    (:mod:`normlab.kernels.triton.operators`, once per process), when both the CPU library
+    (which defines the operators and their C++ autograd) and Triton are loaded and on;
+    else None."""
+    global _cuda_library
+    if ops() is None or triton_ops() is None:
+        return None
+    if _cuda_library is _UNLOADED:
+        from normlab.kernels.triton import operators
+
+        _cuda_library = operators.register("CUDA")
+    return _ops
+
+
+def operators_apply(input: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """True when the C++ autograd operators (``batch_norm_train``, ``layer_norm``,
+    ``group_norm``) take these tensors: on the CPU where :func:`applies`; on CUDA in eager
+    mode, contiguous, one float32/float64 dtype, one device, with :func:`cuda_operators`
+    registered. Called on every forward, so cheap once the first call has registered."""
+    if input.is_cpu:
+        return applies(input, *others)
+    dtype, device = input.dtype, input.device
+    if not input.is_cuda or dtype not in _FLOATS or not input.is_contiguous() or _traced():
+        return False
+    registered = _cuda_library is not _UNLOADED and _ops is not None and _triton is not None
+    if not registered and cuda_operators() is None:
+        return False
+    for other in others:
+        if other is not None and (
+            other.dtype != dtype or other.device != device or not other.is_contiguous()
         ):
             return False
     return True

@@ -122,7 +122,7 @@ def fast_path(
 ) -> FastPath | Operator:
     """The CPU operator where normlab's CPU kernels take these tensors, else the (Triton)
     kernels where they do, else the in-place tensor arithmetic."""
-    if kernels.applies(input, weight, bias, running_mean, running_var):
+    if kernels.operators_apply(input, weight, bias, running_mean, running_var):
         return CpuBatchNorm(kernels.ops(), running_mean, running_var, momentum, eps)
     ops = kernels.ops_for(input, weight, bias, running_mean, running_var)
     if ops is not None:
@@ -156,7 +156,7 @@ def train_by_operator(
     for other in (weight, bias, running_mean, running_var):
         if other is not None and other.shape != (channels,):
             return None
-    if not kernels.applies(input, weight, bias, running_mean, running_var):
+    if not kernels.operators_apply(input, weight, bias, running_mean, running_var):
         return None
     ops: Any = kernels.ops()
     out: Tensor = ops.batch_norm_train(

@@ -169,7 +169,7 @@ def cpu_operator(
     (``numel > num_groups``), and the parameters are ``(C,)``. Anything else goes the long
     way: the checks and errors of :func:`normlab.functional.groupnorm.group_norm`.
     """
-    if type(num_groups) is not int or not kernels.applies(input, weight, bias):
+    if type(num_groups) is not int or not kernels.operators_apply(input, weight, bias):
         return None
     if input.dim() < 2 or num_groups < 1 or input.numel() <= num_groups:
         return None
@@ -187,7 +187,7 @@ def fast_path(
 ) -> FastPath | Operator:
     """The CPU operator where normlab's CPU kernels take these tensors, else the (Triton)
     kernels where they do, else the in-place tensor arithmetic."""
-    if kernels.applies(input, weight, bias):
+    if kernels.operators_apply(input, weight, bias):
         return CpuGroupNorm(kernels.ops(), num_groups, eps)
     ops = kernels.ops_for(input, weight, bias)
     if ops is None:

@@ -150,7 +150,7 @@ def cpu_operator(
     parameters'. Anything else goes the long way: the checks and errors of
     :func:`normlab.functional.layernorm.layer_norm`, then :func:`fast_path`.
     """
-    if type(normalized_shape) is not tuple or not kernels.applies(input, weight, bias):
+    if type(normalized_shape) is not tuple or not kernels.operators_apply(input, weight, bias):
         return None
     if not trailing(input, normalized_shape):
         return None
@@ -209,7 +209,7 @@ def fast_path(
 ) -> FastPath | Operator:
     """The CPU operator where normlab's CPU kernels take these tensors, else the (Triton)
     kernels where they do, else the in-place tensor arithmetic."""
-    if kernels.applies(input, weight, bias):
+    if kernels.operators_apply(input, weight, bias):
         return CpuLayerNorm(kernels.ops(), shape, eps)
     ops = kernels.ops_for(input, weight, bias)
     width = math.prod(shape)
