@@ -1,28 +1,34 @@
 #!/usr/bin/env bash
-# normlab's GPU checks and benchmarks in one short run (at most 7 minutes): the CUDA tests,
-# the Triton kernels and every layer against torch.nn on CUDA, every layer's speed ratio
-# (eager, then compiled), training throughput with and without CUDA graphs, batch norm's
-# memory bandwidth, and where the time of a call goes (host or GPU). From the repository
-# root, on a machine with CUDA and torch:
+# normlab's GPU checks and benchmarks in one short run (about 6 minutes). From the
+# repository root, on a machine with CUDA and torch:
 #
 #     PYTHON=python3 NORMLAB_DATA=/path/to/fashion-mnist tools/gpu-bench.sh [OUT_DIR]
 #
-# Each step has a time limit; its output goes to OUT_DIR/<step>.txt (stderr to errors.txt)
-# and its last lines to the terminal. docs/results/gpu.md is written from these files.
+# First the checks, side by side (correctness only): the Triton kernels against torch.nn in
+# float64 while the CPU library builds (it defines the C++ autograd operators that the
+# Triton kernels implement on CUDA); then `normlab check --device cuda` and the tests that
+# need a GPU or the registration (CUDA graphs; the operators through Triton's interpreter).
+# Then the timings, one at a time on the idle machine: where the time of a call goes
+# (tools/gpu_profile.py), every layer's speed ratio, training throughput with and without
+# CUDA graphs, and batch norm's memory bandwidth. Each step has a time limit; its output
+# goes to OUT_DIR/<step>.txt, ending with a line of its exit status and seconds.
+# docs/results/gpu.md is written from these files.
 set -u
 out=${1:-${OUT:-gpu-results}}
 mkdir -p "$out"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-export TRITON_INTERPRET=0  # real Triton kernels on the GPU (the CPU suite interprets them)
+export TRITON_INTERPRET=0 TQDM_DISABLE=1  # real Triton kernels; no progress bars in logs
 py=${PYTHON:-python3}
 
-run() {  # run NAME SECONDS COMMAND... : a step under a time limit, output to NAME.txt
-  local name=$1 limit=$2 start=$SECONDS file=$out/${FILE:-$1}.txt
+step() {  # step NAME SECONDS COMMAND... : a step under a time limit, output to NAME.txt
+  local name=$1 limit=$2 start=$SECONDS
   shift 2
-  echo "== $name: $*" | tee -a "$out/errors.txt" "$file"
-  timeout "$limit" "$@" >>"$file" 2>>"$out/errors.txt"
-  echo "   exit $? after $((SECONDS - start)) s (limit $limit s)"
-  tail -n "${TAIL:-14}" "$file"
+  {
+    echo "== $name: $*"
+    timeout "$limit" "$@"
+    echo "== $name: exit $? after $((SECONDS - start)) s (limit $limit s)"
+  } >"$out/$name.txt" 2>&1
+  tail -n 2 "$out/$name.txt"
 }
 
 {
@@ -31,19 +37,22 @@ run() {  # run NAME SECONDS COMMAND... : a step under a time limit, output to NA
   "$py" -c 'import torch, triton; print("torch", torch.__version__, "cuda",
 torch.version.cuda, "triton", triton.__version__); print(torch.cuda.get_device_properties(0))'
   nproc
+  g++ --version | head -n 1
 } >"$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 
-TAIL=6 run tests 70 "$py" -m pytest -q -p no:cacheprovider tests/train/test_cuda_graphs.py
-TAIL=30 run check 60 "$py" -m normlab check --device cuda
-TAIL=60 run layers 90 "$py" -m normlab bench layers --device cuda --repeats 5 \
+# checks, side by side
+step triton 90 "$py" tools/gpu_triton_check.py &
+step build 180 "$py" -m normlab.kernels.cpu --cache
+step check 200 "$py" -m normlab check --device cuda &
+step tests 200 "$py" -m pytest -q -p no:cacheprovider tests/train/test_cuda_graphs.py \
+  tests/kernels/test_triton_operators.py &
+wait
+
+# timings, one at a time
+step profile 120 "$py" tools/gpu_profile.py
+step layers 150 "$py" -m normlab bench layers --device cuda --repeats 5 \
   --label "H200, eager" --write-results "$out/gpu-layers.md"
-for graphs in "" --cuda-graphs; do
-  TAIL=12 FILE=train run "train $graphs" 45 "$py" -m normlab bench train --device cuda $graphs
-done
-TAIL=30 FILE=layers-compiled run layers-compiled 60 "$py" -m normlab bench layers \
-  --device cuda --compile --layers batch,layer,rms,group --shapes resnet,tokens --repeats 3 \
-  --label "H200, compiled" --write-results "$out/gpu-layers.md"
-TAIL=10 run bandwidth 25 "$py" -m normlab bench bandwidth --device cuda
-TAIL=12 run triton 40 "$py" tools/gpu_triton_check.py
-run profile 40 "$py" tools/gpu_profile.py
+step train 60 "$py" -m normlab bench train --device cuda
+step train-graphs 60 "$py" -m normlab bench train --device cuda --cuda-graphs
+step bandwidth 45 "$py" -m normlab bench bandwidth --device cuda

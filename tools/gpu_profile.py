@@ -2,9 +2,11 @@
 
 1. Host cost per call of batch norm's operators, modules and forward+backward, normlab
    and torch.nn, on an input so small that the GPU keeps up with the queued calls.
-2. Batch norm's Triton operators alone on the bench shapes, forward+backward, for several
-   launch plans (the current one, always split, always one launch, smaller tiles), timed
-   by replaying a CUDA graph (no host cost), against torch.nn's graph-replayed step.
+   Then each module's forward+backward through the C++ autograd operators (the Triton
+   kernels registered for CUDA) and through the Python ``autograd.Function`` they replaced.
+2. Batch norm's Triton operators on ``bench bandwidth``'s shape, forward+backward, for
+   several launch sizes, timed by replaying a CUDA graph (no host cost), as a share of
+   the two-pass bound.
 3. Batch, layer and group norm forward+backward as ``bench layers`` times it, per call:
    ``wall`` (calls queued back to back, one synchronisation at the end), ``gpu`` (the
    kernels' own time, ``torch.profiler``) and their difference (the host's share), with
@@ -15,21 +17,22 @@ Run by tools/gpu-bench.sh (``PYTHONPATH=src``); prints a table per part; microse
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import normlab.nn as lab
+from normlab import kernels
 from normlab.bench.layers import FAMILIES, build_twins, cases, fwd_bwd_step
 from normlab.kernels import triton as gpu
 from normlab.kernels.triton import batch_norm as tbn
 
 CONV_FAMILIES = [FAMILIES["lenet"], FAMILIES["resnet"]]  # the shapes of `bench layers`
-SHAPES = [shape for family in CONV_FAMILIES for shape in family.shapes]
 DEVICE = torch.device("cuda")
 
 
@@ -110,40 +113,41 @@ def graph_us(fn: Callable[[], object], replays: int = 50) -> float:
     return start.elapsed_time(end) * 1e3 / replays
 
 
-def part_plans() -> None:
-    print("\n== batch norm Triton operators alone: forward+backward device time (graph), us")
-    settings = {"now": {}, "split": {"ONE_PROGRAM_LIMIT": 0},
-                "one": {"ONE_PROGRAM_LIMIT": 1 << 40}, "tile2k": {"TILE": 2048}}  # fmt: skip
-    defaults = {k: getattr(tbn, k) for k in ("ONE_PROGRAM_LIMIT", "TILE")}
-    for shape in SHAPES:
-        x, dy = torch.randn(shape, device=DEVICE), torch.randn(shape, device=DEVICE)
-        c = shape[1]
-        w, b = torch.rand(c, device=DEVICE) + 0.5, torch.randn(c, device=DEVICE)
-        rm, rv = torch.zeros(c, device=DEVICE), torch.ones(c, device=DEVICE)
+def part_bandwidth_sweep() -> None:
+    """Batch norm's Triton forward+backward on ``bench bandwidth``'s shape for several
+    launch sizes: programs per multiprocessor (how many splits) and values per tile."""
+    from normlab.kernels.triton import common
 
-        def fwd_bwd(x=x, dy=dy, w=w, b=b, rm=rm, rv=rv) -> None:  # type: ignore[no-untyped-def]
-            _, offset, invstd = gpu.batch_norm_forward(x, w, b, rm, rv, 0.1, 1e-5)
-            gpu.batch_norm_backward(dy, x, offset, invstd, w)
+    shape = (128, 256, 56, 56)
+    print(f"\n== batch norm forward+backward, {shape} float32: device time (graph), us, "
+          "and share of the two-pass bound (8 passes at the copy's speed)")  # fmt: skip
+    x, dy = torch.randn(shape, device=DEVICE), torch.randn(shape, device=DEVICE)
+    c = shape[1]
+    w, b = torch.rand(c, device=DEVICE) + 0.5, torch.randn(c, device=DEVICE)
+    out = torch.empty_like(x)
+    copy = graph_us(lambda: out.copy_(x))  # two passes
+    print(f"copy {copy:.1f} us: two-pass bound {4 * copy:.1f} us")
 
-        cells = []
-        for name, values in settings.items():
-            for key, value in {**defaults, **values}.items():
-                setattr(tbn, key, value)
+    def fwd_bwd() -> None:
+        _, offset, invstd = gpu.batch_norm_forward(x, w, b, None, None, 0.1, 1e-5)
+        gpu.batch_norm_backward(dy, x, offset, invstd, w)
+
+    defaults = (common.PROGRAMS_PER_SM, tbn.TILE)
+    for per_sm in (4, 8, 16, 32):
+        for tile in (2048, 4096, 8192):
+            common.PROGRAMS_PER_SM, tbn.TILE = per_sm, tile
+            common.programs.cache_clear()
             tbn.plan.cache_clear()
             p = tbn.plan(shape, torch.float32, DEVICE)
             try:
-                cells.append(f"{name} {graph_us(fwd_bwd):6.1f} [{p.grid[0]}x{p.grid[1]}]")
+                t = graph_us(fwd_bwd)
+                cell = f"{t:8.1f} us  {4 * copy / t:6.1%}"
             except Exception as exc:  # a diagnostic: report and go on
-                cells.append(f"{name} error {type(exc).__name__}")
-        for key, value in defaults.items():
-            setattr(tbn, key, value)
-        tbn.plan.cache_clear()
-        ref = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d)(shape[1]).to(DEVICE)
-        try:
-            theirs = f"{graph_us(step_of(ref, x.clone().requires_grad_(), dy)):6.1f}"
-        except Exception as exc:  # a diagnostic: report and go on
-            theirs = f"error {type(exc).__name__}"
-        print(f"{'x'.join(map(str, shape)):>14}  " + "  ".join(cells) + f"  torch.nn {theirs}")
+                cell = f"error {type(exc).__name__}: {exc}"[:80]
+            print(f"programs/SM {per_sm:>2} tile {tile:>5} grid {p.grid}: {cell}")
+    common.PROGRAMS_PER_SM, tbn.TILE = defaults
+    common.programs.cache_clear()
+    tbn.plan.cache_clear()
 
 
 def part_host() -> None:
@@ -172,11 +176,42 @@ def part_host() -> None:
     }
     for name, fn in rows.items():
         print(f"{name:<40} {per_call_us(fn, calls=500):7.1f}")
+    print("\n== module forward+backward per call, us: C++ autograd operator vs Python Function")
+    modules = {
+        "batch (8, 16, 4, 4)": (lab.BatchNorm2d(c), nn.BatchNorm2d(c), shape),
+        "batch (64, 120)": (lab.BatchNorm1d(120), nn.BatchNorm1d(120), (64, 120)),
+        "layer (64, 50, 128)": (lab.LayerNorm(128), nn.LayerNorm(128), (64, 50, 128)),
+        "group (64, 16, 8, 8)": (lab.GroupNorm(4, 16), nn.GroupNorm(4, 16), (64, 16, 8, 8)),
+    }
+    for name, (mine, twin, size) in modules.items():
+        xs = torch.randn(size, device=DEVICE, requires_grad=True)
+        grad = torch.randn(size, device=DEVICE)
+        mine, twin = mine.to(DEVICE), twin.to(DEVICE)
+        operator = per_call_us(step_of(mine, xs, grad))
+        with python_function_path():
+            function = per_call_us(step_of(mine, xs, grad))
+        theirs = per_call_us(step_of(twin, xs, grad))
+        print(f"{name:<22} operator {operator:7.1f}  Function {function:7.1f}  "
+              f"torch.nn {theirs:7.1f}  ratio {operator / theirs:5.2f} "
+              f"(was {function / theirs:5.2f})")  # fmt: skip
+
+
+@contextlib.contextmanager
+def python_function_path() -> Iterator[None]:
+    """normlab's CUDA layers as before the operators had CUDA implementations: the Triton
+    kernels under a Python ``autograd.Function``."""
+    original = kernels.operators_apply
+    kernels.operators_apply = lambda input, *others: input.is_cpu and original(input, *others)
+    try:
+        yield
+    finally:
+        kernels.operators_apply = original
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     print(torch.__version__, torch.cuda.get_device_name())
+    print("C++ autograd operators on CUDA:", kernels.cuda_operators() is not None)
     part_host()
-    part_plans()
+    part_bandwidth_sweep()
     part_layers()
