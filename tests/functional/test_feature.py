@@ -28,6 +28,8 @@ from normlab.testing.tolerance import (
     assert_close_sum,
     first_order_sums,
     normalization_sums,
+    sum_tolerance,
+    unit_roundoff,
 )
 
 
@@ -554,9 +556,10 @@ def test_far_from_zero_as_accurate_as_torch(name: str, call: Callable) -> None:
 
 
 def test_an_outlying_first_value_keeps_the_variance_accurate() -> None:
-    """The shift is each row's first value; when that value is an outlier the centring must
-    still be exact (two passes). The one-pass formula ``E[d^2] - E[d]^2`` on the shifted
-    ``d = x - x[0]`` loses ~D float32 ulps of the variance and is 0.05 off here."""
+    """The tensor code's shift is each row's first value (the kernels' the mean of its first
+    16); when that value is an outlier the centring must still be exact (two passes). The
+    one-pass formula ``E[d^2] - E[d]^2`` on the shifted ``d = x - x[0]`` loses ~D float32
+    ulps of the variance and is 0.05 off here."""
     torch.manual_seed(8)
     x = torch.randn(2, 4096, dtype=torch.float64)
     x[:, 0] = 300.0
@@ -569,6 +572,31 @@ def test_an_outlying_first_value_keeps_the_variance_accurate() -> None:
     var = d.square().mean(-1, keepdim=True) - d.mean(-1, keepdim=True).square()
     one_pass = (d - d.mean(-1, keepdim=True)) * torch.rsqrt(var + 1e-5)
     assert (one_pass.double() - truth).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("centre", [0.0, 1e4])
+def test_an_outlying_head_keeps_the_variance_accurate(centre: float) -> None:
+    """The kernels shift each row by the mean of its first 16 values and sum ``x - shift``
+    and its squares in one pass; the variance is then ``q / D - offset^2``, whose rounding
+    errors grow with ``offset^2 / var``. Here the head sits 64 away in a row of std ~1.4
+    (``offset^2 / var ~ 2000``): the sums must be taken again around the mean.
+
+    Bound: around the mean, the sum of squares is float32 sums of 32 terms (then double),
+    so ``var`` and ``rstd`` are off by a relative ``sum_tolerance(float32, 32, 1)`` at most,
+    and ``xhat`` by that times ``|xhat|`` plus its own two roundings. Without the second pass
+    the error is ~1e-3, ten times the bound.
+    """
+    torch.manual_seed(10)
+    width = 1 << 16
+    x = torch.randn(2, width, dtype=torch.float64)
+    x[:, :16] = 64.0
+    x = (centre + x).float()
+    truth = F.layer_norm(x.double(), [width])  # the same float32 values, in float64
+    relative = sum_tolerance(torch.float32, 32, 1.0) / 2 + 2 * unit_roundoff(torch.float32)
+    bound = relative * truth.abs().max().item()
+    ours = [N.layer_norm(x, [width]), N.group_norm(x.view(2, 2, -1), 1).view(2, width)]
+    for got in ours:
+        assert (got.double() - truth).abs().max().item() <= bound
 
 
 @pytest.mark.parametrize("fn", ["layer", "group"])

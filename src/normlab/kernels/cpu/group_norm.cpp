@@ -3,7 +3,7 @@
 // G groups of K = C / G channels; each (sample, group) row of S = K * P values is
 // normalised, and the affine parameters are per channel.
 //
-//   forward   per row: shifted two-pass statistics (common.h): m (the rounded first mean),
+//   forward   per row: shifted one-pass statistics (common.h): m (the shift, a rounded mean),
 //             offset (the mean of x - m) and rstd; m and rstd are saved with the input for
 //             the backward (as many bytes as torch.nn saves); then in one pass
 //             xhat = (x - m - offset) * rstd,  y = xhat * weight_c + bias_c

@@ -1,7 +1,7 @@
 // Layer norm on CPU: normlab's formulas (src/normlab/functional/feature.py) as loops, for
 // float32 and float64 contiguous rows (R, D): each row of D values is normalised.
 //
-//   forward   per row: shifted two-pass statistics (common.h): m (the rounded first mean),
+//   forward   per row: shifted one-pass statistics (common.h): m (the shift, a rounded mean),
 //             offset (the mean of x - m) and rstd; m and rstd are saved with the input for
 //             the backward (as many bytes as torch.nn saves: input, mean, rstd); then in
 //             one pass  xhat = (x - m - offset) * rstd,  y = xhat * weight + bias
