@@ -156,9 +156,11 @@ class _TrainingFormula(torch.autograd.Function):
         sum_dy = dy.sum(dims)
         sum_dy_xhat = (dy * centred).sum(dims) * invstd
         scale = invstd if weight is None else invstd * weight
-        # dx = scale * (dy - sum_dy / n - xhat * sum_dy_xhat / n), per channel coefficients
-        k2 = scale * invstd * sum_dy_xhat / -n
-        k3 = scale * sum_dy / -n
+        # dx = scale * (dy - sum_dy / n - xhat * sum_dy_xhat / n), per channel coefficients;
+        # inductor computes them in the loop over the values: a product there, no division
+        minus_inv_n = -1.0 / n
+        k2 = scale * invstd * sum_dy_xhat * minus_inv_n
+        k3 = scale * sum_dy * minus_inv_n
         dx = dy * per_channel(scale, ndim) + centred * per_channel(k2, ndim) + per_channel(k3, ndim)
         dweight = None if weight is None else as_dtype(sum_dy_xhat, weight.dtype)
         dbias = None if ctx.bias_dtype is None else as_dtype(sum_dy, ctx.bias_dtype)
