@@ -116,8 +116,6 @@ def graph_us(fn: Callable[[], object], replays: int = 50) -> float:
 def part_bandwidth_sweep() -> None:
     """Batch norm's Triton forward+backward on ``bench bandwidth``'s shape for several
     launch sizes: programs per multiprocessor (how many splits) and values per tile."""
-    from normlab.kernels.triton import common
-
     shape = (128, 256, 56, 56)
     print(f"\n== batch norm forward+backward, {shape} float32: device time (graph), us, "
           "and share of the two-pass bound (8 passes at the copy's speed)")  # fmt: skip
@@ -132,11 +130,10 @@ def part_bandwidth_sweep() -> None:
         _, offset, invstd = gpu.batch_norm_forward(x, w, b, None, None, 0.1, 1e-5)
         gpu.batch_norm_backward(dy, x, offset, invstd, w)
 
-    defaults = (common.PROGRAMS_PER_SM, tbn.TILE)
+    defaults = (tbn.PROGRAMS_PER_SM, tbn.TILE)
     for per_sm in (4, 8, 16, 32):
-        for tile in (2048, 4096, 8192):
-            common.PROGRAMS_PER_SM, tbn.TILE = per_sm, tile
-            common.programs.cache_clear()
+        for tile in (1024, 2048, 4096):
+            tbn.PROGRAMS_PER_SM, tbn.TILE = per_sm, tile
             tbn.plan.cache_clear()
             p = tbn.plan(shape, torch.float32, DEVICE)
             try:
@@ -145,8 +142,7 @@ def part_bandwidth_sweep() -> None:
             except Exception as exc:  # a diagnostic: report and go on
                 cell = f"error {type(exc).__name__}: {exc}"[:80]
             print(f"programs/SM {per_sm:>2} tile {tile:>5} grid {p.grid}: {cell}")
-    common.PROGRAMS_PER_SM, tbn.TILE = defaults
-    common.programs.cache_clear()
+    tbn.PROGRAMS_PER_SM, tbn.TILE = defaults
     tbn.plan.cache_clear()
 
 
@@ -187,10 +183,13 @@ def part_host() -> None:
         xs = torch.randn(size, device=DEVICE, requires_grad=True)
         grad = torch.randn(size, device=DEVICE)
         mine, twin = mine.to(DEVICE), twin.to(DEVICE)
-        operator = per_call_us(step_of(mine, xs, grad))
-        with python_function_path():
-            function = per_call_us(step_of(mine, xs, grad))
-        theirs = per_call_us(step_of(twin, xs, grad))
+        times: dict[str, list[float]] = {"operator": [], "function": [], "torch": []}
+        for _ in range(7):  # the three interleaved, round by round
+            times["operator"].append(per_call_us(step_of(mine, xs, grad), rounds=1))
+            with python_function_path():
+                times["function"].append(per_call_us(step_of(mine, xs, grad), rounds=1))
+            times["torch"].append(per_call_us(step_of(twin, xs, grad), rounds=1))
+        operator, function, theirs = (statistics.median(t) for t in times.values())
         print(f"{name:<22} operator {operator:7.1f}  Function {function:7.1f}  "
               f"torch.nn {theirs:7.1f}  ratio {operator / theirs:5.2f} "
               f"(was {function / theirs:5.2f})")  # fmt: skip

@@ -59,7 +59,11 @@ from normlab.kernels.triton.common import (
 )
 
 MIN_WORK = 4096  # values per program of a split launch at the least
-TILE = 4096  # values per tile (BLOCK_C * BLOCK_K); half as many for float64 sums
+# A split launch aims at PROGRAMS_PER_SM programs per multiprocessor, in tiles of TILE
+# values (half as many for float64 sums): the fastest pair of tools/gpu_profile.py's sweep
+# on an H200 at bench bandwidth's shape (docs/results/gpu.md).
+PROGRAMS_PER_SM = 16
+TILE = 2048
 CONTIGUOUS = 32  # values a tile's row should span in memory (a 128-byte line of float32)
 ONE_PROGRAM_LIMIT = 16384  # values per program up to which one launch each way does it all
 
@@ -290,7 +294,7 @@ def plan(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Pl
     per_program = min(block_c, c) * values
     splits = 1
     if per_program > ONE_PROGRAM_LIMIT:
-        wanted = triton.cdiv(programs(device), triton.cdiv(c, block_c))
+        wanted = triton.cdiv(programs(device, PROGRAMS_PER_SM), triton.cdiv(c, block_c))
         splits = max(1, min(wanted, per_program // MIN_WORK))
     chunk = triton.cdiv(triton.cdiv(values, splits), block_k) * block_k
     return Plan(values, c, length, block_c, block_k, triton.cdiv(values, chunk), chunk)

@@ -56,12 +56,12 @@ def ptr(tensor: Tensor | None, placeholder: Tensor) -> Tensor:
 
 
 @functools.cache
-def programs(device: torch.device) -> int:
-    """How many programs fill ``device``: ``PROGRAMS_PER_SM`` per multiprocessor (a few
-    under Triton's interpreter, where the tests run them on the CPU)."""
+def programs(device: torch.device, per_sm: int = PROGRAMS_PER_SM) -> int:
+    """How many programs fill ``device``: ``per_sm`` per multiprocessor (a few under
+    Triton's interpreter, where the tests run them on the CPU)."""
     if device.type != "cuda":
         return 8
-    return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    return per_sm * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 # key -> (compiled kernel, the constexpr values in parameter order); one entry per shape,
