@@ -12,7 +12,8 @@
 //             sg_c = sum(dy);  sgx_c = sum(dy * xhat)                (pass 1: read dy, x)
 //             a = sum_c w_c sg_c / S;  b = sum_c w_c sgx_c / S
 //             dx = rstd * (w_c * dy - a - xhat * b)                  (pass 2: write dx)
-//             dweight_c = sum over samples of sgx_c;  dbias_c = sum of sg_c
+//             dweight_c = sum over samples of sgx_c;  dbias_c = sum of sg_c (per-thread
+//             partial sums in double, added in thread order)
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -118,7 +119,7 @@ void channel_grad(const T* __restrict g, const T* __restrict x, T m, T offset, T
   for (int64_t i = 0; i < P; ++i) dx[i] = k * (wc * g[i] - ka - (x[i] - m - offset) * k * kb);
 }
 
-// One row of (N, C) features (P = 1): each value its own channel. sg, sgx get dy and
+// One row of (N, C) features (P = 1): each value its own channel. sg, sgx add dy and
 // dy * xhat per channel; dx = k * (w dy - a - xhat b), a = mean(w dy), b = mean(w dy xhat).
 template <typename T>
 void row_backward_per_value(const T* __restrict g, const T* __restrict x, T m, T offset, T k,
@@ -128,12 +129,11 @@ void row_backward_per_value(const T* __restrict g, const T* __restrict x, T m, T
 #pragma omp simd reduction(+ : a, b)
   for (int64_t i = 0; i < count; ++i) {
     const T gw = w ? g[i] * w[i] : g[i];
+    const T gx = g[i] * ((x[i] - m - offset) * k);
     a += gw;
-    b += gw * ((x[i] - m - offset) * k);
-  }
-  for (int64_t i = 0; i < count; ++i) {
-    sg[i] = g[i];
-    sgx[i] = g[i] * ((x[i] - m - offset) * k);
+    b += w ? gx * w[i] : gx;
+    sg[i] += g[i];
+    sgx[i] += gx;
   }
   if (!dx) return;
   const T ka = static_cast<T>(a / count), kb = static_cast<T>(b / count);
@@ -142,29 +142,34 @@ void row_backward_per_value(const T* __restrict g, const T* __restrict x, T m, T
     dx[i] = k * ((w ? w[i] : T(1)) * g[i] - ka - (x[i] - m - offset) * k * kb);
 }
 
+// Rows of (sample, group), with the per-channel sums of dy and dy * xhat over each task's
+// samples added into `partial` (per thread: C sums of dy, then C of dy * xhat, in double).
 template <typename T>
-void backward_rows(const T* g, const T* x, const T* stats, const T* w, T* dx, double* sg,
-                   double* sgx, Groups L) {
+void backward_rows(const T* g, const T* x, const T* stats, const T* w, T* dx, double* partial,
+                   Groups L) {
   at::parallel_for(0, L.N * L.G, grain(L.S), [&](int64_t begin, int64_t end) {
+    double* sg = partial + at::get_thread_num() * 2 * L.C;
+    double* sgx = sg + L.C;
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / L.G, first_channel = (r % L.G) * L.K;
+      const int64_t first_channel = (r % L.G) * L.K;
       const T m = stats[r * 2], k = stats[r * 2 + 1];
       const T offset = static_cast<T>(sum_centred(x + r * L.S, m, L.S) / L.S);
       if (L.P == 1) {
         row_backward_per_value(g + r * L.S, x + r * L.S, m, offset, k,
                                w ? w + first_channel : nullptr, dx ? dx + r * L.S : nullptr,
-                               sg + n * L.C + first_channel, sgx + n * L.C + first_channel, L.K);
+                               sg + first_channel, sgx + first_channel, L.K);
         continue;
       }
       double a = 0, b = 0;
       for (int64_t j = 0; j < L.K; ++j) {
         const int64_t c = first_channel + j, start = r * L.S + j * L.P;
-        double* sum_g = sg + n * L.C + c;
-        double* sum_gx = sgx + n * L.C + c;
-        channel_sums(g + start, x + start, m, offset, k, L.P, sum_g, sum_gx);
+        double sum_g, sum_gx;
+        channel_sums(g + start, x + start, m, offset, k, L.P, &sum_g, &sum_gx);
+        sg[c] += sum_g;
+        sgx[c] += sum_gx;
         const double wc = w ? w[c] : 1.0;
-        a += wc * *sum_g;
-        b += wc * *sum_gx;
+        a += wc * sum_g;
+        b += wc * sum_gx;
       }
       if (!dx) continue;
       const T ka = static_cast<T>(a / L.S), kb = static_cast<T>(b / L.S);
@@ -187,28 +192,24 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_backward(const Tensor& grad_out,
   Tensor dx = need_input ? at::empty_like(g) : Tensor();
   Tensor dw = need_weight ? at::empty({L.C}, input.options()) : Tensor();
   Tensor db = need_bias ? at::empty({L.C}, input.options()) : Tensor();
-  std::vector<double> sg(L.N * L.C), sgx(L.N * L.C);  // per (sample, channel)
+  // dweight, dbias: per-thread sums over the samples (no races), added in thread order
+  const int64_t threads = at::get_num_threads();
+  std::vector<double> partial(threads * 2 * L.C, 0.0);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "normlab::group_norm_backward", [&] {
     using T = scalar_t;
     backward_rows(g.data_ptr<T>(), input.data_ptr<T>(), stats.data_ptr<T>(),
-                  data_or_null<T>(weight), dx.defined() ? dx.data_ptr<T>() : nullptr, sg.data(),
-                  sgx.data(), L);
-    // dweight, dbias: sums over the samples, in sample order, read row by row (a column
-    // walk of (N, C) strides through memory and costs more than the kernels themselves)
-    std::vector<double> sum_w(L.C, 0.0), sum_b(L.C, 0.0);
-    for (int64_t n = 0; n < L.N; ++n) {
-      const double* __restrict row_gx = sgx.data() + n * L.C;
-      const double* __restrict row_g = sg.data() + n * L.C;
-      for (int64_t c = 0; c < L.C; ++c) {  // (no pragma inside the dispatch macro)
-        sum_w[c] += row_gx[c];
-        sum_b[c] += row_g[c];
-      }
-    }
+                  data_or_null<T>(weight), dx.defined() ? dx.data_ptr<T>() : nullptr,
+                  partial.data(), L);
     T* out_w = need_weight ? dw.data_ptr<T>() : nullptr;
     T* out_b = need_bias ? db.data_ptr<T>() : nullptr;
     for (int64_t c = 0; c < L.C; ++c) {
-      if (out_w) out_w[c] = static_cast<T>(sum_w[c]);
-      if (out_b) out_b[c] = static_cast<T>(sum_b[c]);
+      double sum_b = 0, sum_w = 0;
+      for (int64_t t = 0; t < threads; ++t) {
+        sum_b += partial[t * 2 * L.C + c];
+        sum_w += partial[t * 2 * L.C + L.C + c];
+      }
+      if (out_w) out_w[c] = static_cast<T>(sum_w);
+      if (out_b) out_b[c] = static_cast<T>(sum_b);
     }
   });
   return {dx, dw, db};
