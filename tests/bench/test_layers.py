@@ -14,15 +14,18 @@ from normlab.errors import UsageError
 from normlab.nn import registry
 from normlab.testing.tolerance import assert_close_sum
 
-LENET, RESNET, TOKENS = (layers.FAMILIES[n] for n in ("lenet", "resnet", "tokens"))
+LENET, RESNET, TOKENS, VOLUMES = (
+    layers.FAMILIES[n] for n in ("lenet", "resnet", "tokens", "volumes")
+)
 
 
-def test_the_shape_families_are_lenet_resnet_and_transformer_tokens() -> None:
+def test_the_shape_families_are_lenet_resnet_transformer_tokens_and_volumes() -> None:
     assert LENET.shapes == ((64, 6, 24, 24), (64, 16, 8, 8), (64, 120), (64, 84))
     assert RESNET.shapes[:2] == ((128, 64, 32, 32), (32, 256, 14, 14))
     assert TOKENS.shapes == ((64, 50, 128), (16, 197, 384), (8, 256, 768)) and TOKENS.tokens
-    assert not LENET.tokens and not RESNET.tokens
-    assert layers.select_families(None) == [LENET, RESNET, TOKENS]
+    assert all(len(shape) == 5 for shape in VOLUMES.shapes)
+    assert not LENET.tokens and not RESNET.tokens and not VOLUMES.tokens
+    assert layers.select_families(None) == [LENET, RESNET, TOKENS, VOLUMES]
     assert layers.select_families(["tokens", "lenet", "tokens"]) == [TOKENS, LENET]
 
 
@@ -121,9 +124,19 @@ def test_tokens_are_only_for_layers_over_the_last_dimension_and_repeats_are_drop
     assert by_layer["lrn"] == list(LENET.shapes[:2])  # convolutional features only
 
 
+def test_volumes_measure_the_3d_forms_and_skip_the_layers_of_images_only() -> None:
+    grid = layers.cases(layers.layer_names(), [VOLUMES])
+    measured = {c.layer: type(layers.ours(c)).__name__ for c in grid}
+    assert measured["batch"] == "BatchNorm3d" and measured["instance"] == "InstanceNorm3d"
+    assert measured["renorm"] == "BatchRenorm3d" and measured["sync"] == "SyncBatchNorm"
+    for images_only in ("frozen-batch", "frn", "evonorm-b0", "ghost", "group-ws-conv"):
+        assert images_only not in measured
+
+
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
+        (Case("batch", (8, 64, 8, 28, 28), "volumes", False), "BatchNorm3d(64, eps=1e-05"),
         (Case("batch", (64, 6, 24, 24), "lenet", False), "BatchNorm2d(6, eps=1e-05"),
         (Case("batch", (64, 120), "lenet", False), "BatchNorm1d(120,"),
         (Case("layer", (64, 50, 128), "tokens", True), "LayerNorm((128,),"),

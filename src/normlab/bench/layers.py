@@ -22,9 +22,10 @@ normlab over the twin: below 1 means normlab is faster.
 Plus the bytes each saves for backward (:mod:`normlab.bench.memory`).
 
 Shape families (:data:`FAMILIES`): ``lenet`` (the tutorial's features), ``resnet``
-(convolutional maps and the pooled features of ResNet-like networks) and ``tokens``
+(convolutional maps and the pooled features of ResNet-like networks), ``tokens``
 (``(N, L, D)`` transformer tokens, normalised over ``D``: only layers whose
-fully connected form has a ``normalized_shape``, i.e. layer/RMS/DyT-like).
+fully connected form has a ``normalized_shape``, i.e. layer/RMS/DyT-like) and
+``volumes`` (``(N, C, D, H, W)`` maps: the layers' 3-D forms).
 
 Targets: per layer, the median eager ratio over its shapes <= 1.0 and no shape above
 1.15; compiled, the median <= 1.0; saved bytes no larger than the twin's.
@@ -67,6 +68,9 @@ FAMILIES: dict[str, ShapeFamily] = {
     "resnet": ShapeFamily("resnet", ((128, 64, 32, 32), (32, 256, 14, 14), (256, 512))),
     # ViT-tiny-like tokens at batch 64, ViT-S/16 at 224 px, a 256-token GPT-2-small batch
     "tokens": ShapeFamily("tokens", ((64, 50, 128), (16, 197, 384), (8, 256, 768)), True),
+    # 3-D maps (N, C, D, H, W): a video network's stage (8 clips of 8 frames at 28 x 28)
+    # and a volumetric one (2 volumes of 32^3): the layers' 3d forms (BatchNorm3d, ...)
+    "volumes": ShapeFamily("volumes", ((8, 64, 8, 28, 28), (2, 32, 32, 32, 32))),
 }
 # --quick: one small conv map and one fully connected shape, the smaller ResNet map, the
 # smallest tokens
@@ -74,6 +78,7 @@ QUICK_SHAPES: dict[str, tuple[Shape, ...]] = {
     "lenet": ((64, 16, 8, 8), (64, 120)),
     "resnet": ((32, 256, 14, 14),),
     "tokens": ((64, 50, 128),),
+    "volumes": ((2, 32, 32, 32, 32),),
 }
 
 EAGER_MEDIAN_TARGET = 1.0
@@ -175,8 +180,12 @@ def _build(layer: str, case: Case, torch_twin: bool) -> nn.Module | None:
 
 def ours(case: Case) -> nn.Module | None:
     """Our layer for ``case``, or None where it does not apply (tokens: only layers with a
-    ``normalized_shape``; LRN: only convolutional features)."""
-    module = _build(case.layer, case, torch_twin=False)
+    ``normalized_shape``; LRN: only convolutional features; layers the registry defines
+    for images only, e.g. FRN, have no 3-D form)."""
+    try:
+        module = _build(case.layer, case, torch_twin=False)
+    except ValueError:  # the registry's refusal of a dims the layer is not defined for
+        return None
     if module is None or (case.tokens and not hasattr(module, "normalized_shape")):
         return None
     return module

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SHAPE_FAMILIES = ("lenet", "resnet", "tokens")  # bench.layers.FAMILIES
+SHAPE_FAMILIES = ("lenet", "resnet", "tokens", "volumes")  # bench.layers.FAMILIES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,7 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     layers.add_argument(
         "--shapes", default=None, metavar="FAMILIES",
         help=f"comma-separated shape families: {', '.join(SHAPE_FAMILIES)} (default: all); "
-        "tokens only for layers over the last dimension (layer, RMS, DyT-like)",
+        "tokens only for layers over the last dimension (layer, RMS, DyT-like); volumes "
+        "(N, C, D, H, W) for the layers' 3-D forms",
     )  # fmt: skip
     layers.add_argument(
         "--layers", default=None, metavar="LAYERS",
