@@ -29,12 +29,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import Tensor
 
 import normlab.functional._autograd as _autograd
 from normlab.errors import UsageError
 from normlab.functional._common import (
     ShapeError,
+    as_dtype,
     check_floating,
     check_param_dtypes,
     compute_dtype,
@@ -85,6 +87,92 @@ def backward(
     dx = rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
     dweight = (dy * xhat.reshape(dy.shape)).sum((0, 2))
     return dx.reshape(input.shape).to(input.dtype), dweight, dy.sum((0, 2))
+
+
+def _grouped(t: Tensor, num_groups: int, dtype: torch.dtype) -> Tensor:
+    """``(N, C, *)`` viewed as ``(N, G, C / G, prod(*))``, in ``dtype``."""
+    n, c = t.shape[:2]
+    return as_dtype(t, dtype).reshape(n, num_groups, c // num_groups, math.prod(t.shape[2:]))
+
+
+def _shifted_forward(
+    input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`forward`'s ``y`` and the ``(N, G, 1, 1)`` statistics ``offset`` and ``rstd``.
+
+    Each group is shifted by its first value, ``v = x - x[n, g, 0, 0]``, and Welford's
+    ``var_mean`` of ``v`` (one pass) gives ``offset = E[v]`` and the variance: float32
+    keeps its accuracy for inputs far from zero. ``xhat = (v - offset) * rstd`` is
+    recomputed from them exactly by :class:`_CompiledFormula`'s backward, and
+    ``y = (v - offset) * scale + bias_c`` with ``scale = rstd * weight_c`` per (sample,
+    channel).
+    """
+    x = _grouped(input, num_groups, compute_dtype(input.dtype))
+    v = x - x[:, :, :1, :1]
+    var, offset = torch.var_mean(v, (2, 3), correction=0, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    groups, per_group = x.shape[1], x.shape[2]
+    scale = rstd if weight is None else rstd * weight.reshape(groups, per_group, 1)
+    y = (v - offset) * scale
+    if bias is not None:
+        y = y + bias.reshape(groups, per_group, 1)
+    return as_dtype(y.reshape(input.shape), input.dtype), offset, rstd
+
+
+class _CompiledFormula(torch.autograd.Function):
+    """``(input, num_groups, weight, bias, eps) -> (y, offset, rstd)``: the formula
+    (:func:`_shifted_forward`) with the closed-form backward from its saved ``(N, G, 1, 1)``
+    statistics, what ``torch.compile`` runs. Inductor then fuses one pass over ``dy`` and
+    ``x`` for the sums of each (sample, channel) and one for ``dx``, where differentiating
+    :func:`forward` (two means, the shift) takes more. Not differentiable twice
+    (``torch.compile`` has no double backward); ``torch.func`` transforms differentiate
+    :func:`forward` itself.
+
+    With ``c = x - x[n, g, 0, 0] - offset`` (so ``xhat = c * rstd``) and, per (sample,
+    channel), ``s = sum(dy)`` and ``t = sum(dy * c)`` over its positions; per group of
+    ``S`` values ``m1 = sum_c(weight_c * s) / S`` (the mean of ``g = dy * weight``) and
+    ``m2 = rstd * sum_c(weight_c * t) / S`` (the mean of ``g * xhat``)::
+
+        dx = dy * (rstd * weight_c) - c * (rstd^2 * m2) - rstd * m1
+        dweight = sum over samples of rstd * t          dbias = sum over samples of s
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:func:`_shifted_forward`, whose statistics the backward reads."""
+        return _shifted_forward(input, num_groups, weight, bias, eps)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        input, num_groups, weight, bias, _ = inputs
+        _, offset, rstd = output
+        ctx.mark_non_differentiable(offset, rstd)
+        ctx.save_for_backward(input, weight, offset, rstd)
+        ctx.num_groups = num_groups
+        ctx.bias_dtype = None if bias is None else bias.dtype
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        input, weight, offset, rstd = ctx.saved_tensors
+        x = _grouped(input, ctx.num_groups, rstd.dtype)
+        dy = _grouped(grad_out, ctx.num_groups, rstd.dtype)
+        groups, per_group = x.shape[1], x.shape[2]
+        shifted = x - x[:, :, :1, :1]  # x - mean = shifted - offset
+        s = dy.sum(3, keepdim=True)  # (N, G, C / G, 1)
+        t = (dy * shifted).sum(3, keepdim=True) - offset * s
+        w = None if weight is None else as_dtype(weight, rstd.dtype).reshape(groups, per_group, 1)
+        ws, wt = (s, t) if w is None else (s * w, t * w)
+        size = per_group * x.shape[3]  # values per group
+        m1 = ws.sum(2, keepdim=True) * (1.0 / size)  # products: no division per value
+        m2 = wt.sum(2, keepdim=True) * (rstd * (1.0 / size))
+        scale = rstd if w is None else rstd * w
+        k2 = rstd * rstd * m2
+        dx = dy * scale - shifted * k2 + (offset * k2 - rstd * m1)
+        dweight = None if weight is None else as_dtype((t * rstd).sum(0).reshape(-1), weight.dtype)
+        dbias = None if ctx.bias_dtype is None else as_dtype(s.sum(0).reshape(-1), ctx.bias_dtype)
+        return as_dtype(dx.reshape(input.shape), input.dtype), None, dweight, dbias, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +251,10 @@ def group_norm(
         ops = compiled_ops(input, weight, bias)
         if ops is not None:  # torch.compile on the CPU: the operator, one call each way
             return ops.group_norm(input, num_groups, weight, bias, eps)
-        return forward(input, num_groups, weight, bias, eps)
+        if input.numel() == 0 or torch._C._are_functorch_transforms_active():
+            return forward(input, num_groups, weight, bias, eps)  # torch.func: the formula
+        out: Tensor = _CompiledFormula.apply(input, num_groups, weight, bias, eps)[0]
+        return out  # torch.compile: the formula with its closed-form backward
     return _autograd.run(
         fast.fast_path(input, num_groups, weight, bias, eps),
         lambda dy, x, w: backward(dy, x, num_groups, w, eps),
