@@ -6,8 +6,11 @@ Each channel of each sample is normalised over its spatial positions alone::
 
 which is batch norm of the input viewed as ``(1, N * C, *)``: every (sample, channel) pair
 is its own channel, so the formula, its closed-form backward and its fast paths are
-:mod:`normlab.functional.batchnorm`'s. The running statistics are updated per pair and
-averaged over the batch, as ``torch.nn.functional.instance_norm`` does.
+:mod:`normlab.functional.batchnorm`'s. It is also group norm with one channel per group:
+without running statistics, where the group-norm operator takes the tensors (eager,
+contiguous float32/float64), one call of it does the whole layer, backward included.
+The running statistics are updated per pair and averaged over the batch, as
+``torch.nn.functional.instance_norm`` does.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch import Tensor
 
 from normlab.functional._common import assign_running
+from normlab.functional._fast import groupnorm as groupnorm_fast
 from normlab.functional.batchnorm import batch_norm_core, check_input
 
 
@@ -62,6 +66,12 @@ def instance_norm(
         >>> y.mean(-1).abs().max() < 1e-6
         tensor(True)
     """
+    untracked = running_mean is None and running_var is None
+    if use_input_stats and untracked and input.dim() > 2 and math.prod(input.shape[2:]) > 1:
+        # group norm with one channel per group is this formula: one operator call
+        operator = groupnorm_fast.cpu_operator(input, input.shape[1], weight, bias)
+        if operator is not None:
+            return operator(input, input.shape[1], weight, bias, eps)
     check_input(input, "instance_norm")
     if use_input_stats:
         if math.prod(input.shape[2:]) == 1:
