@@ -352,3 +352,30 @@ def test_group_norm_backward_of_channels_last_tensors(code_path: str, shape: tup
     term = g.abs().max().item() * (1 + group**0.5) * 2.0 * max(1.0, rstd)
     for a, b in zip(mine, reference, strict=True):
         assert_close_sum(a, b, terms=terms, abs_sum=terms * term)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "shape"),
+    [
+        (lambda: normlab.nn.LayerNorm(6), lambda: torch.nn.LayerNorm(6), (4, 6)),
+        (lambda: normlab.nn.GroupNorm(2, 6), lambda: torch.nn.GroupNorm(2, 6), (4, 6, 5)),
+    ],
+    ids=["layer", "group"],
+)
+def test_a_parametrized_weight_is_the_one_used(ours, theirs, shape) -> None:  # type: ignore[no-untyped-def]
+    """A parametrization moves ``weight`` out of the parameter dict: the module must read
+    the parametrized value (here doubled), as torch.nn's does."""
+    from torch.nn.utils import parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, weight: torch.Tensor) -> torch.Tensor:
+            return 2 * weight
+
+    mine, reference = ours().double(), theirs().double()
+    for module in (mine, reference):
+        with torch.no_grad():
+            module.bias.fill_(0.5)
+        parametrize.register_parametrization(module, "weight", Double())
+    x = torch.randn(shape, dtype=torch.float64)
+    expected = reference(x)
+    assert_close_sum(mine(x), expected, terms=x[0].numel(), abs_sum=expected.abs().max() + 1)

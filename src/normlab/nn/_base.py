@@ -78,6 +78,18 @@ def document(**fields: str) -> Callable[[type[T]], type[T]]:
     return fill
 
 
+def affine_parameters(module: nn.Module) -> tuple[Tensor | None, Tensor | None]:
+    """``(module.weight, module.bias)``, read from its parameter dict: ``nn.Module``'s
+    attribute lookup costs about half a microsecond a name, a tenth of a small layer's call.
+    Where one was moved out of the dict (a parametrized ``weight`` is a property computed on
+    access, ``torch.nn.utils.parametrize``), both are read as attributes."""
+    params = module._parameters
+    try:
+        return params["weight"], params["bias"]
+    except KeyError:
+        return module.weight, module.bias
+
+
 # ---------------------------------------------------------------------------------------------
 # Input checks: torch's exception types and messages
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from normlab.functional import (
     local_response_norm,
     rms_norm,
 )
+from normlab.nn._base import affine_parameters
 
 __all__ = ["GroupNorm", "LayerNorm", "LocalResponseNorm", "RMSNorm"]
 
@@ -143,7 +144,8 @@ class LayerNorm(nn.Module):
         _reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
-        return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+        weight, bias = affine_parameters(self)
+        return layer_norm(input, self.normalized_shape, weight, bias, self.eps)
 
     def extra_repr(self) -> str:
         return (
@@ -220,7 +222,8 @@ class GroupNorm(nn.Module):
         _reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
-        output = group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        weight, bias = affine_parameters(self)
+        output = group_norm(input, self.num_groups, weight, bias, self.eps)
         return _in_channels_last_of(input, output)
 
     def extra_repr(self) -> str:
