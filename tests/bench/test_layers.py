@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -14,18 +15,19 @@ from normlab.errors import UsageError
 from normlab.nn import registry
 from normlab.testing.tolerance import assert_close_sum
 
-LENET, RESNET, TOKENS, VOLUMES = (
-    layers.FAMILIES[n] for n in ("lenet", "resnet", "tokens", "volumes")
+LENET, RESNET, TOKENS, VOLUMES, TINY = (
+    layers.FAMILIES[n] for n in ("lenet", "resnet", "tokens", "volumes", "tiny")
 )
 
 
-def test_the_shape_families_are_lenet_resnet_transformer_tokens_and_volumes() -> None:
+def test_the_shape_families_are_lenet_resnet_tokens_volumes_and_tiny() -> None:
     assert LENET.shapes == ((64, 6, 24, 24), (64, 16, 8, 8), (64, 120), (64, 84))
     assert RESNET.shapes[:2] == ((128, 64, 32, 32), (32, 256, 14, 14))
     assert TOKENS.shapes == ((64, 50, 128), (16, 197, 384), (8, 256, 768)) and TOKENS.tokens
     assert all(len(shape) == 5 for shape in VOLUMES.shapes)
-    assert not LENET.tokens and not RESNET.tokens and not VOLUMES.tokens
-    assert layers.select_families(None) == [LENET, RESNET, TOKENS, VOLUMES]
+    assert all(math.prod(shape) <= 256 for shape in TINY.shapes)
+    assert not LENET.tokens and not RESNET.tokens and not VOLUMES.tokens and not TINY.tokens
+    assert layers.select_families(None) == [LENET, RESNET, TOKENS, VOLUMES, TINY]
     assert layers.select_families(["tokens", "lenet", "tokens"]) == [TOKENS, LENET]
 
 

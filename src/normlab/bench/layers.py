@@ -24,8 +24,9 @@ Plus the bytes each saves for backward (:mod:`normlab.bench.memory`).
 Shape families (:data:`FAMILIES`): ``lenet`` (the tutorial's features), ``resnet``
 (convolutional maps and the pooled features of ResNet-like networks), ``tokens``
 (``(N, L, D)`` transformer tokens, normalised over ``D``: only layers whose
-fully connected form has a ``normalized_shape``, i.e. layer/RMS/DyT-like) and
-``volumes`` (``(N, C, D, H, W)`` maps: the layers' 3-D forms).
+fully connected form has a ``normalized_shape``, i.e. layer/RMS/DyT-like),
+``volumes`` (``(N, C, D, H, W)`` maps: the layers' 3-D forms) and ``tiny`` (inputs so
+small that a call costs its fixed overhead alone: module, autograd and dispatch).
 
 Targets: per layer, the median eager ratio over its shapes <= 1.0 and no shape above
 1.15; compiled, the median <= 1.0; saved bytes no larger than the twin's.
@@ -71,6 +72,9 @@ FAMILIES: dict[str, ShapeFamily] = {
     # 3-D maps (N, C, D, H, W): a video network's stage (8 clips of 8 frames at 28 x 28)
     # and a volumetric one (2 volumes of 32^3): the layers' 3d forms (BatchNorm3d, ...)
     "volumes": ShapeFamily("volumes", ((8, 64, 8, 28, 28), (2, 32, 32, 32, 32))),
+    # a batch of 4 with 16 channels of 2 x 2 maps, or 16 features: the arithmetic is
+    # negligible, so the time is each call's fixed cost (module, autograd, dispatch)
+    "tiny": ShapeFamily("tiny", ((4, 16, 2, 2), (4, 16))),
 }
 # --quick: one small conv map and one fully connected shape, the smaller ResNet map, the
 # smallest tokens
@@ -79,6 +83,7 @@ QUICK_SHAPES: dict[str, tuple[Shape, ...]] = {
     "resnet": ((32, 256, 14, 14),),
     "tokens": ((64, 50, 128),),
     "volumes": ((2, 32, 32, 32, 32),),
+    "tiny": ((4, 16, 2, 2),),
 }
 
 EAGER_MEDIAN_TARGET = 1.0

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SHAPE_FAMILIES = ("lenet", "resnet", "tokens", "volumes")  # bench.layers.FAMILIES
+SHAPE_FAMILIES = ("lenet", "resnet", "tokens", "volumes", "tiny")  # bench.layers.FAMILIES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--shapes", default=None, metavar="FAMILIES",
         help=f"comma-separated shape families: {', '.join(SHAPE_FAMILIES)} (default: all); "
         "tokens only for layers over the last dimension (layer, RMS, DyT-like); volumes "
-        "(N, C, D, H, W) for the layers' 3-D forms",
+        "(N, C, D, H, W) for the layers' 3-D forms; tiny for the fixed cost of a call",
     )  # fmt: skip
     layers.add_argument(
         "--layers", default=None, metavar="LAYERS",
