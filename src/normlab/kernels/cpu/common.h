@@ -26,6 +26,17 @@ inline int64_t grain(int64_t item_size, int64_t at_least = 1) {
   return std::max(at_least, kGrainValues / std::max<int64_t>(item_size, 1));
 }
 
+// Per-thread partial sums side by side in one buffer: the number of values from one
+// thread's block to the next, for blocks of `count` values of T. Rounded up to whole
+// 64-byte cache lines plus one line more, so that no two threads' blocks share a line
+// (wherever the buffer starts): threads adding into a shared line take turns owning it,
+// which costs more than the additions when rows are short.
+template <typename T>
+int64_t thread_stride(int64_t count) {
+  constexpr int64_t per_line = 64 / static_cast<int64_t>(sizeof(T));
+  return (count + per_line - 1) / per_line * per_line + per_line;
+}
+
 // Sums of many values, fast and accurate:
 //
 //   kLanes<T> partial sums in T side by side (four 64-byte vectors' worth: 64 floats or

@@ -153,9 +153,9 @@ void row_backward_per_value(const T* __restrict g, const T* __restrict x, T m, T
 // samples added into `partial` (per thread: C sums of dy, then C of dy * xhat, in double).
 template <typename T>
 void backward_rows(const T* g, const T* x, const T* stats, const T* w, T* dx, double* partial,
-                   Groups L) {
+                   int64_t stride, Groups L) {
   at::parallel_for(0, L.N * L.G, row_grain(L.S), [&](int64_t begin, int64_t end) {
-    double* sg = partial + at::get_thread_num() * 2 * L.C;
+    double* sg = partial + at::get_thread_num() * stride;
     double* sgx = sg + L.C;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t first_channel = (r % L.G) * L.K;
@@ -201,19 +201,20 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_backward(const Tensor& grad_out,
   Tensor db = need_bias ? at::empty({L.C}, input.options()) : Tensor();
   // dweight, dbias: per-thread sums over the samples (no races), added in thread order
   const int64_t threads = at::get_num_threads();
-  std::vector<double> partial(threads * 2 * L.C, 0.0);
+  const int64_t stride = thread_stride<double>(2 * L.C);
+  std::vector<double> partial(threads * stride, 0.0);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "normlab::group_norm_backward", [&] {
     using T = scalar_t;
     backward_rows(g.data_ptr<T>(), input.data_ptr<T>(), stats.data_ptr<T>(),
                   data_or_null<T>(weight), dx.defined() ? dx.data_ptr<T>() : nullptr,
-                  partial.data(), L);
+                  partial.data(), stride, L);
     T* out_w = need_weight ? dw.data_ptr<T>() : nullptr;
     T* out_b = need_bias ? db.data_ptr<T>() : nullptr;
     for (int64_t c = 0; c < L.C; ++c) {
       double sum_b = 0, sum_w = 0;
       for (int64_t t = 0; t < threads; ++t) {
-        sum_b += partial[t * 2 * L.C + c];
-        sum_w += partial[t * 2 * L.C + L.C + c];
+        sum_b += partial[t * stride + c];
+        sum_w += partial[t * stride + L.C + c];
       }
       if (out_w) out_w[c] = static_cast<T>(sum_w);
       if (out_b) out_b[c] = static_cast<T>(sum_b);

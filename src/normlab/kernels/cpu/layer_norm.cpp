@@ -116,10 +116,11 @@ void backward_rows(const T* g, const T* x, const T* stats, const T* w, T* dx, T*
   // in the input dtype as torch.nn does (a sum over rows, not within one).
   const int64_t threads = at::get_num_threads();
   const bool sums = dw || db;
-  std::vector<T> partial(sums ? threads * 2 * D : 0, T(0));
+  const int64_t stride = thread_stride<T>(2 * D);
+  std::vector<T> partial(sums ? threads * stride : 0, T(0));
   auto row = w ? row_backward<T, true> : row_backward<T, false>;
   at::parallel_for(0, R, grain(D), [&](int64_t begin, int64_t end) {
-    T* sw = sums ? partial.data() + at::get_thread_num() * 2 * D : nullptr;
+    T* sw = sums ? partial.data() + at::get_thread_num() * stride : nullptr;
     T* sb = sums ? sw + D : nullptr;
     for (int64_t r = begin; r < end; ++r) {
       row(g + r * D, x + r * D, stats[r * 2], stats[r * 2 + 1], w, dx ? dx + r * D : nullptr,
@@ -129,8 +130,8 @@ void backward_rows(const T* g, const T* x, const T* stats, const T* w, T* dx, T*
   for (int64_t i = 0; i < D && sums; ++i) {
     T sum_w = 0, sum_b = 0;
     for (int64_t t = 0; t < threads; ++t) {
-      sum_w += partial[t * 2 * D + i];
-      sum_b += partial[t * 2 * D + D + i];
+      sum_w += partial[t * stride + i];
+      sum_b += partial[t * stride + D + i];
     }
     if (dw) dw[i] = sum_w;
     if (db) db[i] = sum_b;

@@ -124,16 +124,17 @@ void backward_rows(const T* g, const T* x, const T* rstd, const T* w, T* dx, T* 
                    int64_t D) {
   // dweight: per-thread column sums in the input dtype, added in a fixed order at the end.
   const int64_t threads = at::get_num_threads();
-  std::vector<T> partial(dw ? threads * D : 0, T(0));
+  const int64_t stride = thread_stride<T>(D);
+  std::vector<T> partial(dw ? threads * stride : 0, T(0));
   auto row = w ? row_backward<T, true> : row_backward<T, false>;
   at::parallel_for(0, R, grain(D), [&](int64_t begin, int64_t end) {
-    T* sw = dw ? partial.data() + at::get_thread_num() * D : nullptr;
+    T* sw = dw ? partial.data() + at::get_thread_num() * stride : nullptr;
     for (int64_t r = begin; r < end; ++r)
       row(g + r * D, x + r * D, rstd[r], w, dx ? dx + r * D : nullptr, sw, D);
   });
   for (int64_t i = 0; i < D && dw; ++i) {
     T sum = 0;
-    for (int64_t t = 0; t < threads; ++t) sum += partial[t * D + i];
+    for (int64_t t = 0; t < threads; ++t) sum += partial[t * stride + i];
     dw[i] = sum;
   }
 }
