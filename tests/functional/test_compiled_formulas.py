@@ -1,5 +1,6 @@
-"""The closed-form autograd functions that ``torch.compile`` traces for group norm
-(:class:`normlab.functional.groupnorm._CompiledFormula`) against torch.nn.functional in
+"""The closed-form autograd functions that ``torch.compile`` traces for group and layer
+norm on small inputs (``_CompiledFormula`` of :mod:`normlab.functional.groupnorm` and
+:mod:`normlab.functional.layernorm`) against torch.nn.functional in
 float64 (the oracle), called directly (their maths, no compiler) and under
 ``torch.compile(fullgraph=True)``; and their float32 accuracy far from zero and with an
 outlying first value, where the shift by each group's first value matters.
@@ -7,12 +8,14 @@ outlying first value, where the shift by each group's first value matters.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import normlab.functional as N
-from normlab.functional import groupnorm
+from normlab.functional import groupnorm, layernorm
 from normlab.testing.tolerance import assert_close_sum, normalization_sums
 
 # (input shape, groups, affine)
@@ -160,3 +163,108 @@ def test_group_norm_closed_form_with_an_outlying_first_value() -> None:
     bound = 8 * torch.finfo(torch.float32).eps * 300 * rstd
     for a, e in zip(got, exact, strict=True):
         assert (a.double() - e).abs().max().item() < bound
+
+
+# (input shape, normalized_shape, affine)
+LAYER_CASES = [
+    ((4, 3, 5), (5,), True),
+    ((4, 3, 5), (3, 5), True),
+    ((6, 7), (7,), False),
+    ((9,), (9,), True),
+    ((64, 2), (2,), True),  # two values per row: the gradient cancels
+]
+
+
+def _layer_bounds(
+    x: torch.Tensor,
+    shape: tuple[int, ...],
+    w: torch.Tensor | None,
+    b: torch.Tensor | None,
+    dy: torch.Tensor,
+) -> list[tuple[int, torch.Tensor]]:
+    """``(terms, sum |terms|)`` of ``[y, dx, dweight, dbias]`` over rows of ``prod(shape)``
+    values (:func:`normlab.testing.tolerance.normalization_sums`)."""
+    width = math.prod(shape)
+    rows, g = x.double().reshape(-1, width), dy.double().reshape(-1, width)
+    weight = None if w is None else w.double().reshape(1, width)
+    sums = normalization_sums(rows, g, 1e-5, weight=weight)
+    output = sums.output + (0 if b is None else b.double().abs().reshape(1, width))
+    bounds = [(width, output.reshape(x.shape)), (width, sums.grad_input.reshape(x.shape))]
+    if w is not None:
+        bounds.append((rows.shape[0], sums.weight_terms.sum(0).reshape(shape)))
+    if b is not None:
+        bounds.append((rows.shape[0], g.abs().sum(0).reshape(shape)))
+    return bounds
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape,normalized,affine", LAYER_CASES)
+def test_layer_norm_closed_form_matches_torch(
+    shape: tuple[int, ...], normalized: tuple[int, ...], affine: bool, dtype: torch.dtype
+) -> None:
+    """Output and the three gradients of layer norm's closed form, within the rounding
+    bounds of torch's float64 layer norm."""
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).to(dtype)
+    w = (torch.rand(normalized, dtype=torch.float64) + 0.5).to(dtype) if affine else None
+    b = torch.randn(normalized, dtype=torch.float64).to(dtype) if affine else None
+    dy = torch.randn(shape, dtype=torch.float64).to(dtype)
+
+    def closed_form(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None):
+        return layernorm._CompiledFormula.apply(x, normalized, w, b, 1e-5)[0]
+
+    def oracle(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None):
+        return F.layer_norm(x, normalized, w, b, 1e-5)
+
+    ours = _grads(closed_form, x, w, b, dy)
+    exact = _grads(oracle, *(None if t is None else t.double() for t in (x, w, b)), dy.double())
+    assert all(a.dtype == dtype for a in ours)
+    bounds = _layer_bounds(x, normalized, w, b, dy)
+    for got, want, (terms, abs_sum) in zip(ours, exact, bounds, strict=True):
+        assert_close_sum(got, want, terms=terms, abs_sum=abs_sum, dtype=dtype)
+
+
+def test_layer_norm_compiles_to_the_closed_form_in_one_graph() -> None:
+    """``torch.compile(fullgraph=True)`` of ``layer_norm`` on a small input traces the
+    closed form (no graph break) within torch's float64 rounding bounds."""
+    torch._dynamo.reset()
+    x = torch.randn(4, 3, 5) * 2 + 0.5
+    w, b, dy = torch.rand(5) + 0.5, torch.randn(5), torch.randn(4, 3, 5)
+    compiled = torch.compile(
+        lambda x, w, b: N.layer_norm(x, [5], w, b), fullgraph=True, backend="aot_eager"
+    )
+    ours = _grads(compiled, x, w, b, dy)
+    exact = _grads(
+        lambda x, w, b: F.layer_norm(x, [5], w, b), x.double(), w.double(), b.double(), dy.double()
+    )
+    for got, want, (terms, abs_sum) in zip(
+        ours, exact, _layer_bounds(x, (5,), w, b, dy), strict=True
+    ):
+        assert_close_sum(got, want, terms=terms, abs_sum=abs_sum, dtype=torch.float32)
+
+
+def test_layer_norm_closed_form_far_from_zero_and_with_an_outlying_first_value() -> None:
+    """Mean 1e4, std 1e-2 in float32: output and ``dx`` at least as accurate as torch.nn's;
+    a first value of 300 in rows of std 1: within a few float32 ulps of 300 times ``rstd``."""
+    torch.manual_seed(6)
+    far = (1e4 + 1e-2 * torch.randn(4, 64, dtype=torch.float64)).float()
+    outlying = torch.randn(2, 512, dtype=torch.float64)
+    outlying[:, 0] = 300.0
+    for x in (far, outlying.float()):
+        dy = torch.randn(x.shape)
+
+        def closed_form(x: torch.Tensor, w: None, b: None, width: int = x.shape[1]):
+            return layernorm._CompiledFormula.apply(x, (width,), None, None, 1e-5)[0]
+
+        def oracle(x: torch.Tensor, w: None, b: None, width: int = x.shape[1]):
+            return F.layer_norm(x, [width])
+
+        exact = _grads(oracle, x.double(), None, None, dy.double())
+        ours = _grads(closed_form, x, None, None, dy)
+        theirs = _grads(oracle, x, None, None, dy)
+        for a, t, e in zip(ours, theirs, exact, strict=True):
+            ours_error = (a.double() - e).abs().max().item()
+            if x is far:
+                assert ours_error <= (t.double() - e).abs().max().item()
+            else:
+                rstd = 1 / x.double().std(-1, correction=0).min().item()
+                assert ours_error < 8 * torch.finfo(torch.float32).eps * 300 * rstd

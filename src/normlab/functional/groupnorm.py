@@ -14,9 +14,11 @@ The backward in closed form, with ``g = dy * weight_c`` and means over the group
     dweight = sum over samples and positions of dy * xhat     dbias = the same of dy
 
 :func:`forward` and :func:`backward` are these formulas as differentiable tensor
-operations; :func:`group_norm` runs them under ``torch.func`` and ``torch.compile`` (and
-differentiates the backward for higher derivatives), except that a compiled graph on the
-CPU (float32, float64) calls normlab's operator ``torch.ops.normlab.group_norm`` instead.
+operations; :func:`group_norm` runs them under ``torch.func`` (and differentiates the
+backward for higher derivatives). Under ``torch.compile`` it runs the forward with the
+closed-form backward from its saved statistics (:class:`_CompiledFormula`), and a compiled
+graph on the CPU (float32, float64) of a large input calls normlab's operator
+``torch.ops.normlab.group_norm`` instead.
 Eagerly it runs a fast path through :mod:`normlab.functional._autograd`
 (:mod:`normlab.functional._fast.groupnorm`: normlab's kernels, or in-place tensor
 arithmetic), the common call recognised by one short check before the full ones. float16 /
