@@ -28,6 +28,13 @@ evonorm = importlib.import_module("normlab.functional.evonorm")
 F64 = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The eager fast paths on inputs of any size (these tests' inputs are small)."""
+    monkeypatch.setattr(evonorm, "B0_FUNCTION_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(evonorm, "S0_FUNCTION_MIN_ELEMENTS", 0)
+
+
 def _parameters(c: int, dtype: torch.dtype = F64) -> tuple[torch.Tensor, ...]:
     weight, v = 1 + 0.3 * torch.randn(c, dtype=dtype), 1 + 0.3 * torch.randn(c, dtype=dtype)
     return weight, 0.3 * torch.randn(c, dtype=dtype), v
@@ -213,3 +220,35 @@ def test_s0_compiled_traces_the_closed_form_backward(monkeypatch: pytest.MonkeyP
     dy = torch.randn_like(x)
     _, grads = _compiled_s0_gradients(x, params, dy)
     assert_close_sum(grads[2], 2 * dy.sum((0, 2, 3)), terms=18, abs_sum=2 * dy.abs().sum())
+
+
+@pytest.mark.parametrize("layer", ["b0", "s0"])
+def test_small_inputs_run_the_plain_formula(layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below the layer's ``*_FUNCTION_MIN_ELEMENTS`` the plain formula's autograd graph is
+    recorded (its C++ nodes cost less than one Python ``autograd.Function`` there); from
+    it on, the fast path; both give the same values and gradients."""
+    minimum = 64
+    monkeypatch.setattr(evonorm, f"{layer.upper()}_FUNCTION_MIN_ELEMENTS", minimum)
+    weight, bias, v = _parameters(4)
+    node = f"EvoNorm{layer.upper()}FunctionBackward"
+    results = []
+    for n, expect_function in ((3, False), (4, True)):  # 3 x 4 x 2 x 2 = 48 < 64 <= 64
+        x = 2 * torch.randn(n, 4, 2, 2, dtype=F64) + 1
+        leaves = _leaves(x, weight, bias, v)
+        if layer == "b0":
+            y = evonorm.evonorm_b0(leaves[0], _running_var(4), *leaves[1:], True, 0.1, 1e-5)
+            closed = evonorm.b0_forward(x, _running_var(4), weight, bias, v, True, 0.1, 1e-5)
+        else:
+            y = evonorm.evonorm_s0(*leaves, 2, 1e-5)
+            closed = evonorm.s0_forward(x, weight, bias, v, 2, 1e-5)
+        assert (node in node_names(y)) == expect_function
+        assert_close_sum(y, closed, terms=x.numel(), abs_sum=10 * closed.abs() + 10)
+        dy = torch.randn_like(y)
+        results.append((torch.autograd.grad(y, leaves, dy), dy, x))
+    for grads, dy, x in results:  # the graph of either path against the closed form
+        if layer == "b0":
+            closed_grads = evonorm.b0_backward(dy, x, weight, v, None, 1e-5)
+        else:
+            closed_grads = evonorm.s0_backward(dy, x, weight, v, 2, 1e-5)
+        for a, b in zip(grads, closed_grads, strict=True):
+            _close(a, b, dy)

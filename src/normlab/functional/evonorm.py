@@ -38,11 +38,13 @@ two-pass, stable far from zero); :func:`evonorm_b0` and :func:`evonorm_s0` run t
 forwards under ``torch.func`` and B0's under ``torch.compile`` (which differentiate them
 themselves); under ``torch.compile`` S0 traces :func:`s0_forward` with :func:`s0_backward`
 as its backward (one ``autograd.Function``: the closed form compiles to less work than
-autograd of the formula). Eagerly each runs one ``autograd.Function``
+autograd of the formula). Eagerly, from :data:`B0_FUNCTION_MIN_ELEMENTS` and
+:data:`S0_FUNCTION_MIN_ELEMENTS` elements on, each runs one ``autograd.Function``
 (:mod:`normlab.functional._fast.evonorm`): shifted two-pass statistics, the closed-form
 backward in place on tensors, and the differentiable backward when a graph of the
-backward is wanted. float16 / bfloat16 inputs: arithmetic in float32, output in the
-input's dtype.
+backward is wanted; smaller inputs run the plain formula under autograd, whose C++ nodes
+cost less than the Function's Python there. float16 / bfloat16 inputs: arithmetic in
+float32, output in the input's dtype.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ from normlab.functional._common import as_dtype, as_layout, compute_dtype
 from normlab.functional._fast import evonorm as fast
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+#: Below these many elements the plain formulas run eagerly too: where a call's fixed cost
+#: outweighs its arithmetic, autograd's C++ nodes for the formula cost less than one Python
+#: ``autograd.Function`` (measured with ``normlab bench layers --shapes tiny,lenet``).
+B0_FUNCTION_MIN_ELEMENTS = 1 << 10
+S0_FUNCTION_MIN_ELEMENTS = 1 << 12
 
 
 def _channel(v: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
@@ -224,7 +232,7 @@ def evonorm_b0(
         raise ValueError(
             f"Expected more than 1 value per channel when training, got input size {input.size()}"
         )
-    if not _autograd.eager(input):
+    if input.numel() < B0_FUNCTION_MIN_ELEMENTS or not _autograd.eager(input):
         return b0_forward(input, running_var, weight, bias, v, training, momentum, eps)
     rows = fast.rows_of(as_dtype(input, compute_dtype(input.dtype)))
     if _records_graph(rows, weight, bias, v):
@@ -353,6 +361,8 @@ def evonorm_s0(
     if not _autograd.eager(input):
         if torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active():
             return _CompiledS0.apply(input, weight, bias, v, groups, eps)
+        return s0_forward(input, weight, bias, v, groups, eps)
+    if input.numel() < S0_FUNCTION_MIN_ELEMENTS:
         return s0_forward(input, weight, bias, v, groups, eps)
     rows = fast.rows_of(as_dtype(input, compute_dtype(input.dtype)))
     if _records_graph(rows, weight, bias, v):
