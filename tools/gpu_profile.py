@@ -195,6 +195,30 @@ def part_host() -> None:
               f"(was {function / theirs:5.2f})")  # fmt: skip
 
 
+def part_host_ops() -> None:
+    """Where a call's host time goes, by operator, on every thread (the backward runs on
+    autograd's CUDA thread): ``torch.profiler`` CPU times of normlab's and torch.nn's
+    batch norm forward+backward at a LeNet and a ResNet shape."""
+    for size in ((64, 16, 8, 8), (128, 64, 32, 32)):
+        c = size[1]
+        xs = torch.randn(size, device=DEVICE, requires_grad=True)
+        grad = torch.randn(size, device=DEVICE)
+        for name, module in (("normlab", lab.BatchNorm2d(c)), ("torch.nn", nn.BatchNorm2d(c))):
+            step = step_of(module.to(DEVICE), xs, grad)
+            for _ in range(20):
+                step()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(50):
+                    step()
+                torch.cuda.synchronize()
+            print(f"\n== {name} BatchNorm2d {size}: host time by operator, us per call")
+            events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+            for event in events[:10]:
+                print(f"{event.key[:48]:<48} self {event.self_cpu_time_total / 50:8.1f}  "
+                      f"total {event.cpu_time_total / 50:8.1f}  x{event.count // 50}")  # fmt: skip
+
+
 @contextlib.contextmanager
 def python_function_path() -> Iterator[None]:
     """normlab's CUDA layers as before the operators had CUDA implementations: the Triton
@@ -212,5 +236,6 @@ if __name__ == "__main__":
     print(torch.__version__, torch.cuda.get_device_name())
     print("C++ autograd operators on CUDA:", kernels.cuda_operators() is not None)
     part_host()
+    part_host_ops()
     part_bandwidth_sweep()
     part_layers()
