@@ -338,7 +338,7 @@ def batch_norm(
         >>> y.mean((0, 2, 3)).abs().max() < 1e-6
         tensor(True)
     """
-    if training:  # the common call, at the cost of one operator call
+    if training and not torch.compiler.is_compiling():  # the common call: one operator call
         out = fast.train_by_operator(input, weight, bias, running_mean, running_var, momentum, eps)
         if out is not None:
             return out
@@ -380,10 +380,11 @@ def batch_norm_step(
     """A batch norm module's training step: :func:`count_batch`, then :func:`batch_norm`
     with ``training=True`` and that momentum. Eagerly on the CPU both are one call of the
     operator (the count included)."""
-    out = fast.train_by_operator(
-        input, weight, bias, running_mean, running_var, momentum, eps, num_batches_tracked
-    )
-    if out is not None:
-        return out
+    if not torch.compiler.is_compiling():  # a compiled graph guards on less without it
+        out = fast.train_by_operator(
+            input, weight, bias, running_mean, running_var, momentum, eps, num_batches_tracked
+        )
+        if out is not None:
+            return out
     factor = count_batch(momentum, num_batches_tracked)
     return batch_norm(input, running_mean, running_var, weight, bias, True, factor, eps)
