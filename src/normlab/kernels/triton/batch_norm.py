@@ -40,7 +40,7 @@ the mean: the backward re-reads ``x0`` from the input and centres exactly as the
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -263,18 +263,21 @@ class Plan:
     block_k: int
     splits: int
     chunk: int
+    # worked out once here, not on every launch (triton.cdiv and next_power_of_2 called
+    # from Python cost microseconds each)
+    grid: tuple[int, int] = field(init=False, compare=False)
+    block_s: int = field(init=False, compare=False)
 
-    @property
-    def grid(self) -> tuple[int, int]:
-        return (triton.cdiv(self.c, self.block_c), self.splits)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", (-(-self.c // self.block_c), self.splits))
+        object.__setattr__(self, "block_s", 1 << (self.splits - 1).bit_length())
 
     @property
     def one_launch(self) -> bool:
         return self.splits == 1
 
     def blocks(self) -> dict[str, int]:
-        return {"BLOCK_C": self.block_c, "BLOCK_K": self.block_k,
-                "BLOCK_S": triton.next_power_of_2(self.splits)}  # fmt: skip
+        return {"BLOCK_C": self.block_c, "BLOCK_K": self.block_k, "BLOCK_S": self.block_s}
 
 
 @functools.lru_cache(maxsize=256)

@@ -237,6 +237,17 @@ def group_norm_forward(
     return _forward_rows(input, weight, bias, num_groups, c // num_groups, positions, True, eps)
 
 
+@functools.lru_cache(maxsize=256)
+def _position_split(rows: int, width: int, device: torch.device) -> tuple[int, int, int, int]:
+    """``(BLOCK_P, position blocks, splits, rows per split)`` of layer norm's parameter
+    gradients: blocks of positions, their rows split to give the GPU enough programs."""
+    block_p = min(triton.next_power_of_2(width), TILE)
+    position_blocks = triton.cdiv(width, block_p)
+    splits = max(1, min(rows, triton.cdiv(programs(device), position_blocks)))
+    per_split = triton.cdiv(rows, splits)
+    return block_p, position_blocks, triton.cdiv(rows, per_split), per_split
+
+
 def layer_norm_backward(
     grad_out: Tensor,
     input: Tensor,
@@ -263,11 +274,7 @@ def layer_norm_backward(
         )  # fmt: skip
     if not (need_weight or need_bias):
         return dx, None, None
-    block_p = min(triton.next_power_of_2(width), TILE)
-    position_blocks = triton.cdiv(width, block_p)
-    splits = max(1, min(rows, triton.cdiv(programs(input.device), position_blocks)))
-    per_split = triton.cdiv(rows, splits)
-    splits = triton.cdiv(rows, per_split)
+    block_p, position_blocks, splits, per_split = _position_split(rows, width, input.device)
     part = torch.empty((splits, 2, width), dtype=stats.dtype, device=input.device)
     launch(
         _position_sums, (position_blocks, splits),
