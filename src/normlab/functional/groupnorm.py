@@ -243,9 +243,10 @@ def group_norm(
     Example:
         >>> y = group_norm(torch.randn(8, 6, 10, 10), 3)
     """
-    operator = fast.cpu_operator(input, num_groups, weight, bias)
-    if operator is not None:  # the common case, checked in one go
-        return operator(input, num_groups, weight, bias, eps)
+    if not torch.compiler.is_compiling():  # a compiled graph guards on less without it
+        operator = fast.cpu_operator(input, num_groups, weight, bias)
+        if operator is not None:  # the common case, checked in one go
+            return operator(input, num_groups, weight, bias, eps)
     check_floating(input, "group_norm")
     _check_group_norm(input, num_groups, weight, bias)
     check_param_dtypes(input, (weight, bias), "group_norm")

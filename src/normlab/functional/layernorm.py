@@ -214,9 +214,10 @@ def layer_norm(
     Example:
         >>> y = layer_norm(torch.randn(8, 5, 16), [16])
     """
-    operator = fast.cpu_operator(input, normalized_shape, weight, bias)
-    if operator is not None:  # the common case, checked in one go
-        return operator(input, normalized_shape, weight, bias, eps)
+    if not torch.compiler.is_compiling():  # a compiled graph guards on less without it
+        operator = fast.cpu_operator(input, normalized_shape, weight, bias)
+        if operator is not None:  # the common case, checked in one go
+            return operator(input, normalized_shape, weight, bias, eps)
     check_floating(input, "layer_norm")
     shape = check_normalized_shape(
         input, normalized_shape, {"weight": weight, "bias": bias}, "layer_norm"
