@@ -25,8 +25,9 @@ Shape families (:data:`FAMILIES`): ``lenet`` (the tutorial's features), ``resnet
 (convolutional maps and the pooled features of ResNet-like networks), ``tokens``
 (``(N, L, D)`` transformer tokens, normalised over ``D``: only layers whose
 fully connected form has a ``normalized_shape``, i.e. layer/RMS/DyT-like),
-``volumes`` (``(N, C, D, H, W)`` maps: the layers' 3-D forms) and ``tiny`` (inputs so
-small that a call costs its fixed overhead alone: module, autograd and dispatch).
+``volumes`` (``(N, C, D, H, W)`` maps: the layers' 3-D forms) and, only when asked for,
+``tiny`` (inputs so small that a call costs its fixed overhead alone: module, autograd
+and dispatch).
 
 Targets: per layer, the median eager ratio over its shapes <= 1.0 and no shape above
 1.15; compiled, the median <= 1.0; saved bytes no larger than the twin's.
@@ -76,6 +77,8 @@ FAMILIES: dict[str, ShapeFamily] = {
     # negligible, so the time is each call's fixed cost (module, autograd, dispatch)
     "tiny": ShapeFamily("tiny", ((4, 16, 2, 2), (4, 16))),
 }
+# measured unless --shapes names others: tiny's fixed costs would weigh on the medians
+DEFAULT_FAMILIES = ("lenet", "resnet", "tokens", "volumes")
 # --quick: one small conv map and one fully connected shape, the smaller ResNet map, the
 # smallest tokens
 QUICK_SHAPES: dict[str, tuple[Shape, ...]] = {
@@ -139,9 +142,9 @@ def select_layers(names: Sequence[str] | None) -> list[str]:
 
 
 def select_families(names: Sequence[str] | None) -> list[ShapeFamily]:
-    """Validate ``--shapes`` family names (all when empty or None)."""
+    """Validate ``--shapes`` family names (:data:`DEFAULT_FAMILIES` when empty or None)."""
     if not names:
-        return list(FAMILIES.values())
+        return [FAMILIES[name] for name in DEFAULT_FAMILIES]
     unknown = [n for n in names if n not in FAMILIES]
     if unknown:
         raise UsageError(f"unknown shape family {unknown[0]!r}; valid: {', '.join(FAMILIES)}")

@@ -40,9 +40,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     layers.add_argument(
         "--shapes", default=None, metavar="FAMILIES",
-        help=f"comma-separated shape families: {', '.join(SHAPE_FAMILIES)} (default: all); "
-        "tokens only for layers over the last dimension (layer, RMS, DyT-like); volumes "
-        "(N, C, D, H, W) for the layers' 3-D forms; tiny for the fixed cost of a call",
+        help=f"comma-separated shape families: {', '.join(SHAPE_FAMILIES)} "
+        "(default: all but tiny); tokens only for layers over the last dimension "
+        "(layer, RMS, DyT-like); volumes (N, C, D, H, W) for the layers' 3-D forms; "
+        "tiny for the fixed cost of a call",
     )  # fmt: skip
     layers.add_argument(
         "--layers", default=None, metavar="LAYERS",
