@@ -212,7 +212,7 @@ def _train(
 ) -> Tensor:
     """Training-mode batch norm: the fast path eagerly, else the formula (with its
     closed-form backward under ``torch.compile``)."""
-    if _autograd.eager(input):
+    if not torch.compiler.is_compiling() and _autograd.eager(input):  # compiling: fewer guards
         path = fast.fast_path(input, weight, bias, running_mean, running_var, momentum, eps)
         return _autograd.run(
             path, lambda dy, x, w: train_backward(dy, x, w, eps), input, weight, bias
