@@ -57,7 +57,8 @@ def test_layer_norm_equals_torch_nn(
 
 
 @pytest.mark.parametrize(
-    ("shape", "groups"), [((4, 6, 5), 3), ((3, 4, 3, 3), 2), ((2, 6), 3), ((3, 64, 9, 9), 32)]
+    ("shape", "groups"),
+    [((4, 6, 5), 3), ((3, 4, 3, 3), 2), ((2, 6), 3), ((3, 64, 9, 9), 32), ((3, 5, 4, 4), 5)],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_group_norm_equals_torch_nn(
