@@ -7,9 +7,10 @@
 //             offset (the mean of x - m) and rstd; m and rstd are saved with the input for
 //             the backward (as many bytes as torch.nn saves); then in one pass
 //             xhat = (x - m - offset) * rstd,  y = xhat * weight_c + bias_c
-//   backward  per row, offset = mean(x - m) again and xhat recomputed as in the forward;
-//             sums per channel c of the group over its P positions:
-//             sg_c = sum(dy);  sgx_c = sum(dy * xhat)                (pass 1: read dy, x)
+//   backward  per row, with v = x - m, sums per channel c of the group over its P
+//             positions and over the row, in one pass (read dy, x):
+//             sg_c = sum(dy);  sum(dy * v);  d = sum(v), offset = d / S (as in the forward)
+//             sgx_c = sum(dy * xhat) = rstd * (sum(dy * v) - offset * sg_c)
 //             a = sum_c w_c sg_c / S;  b = sum_c w_c sgx_c / S
 //             dx = rstd * (w_c * dy - a - xhat * b)                  (pass 2: write dx)
 //             dweight_c = sum over samples of sgx_c;  dbias_c = sum of sg_c (per-thread
@@ -19,6 +20,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <array>
 #include <tuple>
 #include <vector>
 
@@ -104,18 +106,28 @@ std::tuple<Tensor, Tensor> group_norm_forward(const Tensor& input,
   return {y, stats};
 }
 
-// sum(dy) and sum(dy * xhat) over one channel's P positions of a row.
+// Over one channel's P positions of a row, with v = x - m: sum(dy), sum(dy * v), sum(v)
+// (lane sums, common.h, for channels of more than a few vectors).
 template <typename T>
-void channel_sums(const T* __restrict g, const T* __restrict x, T m, T offset, T k, int64_t P,
-                  double* sum_g, double* sum_gx) {
-  T sg = 0, sgx = 0;  // in the input dtype, vectorized: dot products, no cancellation
-#pragma omp simd reduction(+ : sg, sgx)
-  for (int64_t i = 0; i < P; ++i) {
-    sg += g[i];
-    sgx += g[i] * ((x[i] - m - offset) * k);
+std::array<double, 3> channel_sums(const T* __restrict g, const T* __restrict x, T m,
+                                   int64_t P) {
+  if (P < kShortRow<T>) {
+    T sg = 0, sgv = 0, sv = 0;
+#pragma omp simd reduction(+ : sg, sgv, sv)
+    for (int64_t i = 0; i < P; ++i) {
+      const T v = x[i] - m;
+      sg += g[i];
+      sgv += g[i] * v;
+      sv += v;
+    }
+    return {sg, sgv, sv};
   }
-  *sum_g = sg;
-  *sum_gx = sgx;
+  return lane_sums<T>(P, [&](int64_t i, T& a, T& b, T& c) {
+    const T v = x[i] - m;
+    a = g[i];
+    b = g[i] * v;
+    c = v;
+  });
 }
 
 // dx over one channel's P positions: rstd * (w_c * dy - a - xhat * b).
@@ -157,28 +169,40 @@ void backward_rows(const T* g, const T* x, const T* stats, const T* w, T* dx, do
   at::parallel_for(0, L.N * L.G, row_grain(L.S), [&](int64_t begin, int64_t end) {
     double* sg = partial + at::get_thread_num() * stride;
     double* sgx = sg + L.C;
+    std::vector<double> row_g(L.P == 1 ? 0 : L.K), row_gv(L.P == 1 ? 0 : L.K);  // per channel
     for (int64_t r = begin; r < end; ++r) {
       const int64_t first_channel = (r % L.G) * L.K;
       const T m = stats[r * 2], k = stats[r * 2 + 1];
-      const T offset = static_cast<T>(sum_centred(x + r * L.S, m, L.S) / L.S);
       if (L.P == 1) {
+        const T offset = static_cast<T>(sum_centred(x + r * L.S, m, L.S) / L.S);
         row_backward_per_value(g + r * L.S, x + r * L.S, m, offset, k,
                                w ? w + first_channel : nullptr, dx ? dx + r * L.S : nullptr,
                                sg + first_channel, sgx + first_channel, L.K);
         continue;
       }
+      // pass 1: per channel sum(dy) and sum(dy * v), and d = sum(v) over the row; then
+      // offset = d / S and sum(dy * xhat) = k * (sum(dy * v) - offset * sum(dy))
+      double d = 0;
+      for (int64_t j = 0; j < L.K; ++j) {
+        const int64_t start = r * L.S + j * L.P;
+        const auto [sum_g, sum_gv, sum_v] = channel_sums(g + start, x + start, m, L.P);
+        row_g[j] = sum_g;
+        row_gv[j] = sum_gv;
+        d += sum_v;
+      }
+      const double offset_exact = d / L.S;
       double a = 0, b = 0;
       for (int64_t j = 0; j < L.K; ++j) {
-        const int64_t c = first_channel + j, start = r * L.S + j * L.P;
-        double sum_g, sum_gx;
-        channel_sums(g + start, x + start, m, offset, k, L.P, &sum_g, &sum_gx);
-        sg[c] += sum_g;
+        const int64_t c = first_channel + j;
+        const double sum_gx = k * (row_gv[j] - offset_exact * row_g[j]);
+        sg[c] += row_g[j];
         sgx[c] += sum_gx;
         const double wc = w ? w[c] : 1.0;
-        a += wc * sum_g;
+        a += wc * row_g[j];
         b += wc * sum_gx;
       }
       if (!dx) continue;
+      const T offset = static_cast<T>(offset_exact);
       const T ka = static_cast<T>(a / L.S), kb = static_cast<T>(b / L.S);
       for (int64_t j = 0; j < L.K; ++j) {
         const int64_t c = first_channel + j, start = r * L.S + j * L.P;
