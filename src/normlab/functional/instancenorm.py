@@ -66,9 +66,16 @@ def instance_norm(
         >>> y.mean(-1).abs().max() < 1e-6
         tensor(True)
     """
+    # group norm with one channel per group is this formula: one operator call (not while
+    # compiling, where the operator declines: the compiled graph then guards on less)
     untracked = running_mean is None and running_var is None
-    if use_input_stats and untracked and input.dim() > 2 and math.prod(input.shape[2:]) > 1:
-        # group norm with one channel per group is this formula: one operator call
+    if (
+        use_input_stats
+        and untracked
+        and not torch.compiler.is_compiling()
+        and input.dim() > 2
+        and math.prod(input.shape[2:]) > 1
+    ):
         operator = groupnorm_fast.cpu_operator(input, input.shape[1], weight, bias)
         if operator is not None:
             return operator(input, input.shape[1], weight, bias, eps)
