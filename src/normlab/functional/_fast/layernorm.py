@@ -160,10 +160,11 @@ def cpu_operator(
     return kernels.ops().layer_norm
 
 
-#: Under ``torch.compile``, inputs of fewer elements run the plain formula: there the code
-#: inductor generates for it (fused into its neighbours) costs less than two calls of an
-#: operator it cannot see into; from this size on the operators' loops win (measured with
-#: ``normlab bench layers --compile``: docs/results/bench-layers.md).
+#: Under ``torch.compile``, inputs of fewer elements run the formula (layer and group norm
+#: with their closed-form backward): there the code inductor generates for it (fused into
+#: its neighbours) costs less than two calls of an operator it cannot see into; from this
+#: size on the operators' loops win (measured with ``normlab bench layers --compile``:
+#: docs/results/bench-layers.md).
 COMPILED_OPERATOR_MIN_ELEMENTS = 1 << 17
 
 
