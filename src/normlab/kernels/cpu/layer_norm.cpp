@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <array>
 #include <tuple>
 #include <vector>
 
@@ -65,6 +66,33 @@ std::tuple<Tensor, Tensor> layer_norm_forward(const Tensor& input,
   return {y, stats};
 }
 
+// Pass 1 of a row's backward: sum(x - m), sum(G) and sum(G * (x - m)), G = dy * weight
+// (kWeight) or dy: one vectorized loop in T for short rows, lane sums (common.h) for long
+// ones, whose several partial sums per value keep the additions from waiting on each other.
+template <typename T, bool kWeight>
+std::array<double, 3> gradient_sums(const T* __restrict g, const T* __restrict x, T m,
+                                    const T* __restrict w, int64_t D) {
+  if (D < kShortRow<T>) {
+    T d = 0, a = 0, c = 0;
+#pragma omp simd reduction(+ : d, a, c)
+    for (int64_t i = 0; i < D; ++i) {
+      const T v = x[i] - m;
+      const T gw = kWeight ? g[i] * w[i] : g[i];
+      d += v;
+      a += gw;
+      c += gw * v;
+    }
+    return {d, a, c};
+  }
+  return lane_sums<T>(D, [&](int64_t i, T& d, T& a, T& c) {
+    const T v = x[i] - m;
+    const T gw = kWeight ? g[i] * w[i] : g[i];
+    d = v;
+    a = gw;
+    c = gw * v;
+  });
+}
+
 // One row's backward (kWeight: whether G = dy * weight or G = dy), in two passes:
 //   pass 1 (read dy, x):  d = sum(x - m),  a = sum(G),  c = sum(G * (x - m))
 //            offset = d / D;  b = sum(G * xhat) = k * (c - offset * a)
@@ -74,17 +102,9 @@ template <typename T, bool kWeight>
 void row_backward(const T* __restrict g, const T* __restrict x, T m, T k,
                   const T* __restrict w, T* __restrict dx, T* __restrict sw,
                   T* __restrict sb, int64_t D) {
-  T d = 0, a = 0, c = 0;  // in the input dtype, vectorized
-#pragma omp simd reduction(+ : d, a, c)
-  for (int64_t i = 0; i < D; ++i) {
-    const T v = x[i] - m;
-    const T gw = kWeight ? g[i] * w[i] : g[i];
-    d += v;
-    a += gw;
-    c += gw * v;
-  }
-  const T offset = d / static_cast<T>(D);
-  const T ka = a / static_cast<T>(D), kb = k * (c - offset * a) / static_cast<T>(D);
+  const auto [d, a, c] = gradient_sums<T, kWeight>(g, x, m, w, D);
+  const T offset = static_cast<T>(d / D);
+  const T ka = static_cast<T>(a / D), kb = static_cast<T>(k * (c - d / D * a) / D);
   if (dx && sw) {
 #pragma omp simd
     for (int64_t i = 0; i < D; ++i) {
