@@ -148,11 +148,11 @@ void row_backward_per_value(const T* __restrict g, const T* __restrict x, T m, T
 #pragma omp simd reduction(+ : a, b)
   for (int64_t i = 0; i < count; ++i) {
     const T gw = w ? g[i] * w[i] : g[i];
-    const T gx = g[i] * ((x[i] - m - offset) * k);
+    const T xhat = (x[i] - m - offset) * k;
     a += gw;
-    b += w ? gx * w[i] : gx;
+    b += gw * xhat;
     sg[i] += g[i];
-    sgx[i] += gx;
+    sgx[i] += g[i] * xhat;
   }
   if (!dx) return;
   const T ka = static_cast<T>(a / count), kb = static_cast<T>(b / count);
