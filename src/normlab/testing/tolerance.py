@@ -172,11 +172,13 @@ def normalization_sums(
     ``centered`` is False, as RMS norm)::
 
         output      |w| * (|x - mean| + mean|x|) / sigma      (the mean's share, then x_hat's)
-        grad_input  |w| / sigma * (|g| + mean|g| + m * mean|g| m),   m = |x_hat| + mean|x| / sigma
-        weight      |g| * m
+        grad_input  (|G| + mean|G| + m * mean|G| m) / sigma,   G = w * g
+        weight      |g| * m,   m = |x_hat| + mean|x| / sigma
 
-    The gradient ``w / sigma * (g - mean(g) - x_hat * mean(g * x_hat))`` cancels (exactly,
-    for ``n = 1``), so a Jacobian alone understates these.
+    The gradient ``(G - mean(G) - x_hat * mean(G * x_hat)) / sigma`` cancels (exactly, for
+    ``n = 1``), so a Jacobian alone understates these. Its means hold the other elements'
+    weights: where ``w`` varies along a row (group norm's channels, layer norm's features),
+    an element of small weight still carries its neighbours' terms.
 
     Args:
         rows: the input, one normalized group per row. Shape ``(M, n)``.
@@ -191,5 +193,8 @@ def normalization_sums(
     mean_share = x.abs().mean(1, keepdim=True) / sigma if centered else 0
     m = centred.abs() / sigma + mean_share
     w = torch.ones(()) if weight is None else weight.double().abs()
-    grad_input = w / sigma * (g + g.mean(1, keepdim=True) + m * (g * m).mean(1, keepdim=True))
+    weighted = w * g
+    grad_input = (
+        weighted + weighted.mean(1, keepdim=True) + m * (weighted * m).mean(1, keepdim=True)
+    ) / sigma
     return NormalizationSums(output=w * m, grad_input=grad_input, weight_terms=g * m)
