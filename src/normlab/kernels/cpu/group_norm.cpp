@@ -96,8 +96,8 @@ std::tuple<Tensor, Tensor> group_norm_forward(const Tensor& input,
                                               const std::optional<Tensor>& bias,
                                               int64_t num_groups, double eps) {
   const Groups L = groups_of(input, num_groups);
-  Tensor y = at::empty_like(input);
-  Tensor stats = at::empty({L.N * L.G, 2}, input.options());  // per row: m, rstd
+  Tensor y = new_cpu(input.sizes(), input);
+  Tensor stats = new_cpu({L.N * L.G, 2}, input);  // per row: m, rstd
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "normlab::group_norm_forward", [&] {
     forward_rows(input.data_ptr<scalar_t>(), data_or_null<scalar_t>(weight),
                  data_or_null<scalar_t>(bias), y.data_ptr<scalar_t>(),
@@ -220,9 +220,9 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_backward(const Tensor& grad_out,
                                                        bool need_weight, bool need_bias) {
   Tensor g = grad_out.contiguous();
   const Groups L = groups_of(g, num_groups);
-  Tensor dx = need_input ? at::empty_like(g) : Tensor();
-  Tensor dw = need_weight ? at::empty({L.C}, input.options()) : Tensor();
-  Tensor db = need_bias ? at::empty({L.C}, input.options()) : Tensor();
+  Tensor dx = need_input ? new_cpu(g.sizes(), input) : Tensor();
+  Tensor dw = need_weight ? new_cpu({L.C}, input) : Tensor();
+  Tensor db = need_bias ? new_cpu({L.C}, input) : Tensor();
   // dweight, dbias: per-thread sums over the samples (no races), added in thread order
   const int64_t threads = at::get_num_threads();
   const int64_t stride = thread_stride<double>(2 * L.C);

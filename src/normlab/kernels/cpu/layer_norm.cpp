@@ -47,8 +47,8 @@ std::tuple<Tensor, Tensor> layer_norm_forward(const Tensor& input,
                                               const std::optional<Tensor>& bias, int64_t width,
                                               double eps) {
   const int64_t R = input.numel() / width;
-  Tensor y = at::empty_like(input);
-  Tensor stats = at::empty({R, 2}, input.options());  // per row: m, rstd
+  Tensor y = new_cpu(input.sizes(), input);
+  Tensor stats = new_cpu({R, 2}, input);  // per row: m, rstd
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "normlab::layer_norm_forward", [&] {
     using T = scalar_t;
     const T* x = input.data_ptr<T>();
@@ -165,9 +165,9 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(const Tensor& grad_out,
                                                        bool need_bias) {
   const int64_t R = stats.size(0), D = input.numel() / R;
   Tensor g = grad_out.contiguous();
-  Tensor dx = need_input ? at::empty_like(input) : Tensor();
-  Tensor dw = need_weight ? at::empty({D}, input.options()) : Tensor();
-  Tensor db = need_bias ? at::empty({D}, input.options()) : Tensor();
+  Tensor dx = need_input ? new_cpu(input.sizes(), input) : Tensor();
+  Tensor dw = need_weight ? new_cpu({D}, input) : Tensor();
+  Tensor db = need_bias ? new_cpu({D}, input) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "normlab::layer_norm_backward", [&] {
     auto ptr = [](Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     backward_rows(g.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(),

@@ -87,8 +87,8 @@ int64_t rows_of(const Tensor& input, int64_t width) {
 
 Pair rms_norm_forward(const Tensor& input, const OptTensor& weight, int64_t width, double eps) {
   const int64_t R = rows_of(input, width);
-  Tensor y = at::empty_like(input, at::MemoryFormat::Contiguous);
-  Tensor rstd = at::empty({R}, input.options());
+  Tensor y = new_cpu(input.sizes(), input);
+  Tensor rstd = new_cpu({R}, input);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "normlab::rms_norm_forward", [&] {
     using T = scalar_t;
     const T* x = input.data_ptr<T>();
@@ -144,8 +144,8 @@ Pair rms_norm_backward(const Tensor& grad_out, const Tensor& input, const Tensor
                        bool need_weight) {
   const int64_t R = rstd.size(0), D = width;
   const Tensor g = grad_out.contiguous();
-  Tensor dx = need_input ? at::empty_like(input, at::MemoryFormat::Contiguous) : Tensor();
-  Tensor dw = need_weight ? at::empty({D}, input.options()) : Tensor();
+  Tensor dx = need_input ? new_cpu(input.sizes(), input) : Tensor();
+  Tensor dw = need_weight ? new_cpu({D}, input) : Tensor();
   if (need_weight && R == 0) dw.zero_();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "normlab::rms_norm_backward", [&] {
     auto ptr = [](Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
