@@ -7,7 +7,7 @@
   one call with no Python ``autograd.Function``; the same loops, so the same bits.
 - Kernels (:class:`KernelLayerNorm`): ``layer_norm.cpp`` on the CPU, the Triton kernels of
   :mod:`normlab.kernels.triton.feature_norm` on CUDA: a few passes over the data each
-  way. The forward returns two numbers per row (on the CPU the rounded first mean and
+  way. The forward returns two numbers per row (on the CPU the shift, a rounded mean, and
   ``rstd``, on CUDA the mean's offset from the row's first value and ``rstd``), from which
   the backward recomputes ``xhat`` in its loops.
 - Tensors (:class:`TensorLayerNorm`): each pass one ATen call. The forward allocates one
