@@ -244,7 +244,7 @@ def group_norm(
         >>> y = group_norm(torch.randn(8, 6, 10, 10), 3)
     """
     if not torch.compiler.is_compiling():  # a compiled graph guards on less without it
-        operator = fast.cpu_operator(input, num_groups, weight, bias)
+        operator = fast.operator_for(input, num_groups, weight, bias)
         if operator is not None:  # the common case, checked in one go
             return operator(input, num_groups, weight, bias, eps)
     check_floating(input, "group_norm")

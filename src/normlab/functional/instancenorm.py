@@ -76,7 +76,7 @@ def instance_norm(
         and input.dim() > 2
         and math.prod(input.shape[2:]) > 1
     ):
-        operator = groupnorm_fast.cpu_operator(input, input.shape[1], weight, bias)
+        operator = groupnorm_fast.operator_for(input, input.shape[1], weight, bias)
         if operator is not None:
             return operator(input, input.shape[1], weight, bias, eps)
     check_input(input, "instance_norm")

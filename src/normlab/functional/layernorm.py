@@ -21,7 +21,7 @@ graph on the CPU (float32, float64) of a large input calls normlab's operator
 Eagerly it runs a fast path through :mod:`normlab.functional._autograd`
 (:mod:`normlab.functional._fast.layernorm`: normlab's kernels, or in-place tensor
 arithmetic); the common call, the CPU operator with valid arguments, is recognised by one
-short check before the full ones (:func:`normlab.functional._fast.layernorm.cpu_operator`).
+short check before the full ones (:func:`normlab.functional._fast.layernorm.operator_for`).
 The statistics are per row, so training and evaluation compute the same thing and there are
 no running buffers. float16 / bfloat16 inputs: statistics and arithmetic in float32, output
 in the input's dtype. Errors are torch's (:class:`~normlab.functional.ShapeError` where
@@ -215,7 +215,7 @@ def layer_norm(
         >>> y = layer_norm(torch.randn(8, 5, 16), [16])
     """
     if not torch.compiler.is_compiling():  # a compiled graph guards on less without it
-        operator = fast.cpu_operator(input, normalized_shape, weight, bias)
+        operator = fast.operator_for(input, normalized_shape, weight, bias)
         if operator is not None:  # the common case, checked in one go
             return operator(input, normalized_shape, weight, bias, eps)
     check_floating(input, "layer_norm")

@@ -50,8 +50,6 @@ class SavesFigures(Protocol):
     def savefig(self, fname: Any, **kwargs: Any) -> Any: ...
 
 
-
-
 def slugify(text: str, limit: int = 48) -> str:
     """Lower-case ASCII words joined by ``-``: ``slugify("Before & after!") == "before-after"``."""
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")

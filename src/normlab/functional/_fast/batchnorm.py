@@ -2,9 +2,10 @@
 
 :mod:`normlab.functional.batchnorm` holds the formulas; here is how they run eagerly.
 
-- The CPU operator (:class:`CpuBatchNorm`): ``torch.ops.normlab.batch_norm_train``, the
+- The operator (:class:`OperatorBatchNorm`): ``torch.ops.normlab.batch_norm_train``, the
   kernels below with their backward registered for autograd in C++ (``autograd.cpp``), one
-  call with no Python ``autograd.Function``; the same loops, so the same bits.
+  call with no Python ``autograd.Function``; the same loops, so the same bits. On CUDA its
+  kernels are the Triton ones (:func:`normlab.kernels.cuda_operators`).
   :func:`train_by_operator` calls it first for the common valid call, before any other
   check (a module's call also counts its batch in the operator).
 - Kernels (:class:`KernelBatchNorm`): ``batch_norm.cpp`` on the CPU (three passes forward,
@@ -58,7 +59,7 @@ class _TrainingBatchNorm(FastPath):
 
 
 @dataclass(slots=True)
-class CpuBatchNorm(Operator):
+class OperatorBatchNorm(Operator):
     """Training-mode batch norm as ``torch.ops.normlab.batch_norm_train`` (``ops``): the
     running statistics (``None`` where not tracked) are updated in place by the operator."""
 
@@ -120,10 +121,10 @@ def fast_path(
     momentum: float,
     eps: float,
 ) -> FastPath | Operator:
-    """The CPU operator where normlab's CPU kernels take these tensors, else the (Triton)
-    kernels where they do, else the in-place tensor arithmetic."""
+    """The operator where it takes these tensors (:func:`normlab.kernels.operators_apply`),
+    else the (Triton) kernels where they do, else the in-place tensor arithmetic."""
     if kernels.operators_apply(input, weight, bias, running_mean, running_var):
-        return CpuBatchNorm(kernels.ops(), running_mean, running_var, momentum, eps)
+        return OperatorBatchNorm(kernels.ops(), running_mean, running_var, momentum, eps)
     ops = kernels.ops_for(input, weight, bias, running_mean, running_var)
     if ops is not None:
         return KernelBatchNorm(running_mean, running_var, momentum, eps, ops)

@@ -2,9 +2,10 @@
 
 :mod:`normlab.functional.groupnorm` holds the formulas; here is how they run eagerly.
 
-- The CPU operator (:class:`CpuGroupNorm`): ``torch.ops.normlab.group_norm``, the loops of
+- The operator (:class:`OperatorGroupNorm`): ``torch.ops.normlab.group_norm``, the loops of
   ``group_norm.cpp`` with their backward registered for autograd in C++ (``autograd.cpp``),
-  one call with no Python ``autograd.Function``; the same loops, so the same bits.
+  one call with no Python ``autograd.Function``; the same loops, so the same bits. On CUDA
+  its kernels are the Triton ones (:func:`normlab.kernels.cuda_operators`).
 - Kernels (:class:`KernelGroupNorm`): ``group_norm.cpp`` on the CPU, the Triton kernels of
   :mod:`normlab.kernels.triton.feature_norm` on CUDA; two numbers per (sample, group) are
   saved, from which the backward recomputes ``xhat`` in its loops.
@@ -33,7 +34,7 @@ from normlab.functional._fast.rows import standardize
 
 
 @dataclass(slots=True)
-class CpuGroupNorm(Operator):
+class OperatorGroupNorm(Operator):
     """Group norm of ``(N, C, *)`` in ``num_groups`` groups as ``torch.ops.normlab.group_norm``."""
 
     ops: Any
@@ -158,13 +159,13 @@ def grads_in_place(
     return gx.addcmul_(g, scale.reshape(n, c, 1)), dw, db
 
 
-def cpu_operator(
+def operator_for(
     input: Tensor, num_groups: Any, weight: Tensor | None, bias: Tensor | None
 ) -> Callable[..., Tensor] | None:
     """``torch.ops.normlab.group_norm`` where it takes these arguments as they are, else None.
 
     The check a small layer can afford on every call, in one go: the kernels apply
-    (:func:`normlab.kernels.applies`), ``num_groups`` is a positive int that divides the
+    (:func:`normlab.kernels.operators_apply`), ``num_groups`` is a positive int that divides the
     channels of an ``(N, C, *)`` input, each group of a sample has more than one value
     (``numel > num_groups``), and the parameters are ``(C,)``. Anything else goes the long
     way: the checks and errors of :func:`normlab.functional.groupnorm.group_norm`.
@@ -185,10 +186,10 @@ def cpu_operator(
 def fast_path(
     input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> FastPath | Operator:
-    """The CPU operator where normlab's CPU kernels take these tensors, else the (Triton)
-    kernels where they do, else the in-place tensor arithmetic."""
+    """The operator where it takes these tensors (:func:`normlab.kernels.operators_apply`),
+    else the (Triton) kernels where they do, else the in-place tensor arithmetic."""
     if kernels.operators_apply(input, weight, bias):
-        return CpuGroupNorm(kernels.ops(), num_groups, eps)
+        return OperatorGroupNorm(kernels.ops(), num_groups, eps)
     ops = kernels.ops_for(input, weight, bias)
     if ops is None:
         return TensorGroupNorm(num_groups, eps)

@@ -2,9 +2,10 @@
 
 :mod:`normlab.functional.layernorm` holds the formulas; here is how they run eagerly.
 
-- The CPU operator (:class:`CpuLayerNorm`): ``torch.ops.normlab.layer_norm``, the loops of
+- The operator (:class:`OperatorLayerNorm`): ``torch.ops.normlab.layer_norm``, the loops of
   ``layer_norm.cpp`` with their backward registered for autograd in C++ (``autograd.cpp``),
-  one call with no Python ``autograd.Function``; the same loops, so the same bits.
+  one call with no Python ``autograd.Function``; the same loops, so the same bits. On CUDA
+  its kernels are the Triton ones (:func:`normlab.kernels.cuda_operators`).
 - Kernels (:class:`KernelLayerNorm`): ``layer_norm.cpp`` on the CPU, the Triton kernels of
   :mod:`normlab.kernels.triton.feature_norm` on CUDA: a few passes over the data each
   way. The forward returns two numbers per row (on the CPU the shift, a rounded mean, and
@@ -43,7 +44,7 @@ def incoming(grad_out: Tensor, input: Tensor) -> Tensor:
 
 
 @dataclass(slots=True)
-class CpuLayerNorm(Operator):
+class OperatorLayerNorm(Operator):
     """Layer norm over the trailing ``shape`` as ``torch.ops.normlab.layer_norm`` (``ops``)."""
 
     ops: Any
@@ -138,14 +139,14 @@ def grads_in_place(
     return dx.add_(minus_a).addcmul_(g, w).mul_(rstd), dw
 
 
-def cpu_operator(
+def operator_for(
     input: Tensor, normalized_shape: Any, weight: Tensor | None, bias: Tensor | None
 ) -> Callable[..., Tensor] | None:
     """``torch.ops.normlab.layer_norm`` where it takes these arguments as they are, else None.
 
     The check a small layer can afford on every call (its Python time is as long as its
-    arithmetic), in one go: the kernels apply (:func:`normlab.kernels.applies`: eager, CPU,
-    contiguous, one float32/float64 dtype), the input is not empty, and
+    arithmetic), in one go: the operator applies (:func:`normlab.kernels.operators_apply`:
+    eager, CPU or CUDA, contiguous, one float32/float64 dtype), the input is not empty, and
     ``normalized_shape`` is a tuple of ints that ends the input's shape and is the
     parameters'. Anything else goes the long way: the checks and errors of
     :func:`normlab.functional.layernorm.layer_norm`, then :func:`fast_path`.
@@ -209,10 +210,10 @@ def trailing(input: Tensor, shape: tuple[Any, ...]) -> bool:
 def fast_path(
     input: Tensor, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> FastPath | Operator:
-    """The CPU operator where normlab's CPU kernels take these tensors, else the (Triton)
-    kernels where they do, else the in-place tensor arithmetic."""
+    """The operator where it takes these tensors (:func:`normlab.kernels.operators_apply`),
+    else the (Triton) kernels where they do, else the in-place tensor arithmetic."""
     if kernels.operators_apply(input, weight, bias):
-        return CpuLayerNorm(kernels.ops(), shape, eps)
+        return OperatorLayerNorm(kernels.ops(), shape, eps)
     ops = kernels.ops_for(input, weight, bias)
     width = math.prod(shape)
     return TensorLayerNorm(width, eps) if ops is None else KernelLayerNorm(ops, width, eps)

@@ -84,7 +84,7 @@ def cpu_operator(
     """``torch.ops.normlab.rms_norm`` where it takes these arguments as they are, else None:
     the kernels apply, the input is not empty, ``normalized_shape`` is a tuple of ints that
     ends the input's shape and is the weight's (as
-    :func:`normlab.functional._fast.layernorm.cpu_operator`); the input may have any
+    :func:`normlab.functional._fast.layernorm.operator_for`); the input may have any
     strides (:func:`_kernels_take`)."""
     if type(normalized_shape) is not tuple or not _kernels_take(input, weight):
         return None
