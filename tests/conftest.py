@@ -8,12 +8,23 @@ tests several times slower. One thread for the whole suite (the CLI's default to
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # normlab's Triton kernels run on CPU tensors through Triton's interpreter, which Triton
 # picks when it is imported (normlab.kernels.run_triton_on_cpu)
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# torch.compile's on-disk cache, one per ATen CPU capability: code compiled in a run under
+# another ATEN_CPU_CAPABILITY (the suite runs again under `default`, and by hand under
+# `avx2`) and loaded from a shared cache computed garbage in the compiled-layer tests
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(
+        tempfile.gettempdir(),
+        f"normlab-tests-inductor-{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}",
+    ),
+)
 
 import torch  # after OMP_NUM_THREADS is set
 
