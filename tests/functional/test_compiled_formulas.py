@@ -51,6 +51,24 @@ def _grads(
     return [y.detach(), *torch.autograd.grad(y, inputs, dy)]
 
 
+def _assert_matches_oracle(
+    ours: object,
+    oracle: object,
+    x: torch.Tensor,
+    w: torch.Tensor | None,
+    b: torch.Tensor | None,
+    dy: torch.Tensor,
+    bounds: list[tuple[int, torch.Tensor]],
+) -> None:
+    """``ours`` (output and gradients, in ``x``'s dtype) against ``oracle`` in float64,
+    each within its ``(terms, abs_sum)`` rounding bound."""
+    got = _grads(ours, x, w, b, dy)
+    exact = _grads(oracle, *(None if t is None else t.double() for t in (x, w, b)), dy.double())
+    assert all(a.dtype == x.dtype for a in got)
+    for mine, want, (terms, abs_sum) in zip(got, exact, bounds, strict=True):
+        assert_close_sum(mine, want, terms=terms, abs_sum=abs_sum, dtype=x.dtype)
+
+
 def _group_bounds(
     x: torch.Tensor,
     groups: int,
@@ -97,12 +115,8 @@ def test_group_norm_closed_form_matches_torch(
     def oracle(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None):
         return F.group_norm(x, groups, w, b, 1e-5)
 
-    ours = _grads(closed_form, x, w, b, dy)
-    exact = _grads(oracle, *(None if t is None else t.double() for t in (x, w, b)), dy.double())
-    assert all(a.dtype == dtype for a in ours)
     bounds = _group_bounds(x, groups, w, b, dy)
-    for got, want, (terms, abs_sum) in zip(ours, exact, bounds, strict=True):
-        assert_close_sum(got, want, terms=terms, abs_sum=abs_sum, dtype=dtype)
+    _assert_matches_oracle(closed_form, oracle, x, w, b, dy, bounds)
 
 
 def test_group_norm_compiles_to_the_closed_form_in_one_graph() -> None:
@@ -215,12 +229,8 @@ def test_layer_norm_closed_form_matches_torch(
     def oracle(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None):
         return F.layer_norm(x, normalized, w, b, 1e-5)
 
-    ours = _grads(closed_form, x, w, b, dy)
-    exact = _grads(oracle, *(None if t is None else t.double() for t in (x, w, b)), dy.double())
-    assert all(a.dtype == dtype for a in ours)
     bounds = _layer_bounds(x, normalized, w, b, dy)
-    for got, want, (terms, abs_sum) in zip(ours, exact, bounds, strict=True):
-        assert_close_sum(got, want, terms=terms, abs_sum=abs_sum, dtype=dtype)
+    _assert_matches_oracle(closed_form, oracle, x, w, b, dy, bounds)
 
 
 def test_layer_norm_compiles_to_the_closed_form_in_one_graph() -> None:
