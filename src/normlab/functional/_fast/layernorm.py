@@ -149,17 +149,26 @@ def operator_for(
     eager, CPU or CUDA, contiguous, one float32/float64 dtype), the input is not empty, and
     ``normalized_shape`` is a tuple of ints that ends the input's shape and is the
     parameters'. Anything else goes the long way: the checks and errors of
-    :func:`normlab.functional.layernorm.layer_norm`, then :func:`fast_path`.
+    :func:`normlab.functional.layernorm.layer_norm`, then :func:`fast_path`. The operator
+    comes as its C++ callable (``OpOverload._op``): no Python frame in between.
     """
     if type(normalized_shape) is not tuple or not kernels.operators_apply(input, weight, bias):
         return None
-    if not trailing(input, normalized_shape):
+    sizes, count = input.shape, len(normalized_shape)
+    if not 0 < count <= len(sizes) or sizes[-count:] != normalized_shape or 0 in sizes:
         return None
+    if (count > 1 or type(normalized_shape[0]) is not int) and not _ints(normalized_shape):
+        return None  # e.g. (16.0,), equal to the sizes but not a shape
     if (weight is not None and weight.shape != normalized_shape) or (
         bias is not None and bias.shape != normalized_shape
     ):
         return None
-    return kernels.ops().layer_norm.default  # the overload itself: no overload resolution
+    return kernels.ops().layer_norm.default._op
+
+
+def _ints(values: tuple[Any, ...]) -> bool:
+    """True when every value is an ``int`` (not a ``bool``, a float or a symbolic size)."""
+    return all(type(value) is int for value in values)
 
 
 #: Under ``torch.compile``, inputs of fewer elements run the formula (layer and group norm
