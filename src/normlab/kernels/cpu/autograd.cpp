@@ -1,7 +1,8 @@
 // Batch, layer and group norm as single operators with their backward in C++: the
 // forward and backward kernels of batch_norm.cpp, layer_norm.cpp and group_norm.cpp tied
-// together by a torch::autograd::Function, registered for the Autograd dispatch key.
-// A call costs one dispatch, and the backward runs on autograd's thread without Python:
+// together by a backward node of each (a torch::autograd::Node with typed fields, as
+// torch's generated nodes are), registered for the Autograd dispatch key. A call costs
+// one dispatch, and the backward runs on autograd's thread without Python:
 //
 //   normlab::batch_norm_train(input, weight?, bias?, running_mean!?, running_var!?,
 //                             momentum?, eps, num_batches_tracked!? = None) -> out
@@ -24,8 +25,11 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include <mutex>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -34,7 +38,7 @@ namespace normlab {
 namespace {
 
 using at::Tensor;
-using torch::autograd::AutogradContext;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
 using Triple = std::tuple<Tensor, Tensor, Tensor>;
@@ -111,22 +115,56 @@ Tensor or_undefined(const OptTensor& t) { return t.has_value() ? *t : Tensor(); 
 
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 
-// Which of (input, weight, bias) need a gradient. Autograd numbers only the tensor
-// arguments that were given: weight's edge is 1 when given, bias's follows it.
+// The backward of one call: the next edges are those of (input, weight, bias), an absent
+// parameter's edge empty; the saved tensors and numbers are typed fields (no string-keyed
+// map to fill and read on every call); release_variables frees the tensors once used.
 struct Needs {
   bool input, weight, bias;
 };
 
-Needs needs_of(AutogradContext* ctx) {
-  const bool has_weight = ctx->saved_data["has_weight"].toBool();
-  const bool has_bias = ctx->saved_data["has_bias"].toBool();
-  return {ctx->needs_input_grad(0), has_weight && ctx->needs_input_grad(1),
-          has_bias && ctx->needs_input_grad(has_weight ? 2 : 1)};
-}
+struct NormBackward : public torch::autograd::Node {
+  SavedVariable x_, weight_;
+  double eps_ = 0.0;
 
-void remember_params(AutogradContext* ctx, const OptTensor& weight, const OptTensor& bias) {
-  ctx->saved_data["has_weight"] = given(weight);
-  ctx->saved_data["has_bias"] = given(bias);
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor()};
+    const Tensor x = x_.unpack(), w = weight_.unpack();
+    const Tensor dy = grads[0].contiguous().to(x.scalar_type());
+    const Needs needs{task_should_compute_output(0), task_should_compute_output(1),
+                      task_should_compute_output(2)};
+    auto [dx, dw, db] = gradients(dy, x, w, needs);
+    return {needs.input ? dx : Tensor(), needs.weight ? dw : Tensor(),
+            needs.bias ? db : Tensor()};
+  }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    x_.reset_data();
+    weight_.reset_data();
+    release_statistics();
+  }
+
+  // (dx, dw, db) from the output's gradient; with grad mode on (a graph of the backward is
+  // wanted: create_graph, double backward) in differentiable ATen operations.
+  virtual Triple gradients(const Tensor& dy, const Tensor& x, const Tensor& w,
+                           const Needs& needs) = 0;
+  virtual void release_statistics() = 0;
+};
+
+// Gives `out` its history through `node` when (input, weight, bias) want a gradient: the
+// saved contiguous input and weight go into the node; `fill` saves the rest.
+template <typename NodeT, typename Fill>
+void record(const Tensor& out, const Tensor& input, const OptTensor& weight,
+            const OptTensor& bias, const Tensor& x, double eps, Fill fill) {
+  if (!torch::autograd::compute_requires_grad(input, weight, bias)) return;
+  auto node = c10::make_intrusive<NodeT>();
+  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
+  node->x_ = SavedVariable(x, false);
+  node->weight_ = SavedVariable(or_undefined(weight), false);
+  node->eps_ = eps;
+  fill(*node);
+  torch::autograd::set_history(out, node);
 }
 
 // Differentiable closed form of a normalisation's backward, for a graph of the backward:
@@ -161,39 +199,25 @@ Tensor per_channel(const Tensor& t, int64_t ndim) {
 // batch norm
 // ------------------------------------------------------------------------------------------
 
-struct BatchNormTrain : public torch::autograd::Function<BatchNormTrain> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight,
-                        const OptTensor& bias, const OptTensor& running_mean,
-                        const OptTensor& running_var, double momentum, double eps) {
-    const Tensor x = input.contiguous();
-    auto [out, first_mean, invstd] =
-        bn_forward(x, contiguous(weight), contiguous(bias), running_mean, running_var,
-                   momentum, eps);
-    ctx->save_for_backward({x, first_mean, invstd, or_undefined(weight)});
-    ctx->saved_data["eps"] = eps;
-    remember_params(ctx, weight, bias);
-    return out;
-  }
+struct BatchNormBackward : public NormBackward {
+  SavedVariable first_mean_, invstd_;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
-    const Tensor &x = saved[0], &first_mean = saved[1], &invstd = saved[2], &w = saved[3];
-    const Tensor dy = grads[0].contiguous().to(x.scalar_type());
-    const Needs needs = needs_of(ctx);
-    Tensor dx, dw, db;
+  std::string name() const override { return "normlab::BatchNormTrainBackward"; }
+
+  Triple gradients(const Tensor& dy, const Tensor& x, const Tensor& w, const Needs&) override {
     if (at::GradMode::is_enabled()) {  // a graph of the backward: differentiable ATen ops
       const std::vector<int64_t> dims = batch_dims(x);
-      const double eps = ctx->saved_data["eps"].toDouble();
       const Tensor g = w.defined() ? dy * per_channel(w, x.dim()) : dy;
-      dx = differentiable_dx(x, g, dims, eps);
-      dw = (dy * differentiable_xhat(x, dims, eps)).sum(dims);
-      db = dy.sum(dims);
-    } else {
-      std::tie(dx, dw, db) = bn_backward(dy, x, first_mean, invstd, w.defined() ? OptTensor(w)
-                                                                                : OptTensor());
+      return {differentiable_dx(x, g, dims, eps_),
+              (dy * differentiable_xhat(x, dims, eps_)).sum(dims), dy.sum(dims)};
     }
-    return {needs.input ? dx : Tensor(), needs.weight ? dw : Tensor(),
-            needs.bias ? db : Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return bn_backward(dy, x, first_mean_.unpack(), invstd_.unpack(),
+                       w.defined() ? OptTensor(w) : OptTensor());
+  }
+
+  void release_statistics() override {
+    first_mean_.reset_data();
+    invstd_.reset_data();
   }
 };
 
@@ -212,7 +236,15 @@ Tensor batch_norm_train(const Tensor& input, const OptTensor& weight, const OptT
   TORCH_CHECK(input.dim() >= 2, "normlab::batch_norm_train: expected (N, C, *) input, got ",
               input.dim(), " dims");
   const double factor = count_batch(tracked, momentum);
-  return BatchNormTrain::apply(input, weight, bias, running_mean, running_var, factor, eps);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Tensor x = input.contiguous();
+  auto [out, first_mean, invstd] = bn_forward(x, contiguous(weight), contiguous(bias),
+                                              running_mean, running_var, factor, eps);
+  record<BatchNormBackward>(out, input, weight, bias, x, eps, [&](BatchNormBackward& node) {
+    node.first_mean_ = SavedVariable(first_mean, false);
+    node.invstd_ = SavedVariable(invstd, false);
+  });
+  return out;
 }
 
 // Below autograd (no graph recorded): the forward kernel alone.
@@ -248,53 +280,46 @@ int64_t width_of(const Tensor& input, at::IntArrayRef normalized_shape, const ch
   return c10::multiply_integers(normalized_shape);
 }
 
-struct LayerNorm : public torch::autograd::Function<LayerNorm> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& input,
-                        at::IntArrayRef normalized_shape, const OptTensor& weight,
-                        const OptTensor& bias, double eps) {
-    const Tensor x = input.contiguous();
-    const int64_t width = width_of(x, normalized_shape, "normlab::layer_norm");
-    auto [out, stats] = ln_forward(x, contiguous(weight), contiguous(bias), width, eps);
-    ctx->save_for_backward({x, stats, or_undefined(weight)});
-    ctx->saved_data["shape"] = normalized_shape.vec();
-    ctx->saved_data["eps"] = eps;
-    remember_params(ctx, weight, bias);
-    return out;
-  }
+struct LayerNormBackward : public NormBackward {
+  SavedVariable stats_;
+  std::vector<int64_t> shape_;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
-    const Tensor &x = saved[0], &stats = saved[1], &w = saved[2];
-    const Tensor dy = grads[0].contiguous().to(x.scalar_type());
-    const Needs needs = needs_of(ctx);
-    const std::vector<int64_t> shape = ctx->saved_data["shape"].toIntVector();
-    Tensor dx, dw, db;
+  std::string name() const override { return "normlab::LayerNormBackward"; }
+
+  Triple gradients(const Tensor& dy, const Tensor& x, const Tensor& w,
+                   const Needs& needs) override {
     if (at::GradMode::is_enabled()) {
-      const int64_t k = static_cast<int64_t>(shape.size());
+      const int64_t k = static_cast<int64_t>(shape_.size());
       std::vector<int64_t> rows, feature;
       for (int64_t d = 0; d < x.dim(); ++d) (d < x.dim() - k ? rows : feature).push_back(d);
-      const double eps = ctx->saved_data["eps"].toDouble();
-      dx = differentiable_dx(x, w.defined() ? dy * w : dy, feature, eps);
-      dw = (dy * differentiable_xhat(x, feature, eps)).sum(rows);
-      db = dy.sum(rows);
-    } else {
-      std::tie(dx, dw, db) = ln_backward(dy, x, stats, w.defined() ? OptTensor(w) : OptTensor(),
-                                         needs.input, needs.weight, needs.bias);
-      if (shape.size() > 1) {  // (D,) vectors as the parameters' shape
-        if (dw.defined()) dw = dw.view(shape);
-        if (db.defined()) db = db.view(shape);
-      }
+      return {differentiable_dx(x, w.defined() ? dy * w : dy, feature, eps_),
+              (dy * differentiable_xhat(x, feature, eps_)).sum(rows), dy.sum(rows)};
     }
-    return {needs.input ? dx : Tensor(), Tensor(), needs.weight ? dw : Tensor(),
-            needs.bias ? db : Tensor(), Tensor()};
+    auto [dx, dw, db] = ln_backward(dy, x, stats_.unpack(),
+                                    w.defined() ? OptTensor(w) : OptTensor(), needs.input,
+                                    needs.weight, needs.bias);
+    if (shape_.size() > 1) {  // (D,) vectors as the parameters' shape
+      if (dw.defined()) dw = dw.view(shape_);
+      if (db.defined()) db = db.view(shape_);
+    }
+    return {dx, dw, db};
   }
+
+  void release_statistics() override { stats_.reset_data(); }
 };
 
 Tensor layer_norm(const Tensor& input, at::IntArrayRef normalized_shape, const OptTensor& weight,
                   const OptTensor& bias, double eps) {
   check_input(input, weight, bias, "normlab::layer_norm");
-  width_of(input, normalized_shape, "normlab::layer_norm");
-  return LayerNorm::apply(input, normalized_shape, weight, bias, eps);
+  const int64_t width = width_of(input, normalized_shape, "normlab::layer_norm");
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Tensor x = input.contiguous();
+  auto [out, stats] = ln_forward(x, contiguous(weight), contiguous(bias), width, eps);
+  record<LayerNormBackward>(out, input, weight, bias, x, eps, [&](LayerNormBackward& node) {
+    node.stats_ = SavedVariable(stats, false);
+    node.shape_ = normalized_shape.vec();
+  });
+  return out;
 }
 
 Tensor layer_norm_kernel(const Tensor& input, at::IntArrayRef normalized_shape,
@@ -317,48 +342,42 @@ void check_groups(const Tensor& input, int64_t num_groups) {
               " to be divisible by num_groups ", num_groups);
 }
 
-struct GroupNorm : public torch::autograd::Function<GroupNorm> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& input, int64_t num_groups,
-                        const OptTensor& weight, const OptTensor& bias, double eps) {
-    const Tensor x = input.contiguous();
-    auto [out, stats] = gn_forward(x, contiguous(weight), contiguous(bias), num_groups, eps);
-    ctx->save_for_backward({x, stats, or_undefined(weight)});
-    ctx->saved_data["groups"] = num_groups;
-    ctx->saved_data["eps"] = eps;
-    remember_params(ctx, weight, bias);
-    return out;
+struct GroupNormBackward : public NormBackward {
+  SavedVariable stats_;
+  int64_t groups_ = 1;
+
+  std::string name() const override { return "normlab::GroupNormBackward"; }
+
+  Triple gradients(const Tensor& dy, const Tensor& x, const Tensor& w,
+                   const Needs& needs) override {
+    if (at::GradMode::is_enabled()) {
+      const Tensor rows = x.reshape({x.size(0), groups_, -1});
+      const Tensor g = w.defined() ? dy * per_channel(w, x.dim()) : dy;
+      const std::vector<int64_t> dims = batch_dims(x);
+      return {differentiable_dx(rows, g.reshape({x.size(0), groups_, -1}), {2}, eps_)
+                  .reshape(x.sizes()),
+              (dy * differentiable_xhat(rows, {2}, eps_).reshape(x.sizes())).sum(dims),
+              dy.sum(dims)};
+    }
+    return gn_backward(dy, x, stats_.unpack(), w.defined() ? OptTensor(w) : OptTensor(),
+                       groups_, needs.input, needs.weight, needs.bias);
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
-    const Tensor &x = saved[0], &stats = saved[1], &w = saved[2];
-    const Tensor dy = grads[0].contiguous().to(x.scalar_type());
-    const int64_t groups = ctx->saved_data["groups"].toInt();
-    const Needs needs = needs_of(ctx);
-    Tensor dx, dw, db;
-    if (at::GradMode::is_enabled()) {
-      const double eps = ctx->saved_data["eps"].toDouble();
-      const Tensor rows = x.reshape({x.size(0), groups, -1});
-      const Tensor g = w.defined() ? dy * per_channel(w, x.dim()) : dy;
-      dx = differentiable_dx(rows, g.reshape({x.size(0), groups, -1}), {2}, eps)
-               .reshape(x.sizes());
-      const std::vector<int64_t> dims = batch_dims(x);
-      dw = (dy * differentiable_xhat(rows, {2}, eps).reshape(x.sizes())).sum(dims);
-      db = dy.sum(dims);
-    } else {
-      std::tie(dx, dw, db) = gn_backward(dy, x, stats, w.defined() ? OptTensor(w) : OptTensor(),
-                                         groups, needs.input, needs.weight, needs.bias);
-    }
-    return {needs.input ? dx : Tensor(), Tensor(), needs.weight ? dw : Tensor(),
-            needs.bias ? db : Tensor(), Tensor()};
-  }
+  void release_statistics() override { stats_.reset_data(); }
 };
 
 Tensor group_norm(const Tensor& input, int64_t num_groups, const OptTensor& weight,
                   const OptTensor& bias, double eps) {
   check_input(input, weight, bias, "normlab::group_norm");
   check_groups(input, num_groups);
-  return GroupNorm::apply(input, num_groups, weight, bias, eps);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Tensor x = input.contiguous();
+  auto [out, stats] = gn_forward(x, contiguous(weight), contiguous(bias), num_groups, eps);
+  record<GroupNormBackward>(out, input, weight, bias, x, eps, [&](GroupNormBackward& node) {
+    node.stats_ = SavedVariable(stats, false);
+    node.groups_ = num_groups;
+  });
+  return out;
 }
 
 Tensor group_norm_kernel(const Tensor& input, int64_t num_groups, const OptTensor& weight,
