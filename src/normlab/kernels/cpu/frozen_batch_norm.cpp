@@ -19,9 +19,12 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <mutex>
 #include <vector>
 
 #include "common.h"
@@ -146,33 +149,31 @@ Tensor frozen_backward(const Tensor& dy, const Tensor& w, const Tensor& v, doubl
   });
 }
 
-struct FrozenBatchNorm : public torch::autograd::Function<FrozenBatchNorm> {
-  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& input,
-                        const Tensor& weight, const Tensor& bias, const Tensor& mean,
-                        const Tensor& var, double eps) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({weight, var});
-    ctx->saved_data["eps"] = eps;
-    return frozen_forward(input, weight, bias, mean, var, eps);
+// The backward of one call, a typed node (as torch's generated nodes are): one next edge,
+// the input's (the operator differentiates the input only).
+struct FrozenBatchNormBackward : public torch::autograd::Node {
+  torch::autograd::SavedVariable weight_, var_;
+  double eps_ = 0.0;
+
+  std::string name() const override { return "normlab::FrozenBatchNormBackward"; }
+
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const Tensor& dy = grads[0];
+    if (!dy.defined()) return {Tensor()};
+    const Tensor w = weight_.unpack(), v = var_.unpack();
+    if (torch::autograd::GradMode::is_enabled()) {  // a graph of the backward: differentiable
+      std::vector<int64_t> shape(dy.dim(), 1);
+      shape[1] = -1;
+      return {dy * (w * at::rsqrt(v + eps_)).view(shape)};
+    }
+    return {frozen_backward(dy, w, v, eps_)};
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const double eps = ctx->saved_data["eps"].toDouble();
-    const Tensor& dy = grads[0];
-    Tensor dx;
-    if (dy.defined()) {
-      if (torch::autograd::GradMode::is_enabled()) {  // a graph of the backward: differentiable
-        const int64_t ndim = dy.dim();
-        std::vector<int64_t> shape(ndim, 1);
-        shape[1] = -1;
-        dx = dy * (saved[0] * at::rsqrt(saved[1] + eps)).view(shape);
-      } else {
-        dx = frozen_backward(dy, saved[0], saved[1], eps);
-      }
-    }
-    return {dx, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    weight_.reset_data();
+    var_.reset_data();
   }
 };
 
@@ -183,7 +184,17 @@ Tensor frozen_batch_norm(const Tensor& input, const Tensor& weight, const Tensor
                   !var.requires_grad(),
               "frozen_batch_norm: the operator differentiates the input only; weight, bias "
               "and the statistics must not require a gradient (use the formula)");
-  return FrozenBatchNorm::apply(input, weight, bias, mean, var, eps);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  Tensor out = frozen_forward(input, weight, bias, mean, var, eps);
+  if (torch::autograd::compute_requires_grad(input)) {
+    auto node = c10::make_intrusive<FrozenBatchNormBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(input));
+    node->weight_ = torch::autograd::SavedVariable(weight, false);
+    node->var_ = torch::autograd::SavedVariable(var, false);
+    node->eps_ = eps;
+    torch::autograd::set_history(out, node);
+  }
+  return out;
 }
 
 Tensor frozen_batch_norm_kernel(const Tensor& input, const Tensor& weight, const Tensor& bias,

@@ -25,8 +25,11 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include <mutex>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -223,48 +226,62 @@ Pair differentiable_grads(const Tensor& dy, const Tensor& x, const Tensor& w,
   return {dx, (dy * xhat).sum(rows)};
 }
 
-struct RMSNorm : public torch::autograd::Function<RMSNorm> {
-  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& input,
-                        at::IntArrayRef normalized_shape, const OptTensor& weight, double eps) {
-    const Tensor x = input.contiguous();
-    const OptTensor w = contiguous(weight);
-    auto [out, rstd] = forward_op(x, w, c10::multiply_integers(normalized_shape), eps);
-    ctx->save_for_backward({x, rstd, w.has_value() ? *w : Tensor()});
-    ctx->saved_data["shape"] = normalized_shape.vec();
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["has_weight"] = given(weight);
-    return out;
-  }
+// The backward of one call, a typed node (as torch's generated nodes are): its next edges
+// are those of (input, weight), weight's empty when absent.
+struct RMSNormBackward : public torch::autograd::Node {
+  torch::autograd::SavedVariable x_, rstd_, weight_;
+  std::vector<int64_t> shape_;
+  double eps_ = 0.0;
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const Tensor &x = saved[0], &rstd = saved[1], &w = saved[2];
-    const std::vector<int64_t> shape = ctx->saved_data["shape"].toIntVector();
-    // Autograd numbers the tensor arguments given: weight's is 1 when given.
-    const bool need_x = ctx->needs_input_grad(0);
-    const bool need_w = ctx->saved_data["has_weight"].toBool() && ctx->needs_input_grad(1);
+  std::string name() const override { return "normlab::RMSNormBackward"; }
+
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!grads[0].defined()) return {Tensor(), Tensor()};
+    const Tensor x = x_.unpack(), w = weight_.unpack();
+    const bool need_x = task_should_compute_output(0), need_w = task_should_compute_output(1);
     const Tensor dy = grads[0].contiguous().to(x.scalar_type());
     Tensor dx, dw;
     if (at::GradMode::is_enabled()) {  // a graph of the backward: differentiable ATen ops
-      const int64_t k = static_cast<int64_t>(shape.size());
+      const int64_t k = static_cast<int64_t>(shape_.size());
       std::vector<int64_t> rows, feature;
       for (int64_t d = 0; d < x.dim(); ++d) (d < x.dim() - k ? rows : feature).push_back(d);
-      std::tie(dx, dw) =
-          differentiable_grads(dy, x, w, rows, feature, ctx->saved_data["eps"].toDouble());
+      std::tie(dx, dw) = differentiable_grads(dy, x, w, rows, feature, eps_);
     } else {
-      std::tie(dx, dw) = backward_op(dy, x, rstd, w.defined() ? OptTensor(w) : OptTensor(),
-                                     c10::multiply_integers(shape), need_x, need_w);
-      if (dw.defined() && shape.size() > 1) dw = dw.view(shape);
+      std::tie(dx, dw) = backward_op(dy, x, rstd_.unpack(),
+                                     w.defined() ? OptTensor(w) : OptTensor(),
+                                     c10::multiply_integers(shape_), need_x, need_w);
+      if (dw.defined() && shape_.size() > 1) dw = dw.view(shape_);
     }
-    return {need_x ? dx : Tensor(), Tensor(), need_w ? dw : Tensor(), Tensor()};
+    return {need_x ? dx : Tensor(), need_w ? dw : Tensor()};
+  }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    x_.reset_data();
+    rstd_.reset_data();
+    weight_.reset_data();
   }
 };
 
 Tensor rms_norm(const Tensor& input, at::IntArrayRef normalized_shape, const OptTensor& weight,
                 double eps) {
-  checked_width(input, normalized_shape, weight);
-  return RMSNorm::apply(input, normalized_shape, weight, eps);
+  const int64_t width = checked_width(input, normalized_shape, weight);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Tensor x = input.contiguous();
+  const OptTensor w = contiguous(weight);
+  auto [out, rstd] = forward_op(x, w, width, eps);
+  if (torch::autograd::compute_requires_grad(input, weight)) {
+    auto node = c10::make_intrusive<RMSNormBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(input, weight));
+    node->x_ = torch::autograd::SavedVariable(x, false);
+    node->rstd_ = torch::autograd::SavedVariable(rstd, false);
+    node->weight_ = torch::autograd::SavedVariable(w.has_value() ? *w : Tensor(), false);
+    node->shape_ = normalized_shape.vec();
+    node->eps_ = eps;
+    torch::autograd::set_history(out, node);
+  }
+  return out;
 }
 
 // Below autograd (no graph recorded): the forward kernel alone.
