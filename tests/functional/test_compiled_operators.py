@@ -60,6 +60,7 @@ def ops(monkeypatch: pytest.MonkeyPatch) -> Any:
     if library is None:
         pytest.skip("normlab's CPU kernels are not built or are off (NORMLAB_KERNELS=0)")
     monkeypatch.setattr(layernorm_fast, "COMPILED_OPERATOR_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(layernorm_fast, "COMPILED_OPERATOR_MIN_ROW", 1)
     return library
 
 
@@ -127,6 +128,26 @@ def test_small_inputs_compile_the_plain_formula(name: str, ours, theirs, op: str
     x, w, b = _inputs(3, F64)  # far below COMPILED_OPERATOR_MIN_ELEMENTS
     _close(_fwd_bwd(compiled, x, w, b), _fwd_bwd(theirs, x, w, b), x.numel(), F64)
     assert not any("normlab" in target for target in recorder.targets)
+
+
+@pytest.mark.parametrize(("name", "ours", "theirs", "op", "pshape"), CASES, ids=IDS)
+def test_short_rows_compile_the_plain_formula(
+    monkeypatch: pytest.MonkeyPatch, name: str, ours, theirs, op: str, pshape
+) -> None:
+    """Above the element threshold, rows shorter than COMPILED_OPERATOR_MIN_ROW (here 6 or
+    12 values; the threshold lowered to 1 element) still run the formula, and rows as
+    long as the threshold the operator."""
+    if kernels.ops() is None:
+        pytest.skip("normlab's CPU kernels are not built or are off (NORMLAB_KERNELS=0)")
+    monkeypatch.setattr(layernorm_fast, "COMPILED_OPERATOR_MIN_ELEMENTS", 1)
+    for min_row, called in ((13, False), (6, True)):  # group norm's rows: 2 x 6 = 12 values
+        monkeypatch.setattr(layernorm_fast, "COMPILED_OPERATOR_MIN_ROW", min_row)
+        torch._dynamo.reset()
+        recorder = _Recorder()
+        compiled = torch.compile(ours, backend=recorder, fullgraph=True)
+        x, w, b = _inputs(3, F64)
+        _close(_fwd_bwd(compiled, x, w, b), _fwd_bwd(theirs, x, w, b), x.numel(), F64)
+        assert (f"normlab.{op}" in recorder.targets) is called
 
 
 def test_half_precision_compiles_the_plain_formula(ops: Any) -> None:

@@ -251,7 +251,8 @@ def group_norm(
     _check_group_norm(input, num_groups, weight, bias)
     check_param_dtypes(input, (weight, bias), "group_norm")
     if torch.compiler.is_compiling() or not _autograd.eager(input):  # compiling: fewer guards
-        ops = compiled_ops(input, weight, bias)
+        group_size = input.shape[1] // num_groups * math.prod(input.shape[2:])
+        ops = compiled_ops(input, group_size, weight, bias)
         if ops is not None:  # torch.compile on the CPU: the operator, one call each way
             return ops.group_norm(input, num_groups, weight, bias, eps)
         if input.numel() == 0 or torch._C._are_functorch_transforms_active():

@@ -224,7 +224,7 @@ def layer_norm(
     )
     check_param_dtypes(input, (weight, bias), "layer_norm")
     if torch.compiler.is_compiling() or not _autograd.eager(input):  # compiling: fewer guards
-        ops = compiled_ops(input, weight, bias)
+        ops = compiled_ops(input, math.prod(shape), weight, bias)
         if ops is not None:  # torch.compile on the CPU: the operator, one call each way
             return ops.layer_norm(input, shape, weight, bias, eps)
         if input.numel() == 0 or torch._C._are_functorch_transforms_active():

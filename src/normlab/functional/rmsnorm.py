@@ -108,7 +108,7 @@ def rms_norm(
     shape = check_normalized_shape(input, normalized_shape, {"weight": weight}, "rms_norm")
     eps_value = _rms_eps(eps, input.dtype)
     if not _autograd.eager(input):
-        ops = compiled_ops(input, weight)
+        ops = compiled_ops(input, math.prod(shape), weight)
         if ops is not None:  # torch.compile on the CPU: the operator, one call each way
             return ops.rms_norm(input, shape, weight, eps_value)
         return forward(input, shape, weight, eps_value)

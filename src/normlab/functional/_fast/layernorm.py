@@ -171,18 +171,21 @@ def _ints(values: tuple[Any, ...]) -> bool:
     return all(type(value) is int for value in values)
 
 
-#: Under ``torch.compile``, inputs of fewer elements run the formula (layer and group norm
-#: with their closed-form backward): there the code inductor generates for it (fused into
-#: its neighbours) costs less than two calls of an operator it cannot see into; from this
-#: size on the operators' loops win (measured with ``normlab bench layers --compile``:
-#: docs/results/bench-layers.md).
+#: Under ``torch.compile``, inputs of fewer elements, or whose normalized rows are shorter,
+#: run the formula (layer and group norm with their closed-form backward): there the code
+#: inductor generates for it (fused into its neighbours) costs less than two calls of an
+#: operator it cannot see into; from these sizes on the operators' loops win (measured
+#: with ``normlab bench layers --compile``: docs/results/bench-layers.md; rows of 6 and 16
+#: values took 1.3-1.6x the compiled formula's time in the operator).
 COMPILED_OPERATOR_MIN_ELEMENTS = 1 << 17
+COMPILED_OPERATOR_MIN_ROW = 64
 
 
-def compiled_ops(input: Tensor, *params: Tensor | None) -> Any:
+def compiled_ops(input: Tensor, row: Any, *params: Tensor | None) -> Any:
     """``torch.ops.normlab`` under ``torch.compile`` where its CPU operators take these
     tensors (CPU, one float32/float64 dtype, any strides, at least
-    :data:`COMPILED_OPERATOR_MIN_ELEMENTS` elements), else None.
+    :data:`COMPILED_OPERATOR_MIN_ELEMENTS` elements in rows of at least
+    :data:`COMPILED_OPERATOR_MIN_ROW`: ``row`` values are normalized together), else None.
 
     Layer, group and RMS norm's operators trace as one call each way (their Meta kernels
     give the shapes, symbolic ones too), and the compiled graph calls the loops eager mode
@@ -197,8 +200,8 @@ def compiled_ops(input: Tensor, *params: Tensor | None) -> Any:
     dtype = input.dtype
     if ops is None or dtype not in _KERNEL_FLOATS or not input.is_cpu:
         return None
-    if input.numel() < COMPILED_OPERATOR_MIN_ELEMENTS:  # a guard on the size class
-        return None
+    if input.numel() < COMPILED_OPERATOR_MIN_ELEMENTS or row < COMPILED_OPERATOR_MIN_ROW:
+        return None  # a guard on the size class
     for param in params:
         if param is not None and (param.dtype != dtype or not param.is_cpu):
             return None
