@@ -118,6 +118,46 @@ def test_gradcheck_and_gradgradcheck(ops: Any, case: Case) -> None:
     assert torch.autograd.gradgradcheck(fn, (x, w, b))
 
 
+W6, B6 = torch.rand(6, dtype=F64) + 0.5, torch.randn(6, dtype=F64)
+W33, B33 = torch.rand(3, 3, dtype=F64) + 0.5, torch.randn(3, 3, dtype=F64)
+# (name, op(ops, x) on a (4, 6, 3, 3) float64 input, whether the backward saves the input)
+GRAPH_CASES = [
+    ("batch", lambda ops, x: ops.batch_norm_train(x, W6, B6, None, None, 0.1, 1e-5), True),
+    ("layer", lambda ops, x: ops.layer_norm(x, [3, 3], W33, B33, 1e-5), True),
+    ("group", lambda ops, x: ops.group_norm(x, 2, W6, B6, 1e-5), True),
+    ("rms", lambda ops, x: ops.rms_norm(x, [3, 3], W33, 1e-5), True),
+    ("frozen", lambda ops, x: ops.frozen_batch_norm(x, W6, B6, B6, W6, 1e-5), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "call", "saves_input"), GRAPH_CASES, ids=[c[0] for c in GRAPH_CASES]
+)
+def test_the_backward_node_keeps_autograd_s_rules(ops: Any, name: str, call, saves_input) -> None:
+    """The operators' backward nodes save tensors as autograd's own do: a second backward
+    needs retain_graph (and then gives the same gradient), a saved input changed in place
+    after the forward is refused, saved-tensor hooks see what is saved, and the node is
+    named after its operator."""
+    x = torch.randn(4, 6, 3, 3, dtype=F64, requires_grad=True)
+    y = call(ops, x)
+    assert y.grad_fn.name().startswith("normlab::")
+    first = torch.autograd.grad(y.sum(), [x], retain_graph=True)[0]
+    torch.testing.assert_close(torch.autograd.grad(y.sum(), [x])[0], first, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(y.sum(), [x])
+    packed: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        call(ops, x)
+    assert packed and any(t is x for t in packed) == saves_input
+    if saves_input:  # (hooks turn autograd's version check off: a forward without them)
+        changed = x.detach().clone().requires_grad_()
+        y = call(ops, changed)
+        with torch.no_grad():
+            changed.mul_(2)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            torch.autograd.grad(y.sum(), [changed])
+
+
 @pytest.mark.parametrize(
     ("call", "bias_shape"),
     [
@@ -128,7 +168,7 @@ def test_gradcheck_and_gradgradcheck(ops: Any, case: Case) -> None:
     ids=["batch", "layer", "group"],
 )
 def test_a_bias_without_weight_gets_its_gradient(ops: Any, call, bias_shape) -> None:
-    """Autograd numbers only the tensors given: the bias is then the second one."""
+    """Without a weight, the bias still gets its gradient (the weight's edge is empty)."""
     x = torch.randn(4, 6, 3, 3, dtype=F64, requires_grad=True)
     bias = torch.randn(bias_shape, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, b: call(ops, x, b), (x, bias))
