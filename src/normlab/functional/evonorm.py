@@ -69,7 +69,7 @@ S0_FUNCTION_MIN_ELEMENTS = 1 << 12
 
 
 def _channel(v: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
-    return v.to(dtype).reshape(-1, *[1] * (ndim - 2))
+    return as_dtype(v, dtype).reshape(-1, *[1] * (ndim - 2))
 
 
 def _compute_dtype(input: Tensor) -> torch.dtype:
@@ -141,7 +141,7 @@ def b0_forward(
     """EvoNorm-B0 as tensor operations (``running_var`` updated in training), in the
     computation dtype, output in ``input``'s dtype."""
     dtype, ndim = _compute_dtype(input), input.dim()
-    x = input.to(dtype)
+    x = as_dtype(input, dtype)
     if training:
         var_batch = _batch_var(x)
         with torch.no_grad():
@@ -151,7 +151,7 @@ def b0_forward(
     else:
         var_batch = _channel(running_var, ndim, dtype)
     y = x / _denominator(x, v, var_batch, eps) * _channel(weight, ndim, dtype)
-    return (y + _channel(bias, ndim, dtype)).to(input.dtype)
+    return as_dtype(y + _channel(bias, ndim, dtype), input.dtype)
 
 
 def b0_backward(
@@ -166,7 +166,7 @@ def b0_backward(
     ``running_var`` ``None`` in training (the batch's statistics, recomputed from
     ``input``). Differentiable, for higher derivatives."""
     dtype, ndim = _compute_dtype(input), input.dim()
-    x, dy = input.to(dtype), grad_out.to(dtype)
+    x, dy = as_dtype(input, dtype), as_dtype(grad_out, dtype)
     spatial, reduced = _spatial(ndim), (0, *_spatial(ndim))
     m = math.prod(x.shape[2:])
     w, v_c = _channel(weight, ndim, dtype), _channel(v, ndim, dtype)
@@ -186,7 +186,7 @@ def b0_backward(
         dx = dx - (x - batch_mean) * w * e_batch / (x.shape[0] * m * batch_std)
     dv = -(w * e_instance * x).sum(reduced)
     return (
-        dx.to(input.dtype),
+        as_dtype(dx, input.dtype),
         as_dtype((dy * x / den).sum(reduced), weight.dtype),
         as_dtype(dy.sum(reduced), weight.dtype),
         as_dtype(dv, v.dtype),
@@ -272,12 +272,12 @@ def s0_forward(
     """EvoNorm-S0 as tensor operations, in the computation dtype, output in ``input``'s
     dtype."""
     dtype, ndim = _compute_dtype(input), input.dim()
-    x = input.to(dtype)
+    x = as_dtype(input, dtype)
     grouped = x.reshape(x.shape[0], groups, -1)
     group_std = (grouped.var(-1, correction=0, keepdim=True) + eps).sqrt()
     gate = x * torch.sigmoid(_channel(v, ndim, dtype) * x)
     y = gate / _per_channel(group_std, x.shape[1], ndim) * _channel(weight, ndim, dtype)
-    return (y + _channel(bias, ndim, dtype)).to(input.dtype)
+    return as_dtype(y + _channel(bias, ndim, dtype), input.dtype)
 
 
 def s0_backward(
@@ -286,7 +286,7 @@ def s0_backward(
     """Closed-form ``(dx, dweight, dbias, dv)`` in the shapes and dtypes of the arguments,
     statistics recomputed from ``input``; differentiable, for higher derivatives."""
     dtype, ndim = _compute_dtype(input), input.dim()
-    x, dy = input.to(dtype), grad_out.to(dtype)
+    x, dy = as_dtype(input, dtype), as_dtype(grad_out, dtype)
     n, c = x.shape[:2]
     spatial, reduced = _spatial(ndim), (0, *_spatial(ndim))
     count = x.numel() // (n * groups)
@@ -294,14 +294,14 @@ def s0_backward(
     w, v_c = _channel(weight, ndim, dtype), _channel(v, ndim, dtype)
     s = torch.sigmoid(v_c * x)
     gate_sums = (dy * x * s).sum(spatial)  # P, (N, C)
-    group_sums = (gate_sums * weight.to(dtype)).reshape(n, groups, -1).sum(-1, keepdim=True)
+    group_sums = (gate_sums * as_dtype(weight, dtype)).reshape(n, groups, -1).sum(-1, keepdim=True)
     k = _per_channel(group_sums, c, ndim) * rstd.pow(3) / count
     q = w * rstd
     slope = dy * x * s * (1 - s)
     dx = q * (dy * s + v_c * slope) - (x - mean) * k
     rstd_c = rstd.reshape(n, c)
     return (
-        dx.to(input.dtype),
+        as_dtype(dx, input.dtype),
         as_dtype((rstd_c * gate_sums).sum(0), weight.dtype),
         as_dtype(dy.sum(reduced), weight.dtype),
         as_dtype((q * slope * x).sum(reduced), v.dtype),

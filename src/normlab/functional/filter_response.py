@@ -44,7 +44,7 @@ from normlab.functional._fast import filter_response as fast
 
 
 def _channel(v: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
-    return v.to(dtype).reshape(-1, *[1] * (ndim - 2))
+    return as_dtype(v, dtype).reshape(-1, *[1] * (ndim - 2))
 
 
 def _spatial(ndim: int) -> tuple[int, ...]:
@@ -70,13 +70,13 @@ def forward(
     output in ``input``'s dtype. The TLU is ``clamp(z, min=tau)``: ``max`` with the
     gradient of a tie given to ``z`` (as the closed form), NaN kept."""
     dtype, ndim = compute_dtype(input.dtype), input.dim()
-    x = input.to(dtype)
+    x = as_dtype(input, dtype)
     z = x * _rsqrt_mean_square(x, eps) * _channel(weight, ndim, dtype)
     z = z + _channel(bias, ndim, dtype)
     if tau is not None:
         tau_c = _channel(tau, ndim, dtype)
         z = torch.clamp(z, min=tau_c)
-    return z.to(input.dtype)
+    return as_dtype(z, input.dtype)
 
 
 def backward(
@@ -91,7 +91,7 @@ def backward(
     arguments (``dtau`` ``None`` without ``tau``, ``deps`` ``None`` for a float ``eps``),
     statistics recomputed from ``input``; differentiable, for higher derivatives."""
     dtype, ndim = compute_dtype(input.dtype), input.dim()
-    x, dy = input.to(dtype), grad_out.to(dtype)
+    x, dy = as_dtype(input, dtype), as_dtype(grad_out, dtype)
     spatial, reduced = _spatial(ndim), (0, *_spatial(ndim))
     m = math.prod(x.shape[2:])
     r = _rsqrt_mean_square(x, eps)
@@ -109,7 +109,7 @@ def backward(
     if isinstance(eps, Tensor):
         deps_all = -0.5 * w * r.pow(3) * row_sums
         deps = as_dtype(deps_all.sum_to_size(eps.shape), eps.dtype)
-    return dx.to(input.dtype), dweight, dbias, dtau, deps
+    return as_dtype(dx, input.dtype), dweight, dbias, dtau, deps
 
 
 # ---------------------------------------------------------------------------------------------
