@@ -1,19 +1,19 @@
 """normlab's fused CPU kernels: the same formulas as :mod:`normlab.functional`, in C++.
 
 The pure-tensor code in :mod:`normlab.functional` is the reference: it runs everywhere
-(CUDA, half precision, ``torch.compile``) and is what the docs explain. On CPU, eager
-mode, float32/float64 and contiguous tensors, a few tens of small tensor operations per
-layer cost more in dispatch than the arithmetic itself, so the same formulas also exist as
-loops (``batch_norm.cpp``, ``layer_norm.cpp``, ``group_norm.cpp``, ``rms_norm.cpp``,
+(CUDA, half precision, ``torch.compile``) and is what the docs explain. On CPU, eager mode,
+float32/float64 and contiguous tensors, a few tens of small tensor operations per layer
+cost more in dispatch than the arithmetic itself, so the same formulas also exist as loops
+(``batch_norm.cpp``, ``layer_norm.cpp``, ``group_norm.cpp``, ``rms_norm.cpp``,
 ``frozen_batch_norm.cpp``): a few passes over the data each way, as ``torch.nn``'s own
-kernels do, most of them one operator each with its backward registered for autograd in
-C++ (``autograd.cpp``, or the norm's own file): a backward node with typed fields for what
-it saves, as torch's generated nodes have, so that a call's fixed cost is close to
-torch.nn's (a ``torch::autograd::Function`` keeps them in a string-keyed map: several
-microseconds more per forward+backward, measured on ``LayerNorm`` at 4x16);
-``avg_pool.cpp`` is the 2x2 average pool of the tutorial's LeNet
-(:class:`normlab.models.lenet.AvgPool2d`); ``caching_allocator.cpp`` is a CPU allocator
-that reuses freed blocks (:func:`cache_cpu_memory`). They are compiled by :mod:`normlab.kernels.cpu.build`: ``make``
+kernels do, most of them one operator each with its backward registered for autograd in C++
+(``autograd.cpp``, or the norm's own file): a backward node with typed fields for what it
+saves, as torch's generated nodes have, so that a call's fixed cost is close to torch.nn's
+(a ``torch::autograd::Function`` keeps them in a string-keyed map: several microseconds
+more per forward+backward, measured on ``LayerNorm`` at 4x16); ``avg_pool.cpp`` is the 2x2
+average pool of the tutorial's LeNet (:class:`normlab.models.lenet.AvgPool2d`);
+``caching_allocator.cpp`` is a CPU allocator that reuses freed blocks
+(:func:`cache_cpu_memory`). They are compiled by :mod:`normlab.kernels.cpu.build`: ``make``
 prebuilds them into the package folder; otherwise the first use builds them into a per-user
 cache (``NORMLAB_KERNEL_CACHE``, or ``python -m normlab.kernels.cpu --cache`` ahead of
 time), with a one-line notice. They are registered as ``torch.ops.normlab.*``.
