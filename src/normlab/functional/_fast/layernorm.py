@@ -211,11 +211,8 @@ def compiled_ops(input: Tensor, row: Any, *params: Tensor | None) -> Any:
 def trailing(input: Tensor, shape: tuple[Any, ...]) -> bool:
     """True when ``shape``, a tuple of one or more ints, ends ``input``'s non-empty shape."""
     count = len(shape)
-    if count == 0 or input.numel() == 0 or input.dim() < count:
+    if count == 0 or input.numel() == 0 or input.dim() < count or not _ints(shape):
         return False
-    for size in shape:
-        if type(size) is not int:
-            return False
     return input.shape[input.dim() - count :] == shape
 
 
