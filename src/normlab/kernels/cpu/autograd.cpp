@@ -25,14 +25,14 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
-#include <torch/csrc/autograd/functions/utils.h>
-#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
 #include <mutex>
 #include <optional>
 #include <tuple>
 #include <vector>
+
+#include "autograd_node.h"
 
 namespace normlab {
 namespace {
@@ -152,19 +152,18 @@ struct NormBackward : public torch::autograd::Node {
   virtual void release_statistics() = 0;
 };
 
-// Gives `out` its history through `node` when (input, weight, bias) want a gradient: the
-// saved contiguous input and weight go into the node; `fill` saves the rest.
+// Records `out`'s backward as a NodeT over (input, weight, bias): the saved contiguous
+// input and weight go into the node with eps; `fill` saves the rest.
 template <typename NodeT, typename Fill>
 void record(const Tensor& out, const Tensor& input, const OptTensor& weight,
             const OptTensor& bias, const Tensor& x, double eps, Fill fill) {
-  if (!torch::autograd::compute_requires_grad(input, weight, bias)) return;
-  auto node = c10::make_intrusive<NodeT>();
-  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
-  node->x_ = SavedVariable(x, false);
-  node->weight_ = SavedVariable(or_undefined(weight), false);
-  node->eps_ = eps;
-  fill(*node);
-  torch::autograd::set_history(out, node);
+  auto save = [&](NodeT& node) {
+    node.x_ = SavedVariable(x, false);
+    node.weight_ = SavedVariable(or_undefined(weight), false);
+    node.eps_ = eps;
+    fill(node);
+  };
+  record_backward<NodeT>(out, save, input, weight, bias);
 }
 
 // Differentiable closed form of a normalisation's backward, for a graph of the backward:

@@ -19,14 +19,13 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
-#include <torch/csrc/autograd/functions/utils.h>
-#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <mutex>
 #include <vector>
 
+#include "autograd_node.h"
 #include "common.h"
 
 namespace normlab {
@@ -186,14 +185,12 @@ Tensor frozen_batch_norm(const Tensor& input, const Tensor& weight, const Tensor
               "and the statistics must not require a gradient (use the formula)");
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   Tensor out = frozen_forward(input, weight, bias, mean, var, eps);
-  if (torch::autograd::compute_requires_grad(input)) {
-    auto node = c10::make_intrusive<FrozenBatchNormBackward>();
-    node->set_next_edges(torch::autograd::collect_next_edges(input));
-    node->weight_ = torch::autograd::SavedVariable(weight, false);
-    node->var_ = torch::autograd::SavedVariable(var, false);
-    node->eps_ = eps;
-    torch::autograd::set_history(out, node);
-  }
+  auto save = [&](FrozenBatchNormBackward& node) {
+    node.weight_ = torch::autograd::SavedVariable(weight, false);
+    node.var_ = torch::autograd::SavedVariable(var, false);
+    node.eps_ = eps;
+  };
+  record_backward<FrozenBatchNormBackward>(out, save, input);
   return out;
 }
 

@@ -25,8 +25,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
-#include <torch/csrc/autograd/functions/utils.h>
-#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
 #include <mutex>
@@ -34,6 +32,7 @@
 #include <tuple>
 #include <vector>
 
+#include "autograd_node.h"
 #include "common.h"
 
 namespace normlab {
@@ -271,16 +270,14 @@ Tensor rms_norm(const Tensor& input, at::IntArrayRef normalized_shape, const Opt
   const Tensor x = input.contiguous();
   const OptTensor w = contiguous(weight);
   auto [out, rstd] = forward_op(x, w, width, eps);
-  if (torch::autograd::compute_requires_grad(input, weight)) {
-    auto node = c10::make_intrusive<RMSNormBackward>();
-    node->set_next_edges(torch::autograd::collect_next_edges(input, weight));
-    node->x_ = torch::autograd::SavedVariable(x, false);
-    node->rstd_ = torch::autograd::SavedVariable(rstd, false);
-    node->weight_ = torch::autograd::SavedVariable(w.has_value() ? *w : Tensor(), false);
-    node->shape_ = normalized_shape.vec();
-    node->eps_ = eps;
-    torch::autograd::set_history(out, node);
-  }
+  auto save = [&](RMSNormBackward& node) {
+    node.x_ = torch::autograd::SavedVariable(x, false);
+    node.rstd_ = torch::autograd::SavedVariable(rstd, false);
+    node.weight_ = torch::autograd::SavedVariable(w.has_value() ? *w : Tensor(), false);
+    node.shape_ = normalized_shape.vec();
+    node.eps_ = eps;
+  };
+  record_backward<RMSNormBackward>(out, save, input, weight);
   return out;
 }
 
