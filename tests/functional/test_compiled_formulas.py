@@ -29,16 +29,22 @@ GROUP_CASES = [
 ]
 
 
+def _inputs(
+    shape: tuple[int, ...], param_shape: tuple[int, ...], affine: bool, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """``x ~ N(0.5, 2^2)``, ``weight ~ U(0.5, 1.5)`` (not ones: a swapped weight shows),
+    ``bias ~ N(0, 1)`` of ``param_shape``, and an upstream gradient ``dy ~ N(0, 1)``."""
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).to(dtype)
+    w = (torch.rand(param_shape, dtype=torch.float64) + 0.5).to(dtype) if affine else None
+    b = torch.randn(param_shape, dtype=torch.float64).to(dtype) if affine else None
+    return x, w, b, torch.randn(shape, dtype=torch.float64).to(dtype)
+
+
 def _group_inputs(
     shape: tuple[int, ...], affine: bool, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-    """``x ~ N(0.5, 2^2)``, ``weight ~ U(0.5, 1.5)`` (not ones: a swapped weight shows),
-    ``bias ~ N(0, 1)`` and an upstream gradient ``dy ~ N(0, 1)``."""
-    channels = shape[1]
-    x = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).to(dtype)
-    w = (torch.rand(channels, dtype=torch.float64) + 0.5).to(dtype) if affine else None
-    b = torch.randn(channels, dtype=torch.float64).to(dtype) if affine else None
-    return x, w, b, torch.randn(shape, dtype=torch.float64).to(dtype)
+    """:func:`_inputs` with per-channel parameters (group norm's)."""
+    return _inputs(shape, (shape[1],), affine, dtype)
 
 
 def _grads(
@@ -218,10 +224,7 @@ def test_layer_norm_closed_form_matches_torch(
 ) -> None:
     """Output and the three gradients of layer norm's closed form, within the rounding
     bounds of torch's float64 layer norm."""
-    x = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).to(dtype)
-    w = (torch.rand(normalized, dtype=torch.float64) + 0.5).to(dtype) if affine else None
-    b = torch.randn(normalized, dtype=torch.float64).to(dtype) if affine else None
-    dy = torch.randn(shape, dtype=torch.float64).to(dtype)
+    x, w, b, dy = _inputs(shape, tuple(normalized), affine, dtype)
 
     def closed_form(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None):
         return layernorm._CompiledFormula.apply(x, normalized, w, b, 1e-5)[0]
