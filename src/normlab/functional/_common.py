@@ -66,6 +66,11 @@ def per_channel(v: Tensor, ndim: int) -> Tensor:
     return v if ndim == 2 else v.view(-1, *[1] * (ndim - 2))
 
 
+def per_channel_as(v: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
+    """:func:`per_channel` of ``v`` in ``dtype`` (converted only when it differs)."""
+    return per_channel(as_dtype(v, dtype), ndim)
+
+
 def records_graph(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> bool:
     """Whether autograd records this call: grad mode on and some tensor requires grad."""
     return torch.is_grad_enabled() and (

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 import normlab.functional._autograd as _autograd
-from normlab.functional._common import as_dtype, as_layout, compute_dtype
+from normlab.functional._common import as_dtype, as_layout, compute_dtype, per_channel_as
 from normlab.functional._fast import evonorm as fast
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -66,10 +66,6 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 #: ``autograd.Function`` (measured with ``normlab bench layers --shapes tiny,lenet``).
 B0_FUNCTION_MIN_ELEMENTS = 1 << 10
 S0_FUNCTION_MIN_ELEMENTS = 1 << 12
-
-
-def _channel(v: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
-    return as_dtype(v, dtype).reshape(-1, *[1] * (ndim - 2))
 
 
 def _compute_dtype(input: Tensor) -> torch.dtype:
@@ -88,7 +84,8 @@ def _empty(input: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """An input without elements: an empty output, still connected to the affine, and no
     statistics (nor running variance) touched."""
     ndim = input.dim()
-    return input * _channel(weight, ndim, input.dtype) + _channel(bias, ndim, input.dtype)
+    w, b = per_channel_as(weight, ndim, input.dtype), per_channel_as(bias, ndim, input.dtype)
+    return input * w + b
 
 
 def check_groups(num_features: int, groups: object) -> None:
@@ -119,7 +116,7 @@ def _denominator(x: Tensor, v: Tensor, batch_var: Tensor, eps: float) -> Tensor:
     NaN is kept."""
     ndim = x.dim()
     instance_std = (x.var(_spatial(ndim), correction=0, keepdim=True) + eps).sqrt()
-    instance = _channel(v, ndim, x.dtype) * x + instance_std
+    instance = per_channel_as(v, ndim, x.dtype) * x + instance_std
     batch_std = (batch_var + eps).sqrt()
     return torch.clamp(batch_std, min=instance)
 
@@ -149,9 +146,9 @@ def b0_forward(
             unbiased = var_batch.reshape(-1) * (n / (n - 1))
             running_var.lerp_(unbiased.to(running_var.dtype), momentum)
     else:
-        var_batch = _channel(running_var, ndim, dtype)
-    y = x / _denominator(x, v, var_batch, eps) * _channel(weight, ndim, dtype)
-    return as_dtype(y + _channel(bias, ndim, dtype), input.dtype)
+        var_batch = per_channel_as(running_var, ndim, dtype)
+    y = x / _denominator(x, v, var_batch, eps) * per_channel_as(weight, ndim, dtype)
+    return as_dtype(y + per_channel_as(bias, ndim, dtype), input.dtype)
 
 
 def b0_backward(
@@ -169,9 +166,9 @@ def b0_backward(
     x, dy = as_dtype(input, dtype), as_dtype(grad_out, dtype)
     spatial, reduced = _spatial(ndim), (0, *_spatial(ndim))
     m = math.prod(x.shape[2:])
-    w, v_c = _channel(weight, ndim, dtype), _channel(v, ndim, dtype)
+    w, v_c = per_channel_as(weight, ndim, dtype), per_channel_as(v, ndim, dtype)
     training = running_var is None
-    var_batch = _batch_var(x) if training else _channel(running_var, ndim, dtype)
+    var_batch = _batch_var(x) if training else per_channel_as(running_var, ndim, dtype)
     den = _denominator(x, v, var_batch, eps)
     batch_std = (var_batch + eps).sqrt()
     instance_std = (x.var(spatial, correction=0, keepdim=True) + eps).sqrt()
@@ -256,10 +253,10 @@ def _group_statistics(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tenso
     n, c = x.shape[:2]
     grouped = x.reshape(n, groups, -1)
     var, mean = torch.var_mean(grouped, -1, correction=0, keepdim=True)
-    return _per_channel(mean, c, x.dim()), _per_channel((var + eps).rsqrt(), c, x.dim())
+    return _perper_channel_as(mean, c, x.dim()), _perper_channel_as((var + eps).rsqrt(), c, x.dim())
 
 
-def _per_channel(t: Tensor, channels: int, ndim: int) -> Tensor:
+def _perper_channel_as(t: Tensor, channels: int, ndim: int) -> Tensor:
     """``(N, G, 1)`` per group as ``(N, C, 1, ...)`` per channel."""
     n, groups = t.shape[:2]
     expanded = t.expand(n, groups, channels // groups).reshape(n, channels)
@@ -275,9 +272,9 @@ def s0_forward(
     x = as_dtype(input, dtype)
     grouped = x.reshape(x.shape[0], groups, -1)
     group_std = (grouped.var(-1, correction=0, keepdim=True) + eps).sqrt()
-    gate = x * torch.sigmoid(_channel(v, ndim, dtype) * x)
-    y = gate / _per_channel(group_std, x.shape[1], ndim) * _channel(weight, ndim, dtype)
-    return as_dtype(y + _channel(bias, ndim, dtype), input.dtype)
+    gate = x * torch.sigmoid(per_channel_as(v, ndim, dtype) * x)
+    y = gate / _perper_channel_as(group_std, x.shape[1], ndim) * per_channel_as(weight, ndim, dtype)
+    return as_dtype(y + per_channel_as(bias, ndim, dtype), input.dtype)
 
 
 def s0_backward(
@@ -291,11 +288,11 @@ def s0_backward(
     spatial, reduced = _spatial(ndim), (0, *_spatial(ndim))
     count = x.numel() // (n * groups)
     mean, rstd = _group_statistics(x, groups, eps)
-    w, v_c = _channel(weight, ndim, dtype), _channel(v, ndim, dtype)
+    w, v_c = per_channel_as(weight, ndim, dtype), per_channel_as(v, ndim, dtype)
     s = torch.sigmoid(v_c * x)
     gate_sums = (dy * x * s).sum(spatial)  # P, (N, C)
     group_sums = (gate_sums * as_dtype(weight, dtype)).reshape(n, groups, -1).sum(-1, keepdim=True)
-    k = _per_channel(group_sums, c, ndim) * rstd.pow(3) / count
+    k = _perper_channel_as(group_sums, c, ndim) * rstd.pow(3) / count
     q = w * rstd
     slope = dy * x * s * (1 - s)
     dx = q * (dy * s + v_c * slope) - (x - mean) * k

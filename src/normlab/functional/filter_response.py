@@ -39,12 +39,8 @@ import torch
 from torch import Tensor
 
 import normlab.functional._autograd as _autograd
-from normlab.functional._common import as_dtype, as_layout, compute_dtype
+from normlab.functional._common import as_dtype, as_layout, compute_dtype, per_channel_as
 from normlab.functional._fast import filter_response as fast
-
-
-def _channel(v: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
-    return as_dtype(v, dtype).reshape(-1, *[1] * (ndim - 2))
 
 
 def _spatial(ndim: int) -> tuple[int, ...]:
@@ -71,10 +67,10 @@ def forward(
     gradient of a tie given to ``z`` (as the closed form), NaN kept."""
     dtype, ndim = compute_dtype(input.dtype), input.dim()
     x = as_dtype(input, dtype)
-    z = x * _rsqrt_mean_square(x, eps) * _channel(weight, ndim, dtype)
-    z = z + _channel(bias, ndim, dtype)
+    z = x * _rsqrt_mean_square(x, eps) * per_channel_as(weight, ndim, dtype)
+    z = z + per_channel_as(bias, ndim, dtype)
     if tau is not None:
-        tau_c = _channel(tau, ndim, dtype)
+        tau_c = per_channel_as(tau, ndim, dtype)
         z = torch.clamp(z, min=tau_c)
     return as_dtype(z, input.dtype)
 
@@ -95,10 +91,10 @@ def backward(
     spatial, reduced = _spatial(ndim), (0, *_spatial(ndim))
     m = math.prod(x.shape[2:])
     r = _rsqrt_mean_square(x, eps)
-    w = _channel(weight, ndim, dtype)
+    w = per_channel_as(weight, ndim, dtype)
     g, dtau = dy, None
     if tau is not None:
-        below = w * x * r + _channel(bias, ndim, dtype) < _channel(tau, ndim, dtype)
+        below = w * x * r + per_channel_as(bias, ndim, dtype) < per_channel_as(tau, ndim, dtype)
         g = torch.where(below, 0.0, dy)
         dtau = as_dtype(torch.where(below, dy, 0.0).sum(reduced), tau.dtype)
     row_sums = (g * x).sum(spatial, keepdim=True) if ndim > 2 else g * x
